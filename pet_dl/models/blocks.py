@@ -1,0 +1,148 @@
+"""Building blocks shared by the learned models: layout, normalisation, dose, CNNs.
+
+Images enter and leave the models as ``(B, nx, ny, nz)`` in Bq/mL. Internally the CNNs
+see channel-first tensors ``(B, C, nx, ny)`` (2D, the singleton z squeezed) or
+``(B, C, nx, ny, nz)`` (3D) of O(1) values: each image is divided by a per-scan scale
+(the mean of the initial image over the sensitive region).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def check_spatial_dims(spatial_dims: int) -> int:
+    """Validate ``spatial_dims`` (2 or 3)."""
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+    return spatial_dims
+
+
+def to_channels(x: torch.Tensor, spatial_dims: int) -> torch.Tensor:
+    """``(B, nx, ny, nz)`` -> ``(B, 1, nx, ny)`` (2D, needs nz == 1) or ``(B, 1, nx, ny, nz)``."""
+    if x.dim() != 4:
+        raise ValueError(f"expected images (B, nx, ny, nz), got shape {tuple(x.shape)}")
+    if spatial_dims == 2:
+        if x.shape[-1] != 1:
+            raise ValueError(f"a 2D model needs images with nz == 1, got shape {tuple(x.shape)}")
+        return x[:, None, :, :, 0]
+    return x[:, None]
+
+
+def from_channels(x: torch.Tensor, spatial_dims: int) -> torch.Tensor:
+    """Inverse of :func:`to_channels` for one channel: ``(B, 1, ...)`` -> ``(B, nx, ny, nz)``."""
+    x = x[:, 0]
+    return x[..., None] if spatial_dims == 2 else x
+
+
+def image_scale(initial: torch.Tensor, sensitivity: torch.Tensor) -> torch.Tensor:
+    """Per-scan intensity scale: mean of ``initial`` where the sensitivity is positive.
+
+    Args:
+        initial: ``(B, nx, ny, nz)`` Bq/mL.
+        sensitivity: ``(B, nx, ny, nz)`` or ``(nx, ny, nz)``.
+
+    Returns:
+        ``(B, 1, 1, 1)`` Bq/mL, strictly positive.
+    """
+    mask = (sensitivity > 0).to(initial.dtype).expand_as(initial)
+    mean = (initial * mask).flatten(1).sum(1) / mask.flatten(1).sum(1).clamp_min(1.0)
+    return mean.clamp_min(1e-12).view(-1, 1, 1, 1)
+
+
+def dose_channel(dose_fraction: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A constant channel holding ``log(dose_fraction) / log(100)`` (0 at full dose, -1 at 1/100).
+
+    Args:
+        dose_fraction: ``(B,)`` in (0, 1].
+        like: channel-first tensor ``(B, C, *spatial)`` whose layout the result copies.
+
+    Returns:
+        ``(B, 1, *spatial)`` of the dtype and device of ``like``.
+    """
+    code = torch.log(dose_fraction.to(like.dtype)) / math.log(100.0)
+    shape = (like.shape[0], 1) + (1,) * (like.dim() - 2)
+    return code.view(shape).expand(like.shape[0], 1, *like.shape[2:])
+
+
+class PaddedUNet(nn.Module):
+    """MONAI ``UNet`` that accepts any spatial size (pads to a multiple of its stride).
+
+    Input ``(B, in_channels, *spatial)``, output ``(B, out_channels, *spatial)``.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        channels: Sequence[int] = (16, 32, 64),
+        strides: Sequence[int] = (2, 2),
+        num_res_units: int = 1,
+        norm: str = "instance",
+    ) -> None:
+        super().__init__()
+        from monai.networks.nets import UNet
+
+        if len(strides) != len(channels) - 1:
+            raise ValueError(
+                f"UNet needs len(strides) == len(channels) - 1, got {len(strides)} and {len(channels)}"
+            )
+        self.spatial_dims = check_spatial_dims(spatial_dims)
+        self.multiple = int(math.prod(strides))
+        self.net = UNet(
+            spatial_dims=spatial_dims,
+            in_channels=in_channels,
+            out_channels=out_channels,
+            channels=tuple(channels),
+            strides=tuple(strides),
+            num_res_units=num_res_units,
+            norm=norm,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        spatial = x.shape[2:]
+        pad: list[int] = []
+        for n in reversed(spatial):
+            extra = (-n) % self.multiple
+            pad += [extra // 2, extra - extra // 2]
+        if any(pad):
+            x = F.pad(x, pad, mode="replicate")
+        y = self.net(x)
+        if any(pad):
+            index = tuple(slice(pad[2 * k], pad[2 * k] + n) for k, n in enumerate(reversed(spatial)))
+            y = y[(..., *reversed(index))]
+        return y
+
+
+class ConvStack(nn.Module):
+    """A few MONAI convolution blocks (conv + PReLU) and a linear last conv.
+
+    Input ``(B, in_channels, *spatial)``, output ``(B, out_channels, *spatial)``; any size.
+    """
+
+    def __init__(
+        self, spatial_dims: int, in_channels: int, out_channels: int, width: int = 32, depth: int = 3
+    ) -> None:
+        super().__init__()
+        from monai.networks.blocks import Convolution
+
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
+        layers: list[nn.Module] = []
+        c = in_channels
+        for _ in range(depth - 1):
+            layers.append(Convolution(spatial_dims, c, width, kernel_size=3, act="PRELU", norm=None))
+            c = width
+        layers.append(
+            Convolution(spatial_dims, c, out_channels, kernel_size=3, conv_only=True)
+        )
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)

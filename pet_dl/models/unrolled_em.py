@@ -1,0 +1,155 @@
+"""FBSEM-style unrolled EM network (Mehranian & Reader, IEEE TRPMS 2021).
+
+Each of ``K`` iterations runs
+
+1. an EM data step ``x_em = em_update(x)`` through the scan's forward model
+   (:func:`pet_dl.recon.em_update`, the same code as MLEM/OSEM), in float32 even under
+   mixed precision; gradients flow through the projector's exact adjoint;
+2. a CNN regulariser ``x_reg = x + CNN([x / s, dose])`` (MONAI UNet, dose-conditioned);
+3. the closed-form fusion of the two (maximiser of the EM surrogate plus a quadratic
+   penalty ``beta_k / 2 |x - x_reg|^2``)::
+
+       x_new = 2 x_em / (1 - b x_reg + sqrt((1 - b x_reg)^2 + 4 b x_em)),
+       b = beta_k * mean(sens) / (sens * scale)
+
+   with a learned weight ``beta_k = softplus(fusion_weight[k] + fusion_dose_slope[k] * d)``
+   (``d`` the dose code). Everything is done in units of the per-scan scale, so
+   ``beta_k`` is dimensionless and independent of the count level.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from pet_dl.models.batch import ReconBatch, initial_image
+from pet_dl.models.blocks import (
+    PaddedUNet,
+    check_spatial_dims,
+    dose_channel,
+    from_channels,
+    image_scale,
+    to_channels,
+)
+
+
+def fbsem_fusion(
+    x_em: torch.Tensor, x_reg: torch.Tensor, weight: torch.Tensor
+) -> torch.Tensor:
+    """Closed-form fusion of an EM image and a regularised image (FBSEM).
+
+    Maximises ``sum_j s_j (x_em_j log x_j - x_j) - beta/2 (x_j - x_reg_j)^2`` per voxel,
+    written with ``weight = beta / s`` (any unit as long as ``weight * x`` is
+    dimensionless).
+
+    Args:
+        x_em: EM image ``(B, nx, ny, nz)``, non-negative.
+        x_reg: regularised image, same shape (any sign).
+        weight: ``beta / s``, broadcastable to the image, non-negative.
+
+    Returns:
+        the fused image, same shape, non-negative; ``x_em`` where ``weight`` is 0.
+    """
+    a = 1.0 - weight * x_reg
+    x_em = x_em.clamp_min(0)
+    root = torch.sqrt(a * a + 4.0 * weight * x_em + 1e-30)
+    # a >= 0: 2 x_em / (a + root); a < 0 (then weight > 0): the equal (root - a) / (2 w),
+    # which has no cancellation. Safe operands keep the unused branch finite for autograd.
+    neg = a < 0
+    w_safe = torch.where(neg, weight, torch.ones_like(weight))
+    d_safe = torch.where(neg, torch.ones_like(a), a + root)
+    return torch.where(neg, (root - a) / (2.0 * w_safe), 2.0 * x_em / d_safe.clamp_min(1e-30))
+
+
+class UnrolledEM(nn.Module):
+    """Unrolled EM with a dose-conditioned CNN regulariser and learned fusion (FBSEM).
+
+    Args:
+        spatial_dims: 2 (images ``(nx, ny, 1)``) or 3.
+        num_iterations: number of unrolled iterations ``K``.
+        channels, strides, num_res_units: MONAI UNet of the regulariser.
+        share_weights: one CNN for all iterations (FBSEM) or one per iteration.
+        init_iterations: MLEM iterations of the initial image when the batch has none.
+        initial_fusion_weight: starting value of ``softplus^-1(beta_k)``.
+        checkpointing: recompute each iteration in the backward pass (saves memory).
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 2,
+        num_iterations: int = 6,
+        channels: tuple[int, ...] = (16, 32, 64),
+        strides: tuple[int, ...] = (2, 2),
+        num_res_units: int = 1,
+        share_weights: bool = True,
+        init_iterations: int = 10,
+        initial_fusion_weight: float = 0.0,
+        checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        self.spatial_dims = check_spatial_dims(spatial_dims)
+        if num_iterations < 1:
+            raise ValueError(f"num_iterations must be >= 1, got {num_iterations}")
+        self.num_iterations = num_iterations
+        self.init_iterations = init_iterations
+        self.checkpointing = checkpointing
+        num_nets = 1 if share_weights else num_iterations
+        self.regularisers = nn.ModuleList(
+            PaddedUNet(spatial_dims, 2, 1, channels, strides, num_res_units)
+            for _ in range(num_nets)
+        )
+        self.fusion_weight = nn.Parameter(torch.full((num_iterations,), initial_fusion_weight))
+        self.fusion_dose_slope = nn.Parameter(torch.zeros(num_iterations))
+
+    def _iteration(
+        self,
+        k: int,
+        u: torch.Tensor,
+        prompts: torch.Tensor,
+        sens: torch.Tensor,
+        scale: torch.Tensor,
+        dose: torch.Tensor,
+        model: nn.Module,
+    ) -> torch.Tensor:
+        """One unrolled iteration on the normalised image ``u = x / scale`` (B, nx, ny, nz)."""
+        from pet_dl.recon import em_update
+
+        with torch.autocast(device_type=u.device.type, enabled=False):
+            u32 = u.float()
+            x_em = em_update(u32 * scale, model, prompts, sens)
+            u_em = x_em / scale
+        net = self.regularisers[k % len(self.regularisers)]
+        feats = to_channels(u, self.spatial_dims)
+        inp = torch.cat([feats, dose_channel(dose, feats)], dim=1)
+        u_reg = u + from_channels(net(inp), self.spatial_dims).float()
+        code = torch.log(dose.float()) / torch.log(torch.tensor(100.0, device=u.device))
+        beta = F.softplus(self.fusion_weight[k] + self.fusion_dose_slope[k] * code).view(-1, 1, 1, 1)
+        rel_sens = sens / sens.flatten(1).mean(1).view(-1, 1, 1, 1)
+        weight = torch.where(sens > 0, beta / rel_sens.clamp_min(1e-6), torch.zeros_like(sens))
+        return fbsem_fusion(u_em.float(), u_reg.float(), weight)
+
+    def forward(self, batch: ReconBatch) -> torch.Tensor:
+        """Reconstruct ``batch``: returns ``(B, nx, ny, nz)`` in Bq/mL."""
+        model = batch.forward_model()
+        prompts = batch.prompts.float()
+        with torch.autocast(device_type=prompts.device.type, enabled=False):
+            sens = model.sensitivity()
+            if sens.dim() == 3:
+                sens = sens.expand(batch.batch_size, *sens.shape)
+            x0 = batch.initial
+            if x0 is None:
+                x0 = initial_image(model, prompts, batch.additive.float(), self.init_iterations)
+            x0 = x0.float().detach()
+            scale = image_scale(x0, sens)
+        u = x0 / scale
+        for k in range(self.num_iterations):
+            if self.checkpointing and torch.is_grad_enabled():
+                u = checkpoint(
+                    self._iteration, k, u, prompts, sens, scale, batch.dose_fraction, model,
+                    use_reentrant=False,
+                )
+            else:
+                u = self._iteration(k, u, prompts, sens, scale, batch.dose_fraction, model)
+        return u * scale
