@@ -127,29 +127,21 @@ class ReconBatch:
 
 @torch.no_grad()
 def initial_image(
-    model: PETForwardModel, prompts: torch.Tensor, additive: torch.Tensor, num_iterations: int
+    model: PETForwardModel, prompts: torch.Tensor, num_iterations: int, num_subsets: int = 1
 ) -> torch.Tensor:
-    """MLEM from a uniform image: the shared starting point of every learned model.
+    """OSEM from a uniform image: the shared starting point of every learned model.
+
+    The datasets store the same image (``initial``) so training and inference agree.
 
     Args:
         model: batched forward model (``x (B, nx, ny, nz) -> (B, *sino)``).
         prompts: measured counts ``(B, *sino)``.
-        additive: expected randoms + scatter ``(B, *sino)`` (sets the uniform start level).
-        num_iterations: number of MLEM iterations (0 gives the uniform image).
+        num_iterations: full OSEM iterations (0 gives the uniform, count-matched image).
+        num_subsets: view subsets (1: MLEM).
 
     Returns:
         ``(B, nx, ny, nz)`` in Bq/mL, non-negative, zero where the sensitivity is zero.
     """
-    from pet_dl.recon import em_update
+    from pet_dl.recon import osem
 
-    if num_iterations < 0:
-        raise ValueError(f"num_iterations must be >= 0, got {num_iterations}")
-    sens = model.sensitivity()
-    b = prompts.shape[0]
-    sens = sens.expand(b, *sens.shape[-3:]) if sens.dim() == 3 else sens
-    net = (prompts - additive).clamp_min(0).flatten(1).sum(1)
-    level = net / sens.flatten(1).sum(1).clamp_min(torch.finfo(sens.dtype).tiny)
-    x = (sens > 0).to(prompts.dtype) * level.view(b, 1, 1, 1)
-    for _ in range(num_iterations):
-        x = em_update(x, model, prompts, sens)
-    return x
+    return osem(model, prompts.float(), num_iterations, num_subsets)

@@ -38,7 +38,7 @@ class LearnedPrimalDual(nn.Module):
         num_iterations: unrolled iterations ``K``.
         num_primal, num_dual: memory channels of the primal and dual variables.
         width, depth: size of each per-iteration convolution stack.
-        init_iterations: MLEM iterations of the initial image when the batch has none.
+        init_iterations, init_subsets: OSEM of the initial image when the batch has none.
         checkpointing: recompute each iteration in the backward pass.
     """
 
@@ -51,6 +51,7 @@ class LearnedPrimalDual(nn.Module):
         width: int = 32,
         depth: int = 3,
         init_iterations: int = 10,
+        init_subsets: int = 1,
         checkpointing: bool = False,
     ) -> None:
         super().__init__()
@@ -61,6 +62,7 @@ class LearnedPrimalDual(nn.Module):
         self.num_primal = num_primal
         self.num_dual = num_dual
         self.init_iterations = init_iterations
+        self.init_subsets = init_subsets
         self.checkpointing = checkpointing
         self.dual_nets = nn.ModuleList(
             ConvStack(spatial_dims, num_dual + 3, num_dual, width, depth)
@@ -110,7 +112,7 @@ class LearnedPrimalDual(nn.Module):
                 sens = sens.expand(b, *sens.shape)
             x0 = batch.initial
             if x0 is None:
-                x0 = initial_image(model, prompts, batch.additive.float(), self.init_iterations)
+                x0 = initial_image(model, prompts, self.init_iterations, self.init_subsets)
             x0 = x0.float().detach()
             scale = image_scale(x0, sens)
             sens_mean = sens.flatten(1).mean(1).clamp_min(1e-12).view(-1, 1, 1, 1)

@@ -27,7 +27,7 @@ class PostUNet(nn.Module):
     Args:
         spatial_dims: 2 (images ``(nx, ny, 1)``) or 3.
         channels, strides, num_res_units: the MONAI UNet.
-        init_iterations: MLEM iterations of the initial image when the batch has none.
+        init_iterations, init_subsets: OSEM of the initial image when the batch has none.
         checkpointing: accepted for a uniform interface (one network: no per-iteration
             checkpointing; the UNet is checkpointed as a whole when set).
     """
@@ -39,11 +39,13 @@ class PostUNet(nn.Module):
         strides: tuple[int, ...] = (2, 2, 2),
         num_res_units: int = 1,
         init_iterations: int = 10,
+        init_subsets: int = 1,
         checkpointing: bool = False,
     ) -> None:
         super().__init__()
         self.spatial_dims = check_spatial_dims(spatial_dims)
         self.init_iterations = init_iterations
+        self.init_subsets = init_subsets
         self.checkpointing = checkpointing
         self.net = PaddedUNet(spatial_dims, 2, 1, channels, strides, num_res_units)
 
@@ -55,7 +57,7 @@ class PostUNet(nn.Module):
             sens = model.sensitivity()
             x0 = batch.initial
             if x0 is None:
-                x0 = initial_image(model, prompts, batch.additive.float(), self.init_iterations)
+                x0 = initial_image(model, prompts, self.init_iterations, self.init_subsets)
             x0 = x0.float().detach()
             scale = image_scale(x0, sens)
         u = to_channels(x0 / scale, self.spatial_dims)

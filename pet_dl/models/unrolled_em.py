@@ -71,7 +71,7 @@ class UnrolledEM(nn.Module):
         num_iterations: number of unrolled iterations ``K``.
         channels, strides, num_res_units: MONAI UNet of the regulariser.
         share_weights: one CNN for all iterations (FBSEM) or one per iteration.
-        init_iterations: MLEM iterations of the initial image when the batch has none.
+        init_iterations, init_subsets: OSEM of the initial image when the batch has none.
         initial_fusion_weight: starting value of ``softplus^-1(beta_k)``.
         checkpointing: recompute each iteration in the backward pass (saves memory).
     """
@@ -85,6 +85,7 @@ class UnrolledEM(nn.Module):
         num_res_units: int = 1,
         share_weights: bool = True,
         init_iterations: int = 10,
+        init_subsets: int = 1,
         initial_fusion_weight: float = 0.0,
         checkpointing: bool = False,
     ) -> None:
@@ -94,6 +95,7 @@ class UnrolledEM(nn.Module):
             raise ValueError(f"num_iterations must be >= 1, got {num_iterations}")
         self.num_iterations = num_iterations
         self.init_iterations = init_iterations
+        self.init_subsets = init_subsets
         self.checkpointing = checkpointing
         num_nets = 1 if share_weights else num_iterations
         self.regularisers = nn.ModuleList(
@@ -140,7 +142,7 @@ class UnrolledEM(nn.Module):
                 sens = sens.expand(batch.batch_size, *sens.shape)
             x0 = batch.initial
             if x0 is None:
-                x0 = initial_image(model, prompts, batch.additive.float(), self.init_iterations)
+                x0 = initial_image(model, prompts, self.init_iterations, self.init_subsets)
             x0 = x0.float().detach()
             scale = image_scale(x0, sens)
         u = x0 / scale
