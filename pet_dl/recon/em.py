@@ -1,0 +1,238 @@
+"""Expectation maximisation: the shared EM step, MLEM and OSEM.
+
+All algorithms are written against the :class:`pet_dl.forward_model.PETForwardModel`
+interface (``forward``, ``adjoint``, ``sensitivity``, ``subsets``, ``subset_data``), so the
+same code reconstructs 2D and 3D, TOF and non-TOF scans, one image or a batch.
+
+Images ``x`` are ``(*batch, nx, ny, nz)`` in Bq/mL; data ``y`` are ``(*batch, *sino)`` in
+counts. The forward model includes the calibration from Bq/mL to counts, so the result
+is in Bq/mL with no rescaling.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    from pet_dl.forward_model import PETForwardModel
+
+
+def _check_iterations(num_iterations: int, num_subsets: int = 1) -> None:
+    if isinstance(num_iterations, bool) or not isinstance(num_iterations, int) or num_iterations < 0:
+        raise ValueError(f"num_iterations must be a non-negative int, got {num_iterations!r}")
+    if isinstance(num_subsets, bool) or not isinstance(num_subsets, int) or num_subsets < 1:
+        raise ValueError(f"num_subsets must be a positive int, got {num_subsets!r}")
+
+
+def _check_data(y: torch.Tensor) -> None:
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(f"y must be a torch.Tensor of counts, got {type(y).__name__}")
+    if not torch.is_floating_point(y):
+        raise TypeError(f"y must be a floating-point tensor (counts), got dtype {y.dtype}")
+    if not bool(torch.isfinite(y).all()):
+        raise ValueError("y (measured counts) contains NaN or infinite values")
+    if bool((y < 0).any()):
+        raise ValueError("y (measured counts) contains negative values")
+
+
+def em_ratio(y: torch.Tensor, ybar: torch.Tensor) -> torch.Tensor:
+    """The EM data ratio ``y / ybar``, set to 0 where ``ybar`` is 0.
+
+    Args:
+        y: measured counts ``(*batch, *sino)``.
+        ybar: expected counts ``(*batch, *sino)`` (same shape, or broadcastable).
+
+    Returns:
+        ``(*batch, *sino)`` dimensionless ratio; 0 wherever ``ybar <= 0``.
+    """
+    positive = ybar > 0
+    safe = torch.where(positive, ybar, torch.ones_like(ybar))
+    return torch.where(positive, y / safe, torch.zeros_like(safe))
+
+
+def em_update(
+    x: torch.Tensor, model: PETForwardModel, y: torch.Tensor, sensitivity: torch.Tensor
+) -> torch.Tensor:
+    """One EM update ``x * A^T(y / ybar) / s`` (MLEM step; one OSEM sub-iteration).
+
+    This is the data step shared with the unrolled networks, so it is differentiable with
+    respect to ``x`` (gradients flow through the exact adjoint of the projector).
+
+    Args:
+        x: current image ``(*batch, nx, ny, nz)``, Bq/mL, non-negative.
+        model: forward model ``ybar = c * m * P(G x) + a`` (or one of its subsets).
+        y: measured counts ``(*batch, *sino)`` for ``model``'s bins.
+        sensitivity: ``model.sensitivity()``, ``(nx, ny, nz)`` or ``(*batch, nx, ny, nz)``,
+            counts per Bq/mL.
+
+    Returns:
+        The updated image, same shape and units as ``x``. Where ``ybar == 0`` the ratio is
+        0; where ``sensitivity == 0`` the voxel is 0. Float32 safe (no division by zero,
+        no NaN).
+    """
+    ybar = model(x)
+    back = model.adjoint(em_ratio(y, ybar))
+    covered = sensitivity > 0
+    safe_sens = torch.where(covered, sensitivity, torch.ones_like(sensitivity))
+    return torch.where(covered, x * back / safe_sens, torch.zeros_like(back))
+
+
+def uniform_initial_image(
+    model: PETForwardModel, y: torch.Tensor, sensitivity: torch.Tensor
+) -> torch.Tensor:
+    """A uniform start image whose expected true counts match the measured ones.
+
+    The value ``c`` solves ``sum(c * A 1) = sum(y) - sum(a)`` (using ``sum(A 1) = sum(s)``),
+    so the first iterations start at the right scale in Bq/mL; voxels with zero
+    sensitivity are 0.
+
+    Args:
+        model: forward model.
+        y: measured counts ``(*batch, *sino)``.
+        sensitivity: ``model.sensitivity()`` ``(nx, ny, nz)`` or ``(*batch, nx, ny, nz)``.
+
+    Returns:
+        ``(*batch, nx, ny, nz)`` Bq/mL, strictly positive where the sensitivity is.
+    """
+    image_shape = tuple(sensitivity.shape[-3:])
+    batch = tuple(y.shape[: y.ndim - _sino_ndim(model)])
+    zeros = torch.zeros(batch + image_shape, dtype=y.dtype, device=y.device)
+    background = model(zeros)
+    sino_dims = tuple(range(len(batch), y.ndim))
+    trues = (y.sum(dim=sino_dims) - background.sum(dim=sino_dims)).to(torch.float64)
+    total_sens = sensitivity.to(torch.float64).sum(dim=(-3, -2, -1))
+    total_counts = y.to(torch.float64).sum(dim=sino_dims)
+    # Fall back to a tenth of all counts when the background estimate exceeds the data.
+    trues = torch.where(trues > 0, trues, 0.1 * total_counts + 1e-12)
+    level = (trues / total_sens.clamp_min(1e-30)).to(y.dtype)
+    level = level.reshape(level.shape + (1, 1, 1))
+    covered = (sensitivity > 0).to(y.dtype)
+    return level * covered.expand(batch + image_shape)
+
+
+def _sino_ndim(model: PETForwardModel) -> int:
+    out_shape = getattr(model, "out_shape", None)
+    if out_shape is None:
+        out_shape = model.linear.out_shape
+    return len(out_shape)
+
+
+def _initial(
+    x0: torch.Tensor | None, model: PETForwardModel, y: torch.Tensor, sensitivity: torch.Tensor
+) -> torch.Tensor:
+    if x0 is None:
+        return uniform_initial_image(model, y, sensitivity)
+    if not isinstance(x0, torch.Tensor):
+        raise TypeError(f"x0 must be a torch.Tensor image, got {type(x0).__name__}")
+    if x0.shape[-3:] != sensitivity.shape[-3:]:
+        raise ValueError(
+            f"x0 has image shape {tuple(x0.shape[-3:])}, the model's grid is "
+            f"{tuple(sensitivity.shape[-3:])}"
+        )
+    if bool((x0 < 0).any()) or not bool(torch.isfinite(x0).all()):
+        raise ValueError("x0 must be finite and non-negative (Bq/mL)")
+    return x0.to(dtype=y.dtype, device=y.device)
+
+
+def mlem(
+    model: PETForwardModel,
+    y: torch.Tensor,
+    num_iterations: int,
+    x0: torch.Tensor | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Maximum-likelihood expectation maximisation (Shepp-Vardi / Lange-Carson).
+
+    Args:
+        model: forward model of the scan.
+        y: measured counts ``(*batch, *sino)``, non-negative.
+        num_iterations: number of full EM iterations (0 returns the start image).
+        x0: start image ``(*batch, nx, ny, nz)`` Bq/mL; default: uniform, matched to counts
+            (see :func:`uniform_initial_image`).
+        progress: show a tqdm progress bar.
+
+    Returns:
+        ``(*batch, nx, ny, nz)`` image in Bq/mL, non-negative.
+    """
+    return osem(model, y, num_iterations, 1, x0=x0, progress=progress)
+
+
+def osem(
+    model: PETForwardModel,
+    y: torch.Tensor,
+    num_iterations: int,
+    num_subsets: int,
+    x0: torch.Tensor | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Ordered-subsets EM (Hudson-Larkin) with subsets of interleaved views.
+
+    One iteration visits every subset once. The subset models and their sensitivity
+    images are built once per call and reused by every iteration. With one subset this
+    is exactly MLEM.
+
+    Args:
+        model: forward model of the scan.
+        y: measured counts ``(*batch, *sino)``, non-negative.
+        num_iterations: number of full iterations (each of ``num_subsets`` updates).
+        num_subsets: number of view subsets (``model.subsets(num_subsets)``).
+        x0: start image ``(*batch, nx, ny, nz)`` Bq/mL; default: uniform, matched to counts.
+        progress: show a tqdm progress bar (one step per sub-iteration).
+
+    Returns:
+        ``(*batch, nx, ny, nz)`` image in Bq/mL, non-negative.
+    """
+    _check_iterations(num_iterations, num_subsets)
+    _check_data(y)
+    subset_models, subset_sens = subset_models_and_sensitivities(model, num_subsets)
+    subset_data = (
+        [y]
+        if num_subsets == 1
+        else [model.subset_data(y, k, num_subsets) for k in range(num_subsets)]
+    )
+    total_sens = _total_sensitivity(subset_sens)
+    x = _initial(x0, model, y, total_sens)
+    # Voxels that one subset does not see (but others do) keep their value in that step.
+    unseen = [(s <= 0) & (total_sens > 0) for s in subset_sens]
+    unseen = [u if bool(u.any()) else None for u in unseen]
+    with tqdm(
+        total=num_iterations * num_subsets, desc="OSEM" if num_subsets > 1 else "MLEM",
+        unit="update", disable=not progress, leave=False,
+    ) as bar:
+        for _ in range(num_iterations):
+            for sub_model, sub_y, sens, keep in zip(subset_models, subset_data, subset_sens, unseen):
+                x_new = em_update(x, sub_model, sub_y, sens)
+                x = x_new if keep is None else torch.where(keep, x, x_new)
+                bar.update(1)
+    return x
+
+
+def subset_models_and_sensitivities(
+    model: PETForwardModel, num_subsets: int
+) -> tuple[list[PETForwardModel], list[torch.Tensor]]:
+    """The subset forward models and their sensitivity images, computed once.
+
+    Args:
+        model: the full forward model.
+        num_subsets: number of interleaved view subsets (1: the model itself).
+
+    Returns:
+        ``(models, sensitivities)``: ``num_subsets`` models and images
+        ``(nx, ny, nz)`` (or ``(B, nx, ny, nz)`` for batched factors), counts per Bq/mL.
+    """
+    models = [model] if num_subsets == 1 else list(model.subsets(num_subsets))
+    if len(models) != num_subsets:
+        raise ValueError(f"model.subsets({num_subsets}) returned {len(models)} subsets")
+    with torch.no_grad():
+        sens = [m.sensitivity().detach() for m in models]
+    return models, sens
+
+
+def _total_sensitivity(subset_sens: list[torch.Tensor]) -> torch.Tensor:
+    total = subset_sens[0]
+    for s in subset_sens[1:]:
+        total = total + s
+    return total
