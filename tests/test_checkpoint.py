@@ -1,0 +1,151 @@
+"""Checkpoints: exact round trip, no unpickling, mismatch detection, Lightning conversion."""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from pet_dl.io.checkpoint import (
+    CheckpointError,
+    convert_lightning_checkpoint,
+    load_checkpoint,
+    read_checkpoint_header,
+    save_checkpoint,
+    write_model_card,
+)
+from pet_dl.models import build_model
+
+CONFIG: dict[str, Any] = {
+    "name": "unrolled_em",
+    "spatial_dims": 2,
+    "num_iterations": 2,
+    "channels": [4, 8],
+    "strides": [2],
+    "init_iterations": 1,
+}
+METADATA: dict[str, Any] = {
+    "sinogram": {"num_radial": 32, "scanner": {"name": "test"}},
+    "image": {"shape": [16, 16, 1], "voxel_size_mm": [2.0, 2.0, 2.0], "origin_mm": [0, 0, 0]},
+    "reduction_factors": [4, 10, 20],
+    "training_command": "python train.py fit --config configs/smoke.yaml",
+}
+
+
+def _random_model(generator: torch.Generator, config: dict[str, Any] = CONFIG) -> torch.nn.Module:
+    model = build_model(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator))
+    return model
+
+
+def test_round_trip_is_exact(tmp_path: Path, generator: torch.Generator) -> None:
+    model = _random_model(generator)
+    path = save_checkpoint(tmp_path / "m.safetensors", model, CONFIG, METADATA)
+    loaded = load_checkpoint(path)
+    assert loaded.config == CONFIG
+    assert loaded.metadata["reduction_factors"] == [4, 10, 20]
+    assert loaded.metadata["pet_dl_version"]
+    assert not loaded.model.training
+    ref, got = model.state_dict(), loaded.model.state_dict()
+    assert ref.keys() == got.keys()
+    for key in ref:
+        assert torch.equal(ref[key], got[key]), key
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]  # no temp file left
+
+
+def test_weights_of_another_architecture_are_refused(
+    tmp_path: Path, generator: torch.Generator
+) -> None:
+    wider = dict(CONFIG, channels=[8, 16])
+    path = save_checkpoint(tmp_path / "m.safetensors", _random_model(generator, wider), CONFIG, {})
+    with pytest.raises(CheckpointError, match="shape"):
+        load_checkpoint(path)
+    deeper = dict(CONFIG, num_iterations=3, share_weights=False)
+    path = save_checkpoint(tmp_path / "d.safetensors", _random_model(generator, deeper), CONFIG, {})
+    with pytest.raises(CheckpointError, match="unexpected"):
+        load_checkpoint(path)
+
+
+def test_corrupt_truncated_and_foreign_files(tmp_path: Path, generator: torch.Generator) -> None:
+    path = save_checkpoint(tmp_path / "m.safetensors", _random_model(generator), CONFIG, METADATA)
+    data = path.read_bytes()
+    (tmp_path / "t.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError):
+        load_checkpoint(tmp_path / "t.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(CheckpointError, match="not a readable"):
+        load_checkpoint(tmp_path / "junk.safetensors")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.safetensors")
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "plain.safetensors"))
+    with pytest.raises(CheckpointError, match="not a pet_dl checkpoint"):
+        load_checkpoint(tmp_path / "plain.safetensors")
+
+
+def test_nan_weights_are_refused(tmp_path: Path, generator: torch.Generator) -> None:
+    model = _random_model(generator)
+    with torch.no_grad():
+        next(iter(model.parameters())).view(-1)[0] = float("nan")
+    path = save_checkpoint(tmp_path / "m.safetensors", model, CONFIG, {})
+    with pytest.raises(CheckpointError, match="NaN"):
+        load_checkpoint(path)
+
+
+class _Payload:
+    """Unpickling this runs code (creates a marker file): what a checkpoint must never do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.touch, (self.marker,))
+
+
+def test_pickled_code_is_never_run(tmp_path: Path, generator: torch.Generator) -> None:
+    marker = tmp_path / "pwned"
+    state = {f"model.{k}": v for k, v in _random_model(generator).state_dict().items()}
+    evil = {"state_dict": state, "hyper_parameters": {"model": CONFIG}, "x": _Payload(marker)}
+    torch.save(evil, tmp_path / "evil.ckpt")
+    with pytest.raises(CheckpointError, match="weights only"):
+        convert_lightning_checkpoint(tmp_path / "evil.ckpt", tmp_path / "out.safetensors")
+    (tmp_path / "evil.safetensors").write_bytes(pickle.dumps(_Payload(marker)))
+    with pytest.raises(CheckpointError):
+        load_checkpoint(tmp_path / "evil.safetensors")
+    assert not marker.exists()
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_lightning_conversion(tmp_path: Path, generator: torch.Generator) -> None:
+    model = _random_model(generator)
+    ckpt = {
+        "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+        "hyper_parameters": {"model": CONFIG, "metadata": METADATA, "lr": 1e-3},
+        "epoch": 3,
+    }
+    torch.save(ckpt, tmp_path / "last.ckpt")
+    out = convert_lightning_checkpoint(tmp_path / "last.ckpt", tmp_path / "m.safetensors")
+    loaded = load_checkpoint(out)
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[key], value)
+    assert loaded.metadata["image"] == METADATA["image"]
+    with pytest.raises(CheckpointError, match="prefix"):
+        convert_lightning_checkpoint(
+            tmp_path / "last.ckpt", tmp_path / "x.safetensors", prefix="net."
+        )
+
+
+def test_model_card(tmp_path: Path, generator: torch.Generator) -> None:
+    path = save_checkpoint(tmp_path / "m.safetensors", _random_model(generator), CONFIG, METADATA)
+    card = write_model_card(tmp_path / "MODEL_CARD.md", path).read_text()
+    assert hashlib.sha256(path.read_bytes()).hexdigest() in card
+    assert "unrolled_em" in card and "[4, 10, 20]" in card and "test" in card
+    config, metadata = read_checkpoint_header(path)
+    assert config == CONFIG and metadata["training_command"] in card
