@@ -9,7 +9,7 @@ import torch
 
 from pet_dl.projector import joseph_back, joseph_forward
 
-CPU_BACKENDS = ["reference"]
+CPU_BACKENDS = ["reference", "numba"]
 
 
 def random_lors(
@@ -224,3 +224,17 @@ def test_bad_input_errors() -> None:
     if torch.cuda.is_available():
         with pytest.raises(ValueError, match="is on cuda"):
             joseph_forward(img, s.cuda(), e.cuda(), o, v)
+
+
+@pytest.mark.parametrize("dtype,rtol", [(torch.float64, 1e-11), (torch.float32, 1e-4)])
+def test_numba_matches_reference(dtype: torch.dtype, rtol: float, generator: torch.Generator) -> None:
+    shape, origin, vs = (10, 9, 6), (-9.0, -8.0, -5.5), (2.0, 2.0, 2.2)
+    start, end = random_lors(2000, 25.0, generator, dtype)
+    x = torch.rand(2, *shape, generator=generator, dtype=torch.float64).to(dtype)
+    y = torch.rand(2, 2000, generator=generator, dtype=torch.float64).to(dtype)
+    ref = joseph_forward(x, start, end, origin, vs, backend="reference")
+    fast = joseph_forward(x, start, end, origin, vs, backend="numba")
+    assert torch.allclose(fast, ref, rtol=rtol, atol=rtol * float(ref.abs().max()))
+    ref = joseph_back(y, start, end, shape, origin, vs, backend="reference")
+    fast = joseph_back(y, start, end, shape, origin, vs, backend="numba")
+    assert torch.allclose(fast, ref, rtol=rtol, atol=rtol * float(ref.abs().max()))

@@ -16,7 +16,7 @@ from pet_dl.projector import (
     joseph_forward_tof_listmode,
 )
 
-CPU_BACKENDS = ["reference"]
+CPU_BACKENDS = ["reference", "numba"]
 
 
 @dataclass(frozen=True)

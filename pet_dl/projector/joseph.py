@@ -33,7 +33,7 @@ Vec3 = Sequence[float] | Tensor
 
 
 def _cpu_default() -> str:
-    return "reference"
+    return "numba"
 
 
 def _resolve_backend(backend: str | None, device: torch.device) -> str:
