@@ -1,0 +1,356 @@
+"""Paired low-dose / full-dose training data: recipes, sharded HDF5 files, on-the-fly simulation.
+
+A *recipe* (``data/*.yaml``) fixes the scanner and sinogram layout, the image grid, the
+phantom family, the simulation parameters, the dose reduction factors and, per split,
+the range of phantom seeds. Splits use disjoint seed ranges, so test phantoms never
+appear in training (checked by :func:`load_recipe`).
+
+Each phantom seed gives one full-dose acquisition; the low-dose scans are its binomial
+thinnings at ``1 / r`` for every reduction factor ``r``. An *item* (one low-dose scan) is
+a dict of tensors:
+
+- ``prompts``, ``multiplicative``, ``additive``: ``(*sino)`` (counts, 1, counts),
+- ``calibration``, ``dose_fraction``: ``()``,
+- ``initial``: ``(nx, ny, nz)`` Bq/mL, OSEM of the low-dose scan (the models' start),
+- ``target``: ``(nx, ny, nz)`` true activity, Bq/mL,
+- ``lesion_mask``: ``(nx, ny, nz)`` int64 (0 background),
+- ``mu``: ``(nx, ny, nz)`` 1/mm.
+
+Shards: ``<out>/<split>/shard-0000.h5`` with per-scan arrays (leading axis = scan) and
+per-phantom arrays (``target``, ``lesion_mask``, ``mu``, ``multiplicative``, indexed by
+``phantom_index``); attributes hold the format version and the recipe as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "val", "test")
+PER_SCAN = ("prompts", "additive", "calibration", "dose_fraction", "initial", "phantom_index")
+PER_PHANTOM = ("target", "lesion_mask", "mu", "multiplicative", "seed")
+_RECIPE_KEYS = {
+    "name", "scanner", "num_rings", "sinogram", "image", "phantom", "lesions", "simulation",
+    "reduction_factors", "init_iterations", "init_subsets", "splits", "shard_size",
+}
+
+
+def load_recipe(recipe: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str, Any]:
+    """Read (YAML path) and validate a dataset recipe.
+
+    Raises:
+        ValueError: unknown keys, a bad value, or overlapping split seed ranges.
+    """
+    if not isinstance(recipe, Mapping):
+        import yaml
+
+        path = Path(recipe)
+        if not path.is_file():
+            raise ValueError(f"recipe {path} does not exist")
+        recipe = yaml.safe_load(path.read_text())
+        if not isinstance(recipe, Mapping):
+            raise ValueError(f"recipe {path} is not a YAML mapping")
+    r = dict(recipe)
+    unknown = sorted(set(r) - _RECIPE_KEYS)
+    if unknown:
+        raise ValueError(f"unknown recipe key(s) {unknown}; valid: {sorted(_RECIPE_KEYS)}")
+    for key in ("scanner", "image", "phantom", "splits"):
+        if key not in r:
+            raise ValueError(f"recipe needs {key!r}")
+    r.setdefault("name", "dataset")
+    r.setdefault("sinogram", {})
+    r.setdefault("lesions", {"count": [0, 0]})
+    r.setdefault("simulation", {})
+    r.setdefault("reduction_factors", [4, 10, 20, 50, 100])
+    r.setdefault("init_iterations", 10)
+    r.setdefault("init_subsets", 1)
+    r.setdefault("shard_size", 64)
+    factors = r["reduction_factors"]
+    if not factors or any(float(f) < 1 for f in factors):
+        raise ValueError(f"reduction_factors must be numbers >= 1, got {factors}")
+    ranges = []
+    for split, spec in r["splits"].items():
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; use {SPLITS}")
+        lo, hi = (int(v) for v in spec["seeds"])
+        if not 0 <= lo < hi:
+            raise ValueError(f"split {split!r}: seeds must be [start, stop) with 0 <= start < stop")
+        ranges.append((lo, hi, split))
+    ranges.sort()
+    for (_, hi, a), (lo, _, b) in zip(ranges, ranges[1:]):
+        if lo < hi:
+            raise ValueError(f"splits {a!r} and {b!r} share phantom seeds: ranges overlap")
+    return r
+
+
+def split_seeds(recipe: Mapping[str, Any], split: str) -> range:
+    """The phantom seeds of ``split`` (``range``)."""
+    if split not in recipe["splits"]:
+        raise ValueError(f"recipe {recipe.get('name')!r} has no split {split!r}")
+    lo, hi = (int(v) for v in recipe["splits"][split]["seeds"])
+    return range(lo, hi)
+
+
+def recipe_geometry(recipe: Mapping[str, Any]) -> tuple[Any, Any]:
+    """``(SinogramGeometry, ImageGeometry)`` of a recipe."""
+    from pet_dl.geometry import ImageGeometry, SinogramGeometry, get_scanner
+
+    scanner = get_scanner(recipe["scanner"])
+    sino_kw = dict(recipe.get("sinogram") or {})
+    img = recipe["image"]
+    image = ImageGeometry.centered(tuple(img["shape"]), tuple(img["voxel_size_mm"]))
+    if image.shape[2] == 1:
+        sinogram = SinogramGeometry.two_d(scanner, **sino_kw)
+    else:
+        if "num_rings" in recipe:
+            scanner = scanner.with_rings(int(recipe["num_rings"]))
+        sinogram = SinogramGeometry(scanner, **sino_kw)
+    return sinogram, image
+
+
+def _phantom(recipe: Mapping[str, Any], image: Any, seed: int) -> Any:
+    from pet_dl import phantoms
+
+    g = torch.Generator().manual_seed(int(seed))
+    phantom = phantoms.make_phantom(recipe["phantom"], image, g)
+    lesions = dict(recipe.get("lesions") or {})
+    count = lesions.pop("count", [0, 0])
+    n = int(torch.randint(int(count[0]), int(count[1]) + 1, (1,), generator=g))
+    if n > 0:
+        phantom = phantoms.add_lesions(phantom, n, g, **lesions)
+    return phantom
+
+
+def simulate_phantom(
+    recipe: Mapping[str, Any], seed: int, geometry: tuple[Any, Any] | None = None
+) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
+    """Simulate one phantom seed: its per-phantom arrays and one dict per reduction factor.
+
+    Returns:
+        ``(phantom_arrays, scans)``: ``phantom_arrays`` has ``target``, ``lesion_mask``,
+        ``mu``, ``multiplicative``, ``seed``; each scan has ``prompts``, ``additive``,
+        ``calibration``, ``dose_fraction``, ``initial`` (see the module docstring).
+    """
+    from pet_dl.models import ReconBatch, initial_image
+    from pet_dl.scan import AcquisitionMetadata
+    from pet_dl.simulate import simulate_scan, thin_scan
+
+    sinogram, image = geometry if geometry is not None else recipe_geometry(recipe)
+    phantom = _phantom(recipe, image, seed)
+    sim = dict(recipe.get("simulation") or {})
+    duration = float(sim.pop("duration_s", 300.0))
+    g = torch.Generator().manual_seed(10_000_019 + int(seed))
+    meta = AcquisitionMetadata(duration_s=duration, phantom=str(recipe["phantom"]), seed=int(seed))
+    full = simulate_scan(
+        phantom.activity, phantom.mu, sinogram, image, duration_s=duration, generator=g,
+        metadata=meta, **sim,
+    )
+    lows = [thin_scan(full, 1.0 / float(r), g) for r in recipe["reduction_factors"]]
+    fractions = torch.tensor([1.0 / float(r) for r in recipe["reduction_factors"]])
+    prompts = torch.stack([s.prompts for s in lows]).float()
+    additive = torch.stack([s.additive for s in lows]).float()
+    calibration = torch.tensor([float(s.calibration) for s in lows])
+    batch = ReconBatch(
+        prompts, full.multiplicative.float().expand_as(prompts).contiguous(), additive,
+        calibration, fractions, sinogram, image, psf_fwhm_mm=float(full.psf_fwhm_mm),
+    )
+    initial = initial_image(
+        batch.forward_model(), prompts, int(recipe["init_iterations"]), int(recipe["init_subsets"])
+    )
+    arrays = {
+        "target": phantom.activity.float(),
+        "lesion_mask": phantom.labels.long(),
+        "mu": phantom.mu.float(),
+        "multiplicative": full.multiplicative.float(),
+        "seed": torch.tensor(int(seed)),
+    }
+    scans = [
+        {
+            "prompts": prompts[i], "additive": additive[i], "calibration": calibration[i],
+            "dose_fraction": fractions[i], "initial": initial[i].float(),
+        }
+        for i in range(len(lows))
+    ]
+    return arrays, scans
+
+
+def psf_of_recipe(recipe: Mapping[str, Any]) -> float:
+    """The PSF FWHM (mm) the recipe simulates with (0: none)."""
+    return float((recipe.get("simulation") or {}).get("psf_fwhm_mm", 0.0))
+
+
+def _write_shard(path: Path, recipe: Mapping[str, Any], phantoms: list, scans: list) -> None:
+    import h5py
+
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["recipe"] = json.dumps(dict(recipe))
+            for key in PER_PHANTOM:
+                data = torch.stack([p[key] for p in phantoms]).numpy()
+                f.create_dataset(key, data=data, compression="gzip", shuffle=True)
+            for key in PER_SCAN:
+                data = torch.stack([torch.as_tensor(s[key]) for s in scans]).numpy()
+                f.create_dataset(key, data=data, compression="gzip", shuffle=True)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def generate_dataset(
+    recipe: Mapping[str, Any] | str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    splits: Sequence[str] | None = None,
+    progress: bool = False,
+) -> list[Path]:
+    """Simulate the recipe's splits and write sharded HDF5 files under ``out_dir/<split>/``.
+
+    Returns:
+        the written shard paths.
+    """
+    from tqdm.auto import tqdm
+
+    r = load_recipe(recipe)
+    geometry = recipe_geometry(r)
+    out = Path(out_dir)
+    written: list[Path] = []
+    for split in splits or list(r["splits"]):
+        seeds = split_seeds(r, split)
+        (out / split).mkdir(parents=True, exist_ok=True)
+        phantoms: list[dict] = []
+        scans: list[dict] = []
+        shard = 0
+        for seed in tqdm(seeds, desc=split, disable=not progress):
+            arrays, items = simulate_phantom(r, seed, geometry)
+            for item in items:
+                item["phantom_index"] = torch.tensor(len(phantoms))
+            phantoms.append(arrays)
+            scans.extend(items)
+            if len(phantoms) == int(r["shard_size"]) or seed == seeds[-1]:
+                path = out / split / f"shard-{shard:04d}.h5"
+                _write_shard(path, r, phantoms, scans)
+                written.append(path)
+                phantoms, scans, shard = [], [], shard + 1
+    return written
+
+
+class _GeometryMixin:
+    recipe: dict[str, Any]
+
+    def _init_geometry(self) -> None:
+        self.sinogram, self.image = recipe_geometry(self.recipe)
+        self.psf_fwhm_mm = psf_of_recipe(self.recipe)
+        self.init_iterations = int(self.recipe["init_iterations"])
+        self.init_subsets = int(self.recipe["init_subsets"])
+        self.reduction_factors = [float(f) for f in self.recipe["reduction_factors"]]
+
+
+class PairedScanDataset(_GeometryMixin, Dataset):
+    """Reads the shards of one split written by :func:`generate_dataset`.
+
+    Args:
+        root: the dataset folder (``out_dir`` of :func:`generate_dataset`).
+        split: ``"train"``, ``"val"`` or ``"test"``.
+        reduction_factors: keep only scans at these factors (default: all).
+    """
+
+    def __init__(
+        self, root: str | os.PathLike[str], split: str,
+        reduction_factors: Sequence[float] | None = None,
+    ) -> None:
+        import h5py
+
+        self.files = sorted((Path(root) / split).glob("shard-*.h5"))
+        if not self.files:
+            raise ValueError(f"no shards in {Path(root) / split} (run `python -m pet_dl dataset`)")
+        self.index: list[tuple[int, int]] = []
+        recipe = None
+        for k, path in enumerate(self.files):
+            with h5py.File(path, "r") as f:
+                if int(f.attrs.get("format_version", -1)) != FORMAT_VERSION:
+                    raise ValueError(f"{path}: dataset format version is not {FORMAT_VERSION}")
+                recipe = recipe or json.loads(f.attrs["recipe"])
+                dose = f["dose_fraction"][:]
+            for i, d in enumerate(dose):
+                if reduction_factors is None or any(
+                    abs(float(d) * float(r) - 1.0) < 1e-4 for r in reduction_factors
+                ):
+                    self.index.append((k, i))
+        self.recipe = recipe
+        self._init_geometry()
+        self._handles: dict[int, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def _file(self, k: int) -> Any:
+        import h5py
+
+        if k not in self._handles:  # opened lazily, per worker process
+            self._handles[k] = h5py.File(self.files[k], "r")
+        return self._handles[k]
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        k, j = self.index[i]
+        f = self._file(k)
+        item = {key: torch.as_tensor(f[key][j]) for key in PER_SCAN if key != "phantom_index"}
+        p = int(f["phantom_index"][j])
+        for key in ("target", "lesion_mask", "mu", "multiplicative"):
+            item[key] = torch.as_tensor(f[key][p])
+        item["seed"] = torch.as_tensor(f["seed"][p])
+        return item
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_handles"] = {}
+        return state
+
+
+class OnTheFlyDataset(_GeometryMixin, Dataset):
+    """Simulates items during training: item ``i`` is phantom ``seeds[i // R]`` at factor ``i % R``.
+
+    Deterministic: the same index always gives the same scan. Each phantom is simulated
+    once per worker and cached for its ``R`` reduction factors.
+
+    Args:
+        recipe: recipe dict or YAML path.
+        split: which seed range to draw phantoms from.
+        num_phantoms: use only the first ``num_phantoms`` seeds of the split.
+    """
+
+    def __init__(
+        self, recipe: Mapping[str, Any] | str | os.PathLike[str], split: str,
+        num_phantoms: int | None = None,
+    ) -> None:
+        self.recipe = load_recipe(recipe)
+        self._init_geometry()
+        seeds = split_seeds(self.recipe, split)
+        self.seeds = seeds if num_phantoms is None else seeds[:num_phantoms]
+        self._cache: tuple[int, dict, list] | None = None
+
+    def __len__(self) -> int:
+        return len(self.seeds) * len(self.reduction_factors)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        seed = self.seeds[i // len(self.reduction_factors)]
+        if self._cache is None or self._cache[0] != seed:
+            arrays, scans = simulate_phantom(self.recipe, seed, (self.sinogram, self.image))
+            self._cache = (seed, arrays, scans)
+        _, arrays, scans = self._cache
+        item = dict(scans[i % len(self.reduction_factors)])
+        item.update(arrays)
+        return item
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        return (self[i] for i in range(len(self)))

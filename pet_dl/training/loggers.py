@@ -1,0 +1,23 @@
+"""A WandbLogger whose mode follows ``WANDB_MODE`` (offline unless told otherwise)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from lightning.pytorch.loggers import WandbLogger
+
+
+class PetWandbLogger(WandbLogger):
+    """``WandbLogger`` with ``mode=$WANDB_MODE`` (default ``"offline"``; tests use ``"disabled"``).
+
+    Args:
+        project: wandb project name.
+        save_dir: local folder for run files.
+        **kwargs: passed to :class:`lightning.pytorch.loggers.WandbLogger`.
+    """
+
+    def __init__(self, project: str = "pet_dl", save_dir: str = "outputs", **kwargs: Any) -> None:
+        kwargs.setdefault("mode", os.environ.get("WANDB_MODE", "offline"))
+        os.makedirs(save_dir, exist_ok=True)
+        super().__init__(project=project, save_dir=save_dir, **kwargs)

@@ -1,0 +1,125 @@
+"""The LightningModule: one learned reconstruction model, its loss and its metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+
+from pet_dl.models import build_model
+from pet_dl.training.batching import to_recon_batch
+
+LOSSES = ("l1", "mse")
+
+
+class ReconModule(pl.LightningModule):
+    """Trains a network from :func:`pet_dl.models.build_model` on paired scans.
+
+    The loss compares prediction and target (true activity, Bq/mL) after dividing both by
+    the target's mean over the image (per scan), so scans of any count level and
+    activity weigh alike.
+
+    Args:
+        network: model config, e.g. ``{"name": "unrolled_em", "spatial_dims": 2}``.
+        loss: ``"l1"`` or ``"mse"``.
+        ssim_weight: weight of ``1 - SSIM`` added to the loss (0: off).
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        cosine_steps: cosine learning-rate decay over this many steps (0: constant).
+    """
+
+    def __init__(
+        self,
+        network: dict[str, Any],
+        loss: str = "l1",
+        ssim_weight: float = 0.0,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        cosine_steps: int = 0,
+    ) -> None:
+        super().__init__()
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        if ssim_weight < 0:
+            raise ValueError(f"ssim_weight must be >= 0, got {ssim_weight}")
+        self.save_hyperparameters()
+        self.net = build_model(network)
+        self.network_config = dict(network)
+        self.geometry_metadata: dict[str, Any] = {}
+
+    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Reconstruct a collated batch: ``(B, nx, ny, nz)`` Bq/mL."""
+        return self.net(to_recon_batch(batch))
+
+    @staticmethod
+    def _normalise(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scale = target.flatten(1).mean(1).clamp_min(1e-12).view(-1, *([1] * (target.dim() - 1)))
+        return pred / scale, target / scale
+
+    def _ssim(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        from monai.losses import SSIMLoss
+
+        dims = self.net.spatial_dims
+        p = pred[:, None, ..., 0] if dims == 2 else pred[:, None]
+        t = target[:, None, ..., 0] if dims == 2 else target[:, None]
+        data_range = t.amax().clamp_min(1e-6)
+        return SSIMLoss(spatial_dims=dims, data_range=data_range)(p, t)
+
+    def compute_loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Loss between prediction and target ``(B, nx, ny, nz)`` (normalised per scan)."""
+        p, t = self._normalise(pred.float(), target.float())
+        loss = F.l1_loss(p, t) if self.hparams.loss == "l1" else F.mse_loss(p, t)
+        if self.hparams.ssim_weight > 0:
+            loss = loss + self.hparams.ssim_weight * self._ssim(p, t)
+        return loss
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        pred = self(batch)
+        loss = self.compute_loss(pred, batch["target"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=pred.shape[0])
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        from pet_dl import metrics
+
+        pred = self(batch)
+        target = batch["target"].float()
+        b = pred.shape[0]
+        self.log("val/loss", self.compute_loss(pred, target), prog_bar=True, batch_size=b, sync_dist=True)
+        nrmse = torch.stack([metrics.nrmse(pred[i], target[i]) for i in range(b)]).mean()
+        psnr = torch.stack([metrics.psnr(pred[i], target[i]) for i in range(b)]).mean()
+        self.log("val/nrmse", nrmse, prog_bar=True, batch_size=b, sync_dist=True)
+        self.log("val/psnr", psnr, batch_size=b, sync_dist=True)
+        if "initial" in batch:
+            init = batch["initial"].float()
+            base = torch.stack([metrics.nrmse(init[i], target[i]) for i in range(b)]).mean()
+            self.log("val/nrmse_initial", base, batch_size=b, sync_dist=True)
+
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.AdamW(
+            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        )
+        if self.hparams.cosine_steps <= 0:
+            return opt
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.hparams.cosine_steps)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_fit_start(self) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is not None and hasattr(dm, "metadata"):
+            self.geometry_metadata = dm.metadata()
+            expected = self.geometry_metadata.get("init_iterations")
+            actual = self.network_config.get("init_iterations", 10)
+            if expected is not None and expected != actual:
+                raise ValueError(
+                    f"network init_iterations={actual} but the data's initial images use "
+                    f"{expected}: set model.network.init_iterations to {expected}"
+                )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["pet_dl_metadata"] = self.geometry_metadata
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.geometry_metadata = checkpoint.get("pet_dl_metadata", {})
