@@ -1,0 +1,70 @@
+"""Seeded digital phantoms (activity in Bq/mL, mu in 1/mm at 511 keV, lesion labels).
+
+``make_phantom("brain" | "torso" | "nema", image, generator)`` builds one on an
+:class:`~pet_dl.geometry.ImageGeometry`; :func:`add_lesions` inserts hot lesions.
+See ``docs/phantoms.md``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from pet_dl.phantoms.base import (
+    MU_BONE,
+    MU_LUNG,
+    MU_SOFT_TISSUE,
+    MU_WATER,
+    SUV1_BQML,
+    Lesion,
+    Phantom,
+)
+from pet_dl.phantoms.brain import brain_phantom
+from pet_dl.phantoms.lesions import add_lesions
+from pet_dl.phantoms.nema import SPHERE_DIAMETERS_MM, nema_phantom
+from pet_dl.phantoms.torso import torso_phantom
+
+if TYPE_CHECKING:
+    from pet_dl.geometry import ImageGeometry
+
+PHANTOMS: dict[str, Callable[..., Phantom]] = {
+    "brain": brain_phantom,
+    "torso": torso_phantom,
+    "nema": nema_phantom,
+}
+
+
+def make_phantom(
+    name: str, image: ImageGeometry, generator: torch.Generator, **kwargs: Any
+) -> Phantom:
+    """Build the phantom called ``name`` (``"brain"``, ``"torso"``, ``"nema"``) on ``image``.
+
+    Keyword arguments go to the phantom's function (e.g. ``grey_white_ratio``).
+    """
+    try:
+        build = PHANTOMS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown phantom {name!r}; choose one of {', '.join(sorted(PHANTOMS))}"
+        ) from None
+    return build(image, generator, **kwargs)
+
+
+__all__ = [
+    "MU_BONE",
+    "MU_LUNG",
+    "MU_SOFT_TISSUE",
+    "MU_WATER",
+    "PHANTOMS",
+    "SPHERE_DIAMETERS_MM",
+    "SUV1_BQML",
+    "Lesion",
+    "Phantom",
+    "add_lesions",
+    "brain_phantom",
+    "make_phantom",
+    "nema_phantom",
+    "torso_phantom",
+]

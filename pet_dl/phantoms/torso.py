@@ -1,0 +1,167 @@
+"""FDG torso / whole-body phantom: body contour, fat, lungs, heart, liver, spleen, kidneys,
+bladder, aorta and spine.
+
+World axes are RAS+ (+x patient left, +y anterior, +z superior). Along z the body runs
+from the pelvis (z about -480 mm) to the neck (z about +300 mm). The plane z = 0 cuts the
+lung bases, the heart, the liver dome and the spine, so a 2D grid shows a lower-thorax
+slice; ``bed_offset_mm`` shifts the anatomy along z to image other levels (kidneys near
+z = -150, bladder near z = -400 at offset 0).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from pet_dl.phantoms.base import (
+    MU_BONE,
+    MU_FAT,
+    MU_LUNG,
+    MU_SOFT_TISSUE,
+    MU_SPONGY_BONE,
+    SUV1_BQML,
+    Canvas,
+    Phantom,
+    check_fov,
+    seed_of,
+    uniform,
+)
+from pet_dl.phantoms.shapes import ellipsoid, elliptic_cylinder
+
+if TYPE_CHECKING:
+    from pet_dl.geometry import ImageGeometry
+
+# Typical FDG SUVs (mean) at 60 min.
+SUV = {
+    "fat": 0.35,
+    "soft_tissue": 0.8,
+    "lung": 0.4,
+    "myocardium": 3.0,
+    "blood": 1.6,
+    "liver": 2.3,
+    "spleen": 1.8,
+    "kidney": 3.5,
+    "bladder": 15.0,
+    "marrow": 1.3,
+    "bone": 0.4,
+}
+
+
+def torso_phantom(
+    image: ImageGeometry,
+    generator: torch.Generator,
+    *,
+    suv1_bqml: float = SUV1_BQML,
+    bed_offset_mm: float = 0.0,
+    supersampling: int = 4,
+) -> Phantom:
+    """A randomised FDG torso on ``image``.
+
+    Random per seed: body width (-10..+12 %) and depth (-10..+15 %), organ positions
+    (+-5 mm) and sizes (+-10 %), organ uptakes (+-20 %; myocardium x0.4..2 and bladder
+    x0.5..2, as in patients).
+
+    Args:
+        image: the grid (needs about 390 x 260 mm transaxially).
+        generator: seeded torch generator.
+        suv1_bqml: activity of SUV 1, Bq/mL (370 MBq in 70 kg after 60 min: about 4 kBq/mL).
+        bed_offset_mm: anatomy shifted by minus this along z (image z = anatomy z - offset).
+        supersampling: sub-samples per axis for partial-volume voxels.
+
+    Returns:
+        Phantom with tissues fat, soft_tissue, lung, liver, spleen, kidney, bladder,
+        aorta, myocardium, blood, spine_cortex, marrow; no lesions.
+    """
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    if suv1_bqml <= 0:
+        raise ValueError(f"suv1_bqml must be positive, got {suv1_bqml}")
+    g = generator
+
+    def u(lo: float, hi: float) -> float:
+        return uniform(g, lo, hi)
+
+    def at(x: float, y: float, z: float, d: float = 5.0) -> tuple[float, float, float]:
+        return (x + u(-d, d), y + u(-d, d), z - bed_offset_mm + u(-d, d))
+
+    def s(v: float) -> float:
+        return v * u(0.9, 1.1)
+
+    def act(name: str, lo: float = 0.8, hi: float = 1.2) -> float:
+        return SUV[name] * suv1_bqml * u(lo, hi)
+
+    w, d = 170.0 * u(0.9, 1.12), 110.0 * u(0.9, 1.15)
+    check_fov(image, w + 5.0, d + 5.0, "torso")
+    z0 = -90.0 - bed_offset_mm
+    cv = Canvas(image, supersampling)
+    cv.paint(elliptic_cylinder((0.0, 0.0, z0), (w, d), 390.0), act("fat"), MU_FAT, "fat")
+    inner = (w - u(8.0, 25.0), d - u(8.0, 20.0))
+    cv.paint(
+        elliptic_cylinder((0.0, 0.0, z0), inner, 390.0),
+        act("soft_tissue"),
+        MU_SOFT_TISSUE,
+        "soft_tissue",
+    )
+
+    cv.paint(
+        ellipsoid(at(-0.4 * w, 0.02 * d, -60.0), (s(0.4 * w), s(0.6 * d), s(100.0)), 0.2),
+        act("liver"),
+        MU_SOFT_TISSUE,
+        "liver",
+    )
+    cv.paint(
+        ellipsoid(at(0.55 * w, -0.3 * d, -50.0), (s(25.0), s(45.0), s(50.0)), -0.5),
+        act("spleen"),
+        MU_SOFT_TISSUE,
+        "spleen",
+    )
+    for side in (-1.0, 1.0):
+        cv.paint(
+            ellipsoid(at(side * 0.4 * w, -0.05 * d, 90.0), (s(0.3 * w), s(0.55 * d), s(130.0))),
+            act("lung"),
+            MU_LUNG,
+            "lung",
+        )
+        cv.paint(
+            ellipsoid(at(side * 65.0, -0.45 * d, -150.0), (s(28.0), s(32.0), s(55.0)), side * 0.35),
+            act("kidney", 0.7, 1.3),
+            MU_SOFT_TISSUE,
+            "kidney",
+        )
+    heart_c = at(0.15 * w, 0.25 * d, 30.0)
+    heart = (s(52.0), s(44.0), s(50.0))
+    cv.paint(
+        ellipsoid(heart_c, heart, 0.5), act("myocardium", 0.4, 2.0), MU_SOFT_TISSUE, "myocardium"
+    )
+    cv.paint(
+        ellipsoid(heart_c, (heart[0] - 11.0, heart[1] - 11.0, heart[2] - 11.0), 0.5),
+        act("blood"),
+        MU_SOFT_TISSUE,
+        "blood",
+    )
+    aorta = 12.0 * u(0.85, 1.15)
+    cv.paint(
+        elliptic_cylinder(at(0.1 * w, -0.45 * d, -100.0, 3.0), (aorta, aorta), 160.0),
+        act("blood"),
+        MU_SOFT_TISSUE,
+        "aorta",
+    )
+    bl = u(0.7, 1.3)
+    cv.paint(
+        ellipsoid(at(0.0, 0.2 * d, -400.0), (45.0 * bl, 35.0 * bl, 35.0 * bl)),
+        act("bladder", 0.5, 2.0),
+        MU_SOFT_TISSUE,
+        "bladder",
+    )
+
+    spine_c = (u(-3.0, 3.0), -d + 40.0 + u(-4.0, 4.0), z0)
+    cv.paint(
+        elliptic_cylinder(spine_c, (s(20.0), s(18.0)), 390.0), act("bone"), MU_BONE, "spine_cortex"
+    )
+    cv.paint(
+        elliptic_cylinder(spine_c, (15.0, 13.0), 390.0), act("marrow"), MU_SPONGY_BONE, "marrow"
+    )
+    phantom = cv.to_phantom("torso", seed=seed_of(g))
+    phantom.extra.update(suv1_bqml=suv1_bqml, bed_offset_mm=bed_offset_mm)
+    return phantom
