@@ -37,8 +37,9 @@ def _vision() -> ScannerGeometry:
     # Siemens Biograph Vision 600: van Sluis et al., J Nucl Med 60:1031-1036 (2019):
     # 3.2 x 3.2 x 20 mm LSO, 60,800 crystals = 80 rings x 760 crystals
     # (38 blocks x 20 transaxially, 8 blocks x 10 axially), ring diameter 82 cm,
-    # axial FOV 26.3 cm (ring pitch 3.29 mm), TOF resolution 214 ps, NEMA sensitivity
-    # 16.4 cps/kBq. Sinogram radial bins 520 as in the vendor's span-1 sinograms.
+    # axial FOV 26.3 cm (ring pitch 3.29 mm), TOF resolution 210 ps, NEMA NU 2-2012
+    # sensitivity 16.4 cps/kBq (the Vision 450 with the same detectors measures 213 ps:
+    # EJNMMI Phys 7:55 (2020)). Sinogram radial bins 520 as in the vendor's span-1 sinograms.
     # DOI 7 mm as STIR uses for LSO block detectors. TOF binning: 33 bins of 143 ps
     # (project choice covering the FOV; the vendor's exact TOF binning is not cited).
     return ScannerGeometry(
@@ -52,19 +53,21 @@ def _vision() -> ScannerGeometry:
         blocks_per_ring=38,
         crystals_per_block=(20, 10),
         gap_crystals_per_block=0,
-        tof=TOFParameters.from_picoseconds(num_bins=33, bin_width_ps=143.0, fwhm_ps=214.0),
+        tof=TOFParameters.from_picoseconds(num_bins=33, bin_width_ps=143.0, fwhm_ps=210.0),
         sensitivity_cps_per_kbq=16.4,
         default_num_radial=520,
     )
 
 
 def _dmi() -> ScannerGeometry:
-    # GE Discovery MI, 4 detector rings. STIR's Scanner.cxx (DiscoveryMI4ring, after
-    # Hsu et al., J Nucl Med 58:1511-1518 (2017)): 36 rings, 544 crystals/ring
-    # (136 blocks x 4 transaxially, 9 axially), effective ring radius 380.5 mm
-    # (inner 371.1 mm + DOI 9.4 mm), ring spacing 5.52296 mm, 415 non-arc-corrected
-    # bins; crystals 3.95 x 5.3 x 25 mm LBS. TOF resolution 385 ps (Hsu et al. 2017).
-    # NEMA sensitivity of the 4-ring system 13.7 cps/kBq (Pan et al., EJNMMI Phys 6:2019).
+    # GE Discovery MI, 4 detector rings (20 cm axial FOV). Geometry as in STIR's
+    # Scanner.cxx (DiscoveryMI4ring): 36 rings, 544 crystals/ring (136 blocks x 4
+    # transaxially, 9 axially), effective ring radius 380.5 mm (inner 371.1 mm + DOI
+    # 9.4 mm), ring spacing 5.52296 mm, 415 non-arc-corrected bins; crystals
+    # 3.95 x 5.3 x 25 mm LBS. Hsu et al., J Nucl Med 58:1511-1518 (2017), 4-ring system:
+    # detector ring diameter 74.4 cm, NEMA NU 2-2012 sensitivity 13.7 cps/kBq at the
+    # centre, timing resolution 375.4 ps (another site measured 377 ps: Chicheportiche
+    # et al., EJNMMI Phys 7:7 (2020); vendor material quotes about 385 ps).
     # TOF binning: 29 bins of 169 ps (project choice covering the FOV).
     return ScannerGeometry(
         name="dmi",
@@ -77,7 +80,7 @@ def _dmi() -> ScannerGeometry:
         blocks_per_ring=136,
         crystals_per_block=(4, 9),
         gap_crystals_per_block=0,
-        tof=TOFParameters.from_picoseconds(num_bins=29, bin_width_ps=169.0, fwhm_ps=385.0),
+        tof=TOFParameters.from_picoseconds(num_bins=29, bin_width_ps=169.0, fwhm_ps=375.4),
         sensitivity_cps_per_kbq=13.7,
         default_num_radial=415,
     )
