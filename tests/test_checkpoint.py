@@ -123,22 +123,29 @@ def test_pickled_code_is_never_run(tmp_path: Path, generator: torch.Generator) -
     assert not (tmp_path / "out.safetensors").exists()
 
 
-def test_lightning_conversion(tmp_path: Path, generator: torch.Generator) -> None:
+@pytest.mark.parametrize("style", ["recon_module", "generic"])
+def test_lightning_conversion(tmp_path: Path, generator: torch.Generator, style: str) -> None:
     model = _random_model(generator)
-    ckpt = {
-        "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-        "hyper_parameters": {"model": CONFIG, "metadata": METADATA, "lr": 1e-3},
+    prefix, key = ("net.", "network") if style == "recon_module" else ("model.", "model")
+    ckpt: dict[str, Any] = {
+        "state_dict": {f"{prefix}{k}": v for k, v in model.state_dict().items()},
+        "hyper_parameters": {key: CONFIG, "lr": 1e-3},
         "epoch": 3,
     }
+    if style == "recon_module":
+        ckpt["pet_dl_metadata"] = METADATA
+    else:
+        ckpt["hyper_parameters"]["metadata"] = METADATA
     torch.save(ckpt, tmp_path / "last.ckpt")
     out = convert_lightning_checkpoint(tmp_path / "last.ckpt", tmp_path / "m.safetensors")
     loaded = load_checkpoint(out)
-    for key, value in model.state_dict().items():
-        assert torch.equal(loaded.model.state_dict()[key], value)
+    for name, value in model.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[name], value)
+    assert loaded.config == CONFIG
     assert loaded.metadata["image"] == METADATA["image"]
     with pytest.raises(CheckpointError, match="prefix"):
         convert_lightning_checkpoint(
-            tmp_path / "last.ckpt", tmp_path / "x.safetensors", prefix="net."
+            tmp_path / "last.ckpt", tmp_path / "x.safetensors", prefix="xx."
         )
 
 

@@ -202,7 +202,7 @@ def convert_lightning_checkpoint(
     out_path: str | os.PathLike[str],
     config: Mapping[str, Any] | None = None,
     metadata: Mapping[str, Any] | None = None,
-    prefix: str = "model.",
+    prefix: str | None = None,
     builder: Callable[[Mapping[str, Any]], nn.Module] | None = None,
 ) -> Path:
     """Convert a Lightning ``.ckpt`` to a pet_dl ``.safetensors`` checkpoint.
@@ -213,9 +213,12 @@ def convert_lightning_checkpoint(
     Args:
         ckpt_path: Lightning checkpoint.
         out_path: ``.safetensors`` file to write.
-        config: model config; default ``hyper_parameters["model"]`` of the checkpoint.
-        metadata: training metadata; default ``hyper_parameters["metadata"]`` or ``{}``.
-        prefix: prefix of the network's keys in the LightningModule state dict.
+        config: model config; default ``hyper_parameters["network"]`` (``ReconModule``)
+            or ``hyper_parameters["model"]``.
+        metadata: training metadata; default the checkpoint's ``"pet_dl_metadata"``, then
+            ``hyper_parameters["metadata"]``, else ``{}``.
+        prefix: prefix of the network's keys in the LightningModule state dict; default
+            ``"net."`` (``ReconModule``) or ``"model."``, whichever is present.
         builder: as in :func:`load_checkpoint` (the weights are checked by loading them).
     """
     p = Path(ckpt_path)
@@ -231,10 +234,15 @@ def convert_lightning_checkpoint(
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CheckpointError(f"{p} is not a Lightning checkpoint (no 'state_dict')")
     hparams = ckpt.get("hyper_parameters") or {}
-    config = dict(config if config is not None else hparams.get("model") or {})
-    if not config:
+    if config is None:
+        config = hparams.get("network") or hparams.get("model") or {}
+    if not isinstance(config, Mapping) or not config:
         raise CheckpointError(f"{p} has no model config in hyper_parameters; pass config=")
-    metadata = dict(metadata if metadata is not None else hparams.get("metadata") or {})
+    if metadata is None:
+        metadata = ckpt.get("pet_dl_metadata") or hparams.get("metadata") or {}
+    keys = list(ckpt["state_dict"])
+    if prefix is None:
+        prefix = next((c for c in ("net.", "model.") if any(k.startswith(c) for k in keys)), "net.")
     state = {
         k[len(prefix) :]: v
         for k, v in ckpt["state_dict"].items()
@@ -249,7 +257,7 @@ def convert_lightning_checkpoint(
         model.load_state_dict(state, strict=True)
     except (TypeError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{p}: weights do not fit the config ({exc})") from exc
-    return save_checkpoint(out_path, model, config, metadata)
+    return save_checkpoint(out_path, model, dict(config), dict(metadata))
 
 
 def write_model_card(
