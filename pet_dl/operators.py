@@ -230,8 +230,9 @@ class DiagonalOperator(LinearOperator):
     """Elementwise multiplication by a fixed tensor (self-adjoint).
 
     Args:
-        weight: ``(*shape)`` or, for a batch of operators, ``(B, *shape)``; it multiplies
-            inputs ``(*batch, *shape)`` with broadcasting.
+        weight: ``(*shape)`` or, for a batch of operators, ``(B, *shape)``; trailing
+            dimensions may be 1 (broadcast, e.g. over TOF bins). It multiplies inputs
+            ``(*batch, *shape)`` with broadcasting.
         shape: the operator's shape; default ``weight.shape``.
     """
 
@@ -242,9 +243,11 @@ class DiagonalOperator(LinearOperator):
             )
         shape = tuple(shape) if shape is not None else tuple(weight.shape)
         n = len(shape)
-        if n and tuple(weight.shape[weight.dim() - n :]) != shape:
+        tail = tuple(weight.shape[weight.dim() - n :]) if n else ()
+        if weight.dim() < n or any(a not in (b, 1) for a, b in zip(tail, shape)):
             raise GeometryError(
-                f"DiagonalOperator weight of shape {tuple(weight.shape)} does not end in {shape}"
+                f"DiagonalOperator weight of shape {tuple(weight.shape)} does not broadcast to"
+                f" (*batch, {', '.join(map(str, shape))})"
             )
         super().__init__(shape, shape)
         self.register_buffer("weight", weight)
