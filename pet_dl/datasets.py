@@ -124,7 +124,7 @@ def _phantom(recipe: Mapping[str, Any], image: Any, seed: int) -> Any:
     count = lesions.pop("count", [0, 0])
     n = int(torch.randint(int(count[0]), int(count[1]) + 1, (1,), generator=g))
     if n > 0:
-        phantom = phantoms.add_lesions(phantom, n, g, **lesions)
+        phantom = phantoms.add_lesions(phantom, n, generator=g, **lesions)
     return phantom
 
 

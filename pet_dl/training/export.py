@@ -30,6 +30,7 @@ def export_module(
     meta["global_step"] = int(getattr(module, "global_step", 0))
     config = dict(module.network_config)
     config.setdefault("init_iterations", meta.get("init_iterations", 10))
+    config.setdefault("init_subsets", meta.get("init_subsets", 1))
     module.net.eval()
     return save_checkpoint(path, module.net, config, meta)
 

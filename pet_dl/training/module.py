@@ -88,13 +88,13 @@ class ReconModule(pl.LightningModule):
         target = batch["target"].float()
         b = pred.shape[0]
         self.log("val/loss", self.compute_loss(pred, target), prog_bar=True, batch_size=b, sync_dist=True)
-        nrmse = torch.stack([metrics.nrmse(pred[i], target[i]) for i in range(b)]).mean()
-        psnr = torch.stack([metrics.psnr(pred[i], target[i]) for i in range(b)]).mean()
+        nrmse = metrics.nrmse(pred.detach(), target).mean().float()
+        psnr = metrics.psnr(pred.detach(), target).mean().float()
         self.log("val/nrmse", nrmse, prog_bar=True, batch_size=b, sync_dist=True)
         self.log("val/psnr", psnr, batch_size=b, sync_dist=True)
         if "initial" in batch:
             init = batch["initial"].float()
-            base = torch.stack([metrics.nrmse(init[i], target[i]) for i in range(b)]).mean()
+            base = metrics.nrmse(init, target).mean().float()
             self.log("val/nrmse_initial", base, batch_size=b, sync_dist=True)
 
     def configure_optimizers(self) -> Any:
@@ -110,13 +110,14 @@ class ReconModule(pl.LightningModule):
         dm = getattr(self.trainer, "datamodule", None)
         if dm is not None and hasattr(dm, "metadata"):
             self.geometry_metadata = dm.metadata()
-            expected = self.geometry_metadata.get("init_iterations")
-            actual = self.network_config.get("init_iterations", 10)
-            if expected is not None and expected != actual:
-                raise ValueError(
-                    f"network init_iterations={actual} but the data's initial images use "
-                    f"{expected}: set model.network.init_iterations to {expected}"
-                )
+            for key, default in (("init_iterations", 10), ("init_subsets", 1)):
+                expected = self.geometry_metadata.get(key)
+                actual = self.network_config.get(key, default)
+                if expected is not None and expected != actual:
+                    raise ValueError(
+                        f"network {key}={actual} but the data's initial images use "
+                        f"{expected}: set model.network.{key} to {expected}"
+                    )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["pet_dl_metadata"] = self.geometry_metadata

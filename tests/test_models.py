@@ -1,0 +1,182 @@
+"""Learned models: shapes (2D / 3D), dose conditioning, FBSEM fusion, gradients, round trip."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pet_dl.geometry import ImageGeometry, SinogramGeometry, get_scanner
+from pet_dl.models import ReconBatch, build_model, fbsem_fusion
+from pet_dl.operators import MatrixOperator
+
+SMALL = {
+    "unrolled_em": {"num_iterations": 2, "channels": [4, 8], "strides": [2], "init_iterations": 2},
+    "learned_primal_dual": {"num_iterations": 2, "width": 8, "depth": 2, "init_iterations": 2},
+    "post_unet": {"channels": [4, 8], "strides": [2], "init_iterations": 2},
+}
+
+
+def _matrix_batch(
+    generator: torch.Generator, image_shape: tuple[int, int, int], sino: tuple[int, ...],
+    dose: tuple[float, ...] = (1.0, 0.05), dtype: torch.dtype = torch.float32,
+) -> ReconBatch:
+    """A random sparse non-negative system matrix and Poisson data on it."""
+    n, m = int(torch.tensor(image_shape).prod()), int(torch.tensor(sino).prod())
+    a = torch.rand(m, n, generator=generator, dtype=torch.float64)
+    a = a * (torch.rand(m, n, generator=generator, dtype=torch.float64) < 0.3)
+    proj = MatrixOperator(a.to(dtype), image_shape, sino)
+    b = len(dose)
+    x = 5.0 + 20.0 * torch.rand(b, *image_shape, generator=generator, dtype=dtype)
+    mult = 0.5 + 0.5 * torch.rand(b, *sino, generator=generator, dtype=dtype)
+    cal = torch.tensor(dose, dtype=dtype)
+    add = 0.3 * cal.view(b, *([1] * len(sino))).expand(b, *sino).clone()
+    ybar = cal.view(b, *([1] * len(sino))) * mult * proj(x) + add
+    y = torch.poisson(ybar, generator=generator)
+    image = ImageGeometry.centered(image_shape, (4.0, 4.0, 4.0))
+    return ReconBatch(y, mult, add, cal, torch.tensor(dose, dtype=dtype), None, image, projector=proj)
+
+
+@pytest.mark.parametrize("name", ["unrolled_em", "learned_primal_dual", "post_unet"])
+def test_2d_models_run_and_are_nonnegative(name: str, generator: torch.Generator) -> None:
+    batch = _matrix_batch(generator, (12, 10, 1), (1, 9, 11))
+    net = build_model({"name": name, "spatial_dims": 2, **SMALL[name]})
+    out = net(batch)
+    assert out.shape == (2, 12, 10, 1)
+    assert out.dtype == torch.float32
+    assert bool(torch.isfinite(out).all()) and bool((out >= 0).all())
+    out.mean().backward()
+    grads = [p.grad for p in net.parameters() if p.requires_grad]
+    assert any(g is not None and float(g.abs().sum()) > 0 for g in grads)
+
+
+@pytest.mark.parametrize("name", ["unrolled_em", "learned_primal_dual", "post_unet"])
+def test_3d_models_run(name: str, generator: torch.Generator) -> None:
+    batch = _matrix_batch(generator, (6, 6, 4), (3, 5, 7))
+    out = build_model({"name": name, "spatial_dims": 3, **SMALL[name]})(batch)
+    assert out.shape == (2, 6, 6, 4)
+    assert bool(torch.isfinite(out).all())
+
+
+def test_2d_model_with_joseph_projector(generator: torch.Generator) -> None:
+    scanner = get_scanner("test")
+    sino = SinogramGeometry.two_d(scanner, num_radial=33, view_mashing=4)
+    image = ImageGeometry.centered((16, 16, 1), (6.0, 6.0, 6.0))
+    b = 2
+    mult = torch.ones(b, *sino.shape)
+    y = torch.poisson(torch.full((b, *sino.shape), 5.0), generator=generator)
+    batch = ReconBatch(y, mult, torch.full_like(y, 0.5), torch.tensor([1.0, 0.1]),
+                       torch.tensor([1.0, 0.1]), sino, image)
+    net = build_model({"name": "unrolled_em", "spatial_dims": 2, **SMALL["unrolled_em"]})
+    out = net(batch)
+    assert out.shape == (b, 16, 16, 1) and bool(torch.isfinite(out).all())
+
+
+@pytest.mark.parametrize("name", ["unrolled_em", "learned_primal_dual", "post_unet"])
+def test_dose_conditioning_changes_output(name: str, generator: torch.Generator) -> None:
+    batch = _matrix_batch(generator, (12, 10, 1), (1, 9, 11), dose=(0.25, 0.25))
+    torch.manual_seed(0)
+    net = build_model({"name": name, "spatial_dims": 2, **SMALL[name]})
+    if name == "unrolled_em":
+        with torch.no_grad():
+            net.fusion_dose_slope.fill_(0.5)
+    a = net(batch)
+    from dataclasses import replace
+
+    b = net(replace(batch, dose_fraction=torch.tensor([0.01, 0.25])))
+    assert torch.allclose(a[1], b[1])
+    rel = float((a[0] - b[0]).detach().norm() / a[0].detach().norm())
+    assert rel > 1e-4, "changing only the dose level must change the reconstruction"
+
+
+@pytest.mark.parametrize("a_sign", ["positive", "negative"])
+def test_fbsem_fusion_is_the_surrogate_maximiser(a_sign: str, generator: torch.Generator) -> None:
+    x_em = 0.1 + torch.rand(200, generator=generator, dtype=torch.float64)
+    x_reg = 3.0 * torch.rand(200, generator=generator, dtype=torch.float64)
+    w = torch.rand(200, generator=generator, dtype=torch.float64)
+    if a_sign == "negative":
+        w = w + 2.0  # 1 - w x_reg < 0 for most voxels
+    x = fbsem_fusion(x_em, x_reg, w)
+    assert bool((x > 0).all())
+    # Stationarity of (x_em log x - x) - w/2 (x - x_reg)^2:  (x_em / x - 1) - w (x - x_reg) = 0
+    residual = (x_em / x - 1.0) - w * (x - x_reg)
+    assert float(residual.abs().max()) < 1e-10 * float((x_em / x).abs().max() + 1)
+    assert torch.allclose(fbsem_fusion(x_em, x_reg, torch.zeros_like(w)), x_em)
+
+
+def test_gradient_through_em_data_step_matches_finite_differences(generator: torch.Generator) -> None:
+    """The EM step through the Joseph projector (float64): gradcheck on a tiny 2D problem."""
+    from pet_dl.recon import em_update
+
+    scanner = get_scanner("test")
+    sino = SinogramGeometry.two_d(scanner, num_radial=9, view_mashing=14)
+    image = ImageGeometry.centered((5, 5, 1), (12.0, 12.0, 12.0))
+    y = torch.poisson(torch.full((1, *sino.shape), 4.0, dtype=torch.float64), generator=generator)
+    batch = ReconBatch(y, torch.ones_like(y), torch.full_like(y, 0.2),
+                       torch.tensor([1.0], dtype=torch.float64), torch.tensor([0.5], dtype=torch.float64),
+                       sino, image)
+    model = batch.forward_model()
+    model = model.double() if hasattr(model, "double") else model
+    sens = model.sensitivity()
+    x = (0.5 + torch.rand(1, *image.shape, generator=generator, dtype=torch.float64)).requires_grad_()
+    assert torch.autograd.gradcheck(lambda v: em_update(v, model, y, sens), (x,), eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+def test_checkpointing_gives_same_values_and_gradients(generator: torch.Generator) -> None:
+    batch = _matrix_batch(generator, (12, 10, 1), (1, 9, 11))
+    torch.manual_seed(0)
+    net = build_model({"name": "unrolled_em", "spatial_dims": 2, **SMALL["unrolled_em"]})
+    out = net(batch)
+    out.square().mean().backward()
+    g1 = [p.grad.clone() for p in net.parameters()]
+    net.zero_grad()
+    net.checkpointing = True
+    out2 = net(batch)
+    out2.square().mean().backward()
+    assert torch.allclose(out, out2, rtol=1e-5)
+    for a, b in zip(g1, [p.grad for p in net.parameters()]):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-8 * float(a.abs().max() + 1e-30))
+
+
+def test_autocast_keeps_data_step_float32(generator: torch.Generator) -> None:
+    batch = _matrix_batch(generator, (12, 10, 1), (1, 9, 11))
+    net = build_model({"name": "unrolled_em", "spatial_dims": 2, **SMALL["unrolled_em"]})
+    with torch.no_grad():
+        ref = net(batch)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = net(batch)
+    assert out.dtype == torch.float32 and bool(torch.isfinite(out).all())
+    assert float((out - ref).norm() / ref.norm()) < 0.1
+
+
+def test_checkpoint_round_trip_gives_same_outputs(tmp_path, generator: torch.Generator) -> None:
+    from pet_dl.io.checkpoint import load_checkpoint, save_checkpoint
+
+    batch = _matrix_batch(generator, (12, 10, 1), (1, 9, 11))
+    config = {"name": "unrolled_em", "spatial_dims": 2, **SMALL["unrolled_em"]}
+    torch.manual_seed(3)
+    net = build_model(config)
+    with torch.no_grad():
+        net.fusion_weight.uniform_(-1, 1, generator=generator)
+    path = save_checkpoint(tmp_path / "m.safetensors", net, config, {"image": batch.image.to_dict()})
+    loaded = load_checkpoint(path)
+    net.eval()
+    loaded.model.eval()
+    with torch.no_grad():
+        assert torch.equal(net(batch), loaded.model(batch))
+
+
+def test_build_model_rejects_bad_config() -> None:
+    with pytest.raises(ValueError, match="unknown model name"):
+        build_model({"name": "resnet9000"})
+    with pytest.raises(ValueError, match="num_iteratons"):
+        build_model({"name": "unrolled_em", "num_iteratons": 3})
+    with pytest.raises(ValueError, match="spatial_dims"):
+        build_model({"name": "post_unet", "spatial_dims": 4})
+
+
+def test_recon_batch_rejects_bad_dose(generator: torch.Generator) -> None:
+    batch = _matrix_batch(generator, (4, 4, 1), (1, 3, 5))
+    from dataclasses import replace
+
+    with pytest.raises(ValueError, match="dose_fraction"):
+        replace(batch, dose_fraction=torch.tensor([0.0, 1.0]))
