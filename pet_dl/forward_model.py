@@ -162,7 +162,8 @@ class GaussianResolution(LinearOperator):
     Maps ``(*batch, nx, ny, nz)`` to the same shape (units unchanged). Kernels are
     point-sampled Gaussians normalised to sum 1 (so an interior image keeps its sum),
     truncated at 4 sigma, applied with zero padding; the operator is a symmetric matrix.
-    Axes with one voxel or zero FWHM are left alone.
+    Axes with one voxel or zero FWHM are left alone. The kernels are float64 buffers,
+    cast to the input's dtype on use.
 
     Args:
         image: the image grid (shape and voxel size in mm).
@@ -187,7 +188,7 @@ class GaussianResolution(LinearOperator):
             if n == 1 or f == 0:
                 continue
             k = gaussian_kernel_1d(f / FWHM_PER_SIGMA / float(v), max_radius=n - 1)
-            self.register_buffer(f"kernel{axis}", k.to(torch.get_default_dtype()), persistent=False)
+            self.register_buffer(f"kernel{axis}", k, persistent=False)  # float64
             self._axes.append(axis)
 
     def _apply(self, x: torch.Tensor) -> torch.Tensor:
