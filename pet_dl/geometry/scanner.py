@@ -52,7 +52,7 @@ class ScannerGeometry:
         blocks_per_ring: detector blocks (modules) around a ring.
         crystals_per_block: (transaxial, axial) crystals per block; the transaxial count
             includes the gap crystals, so ``blocks_per_ring * crystals_per_block[0] ==
-            crystals_per_ring``.
+            crystals_per_ring``. None: ``(crystals_per_ring // blocks_per_ring, 1)``.
         gap_crystals_per_block: virtual crystals per block (transaxial) that model the gap
             between blocks; they are the last ones of each block and record no counts.
         tof: TOF parameters, or None for a non-TOF scanner.
@@ -70,7 +70,7 @@ class ScannerGeometry:
     crystal_size_mm: tuple[float, float, float]
     doi_mm: float = 0.0
     blocks_per_ring: int = 1
-    crystals_per_block: tuple[int, int] = (1, 1)
+    crystals_per_block: tuple[int, int] | None = None
     gap_crystals_per_block: int = 0
     tof: TOFParameters | None = None
     sensitivity_cps_per_kbq: float | None = None
@@ -93,6 +93,11 @@ class ScannerGeometry:
             self, "crystal_size_mm", tuple(_check_float("crystal_size_mm", s) for s in size)
         )
         _check_int("blocks_per_ring", self.blocks_per_ring, 1)
+        if self.crystals_per_block is None:
+            # no module layout given: blocks_per_ring equal blocks of one axial crystal
+            object.__setattr__(
+                self, "crystals_per_block", (self.crystals_per_ring // self.blocks_per_ring, 1)
+            )
         block = tuple(self.crystals_per_block)
         if len(block) != 2:
             raise ValueError(f"crystals_per_block must be (transaxial, axial), got {block}")
@@ -201,5 +206,6 @@ class ScannerGeometry:
         if d.get("tof") is not None:
             d["tof"] = TOFParameters.from_dict(d["tof"])
         d["crystal_size_mm"] = tuple(d["crystal_size_mm"])
-        d["crystals_per_block"] = tuple(d.get("crystals_per_block", (1, 1)))
+        if d.get("crystals_per_block") is not None:
+            d["crystals_per_block"] = tuple(d["crystals_per_block"])
         return cls(**d)
