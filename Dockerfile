@@ -1,0 +1,51 @@
+# pet_dl: training, inference (infer.py) and a TorchServe endpoint in one CUDA image.
+#
+#   docker build -t pet_dl .
+#   docker run --gpus all -p 127.0.0.1:8080:8080 pet_dl serve
+#   docker run --gpus all -v "$PWD/data:/data" pet_dl infer /data/scan.h5 --out /data/out
+#   docker run --gpus all -v "$PWD:/work" pet_dl train fit --config configs/<name>.yaml
+#
+# See docs/serving.md. Pinned base: PyTorch 2.5.1, CUDA 12.4, cuDNN 9 runtime (Python 3.11).
+ARG BASE_IMAGE=pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
+
+# ---------------------------------------------------------------- build: wheel, venv, .mar
+FROM ${BASE_IMAGE} AS build
+WORKDIR /src
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+COPY pyproject.toml README.md ./
+COPY pet_dl ./pet_dl
+# The venv sees the base image's torch (system site packages) and adds pet_dl + serve extra.
+RUN python -m venv --system-site-packages /opt/venv \
+    && /opt/venv/bin/pip install ".[serve]"
+COPY scripts/build_mar.sh ./scripts/build_mar.sh
+RUN PATH="/opt/venv/bin:$PATH" scripts/build_mar.sh \
+        pet_dl/assets/pet_dl_2d.safetensors /opt/model_store pet_dl
+
+# ---------------------------------------------------------------- runtime
+FROM ${BASE_IMAGE} AS runtime
+# TorchServe's frontend needs a Java runtime.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends openjdk-17-jre-headless \
+    && rm -rf /var/lib/apt/lists/*
+RUN groupadd --system --gid 10001 pet \
+    && useradd --system --uid 10001 --gid pet --create-home --home-dir /home/pet pet
+ENV PATH="/opt/venv/bin:$PATH" \
+    PYTHONUNBUFFERED=1 \
+    WANDB_MODE=offline \
+    PET_DL_MODEL_NAME=pet_dl \
+    PET_DL_MODEL_STORE=/opt/pet_dl/model_store
+COPY --from=build /opt/venv /opt/venv
+COPY --from=build --chown=pet:pet /opt/model_store /opt/pet_dl/model_store
+COPY --chown=pet:pet infer.py train.py /opt/pet_dl/
+COPY --chown=pet:pet configs /opt/pet_dl/configs
+COPY --chown=pet:pet pet_dl/serving/config.properties /opt/pet_dl/config.properties
+COPY --chown=pet:pet pet_dl/serving/docker_entrypoint.sh /opt/pet_dl/entrypoint.sh
+USER 10001:10001
+WORKDIR /home/pet
+EXPOSE 8080
+# Ready = the model has a READY worker (/ping stays healthy even when loading failed).
+HEALTHCHECK --interval=30s --timeout=10s --start-period=120s --retries=3 \
+    CMD ["python", "-m", "pet_dl.serving.healthcheck", "--url", "http://127.0.0.1:8081", "--model", "pet_dl"]
+ENTRYPOINT ["/opt/pet_dl/entrypoint.sh"]
+CMD ["serve"]
