@@ -1,0 +1,82 @@
+"""``python -m pet_dl {simulate,recon,evaluate,dataset,demo}`` (also the ``pet-dl`` script).
+
+One argparse parser with a sub-command per module in :mod:`pet_dl.commands`. Errors a
+user can cause (:class:`pet_dl.errors.PetDLError`, ``ValueError`` from input checks, a
+missing input file) are printed as one line ``error: <message>`` on stderr with exit
+code 2; every command writes its outputs atomically, so a failed run leaves no file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+
+from pet_dl import __version__
+from pet_dl.commands import COMMANDS
+from pet_dl.errors import PetDLError
+
+EXIT_USAGE = 2
+
+
+def _command_modules() -> dict[str, ModuleType]:
+    """The available command modules, by name (modules not present are skipped)."""
+    modules = {}
+    for name in COMMANDS:
+        full = f"pet_dl.commands.{name}"
+        try:
+            modules[name] = importlib.import_module(full)
+        except ModuleNotFoundError as exc:
+            if exc.name != full:  # a real missing dependency inside the module: report it
+                raise
+    return modules
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argparse parser whose usage errors are one line: ``error: ... (see --help)``."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"error: {self.prog}: {message} (see --help)\n")
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, ModuleType]]:
+    """The top-level parser and the command modules it dispatches to."""
+    parser = _Parser(
+        prog="pet_dl",
+        description="pet_dl: PET simulation, classical and learned reconstruction.",
+    )
+    parser.add_argument("--version", action="version", version=f"pet_dl {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    modules = _command_modules()
+    for module in modules.values():
+        module.add_parser(subparsers)
+    return parser, modules
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    if isinstance(exc, FileNotFoundError) and exc.filename and exc.strerror:
+        text = f"{exc.filename}: {exc.strerror}"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return " ".join(lines) if lines else type(exc).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (0 ok, 2 bad input, 130 interrupted)."""
+    parser, modules = build_parser()
+    args = parser.parse_args(argv)
+    run = getattr(args, "run", None) or modules[args.command].run
+    try:
+        return int(run(args) or 0)
+    except (PetDLError, ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

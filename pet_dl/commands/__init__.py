@@ -1,0 +1,8 @@
+"""Sub-commands of ``python -m pet_dl``: one module per command.
+
+Each module exposes ``add_parser(subparsers) -> None`` and ``run(args) -> int`` and keeps
+its heavy imports inside ``run`` so that ``--help`` is fast. :mod:`pet_dl.cli` finds the
+modules listed in :data:`COMMANDS` (a missing one is skipped).
+"""
+
+COMMANDS: tuple[str, ...] = ("simulate", "recon", "evaluate", "dataset", "demo")
