@@ -132,7 +132,7 @@ def test_presets_consistent(name: str) -> None:
     radius = torch.linalg.norm(pos[..., :2], dim=-1)
     torch.testing.assert_close(radius, torch.full_like(radius, s.detector_radius_mm))
     z = pos[:, 0, 2]
-    assert float(z.mean()).__abs__() < 1e-9 * s.axial_fov_mm  # axial centre at z = 0
+    assert abs(float(z.mean())) < 1e-9 * s.axial_fov_mm  # axial centre at z = 0
     torch.testing.assert_close(torch.diff(z), torch.full_like(z[1:], s.ring_spacing_mm))
     assert s.sensitivity_cps_per_kbq is not None and s.sensitivity_cps_per_kbq > 0
     sino = SinogramGeometry.two_d(s)
@@ -237,6 +237,26 @@ def test_endpoints_on_cylinder_and_ring_differences() -> None:
         torch.testing.assert_close(dz, mean_rd * s.ring_spacing_mm)
         # segments ascend in ring difference
         assert [seg[0] for seg in sino.segments] == sorted(seg[0] for seg in sino.segments)
+
+
+def test_span11_planes_partition_ring_pairs() -> None:
+    rings = 64
+    sino = SinogramGeometry(get_scanner("mmr"), 344, span=11, max_ring_difference=60)
+    pairs = [pair for plane in sino.plane_ring_pairs() for pair in plane]
+    # every ring pair with |ring difference| <= 60 is in exactly one plane
+    expected = {(a, b) for a in range(rings) for b in range(rings) if abs(b - a) <= 60}
+    assert len(pairs) == len(set(pairs)) == len(expected) and set(pairs) == expected
+    # within a segment, planes ascend in z (ring sum); representative z is the mean per end
+    z_start, z_end = sino.plane_z()
+    mid = (z_start + z_end) / 2
+    first = 0
+    for _, _, n in sino.segments:
+        assert bool((torch.diff(mid[first : first + n]) > 0).all())
+        first += n
+    ring_z = get_scanner("mmr").ring_z()
+    plane = sino.plane_ring_pairs()[100]
+    assert float(z_start[100]) == pytest.approx(float(ring_z[[a for a, _ in plane]].mean()))
+    assert float(z_end[100]) == pytest.approx(float(ring_z[[b for _, b in plane]].mean()))
 
 
 def test_crystal_pairs_match_endpoints() -> None:
