@@ -184,3 +184,196 @@ def test_cuda_request_without_cuda(generator: torch.Generator, tmp_path: Path) -
     scan = make_scan(generator)
     with pytest.raises(InvalidInputError, match="no CUDA device"):
         reconstruct(scan, make_checkpoint(tmp_path, generator, scan), device="cuda")
+
+
+# ------------------------------------------------------------------ infer.py (command line)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _infer_module() -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pet_dl_infer_cli", ROOT / "infer.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _replace_dataset(path: Path, name: str, values: Any) -> None:
+    import h5py
+
+    with h5py.File(path, "r+") as f:
+        del f[name]
+        f.create_dataset(name, data=values)
+
+
+@pytest.fixture
+def scan_files(tmp_path: Path, generator: torch.Generator) -> tuple[Path, Path, Scan]:
+    """A checkpoint and a scan file for it (and the in-memory scan)."""
+    from pet_dl.io.scanfile import write_scan
+
+    scan = make_scan(generator)
+    ckpt = make_checkpoint(tmp_path, generator, scan, dict(CONFIG, initial_fusion_weight=0.5))
+    write_scan(tmp_path / "patient1.h5", scan)
+    return ckpt, tmp_path / "patient1.h5", scan
+
+
+def test_infer_cli_writes_nifti_and_dicom(
+    tmp_path: Path, scan_files: tuple[Path, Path, Scan]
+) -> None:
+    import json
+    import shutil
+    import sys
+
+    from pet_dl.io.dicom import read_pet_series
+    from pet_dl.io.nifti import load_nifti
+    from pet_dl.io.scanfile import read_scan
+
+    ckpt, scan_path, _ = scan_files
+    shutil.copy(scan_path, tmp_path / "patient2.h5")
+    side = tmp_path / "side.json"
+    side.write_text(json.dumps({"patient_weight_kg": 81.5, "patient_id": "ID42"}))
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(ROOT / "infer.py"), str(scan_path), str(tmp_path / "patient2.h5")]
+    cmd += [
+        "--checkpoint",
+        str(ckpt),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--metadata",
+        str(side),
+    ]
+    assert _infer_module().main(cmd[2:]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "patient1.nii.gz",
+        "patient1_dicom",
+        "patient2.nii.gz",
+        "patient2_dicom",
+    ]
+    expected = reconstruct(read_scan(scan_path), ckpt, device="cpu")
+    image, geometry = load_nifti(out / "patient1.nii.gz")
+    torch.testing.assert_close(
+        torch.as_tensor(image).float(), expected, rtol=1e-5, atol=1e-5 * float(expected.max())
+    )
+    assert geometry == read_scan(scan_path).image
+    activity, dgeo, info = read_pet_series(out / "patient1_dicom")
+    peak = float(expected.abs().max())
+    assert (
+        float((torch.from_numpy(activity) - expected.double()).abs().max())
+        <= 0.5 * peak / 32767 * 1.001
+    )
+    assert (
+        dgeo.shape == geometry.shape
+        and info.patient_weight_kg == 81.5
+        and info.patient_id == "ID42"
+    )
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("truncate", "corrupt or truncated|not a readable|scan file"),
+        ("nan", "NaN"),
+        ("negative", "negative"),
+        ("empty", "no counts"),
+    ],
+)
+def test_infer_cli_bad_scan_files(
+    tmp_path: Path,
+    scan_files: tuple[Path, Path, Scan],
+    capsys: pytest.CaptureFixture[str],
+    damage: str,
+    message: str,
+) -> None:
+    import numpy as np
+
+    ckpt, scan_path, scan = scan_files
+    prompts = scan.prompts.numpy().copy()
+    if damage == "truncate":
+        data = scan_path.read_bytes()
+        scan_path.write_bytes(data[: len(data) // 2])
+    elif damage == "nan":
+        prompts[0, 0, 0] = np.nan
+        _replace_dataset(scan_path, "prompts", prompts)
+    elif damage == "negative":
+        prompts[0, 0, 0] = -3.0
+        _replace_dataset(scan_path, "prompts", prompts)
+    else:
+        _replace_dataset(scan_path, "prompts", np.zeros_like(prompts))
+    out = tmp_path / "out"
+    code = _infer_module().main(
+        [str(scan_path), "--checkpoint", str(ckpt), "--out", str(out), "--device", "cpu"]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("error: ") and "\n" not in err
+    assert pytest.importorskip("re").search(message, err), err
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_infer_cli_bad_arguments(
+    tmp_path: Path,
+    scan_files: tuple[Path, Path, Scan],
+    generator: torch.Generator,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from pet_dl.io.checkpoint import save_checkpoint as save
+
+    ckpt, scan_path, scan = scan_files
+    other = SinogramGeometry.two_d(get_scanner("test"), num_radial=65, view_mashing=2)
+    foreign = save(
+        tmp_path / "other.safetensors",
+        build_model(CONFIG),
+        CONFIG,
+        {"sinogram": other.to_dict(), "image": scan.image.to_dict()},
+    )
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(ckpt.read_bytes()[:100])
+    bad_json = tmp_path / "bad.json"
+    bad_json.write_text('{"patient_weight_kg": -5}')
+    out = tmp_path / "out"
+    base = [str(scan_path), "--out", str(out), "--device", "cpu"]
+    cases = [
+        (["--checkpoint", str(foreign)], "scan has 56 views, model was trained for 28"),
+        (["--checkpoint", str(corrupt)], "not a readable safetensors"),
+        (["--checkpoint", str(tmp_path / "none.safetensors")], "does not exist"),
+        (["--checkpoint", str(ckpt), "--format", "png"], "unknown --format"),
+        (
+            ["--checkpoint", str(ckpt), "--metadata", str(bad_json)],
+            "patient_weight_kg must be a positive",
+        ),
+    ]
+    infer = _infer_module()
+    for extra, message in cases:
+        assert infer.main(base + extra) == 2, extra
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and message in err and "\n" not in err, err
+    assert (
+        infer.main([str(tmp_path / "missing.h5"), "--out", str(out), "--checkpoint", str(ckpt)])
+        == 2
+    )
+    assert "not found" in capsys.readouterr().err
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_infer_script_exit_codes(tmp_path: Path) -> None:
+    """The script itself (subprocess): --help exits 0, a missing scan exits 2, one line."""
+    import subprocess
+    import sys
+
+    script = [sys.executable, str(ROOT / "infer.py")]
+    ok = subprocess.run([*script, "--help"], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and "--checkpoint" in ok.stdout
+    bad = subprocess.run(
+        [*script, str(tmp_path / "nope.h5"), "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode == 2
+    assert bad.stderr.strip().startswith("error: ") and len(bad.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()

@@ -1,0 +1,200 @@
+"""Reconstruct scan files with a trained network: NIfTI and DICOM PET out.
+
+    python infer.py scan.h5 [scan2.h5 ...] [--checkpoint model.safetensors] --out DIR
+                    [--format nifti,dicom] [--device cpu|cuda] [--metadata side.json]
+
+Writes ``DIR/<scan name>.nii.gz`` (RAS affine from the scan's image grid) and
+``DIR/<scan name>_dicom/`` (PET Image Storage series, Bq/mL). Exit codes: 0 success,
+2 bad input (one line ``error: ...`` on stderr), 1 unexpected failure. Every output is
+written under a temporary name and renamed, so a failure leaves no partial file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+FORMATS = ("nifti", "dicom")
+# Side-file keys that may override the scan's acquisition metadata (patient / tracer facts).
+_OVERRIDABLE = (
+    "patient_weight_kg",
+    "patient_id",
+    "patient_name",
+    "injected_activity_bq",
+    "injection_time",
+    "acquisition_start",
+    "radionuclide",
+    "half_life_s",
+    "tracer",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="infer.py",
+        description="Reconstruct pet_dl scan files (HDF5) with a trained network.",
+    )
+    parser.add_argument("scans", nargs="+", type=Path, help="scan files (.h5)")
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="model .safetensors (default: shipped 2D model)",
+    )
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument(
+        "--format", default="nifti,dicom", help="comma-separated: nifti, dicom (default both)"
+    )
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    parser.add_argument(
+        "--metadata", type=Path, default=None, help="JSON side file: patient / tracer facts"
+    )
+    parser.add_argument(
+        "--amp",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="bf16 autocast on CUDA (default: on for 3D scans on CUDA)",
+    )
+    return parser
+
+
+def parse_formats(text: str) -> tuple[str, ...]:
+    """``"nifti,dicom"`` -> ``("nifti", "dicom")``; unknown names are an error."""
+    from pet_dl.errors import InvalidInputError
+
+    formats = tuple(dict.fromkeys(f.strip().lower() for f in text.split(",") if f.strip()))
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise InvalidInputError(
+            f"unknown --format {text!r}; use one or both of {', '.join(FORMATS)}"
+        )
+    return formats
+
+
+def read_side_metadata(path: Path | None) -> dict[str, Any]:
+    """The JSON side file as a dict of metadata overrides (checked keys and types)."""
+    from pet_dl.errors import InvalidInputError
+
+    if path is None:
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise InvalidInputError(f"metadata file {path} does not exist") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidInputError(f"metadata file {path} is not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise InvalidInputError(f"metadata file {path} must hold a JSON object")
+    unknown = sorted(set(data) - set(_OVERRIDABLE))
+    if unknown:
+        raise InvalidInputError(
+            f"metadata file {path}: unknown key(s) {unknown}; valid: {list(_OVERRIDABLE)}"
+        )
+    for key in ("patient_weight_kg", "injected_activity_bq", "half_life_s"):
+        value = data.get(key)
+        if value is not None and (not isinstance(value, (int, float)) or value <= 0):
+            raise InvalidInputError(f"metadata file {path}: {key} must be a positive number")
+    return data
+
+
+def scan_name(path: Path) -> str:
+    """``/a/b/patient1.h5`` -> ``patient1``."""
+    name = path.name
+    for suffix in (".hdf5", ".h5"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def _write_outputs(
+    out_dir: Path, name: str, image: Any, scan: Any, formats: tuple[str, ...], checkpoint: str
+) -> list[Path]:
+    """Write the requested outputs of one scan; on failure remove what this scan wrote."""
+    from pet_dl.io.dicom import write_pet_series
+    from pet_dl.io.nifti import save_nifti
+
+    written: list[Path] = []
+    try:
+        if "nifti" in formats:
+            path = out_dir / f"{name}.nii.gz"
+            save_nifti(path, image, scan.image)
+            written.append(path)
+        if "dicom" in formats:
+            path = out_dir / f"{name}_dicom"
+            write_pet_series(
+                path,
+                image,
+                scan.image,
+                scan.metadata,
+                series_description=f"pet_dl {name}",
+                reconstruction_method=f"pet_dl {checkpoint}"[:64],
+            )
+            written.append(path)
+    except BaseException:
+        for path in written:
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(
+                missing_ok=True
+            )
+        raise
+    return written
+
+
+def run(args: argparse.Namespace) -> int:
+    """Reconstruct every scan of ``args``; raises on the first bad one."""
+    from tqdm import tqdm
+
+    from pet_dl.errors import InvalidInputError
+    from pet_dl.inference import load_model, reconstruct, resolve_device
+    from pet_dl.io.scanfile import read_scan
+
+    formats = parse_formats(args.format)
+    overrides = read_side_metadata(args.metadata)
+    missing = [str(p) for p in args.scans if not p.is_file()]
+    if missing:
+        raise InvalidInputError(f"scan file(s) not found: {', '.join(missing)}")
+    names = [scan_name(p) for p in args.scans]
+    if len(set(names)) != len(names):
+        raise InvalidInputError("two scans have the same name; their outputs would collide")
+    device = resolve_device(args.device)
+    loaded = load_model(args.checkpoint, device)
+    label = args.checkpoint.name if args.checkpoint else "shipped model"
+    args.out.mkdir(parents=True, exist_ok=True)
+    for path, name in zip(tqdm(args.scans, desc="infer", unit="scan", disable=None), names):
+        scan = read_scan(path)
+        if overrides:
+            scan = dataclasses.replace(
+                scan, metadata=dataclasses.replace(scan.metadata, **overrides)
+            )
+        image = reconstruct(scan, loaded, device=device, amp=args.amp)
+        _write_outputs(args.out, name, image, scan, formats, label)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry: 0 ok, 2 bad input, 1 unexpected error."""
+    args = build_parser().parse_args(argv)
+    try:
+        from pet_dl.errors import PetDLError
+
+        return run(args)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except (PetDLError, ValueError, OSError) as exc:
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # anything else is a bug: still one line, exit 1
+        print(
+            f"error: unexpected {type(exc).__name__}: {' '.join(str(exc).split())}", file=sys.stderr
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
