@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from pet_dl.phantoms.shapes import Shape, rasterize
+from pet_dl.phantoms.shapes import Shape, rasterize, rasterize_box
 
 if TYPE_CHECKING:
     from pet_dl.geometry import ImageGeometry
@@ -144,18 +144,27 @@ class Canvas:
         mu_per_mm: float,
         tissue: str | None = None,
         label: int | None = None,
-    ) -> torch.Tensor:
-        """Replace activity and mu where ``shape`` is; returns the fractions painted."""
-        f = self.fraction(shape)
-        self.activity.mul_(1.0 - f).add_(activity_bqml * f)
-        self.mu.mul_(1.0 - f).add_(mu_per_mm * f)
+    ) -> None:
+        """Replace activity and mu by the given values where ``shape`` is (partial volumes)."""
+        tid = self.tissues.setdefault(tissue, len(self.tissues)) if tissue is not None else None
+        boxed = rasterize_box(
+            shape,
+            tuple(int(n) for n in self.image.shape),  # type: ignore[arg-type]
+            tuple(float(v) for v in self.image.voxel_size_mm),  # type: ignore[arg-type]
+            tuple(float(v) for v in self.image.origin_mm),  # type: ignore[arg-type]
+            self.supersampling,
+        )
+        if boxed is None:
+            return
+        f, sl = boxed
+        act, mu = self.activity[sl], self.mu[sl]
+        act.mul_(1.0 - f).add_(activity_bqml * f)
+        mu.mul_(1.0 - f).add_(mu_per_mm * f)
         major = f >= 0.5
-        if tissue is not None:
-            tid = self.tissues.setdefault(tissue, len(self.tissues))
-            self.tissue[major] = tid
+        if tid is not None:
+            self.tissue[sl][major] = tid
         if label is not None:
-            self.labels[major] = label
-        return f
+            self.labels[sl][major] = label
 
     def to_phantom(
         self, name: str, lesions: tuple[Lesion, ...] = (), seed: int | None = None
