@@ -31,6 +31,7 @@ __all__ = [
     "PETForwardModel",
     "SinogramProjector",
     "attenuation_factors",
+    "attenuation_with",
     "gaussian_kernel_1d",
 ]
 
@@ -227,9 +228,23 @@ def attenuation_factors(
     """
     if not isinstance(mu_per_mm, torch.Tensor):
         raise TypeError(f"mu_per_mm must be a torch.Tensor, got {type(mu_per_mm).__name__}")
+    projector = SinogramProjector(replace(sinogram, tof=False), image)
+    return attenuation_with(projector.to(mu_per_mm.device), mu_per_mm, sinogram)
+
+
+def attenuation_with(
+    projector: SinogramProjector, mu_per_mm: torch.Tensor, sinogram: SinogramGeometry
+) -> torch.Tensor:
+    """:func:`attenuation_factors` with an existing projector (its LORs are reused; TOF
+    is ignored): ``exp(-P mu)`` of shape ``sinogram.shape``."""
     if not mu_per_mm.is_floating_point():
         mu_per_mm = mu_per_mm.float()
-    projector = SinogramProjector(replace(sinogram, tof=False), image).to(mu_per_mm.device)
+    if projector.tof is not None:
+        projector = SinogramProjector(
+            replace(sinogram, tof=False),
+            projector.image,
+            _endpoints=(projector.lor_start, projector.lor_end),
+        )
     with torch.no_grad():
         factors = torch.exp(-projector(mu_per_mm))
     if sinogram.tof:

@@ -27,7 +27,7 @@ from pet_dl.forward_model import (
     FWHM_PER_SIGMA,
     GaussianResolution,
     SinogramProjector,
-    attenuation_factors,
+    attenuation_with,
     gaussian_kernel_1d,
 )
 from pet_dl.geometry import ImageGeometry, SinogramGeometry
@@ -298,10 +298,11 @@ def expected_counts(
         raise GeometryError(f"normalisation has shape {tuple(norm.shape)}, expected {base}")
     norm = norm.to(device)
     tof = sinogram.tof
-    att = attenuation_factors(mu, replace(sinogram, tof=False), image)  # (P, V, R)
+    projector = SinogramProjector(sinogram, image).to(device)
+    att = attenuation_with(projector, mu, replace(sinogram, tof=False))  # (P, V, R)
     blurred = GaussianResolution(image, psf_fwhm_mm).to(device)(x) if psf_fwhm_mm > 0 else x
     with torch.no_grad():
-        line = SinogramProjector(sinogram, image).to(device)(blurred)
+        line = projector(blurred)
     m = att * norm
     trues = calibration * (m.unsqueeze(-1) if tof else m) * line
     trues_sum = float(trues.double().sum())
