@@ -1,0 +1,206 @@
+"""Training: overfitting, resume, two-process DDP, export round trip, config validation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from pet_dl.geometry import ImageGeometry
+from pet_dl.operators import MatrixOperator
+from pet_dl.training import BatchGeometry, Collate, ReconModule, export_module
+
+IMAGE_SHAPE = (8, 8, 1)
+SINO = (1, 6, 10)
+NETWORK = {
+    "name": "unrolled_em", "spatial_dims": 2, "num_iterations": 2, "channels": [4, 8],
+    "strides": [2], "init_iterations": 3,
+}
+
+
+class MatrixScans(Dataset):
+    """Paired scans on a fixed random system matrix: item ``i`` is phantom seed ``i``."""
+
+    def __init__(self, n: int, projector: MatrixOperator, offset: int = 0) -> None:
+        self.n, self.projector, self.offset = n, projector, offset
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        g = torch.Generator().manual_seed(self.offset + i)
+        target = torch.zeros(IMAGE_SHAPE)
+        target[2:6, 2:6] = 10.0 + 10.0 * torch.rand(4, 4, 1, generator=g)
+        dose = torch.tensor([0.25, 0.1, 0.05][i % 3])
+        mult = torch.ones(SINO)
+        add = torch.full(SINO, 0.5) * dose
+        ybar = dose * 5.0 * self.projector(target) + add
+        prompts = torch.poisson(ybar, generator=g)
+        return {
+            "prompts": prompts, "multiplicative": mult, "additive": add,
+            "calibration": dose * 5.0, "dose_fraction": dose, "target": target,
+            "seed": torch.tensor(self.offset + i),
+        }
+
+
+def _projector() -> MatrixOperator:
+    g = torch.Generator().manual_seed(7)
+    n, m = 64, 60
+    a = torch.rand(m, n, generator=g) * (torch.rand(m, n, generator=g) < 0.3)
+    return MatrixOperator(a, IMAGE_SHAPE, SINO)
+
+
+class MatrixDataModule(pl.LightningDataModule):
+    """Tiny in-memory data (no simulation) for fast trainer tests."""
+
+    def __init__(self, n_train: int = 8, batch_size: int = 2, record: str | None = None) -> None:
+        super().__init__()
+        self.n_train, self.batch_size, self.record = n_train, batch_size, record
+        self.projector = _projector()
+        self.image = ImageGeometry.centered(IMAGE_SHAPE, (4.0, 4.0, 4.0))
+
+    def metadata(self) -> dict[str, Any]:
+        return {"image": self.image.to_dict(), "init_iterations": 3, "reduction_factors": [4, 10, 20]}
+
+    def _loader(self, ds: Dataset, shuffle: bool) -> DataLoader:
+        geometry = BatchGeometry(None, self.image, 0.0, projector=self.projector)
+        return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, collate_fn=Collate(geometry))
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(MatrixScans(self.n_train, self.projector), shuffle=False)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(MatrixScans(2, self.projector, offset=1000), shuffle=False)
+
+
+class RecordingModule(ReconModule):
+    """Writes the phantom seeds each rank trains on to ``<record>/rank<k>.json``."""
+
+    def __init__(self, *args: Any, record: str = "", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.record = record
+        self.seen: list[int] = []
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        self.seen.extend(int(s) for s in batch["seed"])
+        return super().training_step(batch, batch_idx)
+
+    def on_train_end(self) -> None:
+        Path(self.record, f"rank{self.global_rank}.json").write_text(json.dumps(self.seen))
+
+
+def _trainer(tmp_path: Path, **kw: Any) -> pl.Trainer:
+    opts = dict(
+        accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+        default_root_dir=str(tmp_path), enable_checkpointing=False,
+    )
+    opts.update(kw)
+    return pl.Trainer(**opts)
+
+
+def test_loss_falls_when_overfitting_a_tiny_set(tmp_path: Path) -> None:
+    pl.seed_everything(0, verbose=False)
+    dm = MatrixDataModule(n_train=2, batch_size=2)
+    module = ReconModule(NETWORK, lr=3e-3)
+    batch = next(iter(dm.train_dataloader()))
+    with torch.no_grad():
+        before = float(module.compute_loss(module(batch), batch["target"]))
+    _trainer(tmp_path, max_steps=60).fit(module, dm)
+    with torch.no_grad():
+        after = float(module.compute_loss(module(batch), batch["target"]))
+    assert after < 0.7 * before, (before, after)
+
+
+def test_resume_continues_from_the_saved_step(tmp_path: Path) -> None:
+    pl.seed_everything(0, verbose=False)
+    dm = MatrixDataModule()
+    trainer = _trainer(tmp_path, max_steps=3)
+    trainer.fit(ReconModule(NETWORK), dm)
+    ckpt = tmp_path / "step3.ckpt"
+    trainer.save_checkpoint(ckpt)
+    assert torch.load(ckpt, weights_only=False)["global_step"] == 3
+    resumed = _trainer(tmp_path, max_steps=5)
+    module = ReconModule(NETWORK)
+    resumed.fit(module, dm, ckpt_path=str(ckpt))
+    assert resumed.global_step == 5
+    assert module.geometry_metadata.get("init_iterations") == 3
+
+
+def test_two_process_ddp_ranks_see_different_data(tmp_path: Path) -> None:
+    pl.seed_everything(0, verbose=False)
+    dm = MatrixDataModule(n_train=8, batch_size=2)
+    module = RecordingModule(NETWORK, record=str(tmp_path))
+    trainer = _trainer(
+        tmp_path, devices=2, strategy="ddp_spawn", max_epochs=1, use_distributed_sampler=True,
+    )
+    trainer.fit(module, dm)
+    seen = [set(json.loads((tmp_path / f"rank{k}.json").read_text())) for k in range(2)]
+    assert seen[0] and seen[1]
+    assert not seen[0] & seen[1], "DDP ranks must train on disjoint samples"
+    assert seen[0] | seen[1] == set(range(8))
+
+
+def test_export_round_trip(tmp_path: Path) -> None:
+    from pet_dl.io.checkpoint import load_checkpoint
+
+    pl.seed_everything(0, verbose=False)
+    dm = MatrixDataModule()
+    module = ReconModule(NETWORK)
+    _trainer(tmp_path, max_steps=2).fit(module, dm)
+    path = export_module(module, tmp_path / "net.safetensors", "pytest")
+    loaded = load_checkpoint(path)
+    assert loaded.metadata["image"] == dm.image.to_dict()
+    assert loaded.metadata["training_command"] == "pytest"
+    batch = next(iter(dm.val_dataloader()))
+    from pet_dl.training import to_recon_batch
+
+    module.net.eval()
+    loaded.model.eval()
+    with torch.no_grad():
+        assert torch.equal(module.net(to_recon_batch(batch)), loaded.model(to_recon_batch(batch)))
+
+
+def test_init_iterations_mismatch_is_refused(tmp_path: Path) -> None:
+    module = ReconModule({**NETWORK, "init_iterations": 5})
+    with pytest.raises(ValueError, match="init_iterations"):
+        _trainer(tmp_path, max_steps=1).fit(module, MatrixDataModule())
+
+
+def test_config_with_unknown_key_fails_clearly(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from pet_dl.training.cli import main
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "configs" / "smoke_cpu.yaml").read_text()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text.replace("  loss: l1", "  loss: l1\n  learning_rat: 0.1"))
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", str(bad)])
+    assert exc.value.code != 0
+    assert "learning_rat" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["smoke_cpu", "brain2d", "brain3d_gpu", "body3d_gpu"])
+def test_shipped_configs_parse(name: str, capsys: pytest.CaptureFixture) -> None:
+    import yaml
+
+    from pet_dl.models import build_model
+    from pet_dl.training.cli import main
+
+    path = Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml"
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", str(path), "--print_config"])
+    assert exc.value.code == 0, capsys.readouterr().err
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["network"] == yaml.safe_load(path.read_text())["model"]["network"]
+    build_model(printed["model"]["network"])  # the network part is valid too
+
+
+def test_unknown_loss_is_refused() -> None:
+    with pytest.raises(ValueError, match="loss"):
+        ReconModule(NETWORK, loss="huber")
