@@ -98,11 +98,18 @@ def uniform_initial_image(
         ``(*batch, nx, ny, nz)`` Bq/mL, strictly positive where the sensitivity is.
     """
     image_shape = tuple(sensitivity.shape[-3:])
-    batch = tuple(y.shape[: y.ndim - _sino_ndim(model)])
-    zeros = torch.zeros(batch + image_shape, dtype=y.dtype, device=y.device)
-    background = model(zeros)
+    sino_ndim = _sino_ndim(model)
+    batch = tuple(y.shape[: y.ndim - sino_ndim])
     sino_dims = tuple(range(len(batch), y.ndim))
-    trues = (y.sum(dim=sino_dims) - background.sum(dim=sino_dims)).to(torch.float64)
+    additive = getattr(model, "additive", _UNKNOWN)
+    if additive is _UNKNOWN:  # a model without the attribute: project a zero image
+        zeros = torch.zeros(batch + image_shape, dtype=y.dtype, device=y.device)
+        background_total = model(zeros).sum(dim=sino_dims)
+    elif additive is None:
+        background_total = torch.zeros((), dtype=y.dtype, device=y.device)
+    else:
+        background_total = additive.sum(dim=tuple(range(additive.ndim - sino_ndim, additive.ndim)))
+    trues = (y.sum(dim=sino_dims) - background_total).to(torch.float64)
     total_sens = sensitivity.to(torch.float64).sum(dim=(-3, -2, -1))
     total_counts = y.to(torch.float64).sum(dim=sino_dims)
     # Fall back to a tenth of all counts when the background estimate exceeds the data.
@@ -111,6 +118,9 @@ def uniform_initial_image(
     level = level.reshape(level.shape + (1, 1, 1))
     covered = (sensitivity > 0).to(y.dtype)
     return level * covered.expand(batch + image_shape)
+
+
+_UNKNOWN = object()
 
 
 def _sino_ndim(model: PETForwardModel) -> int:
