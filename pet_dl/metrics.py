@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -372,6 +373,25 @@ def background_roi_centres(
     return [(int(candidates[i, 0]), int(candidates[i, 1])) for i in chosen]
 
 
+def nema_regions(phantom: Any) -> tuple[torch.Tensor, torch.Tensor, float, dict[int, float]]:
+    """Sphere labels, background mask, activity ratio and diameters of a NEMA phantom.
+
+    Args:
+        phantom: a :class:`pet_dl.phantoms.Phantom` from ``nema_phantom`` (``labels``,
+            ``tissue``, ``tissues["background"]``, ``lesions``).
+
+    Returns:
+        ``(sphere_labels (nx, ny, nz) int, background (nx, ny, nz) bool, activity_ratio,
+        {label: diameter_mm})``, ready for :func:`nema_image_quality`.
+    """
+    if "background" not in phantom.tissues or not phantom.lesions:
+        raise ValueError("phantom has no background tissue or no spheres: not a NEMA phantom")
+    background = (phantom.tissue == phantom.tissues["background"]) & (phantom.labels == 0)
+    ratio = float(phantom.lesions[0].contrast)
+    diameters = {int(lesion.label): float(lesion.diameter_mm) for lesion in phantom.lesions}
+    return phantom.labels, background, ratio, diameters
+
+
 def nema_image_quality(
     image: torch.Tensor,
     sphere_labels: torch.Tensor,
@@ -380,13 +400,15 @@ def nema_image_quality(
     activity_ratio: float = 4.0,
     sphere_diameters_mm: dict[int, float] | None = None,
     num_background_rois: int = 12,
+    margin_mm: float = 15.0,
 ) -> list[NemaSphereResult]:
     """NEMA NU-2 contrast recovery and background variability of hot spheres.
 
     For hot sphere ``j``: ``CR_j = (C_H,j / C_B,j - 1) / (activity_ratio - 1)`` and
     ``BV_j = SD_j / C_B,j``. ``C_H,j`` is the mean over the sphere's voxels on its central
     slice (the slice where it is largest). Background ROIs are disks of the sphere's
-    diameter at ``num_background_rois`` well-spread positions inside ``background`` on the
+    diameter at ``num_background_rois`` well-spread positions inside ``background`` (at
+    least ``margin_mm`` from its edge where possible) on the
     central slice of the spheres and, in 3D, on the slices 10 and 20 mm above and below;
     ``C_B,j`` is their mean and ``SD_j`` the sample standard deviation of their means.
 
@@ -400,6 +422,9 @@ def nema_image_quality(
         sphere_diameters_mm: diameter of each label, mm; default: from the label's
             volume (equivalent sphere, or disk in a single-slice image).
         num_background_rois: background ROIs per slice (NEMA: 12).
+        margin_mm: least distance from a background ROI of the largest sphere's size to
+            the edge of ``background`` (NEMA: 15 mm); halved, then 0, when fewer than
+            ``num_background_rois`` positions fit.
 
     Returns:
         One :class:`NemaSphereResult` per sphere label, increasing label order.
@@ -433,7 +458,13 @@ def nema_image_quality(
         else:
             diameters[k] = 2 * (3 * n * math.prod(voxel_size_mm) / (4 * math.pi)) ** (1 / 3)
     largest = max(diameters.values()) / 2
-    centres = background_roi_centres(background, centre_slice, largest, voxel_size_mm, num_background_rois)
+    centres: list[tuple[int, int]] = []
+    for margin in (margin_mm, margin_mm / 2, 0.0):  # NEMA's 15 mm, less if it cannot fit
+        centres = background_roi_centres(
+            background, centre_slice, largest + margin, voxel_size_mm, num_background_rois
+        )
+        if len(centres) >= num_background_rois:
+            break
     if len(centres) < 2:
         raise ValueError("the background is too small for NEMA background ROIs of the largest sphere")
     results = []

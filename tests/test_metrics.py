@@ -169,3 +169,21 @@ def test_metric_input_errors() -> None:
         nrmse_range(ref, torch.ones_like(ref))
     with pytest.raises(TypeError, match="integer"):
         lesion_bias(ref, ref, torch.ones_like(ref), (1.0, 1.0, 1.0))
+
+
+def test_nema_metrics_on_the_iec_phantom_truth(generator: torch.Generator) -> None:
+    """On the phantom's own activity, CR is about 1 (partial volume only) and BV about 0."""
+    from pet_dl.geometry import ImageGeometry
+    from pet_dl.metrics import nema_regions
+    from pet_dl.phantoms import SPHERE_DIAMETERS_MM, nema_phantom
+
+    image = ImageGeometry.centered((160, 160, 1), (2.0, 2.0, 2.0))
+    phantom = nema_phantom(image, generator)
+    labels, background, ratio, diameters = nema_regions(phantom)
+    assert ratio == pytest.approx(4.0)
+    results = nema_image_quality(phantom.activity, labels, background, image.voxel_size_mm,
+                                 activity_ratio=ratio, sphere_diameters_mm=diameters)
+    assert [r.diameter_mm for r in results] == list(SPHERE_DIAMETERS_MM)
+    assert results[-1].contrast_recovery == pytest.approx(1.0, abs=0.05)
+    assert all(0.7 < r.contrast_recovery <= 1.01 for r in results)
+    assert all(r.background_variability < 1e-3 for r in results)
