@@ -15,7 +15,6 @@ import torch
 from pet_dl.geometry import ImageGeometry
 from pet_dl.io.dicom import (
     DicomError,
-    read_ct_series,
     read_pet_series,
     suv_bw,
     suv_bw_from_info,
@@ -181,35 +180,30 @@ def test_missing_slice_is_refused(tmp_path: Path) -> None:
         read_pet_series(tmp_path / "s")
 
 
-def test_ct_series_reads_hounsfield_units(tmp_path: Path) -> None:
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+def test_ct_reader_agrees_on_the_frame(tmp_path: Path, generator: torch.Generator) -> None:
+    """Our PET series relabelled as CT reads back through pet_dl.io.ct on the same grid:
+    the two DICOM readers agree on RAS <-> LPS."""
+    from pet_dl.io.ct import read_ct_series
 
-    series_uid = generate_uid()
-    hu = np.arange(3 * 5 * 2, dtype=np.float64).reshape(3, 5, 2) * 10 - 1000  # (nx, ny, nz)
-    for k in range(2):
-        ds = pydicom.Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
-        ds.SOPInstanceUID = generate_uid()
-        ds.SeriesInstanceUID = series_uid
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.ImagePositionPatient = [10.0, 20.0, 5.0 + 2.5 * k]
-        ds.PixelSpacing = [0.5, 0.8]  # row spacing (y), column spacing (x)
-        ds.Rows, ds.Columns = 5, 3
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-        ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
-        ds.PixelData = (hu[::-1, ::-1, k].T + 1024).astype(np.uint16).tobytes()
-        ds.save_as(tmp_path / f"ct{k}.dcm", enforce_file_format=True)
-    values, geometry = read_ct_series(tmp_path)
-    np.testing.assert_allclose(values, hu)
-    np.testing.assert_allclose(geometry.voxel_size_mm, (0.8, 0.5, 2.5))
-    # Voxel (0, 0, 0) is the last column and row of the first slice, LPS -> RAS.
-    np.testing.assert_allclose(geometry.origin_mm, (-(10.0 + 2 * 0.8), -(20.0 + 4 * 0.5), 5.0))
+    geometry = ImageGeometry(
+        shape=(6, 5, 3), voxel_size_mm=(1.5, 2.0, 2.5), origin_mm=(-4.0, 3.0, -2.5)
+    )
+    image = _image(generator, geometry.shape)
+    files = write_pet_series(tmp_path / "pet", image, geometry, _metadata())
+    (tmp_path / "ct").mkdir()
+    for f in files:
+        ds = pydicom.dcmread(f)
+        ds.Modality = "CT"
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+        ds.save_as(tmp_path / "ct" / f.name, enforce_file_format=True)
+    hu, ct_geometry = read_ct_series(tmp_path / "ct")
+    pet, pet_geometry, _ = read_pet_series(tmp_path / "pet")
+    assert ct_geometry.shape == pet_geometry.shape == geometry.shape
+    np.testing.assert_allclose(ct_geometry.origin_mm, geometry.origin_mm, atol=1e-6)
+    np.testing.assert_allclose(ct_geometry.voxel_size_mm, geometry.voxel_size_mm, rtol=1e-9)
+    np.testing.assert_allclose(hu.numpy(), pet, rtol=1e-5, atol=1e-3)
     with pytest.raises(DicomError, match="not a PET"):
-        read_pet_series(tmp_path)
+        read_pet_series(tmp_path / "ct")
 
 
 @pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (dicom3tools) not installed")

@@ -1,4 +1,4 @@
-"""PET Image Storage series: writer, reader, and body-weight SUV.
+"""PET Image Storage series: writer, reader, and body-weight SUV (CT series: pet_dl.io.ct).
 
 Frames: pet_dl images are ``(nx, ny, nz)`` in the world frame, used as NIfTI RAS+
 (axis k -> world axis k, mm). DICOM patient coordinates are LPS, so a point
@@ -35,7 +35,6 @@ if TYPE_CHECKING:
     from pet_dl.scan import AcquisitionMetadata
 
 PET_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.128"
-CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 _INT16_MAX = 32767
 # (code value, scheme, meaning) per radionuclide, DICOM CID 4020 (SNOMED CT); others get
 # an empty (Type 2) RadionuclideCodeSequence.
@@ -558,16 +557,3 @@ def read_pet_series(
     slices = _read_slices(_list_files(source), PET_IMAGE_STORAGE, "PET")
     volume, geometry = _stack(slices)
     return volume, geometry, _series_info(slices[0])
-
-
-def read_ct_series(
-    source: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
-) -> tuple[np.ndarray, ImageGeometry]:
-    """Read one CT Image Storage series as Hounsfield units.
-
-    Returns:
-        ``(hu, geometry)``: float64 ``(nx, ny, nz)`` RAS array in HU (rescale applied)
-        and its grid in mm. Convert to mu (1/mm) with :mod:`pet_dl.io.ct`.
-    """
-    slices = _read_slices(_list_files(source), CT_IMAGE_STORAGE, "CT")
-    return _stack(slices)
