@@ -56,11 +56,25 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 def load_model(
     checkpoint: str | os.PathLike[str] | LoadedModel | None, device: torch.device
 ) -> LoadedModel:
-    """The checkpoint's model on ``device`` (``None``: the shipped model)."""
+    """The checkpoint's model on ``device``.
+
+    ``checkpoint``: a ``.safetensors`` file, a Lightning ``.ckpt`` (read with
+    ``torch.load(weights_only=True)``), a :class:`LoadedModel`, or ``None`` (shipped model).
+    """
     if isinstance(checkpoint, LoadedModel):
         checkpoint.model.to(device).eval()
         return checkpoint
     path = shipped_checkpoint() if checkpoint is None else Path(checkpoint)
+    if path.suffix == ".ckpt":  # a Lightning checkpoint: read as weights only, converted
+        import tempfile
+
+        from pet_dl.io.checkpoint import convert_lightning_checkpoint
+
+        with tempfile.TemporaryDirectory(prefix="pet_dl_ckpt_") as tmp:
+            converted = convert_lightning_checkpoint(path, Path(tmp) / "model.safetensors")
+            loaded = load_checkpoint(converted, map_location=device)
+        loaded.path = path
+        return loaded
     return load_checkpoint(path, map_location=device)
 
 

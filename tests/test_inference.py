@@ -377,3 +377,26 @@ def test_infer_script_exit_codes(tmp_path: Path) -> None:
     assert bad.returncode == 2
     assert bad.stderr.strip().startswith("error: ") and len(bad.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_infer_accepts_a_lightning_ckpt(
+    tmp_path: Path, scan_files: tuple[Path, Path, Scan]
+) -> None:
+    """`infer.py scan.h5 --checkpoint model.ckpt` (issue 4 contract): same image as the
+    .safetensors of the same weights."""
+    from pet_dl.io.nifti import load_nifti
+
+    ckpt, scan_path, scan = scan_files
+    loaded = load_checkpoint(ckpt)
+    lightning = {
+        "state_dict": {f"net.{k}": v for k, v in loaded.model.state_dict().items()},
+        "hyper_parameters": {"network": loaded.config},
+        "pet_dl_metadata": loaded.metadata,
+    }
+    torch.save(lightning, tmp_path / "model.ckpt")
+    out = tmp_path / "out"
+    args = [str(scan_path), "--checkpoint", str(tmp_path / "model.ckpt"), "--out", str(out)]
+    assert _infer_module().main([*args, "--format", "nifti", "--device", "cpu"]) == 0
+    image, _ = load_nifti(out / "patient1.nii.gz")
+    expected = reconstruct(scan, loaded, device="cpu")
+    torch.testing.assert_close(torch.as_tensor(image).float(), expected, rtol=1e-5, atol=1e-6)
