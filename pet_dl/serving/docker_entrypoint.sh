@@ -14,7 +14,7 @@ case "${1:-serve}" in
         # interfaces of the container); publish it on the host's loopback only:
         #   docker run -p 127.0.0.1:8080:8080 IMAGE serve
         # The management API stays on the container's loopback (used by HEALTHCHECK).
-        config=/tmp/pet_dl_config.properties
+        config="$(mktemp --suffix=.properties)"
         sed "s#^inference_address=http://127.0.0.1:#inference_address=http://${PET_DL_BIND:-0.0.0.0}:#" \
             "$APP/config.properties" > "$config"
         exec torchserve --start --foreground --ncs \
