@@ -1,0 +1,230 @@
+"""Evaluation: validation-based selection, tables, contrast vs noise, held-out checks.
+
+Small sizes: the tiny recipe (32 x 32 mMR slice) with one or two phantoms.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from pet_dl import evaluate as ev
+from pet_dl.datasets import load_recipe
+from pet_dl.models import build_model
+from pet_dl.recon import gaussian_postfilter
+
+RECIPE = Path(__file__).resolve().parents[1] / "data" / "tiny.yaml"
+SETTINGS = ev.EvalSettings(
+    osem_subsets=4, osem_iterations=(1, 2), postfilter_fwhm_mm=(0.0, 7.0),
+    map_betas=(0.3, 1.0), map_iterations=2, map_subsets=4, plot_factor=20.0,
+)
+
+
+@pytest.fixture(scope="module")
+def recipe() -> dict:
+    return load_recipe(RECIPE)
+
+
+@pytest.fixture(scope="module")
+def val(recipe: dict) -> ev.EvalSet:
+    return ev.simulate_eval_set(recipe, [100000], 1, [1, 20])
+
+
+@pytest.fixture(scope="module")
+def test_set(recipe: dict) -> ev.EvalSet:
+    # both tiny test phantoms hold one lesion >= 8 mm (checked in the table test)
+    return ev.simulate_eval_set(recipe, [200000, 200001], 2, [1, 20])
+
+
+def _tiny_unet(recipe: dict) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model({
+        "name": "post_unet", "spatial_dims": 2, "channels": [4, 8], "strides": [2],
+        "init_iterations": recipe["init_iterations"], "init_subsets": recipe["init_subsets"],
+    })
+
+
+def test_simulated_set_is_consistent(test_set: ev.EvalSet) -> None:
+    # realisations differ in noise, thinning keeps fewer counts, calibration scales by 1/factor
+    p1, p20 = test_set.prompts[1.0], test_set.prompts[20.0]
+    assert not torch.equal(p1[0], p1[1])  # same phantom, two noise realisations
+    assert bool((p20 <= p1).all())
+    ratio = float(p1.sum() / p20.sum())
+    assert ratio == pytest.approx(20.0, rel=0.05)
+    assert torch.allclose(test_set.calibration[20.0] * 20, test_set.calibration[1.0], rtol=1e-6)
+    assert test_set.case_seed == [200000, 200000, 200001, 200001]
+
+
+@pytest.mark.parametrize(("iterations", "fwhm"), [(3, 0.0), (2, 7.0)])
+def test_select_osem_picks_the_known_best(val: ev.EvalSet, iterations: int, fwhm: float) -> None:
+    # make the "truth" the OSEM image after `iterations` (post-filtered by `fwhm`): that
+    # grid point has NRMSE 0, every other one a positive NRMSE
+    traj = ev.osem_trajectory(val.batch(20), 5, 4)
+    known = replace(val, target=gaussian_postfilter(traj[iterations - 1], val.image, fwhm))
+    choice = ev.select_osem(known, 20, [1, 2, 3, 5], [0.0, 7.0], 4)
+    assert (choice.iterations, choice.fwhm_mm) == (iterations, fwhm)
+    assert choice.nrmse < 1e-6
+    others = [v for k, v in choice.grid.items() if k != (iterations, fwhm)]
+    assert len(others) == 7 and min(others) > 1e-3
+
+
+def test_select_osem_on_real_truth_is_grid_minimum(val: ev.EvalSet) -> None:
+    choice = ev.select_osem(val, 20, [1, 2, 4], [0.0, 7.0], 4)
+    assert choice.nrmse == min(choice.grid.values())
+    traj = ev.osem_trajectory(val.batch(20), 4, 4)  # independent recomputation
+    direct = ev._mean_nrmse(gaussian_postfilter(traj[choice.iterations - 1], val.image, choice.fwhm_mm), val.target)
+    assert direct == pytest.approx(choice.nrmse, rel=1e-6)
+
+
+def test_select_map_beta_is_from_the_grid(val: ev.EvalSet) -> None:
+    grid = [0.1, 0.5, 2.0]
+    known = replace(val, target=ev.map_reconstruction(val.batch(20), 0.5, 2, 4))
+    choice = ev.select_map(known, 20, grid, 2, 4)
+    assert choice.beta == 0.5 and choice.nrmse < 1e-6
+    choice = ev.select_map(val, 20, grid, 2, 4)
+    assert choice.beta in grid and set(choice.grid) == set(grid)
+    assert choice.nrmse == min(choice.grid.values())
+
+
+def test_map_beta_follows_the_count_level(val: ev.EvalSet) -> None:
+    # beta = beta_rel * calibration: stronger prior smooths more at every dose level
+    for f in (1, 20):
+        weak = ev.map_reconstruction(val.batch(f), 0.01, 2, 4)
+        strong = ev.map_reconstruction(val.batch(f), 100.0, 2, 4)
+        tv = lambda x: float((x[:, 1:] - x[:, :-1]).abs().sum())  # noqa: E731
+        assert tv(strong) < 0.5 * tv(weak)
+
+
+def test_table_has_a_finite_row_per_method_and_factor(
+    recipe: dict, val: ev.EvalSet, test_set: ev.EvalSet, tmp_path: Path
+) -> None:
+    assert all(any(d >= 8 for d in diam.values()) for diam in test_set.lesion_diameters)
+    res = ev.evaluate(val, test_set, {"TinyUNet": _tiny_unet(recipe)}, SETTINGS)
+    keys = {(r["method"], r["factor"]) for r in res.rows}
+    assert keys == {(m, f) for m in ("OSEM", "MAP-RDP", "TinyUNet") for f in (1.0, 20.0)}
+    assert len(res.rows) == 6
+    for row in res.rows:
+        for k in ev.METRICS:
+            assert math.isfinite(row[k]) and math.isfinite(row[k + "_std"]), (row["method"], k)
+        assert 0 < row["nrmse"] < 2 and -1 <= row["ssim"] <= 1
+    # the chosen parameters come from the grids; OSEM full dose beats OSEM at 1/20 dose
+    for f in (1.0, 20.0):
+        assert res.osem[f].iterations in SETTINGS.osem_iterations
+        assert res.osem[f].fwhm_mm in SETTINGS.postfilter_fwhm_mm
+        assert res.map[f].beta in SETTINGS.map_betas
+    nrmse = {(r["method"], r["factor"]): r["nrmse"] for r in res.rows}
+    assert nrmse[("OSEM", 1.0)] < nrmse[("OSEM", 20.0)]
+    # CSV and markdown carry the same rows
+    parsed = list(csv.DictReader(io.StringIO(ev.results_csv(res))))
+    assert len(parsed) == 6
+    assert float(parsed[0]["nrmse"]) == pytest.approx(res.rows[0]["nrmse"], rel=1e-9)
+    md = ev.results_markdown(res).strip().splitlines()
+    assert len(md) == 2 + 6 and md[2].startswith("| full | OSEM |")
+    # curves at factor 20: OSEM over iterations and MAP over beta, networks as points
+    assert len(res.curves["OSEM (iterations)"]) == max(SETTINGS.osem_iterations)
+    assert len(res.curves["MAP-RDP (beta)"]) == len(SETTINGS.map_betas)
+    assert all(math.isfinite(cr) and noise > 0 for _, cr, noise in res.curves["TinyUNet"])
+    png = tmp_path / "cn.png"
+    ev.plot_contrast_noise(res, png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_aggregate_means_over_phantoms_then_realisations() -> None:
+    rows = [
+        {"psnr": 10.0, "ssim": 0.5, "nrmse": 0.1, "suvmean_bias": [0.1, 0.3], "suvmax_bias": [],
+         "suvmean_bias_ge8": [0.3], "suvmax_bias_ge8": []},
+        {"psnr": 20.0, "ssim": 0.7, "nrmse": 0.3, "suvmean_bias": [0.2], "suvmax_bias": [],
+         "suvmean_bias_ge8": [], "suvmax_bias_ge8": []},
+        {"psnr": 30.0, "ssim": 0.9, "nrmse": 0.5, "suvmean_bias": [], "suvmax_bias": [],
+         "suvmean_bias_ge8": [], "suvmax_bias_ge8": []},
+    ]
+    out = ev.aggregate(rows, [0, 0, 1])
+    assert out["psnr"][0] == pytest.approx((15.0 + 30.0) / 2)
+    assert out["psnr"][1] == pytest.approx(math.sqrt(2 * 7.5**2))  # sample std of 15, 30
+    # realisation 1 has no lesions: the bias is the mean over realisation 0's lesions only
+    assert math.isnan(out["suvmean_bias"][0])
+    assert math.isnan(out["suvmax_bias"][0])
+    single = ev.aggregate(rows[:2], [0, 0])
+    assert single["suvmean_bias"] == (pytest.approx(0.2), 0.0)
+    assert single["suvmean_bias_ge8"][0] == pytest.approx(0.3)
+
+
+def test_contrast_noise_of_the_truth(test_set: ev.EvalSet) -> None:
+    cr, noise = ev.contrast_noise(test_set.target.clone(), test_set)
+    assert cr == pytest.approx(1.0, rel=1e-9) and noise == pytest.approx(0.0, abs=1e-12)
+    half = test_set.target.clone()
+    half[test_set.lesion_mask > 0] = (half * 0.5)[test_set.lesion_mask > 0]  # lesions at half uptake
+    cr_half, _ = ev.contrast_noise(half, test_set)
+    assert cr_half < 0.5  # contrast drops more than the uptake
+
+
+def test_refuses_test_phantoms_seen_in_training(
+    recipe: dict, val: ev.EvalSet, test_set: ev.EvalSet, tmp_path: Path
+) -> None:
+    with pytest.raises(ValueError, match="overlaps the train phantoms"):
+        ev.check_held_out([5, 200000], {"train": range(0, 10)})
+    ev.check_held_out([200000], {"train": range(0, 10)})  # disjoint: fine
+    with pytest.raises(ValueError, match="overlaps the validation"):
+        ev.evaluate(test_set, test_set, {}, SETTINGS)
+    # a checkpoint that records its training seeds is refused on those phantoms
+    from pet_dl.datasets import recipe_geometry
+    from pet_dl.io.checkpoint import save_checkpoint
+
+    sinogram, image = recipe_geometry(recipe)
+    net = _tiny_unet(recipe)
+    config = {"name": "post_unet", "spatial_dims": 2, "channels": [4, 8], "strides": [2]}
+    meta = {"sinogram": sinogram.to_dict(), "image": image.to_dict(), "train_seeds": [200001, 7]}
+    path = save_checkpoint(tmp_path / "net.safetensors", net, config, meta)
+    with pytest.raises(ValueError, match="overlaps the bad training phantoms"):
+        ev.load_networks({"bad": str(path)}, recipe, [200000, 200001])
+    assert set(ev.load_networks({"ok": str(path)}, recipe, [200000])) == {"ok"}
+
+
+def test_refuses_a_checkpoint_of_another_geometry(recipe: dict, tmp_path: Path) -> None:
+    from pet_dl.datasets import recipe_geometry
+    from pet_dl.io.checkpoint import save_checkpoint
+
+    sinogram, image = recipe_geometry(load_recipe(RECIPE.parent / "brain2d.yaml"))
+    config = {"name": "post_unet", "spatial_dims": 2, "channels": [4, 8], "strides": [2]}
+    path = save_checkpoint(
+        tmp_path / "net.safetensors", build_model(config), config,
+        {"sinogram": sinogram.to_dict(), "image": image.to_dict()},
+    )
+    with pytest.raises(ValueError, match="another sinogram geometry"):
+        ev.load_networks({"other": str(path)}, recipe, [200000])
+
+
+def test_command_line_bad_config_is_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from pet_dl.cli import main
+
+    cfg = tmp_path / "eval.yaml"
+    cfg.write_text(f"recipe: {RECIPE}\nrealisatons: 2\n")
+    assert main(["evaluate", "--config", str(cfg), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "realisatons" in err[0]
+    assert main(["evaluate", "--config", str(cfg), "--out", str(tmp_path), "--realisations", "0"]) == 2
+
+
+def test_command_line_quick_run_writes_outputs(tmp_path: Path) -> None:
+    from pet_dl.cli import main
+
+    cfg = tmp_path / "eval.yaml"
+    cfg.write_text(
+        f"recipe: {RECIPE}\nfactors: [1, 20]\nrealisations: 2\nval_phantoms: 1\n"
+        "settings: {osem_subsets: 4, osem_iterations: [1, 2], postfilter_fwhm_mm: [0, 7],"
+        " map_betas: [1], map_iterations: 1, map_subsets: 4, plot_factor: 20}\n"
+    )
+    out = tmp_path / "out"
+    assert main(["evaluate", "--config", str(cfg), "--out", str(out), "--test-phantoms", "1"]) == 0
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert {(r["method"], float(r["factor"])) for r in rows} == {
+        (m, f) for m in ("OSEM", "MAP-RDP") for f in (1.0, 20.0)
+    }
+    assert (out / "contrast_noise.png").stat().st_size > 1000
+    assert "OSEM iterations" in (out / "selection.md").read_text()
