@@ -39,5 +39,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/projector.py
 	$(BIN)/python bench/recon.py
 
+mar: $(STAMP)
+	VENV=$(VENV) scripts/build_mar.sh
+
 clean:
 	rm -rf $(VENV) demo_out model_store
