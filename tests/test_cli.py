@@ -149,6 +149,7 @@ def test_recon_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
         ([str(scan_path), "--algorithm", "map"], ["beta"]),
         ([str(scan_path), "--subsets", "0"], ["subsets"]),
         ([str(scan_path), "--subsets", "5000"], ["subsets"]),
+        ([str(scan_path), "--device", "tpu"], ["device"]),
     ]
     for argv, words in cases:
         code = main(["recon", *argv, "--out", str(out)])

@@ -58,6 +58,13 @@ def _check_args(args: argparse.Namespace) -> None:
             raise InvalidInputError("--algorithm map needs --beta >= 0 (prior strength)")
     elif args.beta is not None:
         raise InvalidInputError(f"--beta is only used by --algorithm map, not {args.algorithm}")
+    if args.device not in ("cpu", "cuda") and not args.device.startswith("cuda:"):
+        raise InvalidInputError(f"--device must be cpu or cuda, got {args.device!r}")
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise InvalidInputError("--device cuda was requested but no CUDA device is available")
     if not args.postfilter_fwhm >= 0:
         raise InvalidInputError(f"--postfilter-fwhm must be >= 0 mm, got {args.postfilter_fwhm}")
 
