@@ -1,0 +1,91 @@
+"""Datasets: recipes, disjoint splits, HDF5 shards vs on-the-fly items, thinning statistics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from pet_dl.datasets import (
+    OnTheFlyDataset,
+    PairedScanDataset,
+    generate_dataset,
+    load_recipe,
+    split_seeds,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _tiny(**changes: object) -> dict:
+    recipe = load_recipe(ROOT / "data" / "tiny.yaml")
+    recipe["splits"] = {"train": {"seeds": [0, 2]}, "test": {"seeds": [200000, 200001]}}
+    recipe.update(changes)
+    return recipe
+
+
+def test_committed_recipes_load_with_disjoint_splits() -> None:
+    for name in ("tiny", "brain2d", "brain3d", "body3d"):
+        recipe = load_recipe(ROOT / "data" / f"{name}.yaml")
+        seeds = {s: set(split_seeds(recipe, s)) for s in recipe["splits"]}
+        assert seeds["test"] and seeds["train"]
+        assert not seeds["test"] & seeds["train"]
+        assert not seeds.get("val", set()) & (seeds["train"] | seeds["test"])
+
+
+def test_overlapping_splits_and_unknown_keys_are_refused() -> None:
+    with pytest.raises(ValueError, match="overlap"):
+        load_recipe(_tiny(splits={"train": {"seeds": [0, 10]}, "test": {"seeds": [5, 12]}}))
+    with pytest.raises(ValueError, match="phantom_typo"):
+        load_recipe({**_tiny(), "phantom_typo": 1})
+    with pytest.raises(ValueError, match="reduction_factors"):
+        load_recipe(_tiny(reduction_factors=[0.5]))
+
+
+def test_shards_round_trip_the_on_the_fly_items(tmp_path: Path) -> None:
+    recipe = _tiny()
+    paths = generate_dataset(recipe, tmp_path)
+    assert {p.parent.name for p in paths} == {"train", "test"}
+    train = PairedScanDataset(tmp_path, "train")
+    test = PairedScanDataset(tmp_path, "test")
+    factors = recipe["reduction_factors"]
+    assert len(train) == 2 * len(factors) and len(test) == len(factors)
+    # test phantoms never appear in training
+    assert not {int(train[i]["seed"]) for i in range(len(train))} & {
+        int(test[i]["seed"]) for i in range(len(test))
+    }
+    fly = OnTheFlyDataset(recipe, "train")
+    assert len(fly) == len(train)
+    for i in (0, len(train) - 1):
+        a, b = train[i], fly[i]
+        assert set(a) == set(b)
+        for key in a:
+            assert torch.equal(torch.as_tensor(a[key]), torch.as_tensor(b[key])), key
+    item = train[0]
+    nx, ny, nz = recipe["image"]["shape"]
+    assert item["target"].shape == item["initial"].shape == item["mu"].shape == (nx, ny, nz)
+    assert item["lesion_mask"].dtype == torch.int64
+    assert item["prompts"].shape == item["multiplicative"].shape == item["additive"].shape
+    assert float(item["dose_fraction"]) == pytest.approx(1.0 / factors[0])
+    only = PairedScanDataset(tmp_path, "train", reduction_factors=[factors[-1]])
+    assert len(only) == 2
+    assert all(float(only[i]["dose_fraction"]) == pytest.approx(1 / factors[-1]) for i in range(2))
+
+
+def test_low_dose_counts_scale_with_the_fraction() -> None:
+    """Thinnings of one acquisition: counts / fraction agree within Poisson error."""
+    ds = OnTheFlyDataset(_tiny(reduction_factors=[2, 4, 10]), "train", num_phantoms=1)
+    totals = torch.tensor([float(ds[i]["prompts"].sum()) for i in range(3)])
+    fractions = torch.tensor([float(ds[i]["dose_fraction"]) for i in range(3)])
+    full = totals / fractions
+    # relative std of a total of N counts thinned to fN is about 1 / sqrt(fN)
+    tol = 5.0 / torch.sqrt(totals.min())
+    assert float((full / full.mean() - 1).abs().max()) < float(tol)
+    calib = torch.tensor([float(ds[i]["calibration"]) for i in range(3)])
+    assert torch.allclose(calib / fractions, (calib / fractions)[0].expand(3), rtol=1e-5)
+
+
+def test_missing_shards_fail_clearly(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no shards"):
+        PairedScanDataset(tmp_path, "train")
