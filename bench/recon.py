@@ -18,18 +18,23 @@ Prints a markdown table.
 
 from __future__ import annotations
 
-import argparse
-import platform
-import resource
-import time
-from dataclasses import dataclass
+import os
 
-import torch
+# Before torch is imported: torch's OpenMP threads otherwise spin against numba's.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from pet_dl.forward_model import PETForwardModel, SinogramProjector, attenuation_factors
-from pet_dl.geometry import ImageGeometry, SinogramGeometry, get_scanner
-from pet_dl.recon import osem
-from pet_dl.recon.em import em_update, subset_models_and_sensitivities
+import argparse  # noqa: E402
+import platform  # noqa: E402
+import resource  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+
+import torch  # noqa: E402
+
+from pet_dl.forward_model import PETForwardModel, SinogramProjector, attenuation_factors  # noqa: E402
+from pet_dl.geometry import ImageGeometry, SinogramGeometry, get_scanner  # noqa: E402
+from pet_dl.recon import osem  # noqa: E402
+from pet_dl.recon.em import em_update, subset_models_and_sensitivities  # noqa: E402
 
 
 @dataclass
@@ -158,8 +163,9 @@ def main() -> None:
                                            args.subsets, args.measured_subsets))
 
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
-    print(f"machine: {platform.processor() or platform.machine()}, "
-          f"{torch.get_num_threads()} torch threads, torch {torch.__version__} {gpu}")
+    print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} "
+          f"torch threads, torch {torch.__version__}, OMP_WAIT_POLICY="
+          f"{os.environ.get('OMP_WAIT_POLICY')}, load average {os.getloadavg()[0]:.1f} {gpu}")
     mem = "peak GPU memory (MiB)" if device.type == "cuda" else "peak RSS (MiB)"
     print(f"| case | device | sinogram | image | subsets | s / iteration | setup (s) | {mem} | note |")
     print("|---|---|---|---|---:|---:|---:|---:|---|")
