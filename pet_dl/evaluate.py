@@ -527,70 +527,56 @@ def _row(method: str, factor: float, params: str, images: torch.Tensor, data: Ev
 
 
 def evaluate(
-    val: EvalSet,
+    val: EvalSet | None,
     test: EvalSet,
     networks: Mapping[str, nn.Module],
     settings: EvalSettings = EvalSettings(),
     progress: bool = False,
+    classical: bool = True,
 ) -> EvalResults:
     """Choose the baselines' parameters on ``val``, then score every method on ``test``.
 
     Args:
-        val: validation scans (parameter selection), same factors as ``test``.
+        val: validation scans (parameter selection), same factors as ``test``; may be
+            None when ``classical`` is False.
         test: held-out test scans.
         networks: display name -> learned model (``model(ReconBatch) -> images``).
         settings: grids and iteration counts.
         progress: show progress bars.
+        classical: evaluate OSEM and MAP-RDP (False: the networks only; combine runs
+            with :func:`merge_results`).
 
     Raises:
         ValueError: test and validation share phantoms, or their factors differ.
     """
     from tqdm.auto import tqdm
 
-    from pet_dl.recon import gaussian_postfilter
-
-    check_held_out(test.case_seed, {"validation": val.case_seed})
-    if tuple(val.factors) != tuple(test.factors):
-        raise ValueError(f"validation factors {val.factors} differ from test factors {test.factors}")
     s = settings
     plot_f = None if s.plot_factor is None else _factor_key(test.factors, s.plot_factor)
     osem_choice: dict[float, OsemChoice] = {}
     map_choice: dict[float, MapChoice] = {}
-    bar = tqdm(total=2 * len(val.factors), desc="select on validation", disable=not progress)
-    for f in val.factors:
-        osem_choice[f] = select_osem(val, f, s.osem_iterations, s.postfilter_fwhm_mm, s.osem_subsets)
-        bar.update(1)
-        map_choice[f] = select_map(val, f, s.map_betas, s.map_iterations, s.map_subsets, s.map_gamma)
-        bar.update(1)
-    bar.close()
+    if classical:
+        if val is None:
+            raise ValueError("the classical baselines need a validation set")
+        check_held_out(test.case_seed, {"validation": val.case_seed})
+        if tuple(val.factors) != tuple(test.factors):
+            raise ValueError(f"validation factors {val.factors} differ from test factors {test.factors}")
+        bar = tqdm(total=2 * len(val.factors), desc="select on validation", disable=not progress)
+        for f in val.factors:
+            osem_choice[f] = select_osem(val, f, s.osem_iterations, s.postfilter_fwhm_mm, s.osem_subsets)
+            bar.update(1)
+            map_choice[f] = select_map(val, f, s.map_betas, s.map_iterations, s.map_subsets, s.map_gamma)
+            bar.update(1)
+        bar.close()
 
     rows: list[dict[str, Any]] = []
     curves: dict[str, list[tuple[str, float, float]]] = {}
-    bar = tqdm(total=len(test.factors) * (2 + len(networks)), desc="test", disable=not progress)
+    bar = tqdm(total=len(test.factors) * (2 * classical + len(networks)), desc="test", disable=not progress)
     for f in test.factors:
         batch = test.batch(f)
-        oc, mc = osem_choice[f], map_choice[f]
-        n_it = max(s.osem_iterations) if f == plot_f else oc.iterations
-        traj = osem_trajectory(batch, n_it, s.osem_subsets)
-        best = gaussian_postfilter(traj[oc.iterations - 1], test.image, oc.fwhm_mm)
-        rows.append(_row("OSEM", f, f"{oc.iterations} it x {oc.subsets} subsets, {oc.fwhm_mm:g} mm", best, test))
-        if f == plot_f:
-            curves["OSEM (iterations)"] = [
-                (f"{k + 1}", *contrast_noise(x, test)) for k, x in enumerate(traj)
-            ]
-            curves[f"OSEM {oc.iterations} it (post-filter)"] = [
-                (f"{fw:g} mm", *contrast_noise(gaussian_postfilter(traj[oc.iterations - 1], test.image, fw), test))
-                for fw in sorted(s.postfilter_fwhm_mm)
-            ]
-            curves["OSEM (chosen)"] = [("", *contrast_noise(best, test))]
-        bar.update(1)
-        betas = sorted(s.map_betas) if f == plot_f else [mc.beta]
-        map_images = {b: map_reconstruction(batch, b, s.map_iterations, s.map_subsets, s.map_gamma) for b in betas}
-        rows.append(_row("MAP-RDP", f, f"beta_rel {mc.beta:g} mm", map_images[mc.beta], test))
-        if f == plot_f:
-            curves["MAP-RDP (beta)"] = [(f"{b:g}", *contrast_noise(x, test)) for b, x in map_images.items()]
-            curves["MAP-RDP (chosen)"] = [("", *contrast_noise(map_images[mc.beta], test))]
-        bar.update(1)
+        if classical:
+            _classical_rows(f, batch, test, osem_choice[f], map_choice[f], s, plot_f, rows, curves)
+            bar.update(2)
         for name, net in networks.items():
             images = network_reconstruction(net, batch)
             rows.append(_row(name, f, "", images, test))
@@ -601,8 +587,36 @@ def evaluate(
     return EvalResults(
         rows=rows, osem=osem_choice, map=map_choice, curves=curves, plot_factor=plot_f,
         num_phantoms=len(set(test.case_seed)), realisations=test.realisations,
-        val_cases=val.num_cases,
+        val_cases=0 if val is None else val.num_cases,
     )
+
+
+def _classical_rows(
+    f: float, batch: Any, test: EvalSet, oc: OsemChoice, mc: MapChoice, s: EvalSettings,
+    plot_f: float | None, rows: list[dict[str, Any]], curves: dict[str, list],
+) -> None:
+    """OSEM and MAP-RDP rows (and curves at ``plot_f``) for factor ``f``."""
+    from pet_dl.recon import gaussian_postfilter
+
+    n_it = max(s.osem_iterations) if f == plot_f else oc.iterations
+    traj = osem_trajectory(batch, n_it, s.osem_subsets)
+    best = gaussian_postfilter(traj[oc.iterations - 1], test.image, oc.fwhm_mm)
+    rows.append(_row("OSEM", f, f"{oc.iterations} it x {oc.subsets} subsets, {oc.fwhm_mm:g} mm", best, test))
+    if f == plot_f:
+        curves["OSEM (iterations)"] = [
+            (f"{k + 1}", *contrast_noise(x, test)) for k, x in enumerate(traj)
+        ]
+        curves[f"OSEM {oc.iterations} it (post-filter)"] = [
+            (f"{fw:g} mm", *contrast_noise(gaussian_postfilter(traj[oc.iterations - 1], test.image, fw), test))
+            for fw in sorted(s.postfilter_fwhm_mm)
+        ]
+        curves["OSEM (chosen)"] = [("", *contrast_noise(best, test))]
+    betas = sorted(s.map_betas) if f == plot_f else [mc.beta]
+    map_images = {b: map_reconstruction(batch, b, s.map_iterations, s.map_subsets, s.map_gamma) for b in betas}
+    rows.append(_row("MAP-RDP", f, f"beta_rel {mc.beta:g} mm", map_images[mc.beta], test))
+    if f == plot_f:
+        curves["MAP-RDP (beta)"] = [(f"{b:g}", *contrast_noise(x, test)) for b, x in map_images.items()]
+        curves["MAP-RDP (chosen)"] = [("", *contrast_noise(map_images[mc.beta], test))]
 
 
 # --------------------------------------------------------------------------- output
@@ -668,6 +682,89 @@ def results_csv(results: EvalResults) -> str:
     for row in results.rows:
         writer.writerow({k: row[k] for k in fields})
     return buf.getvalue()
+
+
+def results_to_json(results: EvalResults) -> str:
+    """Everything in ``results`` as JSON (read back with :func:`results_from_json`)."""
+    import json
+
+    return json.dumps({
+        "rows": results.rows,
+        "osem": [{"factor": c.factor, "iterations": c.iterations, "fwhm_mm": c.fwhm_mm,
+                  "subsets": c.subsets, "grid": [[k[0], k[1], v] for k, v in c.grid.items()]}
+                 for c in results.osem.values()],
+        "map": [{"factor": c.factor, "beta": c.beta, "iterations": c.iterations, "subsets": c.subsets,
+                 "grid": [[k, v] for k, v in c.grid.items()]} for c in results.map.values()],
+        "curves": {k: [list(p) for p in v] for k, v in results.curves.items()},
+        "plot_factor": results.plot_factor, "num_phantoms": results.num_phantoms,
+        "realisations": results.realisations, "val_cases": results.val_cases,
+    }, indent=1, allow_nan=True)
+
+
+def results_from_json(text: str) -> EvalResults:
+    """Inverse of :func:`results_to_json`."""
+    import json
+
+    d = json.loads(text)
+    osem = {
+        c["factor"]: OsemChoice(c["factor"], c["iterations"], c["fwhm_mm"], c["subsets"],
+                                {(int(i), float(fw)): v for i, fw, v in c["grid"]})
+        for c in d["osem"]
+    }
+    maps = {
+        c["factor"]: MapChoice(c["factor"], c["beta"], c["iterations"], c["subsets"],
+                               {float(b): v for b, v in c["grid"]})
+        for c in d["map"]
+    }
+    curves = {k: [(str(p[0]), float(p[1]), float(p[2])) for p in v] for k, v in d["curves"].items()}
+    return EvalResults(d["rows"], osem, maps, curves, d["plot_factor"], d["num_phantoms"],
+                       d["realisations"], d["val_cases"])
+
+
+def merge_results(parts: Sequence[EvalResults]) -> EvalResults:
+    """One result from runs on the same test set (e.g. classical and networks apart).
+
+    Rows are ordered by factor, then OSEM, MAP-RDP and the networks in run order.
+
+    Raises:
+        ValueError: the runs used different test sets or plot factors, or share a method.
+    """
+    if not parts:
+        raise ValueError("nothing to merge")
+    first = parts[0]
+    for p in parts[1:]:
+        if (p.num_phantoms, p.realisations, p.plot_factor) != (first.num_phantoms, first.realisations, first.plot_factor):
+            raise ValueError("cannot merge results of different test sets or plot factors")
+    rows = [r for p in parts for r in p.rows]
+    keys = [(r["method"], r["factor"]) for r in rows]
+    if len(set(keys)) != len(keys):
+        raise ValueError("the runs to merge evaluate the same method twice")
+    order = {m: i for i, m in enumerate(dict.fromkeys(["OSEM", "MAP-RDP"] + [r["method"] for r in rows]))}
+    rows.sort(key=lambda r: (r["factor"], order[r["method"]]))
+    merged = EvalResults(rows, {}, {}, {}, first.plot_factor, first.num_phantoms, first.realisations, 0)
+    for p in parts:
+        merged.osem.update(p.osem)
+        merged.map.update(p.map)
+        merged.curves.update(p.curves)
+        merged.val_cases = max(merged.val_cases, p.val_cases)
+    return merged
+
+
+def write_results(results: EvalResults, out_dir: Any, header: str = "") -> None:
+    """Write ``results.md``, ``results.csv``, ``results.json``, ``selection.md`` and (with
+    curves and >= 2 realisations) ``contrast_noise.png`` under ``out_dir``, each atomically."""
+    from pathlib import Path
+
+    from pet_dl.io.atomic import atomic_write_text
+
+    out = Path(out_dir)
+    atomic_write_text(out / "results.md", header + results_markdown(results))
+    atomic_write_text(out / "results.csv", results_csv(results))
+    atomic_write_text(out / "results.json", results_to_json(results))
+    if results.osem:
+        atomic_write_text(out / "selection.md", selection_markdown(results))
+    if results.curves and results.realisations >= 2:
+        plot_contrast_noise(results, out / "contrast_noise.png")
 
 
 def plot_contrast_noise(results: EvalResults, path: Any) -> None:
@@ -819,41 +916,40 @@ def run_config(
     realisations: int | None = None,
     val_phantoms: int | None = None,
     progress: bool = False,
+    classical: bool = True,
+    networks: bool = True,
 ) -> EvalResults:
-    """Evaluate as ``config`` says and write ``results.md``, ``results.csv``,
-    ``selection.md`` and ``contrast_noise.png`` under ``out_dir`` (each atomically).
+    """Evaluate as ``config`` says and write the outputs (:func:`write_results`) to ``out_dir``.
 
-    The ``test_phantoms`` / ``realisations`` / ``val_phantoms`` arguments override the config.
+    The ``test_phantoms`` / ``realisations`` / ``val_phantoms`` arguments override the
+    config; ``classical`` / ``networks`` False skip those methods (merge runs with
+    :func:`merge_results`).
     """
     from pathlib import Path
 
     from pet_dl.datasets import load_recipe, split_seeds
-    from pet_dl.io.atomic import atomic_write_text
 
     c = load_eval_config(config)
     out = Path(out_dir)
     if not out.is_dir():
         raise ValueError(f"output folder {out} does not exist")
+    if not classical and not (networks and c["networks"]):
+        raise ValueError("nothing to evaluate: no classical baselines and no networks")
     recipe = load_recipe(c["recipe"])
     n_test = test_phantoms or c["test_phantoms"]
     n_val = val_phantoms or c["val_phantoms"]
     n_real = realisations or c["realisations"]
     test_seeds = list(split_seeds(recipe, "test"))[:n_test]
     val_seeds = list(split_seeds(recipe, "val"))[:n_val]
-    used = {"train": split_seeds(recipe, "train"), "validation": val_seeds}
-    check_held_out(test_seeds, used)
-    networks = load_networks(c["networks"], recipe, test_seeds)
-    val = simulate_eval_set(recipe, val_seeds, c["val_realisations"], c["factors"], progress)
+    check_held_out(test_seeds, {"train": split_seeds(recipe, "train"), "validation": val_seeds})
+    nets = load_networks(c["networks"], recipe, test_seeds) if networks else {}
+    val = simulate_eval_set(recipe, val_seeds, c["val_realisations"], c["factors"], progress) if classical else None
     test = simulate_eval_set(recipe, test_seeds, n_real, c["factors"], progress)
-    results = evaluate(val, test, networks, c["settings"], progress)
+    results = evaluate(val, test, nets, c["settings"], progress, classical=classical)
     header = (
         f"{results.num_phantoms} test phantoms (seeds {test_seeds[0]}..{test_seeds[-1]}) x "
         f"{results.realisations} noise realisations; selection on {len(val_seeds)} validation "
         f"phantoms x {c['val_realisations']} realisation(s). Mean ± std over realisations.\n\n"
     )
-    atomic_write_text(out / "results.md", header + results_markdown(results))
-    atomic_write_text(out / "results.csv", results_csv(results))
-    atomic_write_text(out / "selection.md", selection_markdown(results))
-    if results.curves and results.realisations >= 2:
-        plot_contrast_noise(results, out / "contrast_noise.png")
+    write_results(results, out, header)
     return results

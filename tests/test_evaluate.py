@@ -133,6 +133,19 @@ def test_table_has_a_finite_row_per_method_and_factor(
     png = tmp_path / "cn.png"
     ev.plot_contrast_noise(res, png)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # JSON round trip; a classical-only and a networks-only part merge back to the whole
+    back = ev.results_from_json(ev.results_to_json(res))
+    assert ev.results_markdown(back) == ev.results_markdown(res)
+    assert back.osem[20.0] == res.osem[20.0] and back.map[1.0].grid == res.map[1.0].grid
+    classical = replace(res, rows=[r for r in res.rows if r["method"] != "TinyUNet"],
+                        curves={k: v for k, v in res.curves.items() if k != "TinyUNet"})
+    nets = replace(res, rows=[r for r in res.rows if r["method"] == "TinyUNet"], osem={}, map={},
+                   curves={"TinyUNet": res.curves["TinyUNet"]})
+    merged = ev.merge_results([nets, classical])
+    assert ev.results_markdown(merged) == ev.results_markdown(res)
+    assert merged.curves.keys() == res.curves.keys()
+    with pytest.raises(ValueError, match="same method twice"):
+        ev.merge_results([res, nets])
 
 
 def test_aggregate_means_over_phantoms_then_realisations() -> None:
@@ -228,3 +241,7 @@ def test_command_line_quick_run_writes_outputs(tmp_path: Path) -> None:
     }
     assert (out / "contrast_noise.png").stat().st_size > 1000
     assert "OSEM iterations" in (out / "selection.md").read_text()
+    merged = tmp_path / "merged"
+    assert main(["evaluate", "--merge", str(out / "results.json"), "--out", str(merged)]) == 0
+    assert (merged / "results.csv").read_text() == (out / "results.csv").read_text()
+    assert main(["evaluate", "--merge", str(out / "results.json"), "--config", str(cfg), "--out", str(merged)]) == 2

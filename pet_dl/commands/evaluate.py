@@ -3,13 +3,18 @@
 Examples::
 
     python -m pet_dl evaluate --config configs/evaluate2d.yaml --out outputs/evaluate2d
-    python -m pet_dl evaluate --config configs/evaluate2d.yaml --out /tmp/quick \\
+    python -m pet_dl evaluate --config configs/evaluate2d.yaml --out outputs/quick \\
         --test-phantoms 2 --realisations 2 --val-phantoms 1      # a few minutes on CPU
+    # the classical baselines and the networks in two runs, then one table and plot:
+    python -m pet_dl evaluate --config configs/evaluate2d.yaml --out outputs/a --skip networks
+    python -m pet_dl evaluate --config configs/evaluate2d.yaml --out outputs/b --skip classical
+    python -m pet_dl evaluate --merge outputs/a/results.json outputs/b/results.json --out outputs/ab
 
 Writes ``results.md`` and ``results.csv`` (PSNR, SSIM, NRMSE, lesion SUVmean / SUVmax
 bias per method and reduction factor, mean ± std over noise realisations),
-``selection.md`` (OSEM iterations / post-filter and MAP beta chosen on validation) and
-``contrast_noise.png``. See :mod:`pet_dl.evaluate` for the definitions.
+``results.json`` (everything, for ``--merge``), ``selection.md`` (OSEM iterations /
+post-filter and MAP beta chosen on validation) and ``contrast_noise.png``. See
+:mod:`pet_dl.evaluate` for the definitions.
 """
 
 from __future__ import annotations
@@ -26,29 +31,49 @@ def add_parser(subparsers: Any) -> None:
         "evaluate", help="evaluate networks against OSEM and MAP-RDP on held-out phantoms",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", required=True, type=Path, help="evaluation config (configs/evaluate2d.yaml)")
+    p.add_argument("--config", type=Path, help="evaluation config (configs/evaluate2d.yaml)")
     p.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
     p.add_argument("--test-phantoms", type=int, default=None, help="use the first N test phantoms")
     p.add_argument("--realisations", type=int, default=None, help="noise realisations per test phantom")
     p.add_argument("--val-phantoms", type=int, default=None, help="validation phantoms for the selection")
+    p.add_argument("--skip", choices=["classical", "networks"], default=None,
+                   help="leave out the classical baselines or the networks")
+    p.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSON",
+                   help="combine results.json files of runs on the same test set (no --config)")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the evaluation; prints the markdown table."""
+    """Run the evaluation (or merge earlier runs); prints the markdown table."""
     from pet_dl.errors import InvalidInputError
-    from pet_dl.evaluate import load_eval_config, results_markdown, run_config
+    from pet_dl.evaluate import (
+        load_eval_config,
+        merge_results,
+        results_from_json,
+        results_markdown,
+        run_config,
+        write_results,
+    )
 
+    if (args.config is None) == (args.merge is None):
+        raise InvalidInputError("give exactly one of --config (evaluate) and --merge (combine runs)")
     for name in ("test_phantoms", "realisations", "val_phantoms"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise InvalidInputError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    config = load_eval_config(args.config)  # a bad config fails before any output
-    args.out.mkdir(parents=True, exist_ok=True)
-    results = run_config(
-        config, args.out, test_phantoms=args.test_phantoms, realisations=args.realisations,
-        val_phantoms=args.val_phantoms, progress=sys.stderr.isatty(),
-    )
+    if args.merge is not None:
+        parts = [results_from_json(path.read_text()) for path in args.merge]
+        results = merge_results(parts)
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_results(results, args.out, f"Merged from {', '.join(map(str, args.merge))}.\n\n")
+    else:
+        config = load_eval_config(args.config)  # a bad config fails before any output
+        args.out.mkdir(parents=True, exist_ok=True)
+        results = run_config(
+            config, args.out, test_phantoms=args.test_phantoms, realisations=args.realisations,
+            val_phantoms=args.val_phantoms, progress=sys.stderr.isatty(),
+            classical=args.skip != "classical", networks=args.skip != "networks",
+        )
     print(results_markdown(results))
-    print(f"wrote {args.out}/results.md, results.csv, selection.md, contrast_noise.png", file=sys.stderr)
+    print(f"wrote results.md, results.csv, results.json under {args.out}", file=sys.stderr)
     return 0
