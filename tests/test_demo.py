@@ -69,3 +69,29 @@ def test_demo_command_full_size(tmp_path: Path) -> None:
     if ("network", "1/20") in rows:  # the shipped model is installed
         assert (out / "network_dose20.nii.gz").is_file()
         assert rows[("network", "1/20")] < rows[("OSEM", "1/20")]
+
+
+def test_demo_adds_network_columns_when_a_model_is_installed(tmp_path: Path, monkeypatch) -> None:
+    """With ``pet_dl.inference.reconstruct`` and a shipped model, both doses get a network column."""
+    import pet_dl.demo as demo
+    from pet_dl.recon import reconstruct_scan
+
+    calls = []
+
+    def fake_network(scan, checkpoint, device):  # stands in for pet_dl.inference.reconstruct
+        calls.append((float(scan.metadata.dose_fraction), checkpoint, device))
+        return reconstruct_scan(scan, "osem", iterations=2, subsets=3, postfilter_fwhm_mm=10.0)
+
+    monkeypatch.setattr(demo, "_network", lambda: (fake_network, ""))
+    settings = DemoSettings(image_shape=(48, 48, 1), voxel_size_mm=5.2, view_mashing=4,
+                            iterations=2, subsets=3)
+    result = run_demo(tmp_path, settings)
+    assert calls == [(1.0, None, "cpu"), (0.05, None, "cpu")]  # the shipped model, both doses
+    assert [(r["method"], r["dose"]) for r in result.rows] == [
+        ("OSEM", "full"), ("OSEM", "1/20"), ("network", "full"), ("network", "1/20")]
+    for name in ("network_full.nii.gz", "network_dose20.nii.gz"):
+        assert (tmp_path / name).is_file()
+    assert result.notes == []
+    with pytest.raises(ValueError, match="network"):
+        monkeypatch.setattr(demo, "_network", lambda: (None, "network column skipped: no model"))
+        run_demo(tmp_path / "again", settings, network=True)
