@@ -780,13 +780,16 @@ def plot_contrast_noise(results: EvalResults, path: Any) -> None:
         raise ValueError("no contrast-vs-noise curves were computed (plot_factor was None)")
     fig, ax = plt.subplots(figsize=(6.5, 4.8), dpi=120)
     markers = iter("s^Dvp*hX<>")
+    colours: dict[str, str] = {}
     for name, points in results.curves.items():
         cr = [100 * p[1] for p in points]
         noise = [100 * p[2] for p in points]
+        family = name.split(" ")[0]
         if "chosen" in name:
-            ax.plot(noise, cr, "o", mfc="none", ms=12, mew=1.5, color="k", label=name)
+            ax.plot(noise, cr, "o", mfc="none", ms=13, mew=2, color=colours.get(family, "k"), label=name)
         elif len(points) > 1:
             line = ax.plot(noise, cr, ".-", label=name)[0]
+            colours.setdefault(family, line.get_color())
             for (label, _, _), x, y in zip(points, noise, cr):
                 ax.annotate(label, (x, y), fontsize=6, color=line.get_color(), xytext=(2, 2),
                             textcoords="offset points")
