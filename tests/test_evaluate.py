@@ -222,6 +222,10 @@ def test_command_line_bad_config_is_one_line_error(tmp_path: Path, capsys: pytes
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "realisatons" in err[0]
     assert main(["evaluate", "--config", str(cfg), "--out", str(tmp_path), "--realisations", "0"]) == 2
+    cfg.write_text(f"recipe: {RECIPE}\nnetworks: {{A: a.safetensors}}\n")
+    assert main(["evaluate", "--config", str(cfg), "--out", str(tmp_path), "--network", "B"]) == 2
+    assert "not in the config's networks" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # nothing written on a bad config
 
 
 def test_command_line_quick_run_writes_outputs(tmp_path: Path) -> None:

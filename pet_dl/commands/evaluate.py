@@ -7,7 +7,8 @@ Examples::
         --test-phantoms 2 --realisations 2 --val-phantoms 1      # a few minutes on CPU
     # the classical baselines and the networks in two runs, then one table and plot:
     python -m pet_dl evaluate --config configs/evaluate2d.yaml --out outputs/a --skip networks
-    python -m pet_dl evaluate --config configs/evaluate2d.yaml --out outputs/b --skip classical
+    python -m pet_dl evaluate --config configs/evaluate2d.yaml --out outputs/b --skip classical \\
+        --network PostUNet --network LPD       # only these networks of the config
     python -m pet_dl evaluate --merge outputs/a/results.json outputs/b/results.json --out outputs/ab
 
 Writes ``results.md`` and ``results.csv`` (PSNR, SSIM, NRMSE, lesion SUVmean / SUVmax
@@ -38,6 +39,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--val-phantoms", type=int, default=None, help="validation phantoms for the selection")
     p.add_argument("--skip", choices=["classical", "networks"], default=None,
                    help="leave out the classical baselines or the networks")
+    p.add_argument("--network", action="append", default=None, metavar="NAME",
+                   help="evaluate only this network of the config (repeatable)")
     p.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSON",
                    help="combine results.json files of runs on the same test set (no --config)")
     p.set_defaults(run=run)
@@ -68,6 +71,13 @@ def run(args: argparse.Namespace) -> int:
         write_results(results, args.out, f"Merged from {', '.join(map(str, args.merge))}.\n\n")
     else:
         config = load_eval_config(args.config)  # a bad config fails before any output
+        if args.network:
+            unknown = sorted(set(args.network) - set(config["networks"]))
+            if unknown:
+                raise InvalidInputError(
+                    f"--network {unknown} not in the config's networks {sorted(config['networks'])}"
+                )
+            config["networks"] = {k: v for k, v in config["networks"].items() if k in args.network}
         args.out.mkdir(parents=True, exist_ok=True)
         results = run_config(
             config, args.out, test_phantoms=args.test_phantoms, realisations=args.realisations,
