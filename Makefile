@@ -6,6 +6,9 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= dev,serve
 BIN := $(VENV)/bin
+# torch's and numba's OpenMP threads spin against each other on small machines unless
+# idle threads sleep (2D OSEM iterations went from 0.24 s to several s without this).
+export OMP_WAIT_POLICY ?= PASSIVE
 STAMP := $(VENV)/.installed
 
 .PHONY: venv demo test test-slow test-all lint bench mar clean

@@ -14,10 +14,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
 from typing import Any
+
+# Before torch loads: idle OpenMP threads sleep instead of spinning against numba's.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 FORMATS = ("nifti", "dicom")
 # Side-file keys that may override the scan's acquisition metadata (patient / tracer facts).
