@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
 import time
 
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: no spinning threads
 
-from pet_dl.geometry import ImageGeometry, SinogramGeometry, get_scanner
-from pet_dl.models import ReconBatch, build_model
+import torch  # noqa: E402
+
+from pet_dl.geometry import ImageGeometry, SinogramGeometry, get_scanner  # noqa: E402
+from pet_dl.models import ReconBatch, build_model  # noqa: E402
 
 CASES = {
     "2d": dict(image=((96, 96, 1), (2.6, 2.6, 2.6)), rings=1, radial=128, mashing=2, span=1, mrd=None),
