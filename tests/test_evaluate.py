@@ -225,6 +225,8 @@ def test_command_line_bad_config_is_one_line_error(tmp_path: Path, capsys: pytes
     cfg.write_text(f"recipe: {RECIPE}\nnetworks: {{A: a.safetensors}}\n")
     assert main(["evaluate", "--config", str(cfg), "--out", str(tmp_path), "--network", "B"]) == 2
     assert "not in the config's networks" in capsys.readouterr().err
+    assert main(["evaluate", "--config", str(cfg), "--out", str(tmp_path), "--checkpoint", "B"]) == 2
+    assert "NAME=PATH" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # nothing written on a bad config
 
 
@@ -237,11 +239,20 @@ def test_command_line_quick_run_writes_outputs(tmp_path: Path) -> None:
         "settings: {osem_subsets: 4, osem_iterations: [1, 2], postfilter_fwhm_mm: [0, 7],"
         " map_betas: [1], map_iterations: 1, map_subsets: 4, plot_factor: 20}\n"
     )
+    from pet_dl.datasets import recipe_geometry
+    from pet_dl.io.checkpoint import save_checkpoint
+
+    sinogram, image = recipe_geometry(load_recipe(RECIPE))
+    config = {"name": "post_unet", "spatial_dims": 2, "channels": [4, 8], "strides": [2],
+              "init_iterations": 2, "init_subsets": 4}
+    ckpt = save_checkpoint(tmp_path / "tiny.safetensors", build_model(config), config,
+                           {"sinogram": sinogram.to_dict(), "image": image.to_dict()})
     out = tmp_path / "out"
-    assert main(["evaluate", "--config", str(cfg), "--out", str(out), "--test-phantoms", "1"]) == 0
+    assert main(["evaluate", "--config", str(cfg), "--out", str(out), "--test-phantoms", "1",
+                 "--checkpoint", f"Tiny={ckpt}"]) == 0
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert {(r["method"], float(r["factor"])) for r in rows} == {
-        (m, f) for m in ("OSEM", "MAP-RDP") for f in (1.0, 20.0)
+        (m, f) for m in ("OSEM", "MAP-RDP", "Tiny") for f in (1.0, 20.0)
     }
     assert (out / "contrast_noise.png").stat().st_size > 1000
     assert "OSEM iterations" in (out / "selection.md").read_text()

@@ -9,6 +9,8 @@ Examples::
     python -m pet_dl evaluate --config configs/evaluate2d.yaml --out outputs/a --skip networks
     python -m pet_dl evaluate --config configs/evaluate2d.yaml --out outputs/b --skip classical \\
         --network PostUNet --network LPD       # only these networks of the config
+    python -m pet_dl evaluate --config configs/evaluate2d.yaml --out outputs/c --skip classical \\
+        --checkpoint "My net=model.safetensors" --network "My net"   # a checkpoint of your own
     python -m pet_dl evaluate --merge outputs/a/results.json outputs/b/results.json --out outputs/ab
 
 Writes ``results.md`` and ``results.csv`` (PSNR, SSIM, NRMSE, lesion SUVmean / SUVmax
@@ -39,6 +41,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--val-phantoms", type=int, default=None, help="validation phantoms for the selection")
     p.add_argument("--skip", choices=["classical", "networks"], default=None,
                    help="leave out the classical baselines or the networks")
+    p.add_argument("--checkpoint", action="append", default=None, metavar="NAME=PATH",
+                   help="add (or replace) a network of the config: display name = checkpoint (repeatable)")
     p.add_argument("--network", action="append", default=None, metavar="NAME",
                    help="evaluate only this network of the config (repeatable)")
     p.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSON",
@@ -71,6 +75,11 @@ def run(args: argparse.Namespace) -> int:
         write_results(results, args.out, f"Merged from {', '.join(map(str, args.merge))}.\n\n")
     else:
         config = load_eval_config(args.config)  # a bad config fails before any output
+        for item in args.checkpoint or []:
+            name, sep, path = item.partition("=")
+            if not sep or not name.strip() or not path.strip():
+                raise InvalidInputError(f"--checkpoint needs NAME=PATH, got {item!r}")
+            config["networks"] = {**config["networks"], name.strip(): path.strip()}
         if args.network:
             unknown = sorted(set(args.network) - set(config["networks"]))
             if unknown:
