@@ -132,7 +132,6 @@ def test_resume_continues_from_the_saved_step(tmp_path: Path) -> None:
     assert module.geometry_metadata.get("init_iterations") == 3
 
 
-@pytest.mark.slow
 def test_two_process_ddp_ranks_see_different_data(tmp_path: Path) -> None:
     pl.seed_everything(0, verbose=False)
     dm = MatrixDataModule(n_train=8, batch_size=2)
