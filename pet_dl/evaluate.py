@@ -22,7 +22,7 @@ of variation over the noise realisations averaged over non-lesion voxels with tr
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,8 +32,6 @@ from torch import nn
 #: Lesions at least this large (diameter, mm) are reported separately.
 LARGE_LESION_MM = 8.0
 METRICS = ("psnr", "ssim", "nrmse", "suvmean_bias", "suvmax_bias", "suvmean_bias_ge8", "suvmax_bias_ge8")
-
-Reconstructor = Callable[[Any], torch.Tensor]
 
 
 # ----------------------------------------------------------------------------- data
@@ -356,7 +354,7 @@ def select_map(
 
 
 # -------------------------------------------------------------------------- metrics
-def case_metrics(images: torch.Tensor, data: EvalSet) -> list[dict[str, float]]:
+def case_metrics(images: torch.Tensor, data: EvalSet) -> list[dict[str, Any]]:
     """Per-case PSNR (dB), SSIM, NRMSE and mean lesion SUVmean / SUVmax biases.
 
     Args:
