@@ -36,9 +36,26 @@ def export_module(
 
 
 def export_lightning_checkpoint(ckpt: str | Path, out: str | Path, training_command: str = "") -> Path:
-    """Load a Lightning ``.ckpt`` of a :class:`ReconModule` and export it."""
-    module = ReconModule.load_from_checkpoint(str(ckpt), map_location="cpu", weights_only=False)
-    return export_module(module, out, training_command)
+    """Export a Lightning ``.ckpt`` of a :class:`ReconModule` without unpickling code.
+
+    The checkpoint is read with ``torch.load(weights_only=True)`` through
+    :func:`pet_dl.io.checkpoint.convert_lightning_checkpoint`; the network config comes
+    from its hyper-parameters and the training geometry from ``pet_dl_metadata``.
+    """
+    import torch
+
+    from pet_dl.io.checkpoint import convert_lightning_checkpoint
+
+    ckpt_data = torch.load(str(ckpt), map_location="cpu", weights_only=True)
+    meta: dict[str, Any] = dict(ckpt_data.get("pet_dl_metadata") or {})
+    if not meta.get("image"):
+        raise ValueError(f"{ckpt} has no training geometry (pet_dl_metadata)")
+    meta["training_command"] = training_command or meta.get("training_command", "")
+    meta["global_step"] = int(ckpt_data.get("global_step", 0))
+    config = dict(ckpt_data["hyper_parameters"]["network"])
+    config.setdefault("init_iterations", meta.get("init_iterations", 10))
+    config.setdefault("init_subsets", meta.get("init_subsets", 1))
+    return convert_lightning_checkpoint(ckpt, out, config=config, metadata=meta, prefix="net.")
 
 
 class ExportCallback(pl.Callback):
