@@ -204,3 +204,75 @@ def test_shipped_configs_parse(name: str, capsys: pytest.CaptureFixture) -> None
 def test_unknown_loss_is_refused() -> None:
     with pytest.raises(ValueError, match="loss"):
         ReconModule(NETWORK, loss="huber")
+
+
+def _lesion_batch(generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Two 2D scans of 12 x 12: a positive target, a prediction and one 2 x 2 lesion each."""
+    target = 1.0 + torch.rand(2, 12, 12, 1, generator=generator, dtype=torch.float64)
+    pred = target + 0.1 * torch.randn(2, 12, 12, 1, generator=generator, dtype=torch.float64)
+    mask = torch.zeros(2, 12, 12, 1, dtype=torch.int64)
+    mask[0, 3:5, 3:5] = 1
+    mask[1, 7:9, 6:8] = 2
+    return pred, target, mask
+
+
+def test_dilate_mask_grows_by_the_radius() -> None:
+    from pet_dl.training.losses import dilate_mask
+
+    mask = torch.zeros(1, 9, 9, 1, dtype=torch.int64)
+    mask[0, 4, 4] = 3
+    grown = dilate_mask(mask, 1, spatial_dims=2)
+    assert grown.dtype == torch.bool and int(grown.sum()) == 9
+    assert bool(grown[0, 3:6, 3:6].all())
+    assert int(dilate_mask(mask, 2, spatial_dims=2).sum()) == 25
+    assert int(dilate_mask(mask, 0, spatial_dims=2).sum()) == 1
+    cube = torch.zeros(1, 7, 7, 7, dtype=torch.int64)
+    cube[0, 3, 3, 3] = 1
+    assert int(dilate_mask(cube, 1, spatial_dims=3).sum()) == 27
+    with pytest.raises(ValueError, match="dilation"):
+        dilate_mask(mask, -1, spatial_dims=2)
+
+
+@pytest.mark.parametrize("loss", ["l1", "mse"])
+def test_lesion_weight_scales_the_loss_of_lesion_voxels_only(loss: str, generator: torch.Generator) -> None:
+    from pet_dl.training.losses import dilate_mask
+
+    pred, target, mask = _lesion_batch(generator)
+    weight = 30.0
+    plain = ReconModule(NETWORK, loss=loss)
+    weighted = ReconModule(NETWORK, loss=loss, lesion_weight=weight, lesion_dilation=1)
+    inside = dilate_mask(mask, 1, spatial_dims=2)
+    # the loss is computed on images divided by the target mean, per scan: perturb by
+    # a multiple of that mean so the change is the same number in every scan
+    scale = target.flatten(1).mean(1).view(-1, 1, 1, 1)
+    far = torch.zeros_like(inside)
+    far[:, 0, 11] = True  # a corner, outside both dilated lesions
+    assert not bool((far & inside).any())
+    for region, factor in ((inside, 1.0 + weight), (far, 1.0)):
+        bumped = pred + 0.5 * scale * region
+        d_plain = float(plain.compute_loss(bumped, target, mask) - plain.compute_loss(pred, target, mask))
+        d_weighted = float(
+            weighted.compute_loss(bumped, target, mask) - weighted.compute_loss(pred, target, mask)
+        )
+        assert d_plain > 0
+        assert d_weighted == pytest.approx(factor * d_plain, rel=1e-4)  # float32 loss
+
+
+def test_lesion_loss_l1_matches_a_hand_count() -> None:
+    """Error 1 everywhere (normalised units): mean weight = 1 + w * (lesion voxels / voxels)."""
+    target = torch.ones(1, 6, 6, 1)
+    mask = torch.zeros(1, 6, 6, 1, dtype=torch.int64)
+    mask[0, 2, 2] = 1
+    module = ReconModule(NETWORK, lesion_weight=4.0, lesion_dilation=1)
+    loss = float(module.compute_loss(target + 1.0, target, mask))
+    assert loss == pytest.approx(1.0 + 4.0 * 9 / 36, rel=1e-6)
+
+
+def test_lesion_weight_needs_a_mask_and_a_valid_value() -> None:
+    module = ReconModule(NETWORK, lesion_weight=2.0)
+    with pytest.raises(ValueError, match="lesion_mask"):
+        module.compute_loss(torch.ones(1, 4, 4, 1), torch.ones(1, 4, 4, 1))
+    with pytest.raises(ValueError, match="lesion_weight"):
+        ReconModule(NETWORK, lesion_weight=-1.0)
+    with pytest.raises(ValueError, match="lesion_dilation"):
+        ReconModule(NETWORK, lesion_dilation=-1)

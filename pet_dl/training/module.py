@@ -6,12 +6,11 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F
 
 from pet_dl.models import build_model
 from pet_dl.training.batching import to_recon_batch
-
-LOSSES = ("l1", "mse")
+from pet_dl.training.losses import ERRORS as LOSSES
+from pet_dl.training.losses import lesion_weights, weighted_error
 
 
 class ReconModule(pl.LightningModule):
@@ -19,12 +18,16 @@ class ReconModule(pl.LightningModule):
 
     The loss compares prediction and target (true activity, Bq/mL) after dividing both by
     the target's mean over the image (per scan), so scans of any count level and
-    activity weigh alike.
+    activity weigh alike. With ``lesion_weight > 0`` each voxel of the batch's
+    ``lesion_mask`` (dilated by ``lesion_dilation`` voxels) weighs ``1 + lesion_weight``
+    (:mod:`pet_dl.training.losses`), so smoothing lesions away costs the network.
 
     Args:
         network: model config, e.g. ``{"name": "unrolled_em", "spatial_dims": 2}``.
         loss: ``"l1"`` or ``"mse"``.
         ssim_weight: weight of ``1 - SSIM`` added to the loss (0: off).
+        lesion_weight: extra weight of a lesion voxel in the L1 / MSE term (0: off).
+        lesion_dilation: lesion mask dilation radius for that weight, voxels.
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
         cosine_steps: cosine learning-rate decay over this many steps (0: constant).
@@ -35,6 +38,8 @@ class ReconModule(pl.LightningModule):
         network: dict[str, Any],
         loss: str = "l1",
         ssim_weight: float = 0.0,
+        lesion_weight: float = 0.0,
+        lesion_dilation: int = 1,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         cosine_steps: int = 0,
@@ -44,6 +49,10 @@ class ReconModule(pl.LightningModule):
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
         if ssim_weight < 0:
             raise ValueError(f"ssim_weight must be >= 0, got {ssim_weight}")
+        if lesion_weight < 0:
+            raise ValueError(f"lesion_weight must be >= 0, got {lesion_weight}")
+        if lesion_dilation < 0:
+            raise ValueError(f"lesion_dilation must be >= 0 voxels, got {lesion_dilation}")
         self.save_hyperparameters()
         self.net = build_model(network)
         self.network_config = dict(network)
@@ -67,17 +76,31 @@ class ReconModule(pl.LightningModule):
         data_range = t.amax().clamp_min(1e-6)
         return SSIMLoss(spatial_dims=dims, data_range=data_range)(p, t)
 
-    def compute_loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Loss between prediction and target ``(B, nx, ny, nz)`` (normalised per scan)."""
+    def compute_loss(
+        self, pred: torch.Tensor, target: torch.Tensor, lesion_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Loss between prediction and target ``(B, nx, ny, nz)`` Bq/mL (normalised per scan).
+
+        ``lesion_mask`` ``(B, nx, ny, nz)`` int (0 = background) is required when
+        ``lesion_weight > 0``.
+        """
         p, t = self._normalise(pred.float(), target.float())
-        loss = F.l1_loss(p, t) if self.hparams.loss == "l1" else F.mse_loss(p, t)
+        weights = None
+        if self.hparams.lesion_weight > 0:
+            if lesion_mask is None:
+                raise ValueError("lesion_weight > 0 needs batches with a 'lesion_mask'")
+            weights = lesion_weights(
+                lesion_mask.to(p.device), self.hparams.lesion_weight,
+                self.hparams.lesion_dilation, self.net.spatial_dims,
+            )
+        loss = weighted_error(p, t, weights, self.hparams.loss)
         if self.hparams.ssim_weight > 0:
             loss = loss + self.hparams.ssim_weight * self._ssim(p, t)
         return loss
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         pred = self(batch)
-        loss = self.compute_loss(pred, batch["target"])
+        loss = self.compute_loss(pred, batch["target"], batch.get("lesion_mask"))
         self.log("train/loss", loss, prog_bar=True, batch_size=pred.shape[0])
         return loss
 
@@ -87,11 +110,15 @@ class ReconModule(pl.LightningModule):
         pred = self(batch)
         target = batch["target"].float()
         b = pred.shape[0]
-        self.log("val/loss", self.compute_loss(pred, target), prog_bar=True, batch_size=b, sync_dist=True)
+        mask = batch.get("lesion_mask")
+        self.log("val/loss", self.compute_loss(pred, target, mask), prog_bar=True, batch_size=b, sync_dist=True)
         nrmse = metrics.nrmse(pred.detach(), target).mean().float()
         psnr = metrics.psnr(pred.detach(), target).mean().float()
         self.log("val/nrmse", nrmse, prog_bar=True, batch_size=b, sync_dist=True)
         self.log("val/psnr", psnr, batch_size=b, sync_dist=True)
+        bias = None if mask is None else _lesion_mean_bias(pred.detach(), target, mask)
+        if bias is not None:
+            self.log("val/lesion_bias", bias, batch_size=b, sync_dist=True)
         if "initial" in batch:
             init = batch["initial"].float()
             base = metrics.nrmse(init, target).mean().float()
@@ -124,3 +151,14 @@ class ReconModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.geometry_metadata = checkpoint.get("pet_dl_metadata", {})
+
+
+def _lesion_mean_bias(
+    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor | None:
+    """Relative bias of the activity summed over a batch's lesion voxels (None: no lesion)."""
+    m = (mask > 0).to(pred.dtype)
+    total = (target * m).sum()
+    if total <= 0:
+        return None
+    return ((pred * m).sum() / total - 1.0).float()
