@@ -25,12 +25,17 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import Dataset
+
+if TYPE_CHECKING:
+    from pet_dl.geometry import ImageGeometry, SinogramGeometry
+    from pet_dl.phantoms import Phantom
+    from pet_dl.scan import Scan
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -42,22 +47,36 @@ _RECIPE_KEYS = {
 }
 
 
+def read_yaml_mapping(source: str | os.PathLike[str] | Mapping[str, Any], what: str) -> dict[str, Any]:
+    """A copy of ``source`` if it is a mapping, else the YAML mapping in the file ``source``.
+
+    Args:
+        source: a mapping, or the path of a YAML file holding one (read with ``safe_load``).
+        what: what the file is (``"recipe"``), for the error messages.
+
+    Raises:
+        ValueError: the file does not exist or does not hold a YAML mapping.
+    """
+    if isinstance(source, Mapping):
+        return dict(source)
+    import yaml
+
+    path = Path(source)
+    if not path.is_file():
+        raise ValueError(f"{what} {path} does not exist")
+    data = yaml.safe_load(path.read_text())
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{what} {path} is not a YAML mapping")
+    return dict(data)
+
+
 def load_recipe(recipe: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str, Any]:
     """Read (YAML path) and validate a dataset recipe.
 
     Raises:
         ValueError: unknown keys, a bad value, or overlapping split seed ranges.
     """
-    if not isinstance(recipe, Mapping):
-        import yaml
-
-        path = Path(recipe)
-        if not path.is_file():
-            raise ValueError(f"recipe {path} does not exist")
-        recipe = yaml.safe_load(path.read_text())
-        if not isinstance(recipe, Mapping):
-            raise ValueError(f"recipe {path} is not a YAML mapping")
-    r = dict(recipe)
+    r = read_yaml_mapping(recipe, "recipe")
     unknown = sorted(set(r) - _RECIPE_KEYS)
     if unknown:
         raise ValueError(f"unknown recipe key(s) {unknown}; valid: {sorted(_RECIPE_KEYS)}")
@@ -98,7 +117,38 @@ def split_seeds(recipe: Mapping[str, Any], split: str) -> range:
     return range(lo, hi)
 
 
-def recipe_geometry(recipe: Mapping[str, Any]) -> tuple[Any, Any]:
+def seeds_to_json(seeds: range | Iterable[int]) -> dict[str, int] | list[int]:
+    """Phantom seeds as plain JSON (for checkpoint metadata): inverse of :func:`seeds_from_json`.
+
+    A ``range`` of step 1 (e.g. :func:`split_seeds`) becomes ``{"start": a, "stop": b}``
+    (seeds ``a .. b - 1``); any other collection the sorted list of its seeds.
+    """
+    if isinstance(seeds, range) and seeds.step == 1:
+        return {"start": int(seeds.start), "stop": int(seeds.stop)}
+    return sorted({int(s) for s in seeds})
+
+
+def seeds_from_json(value: Any) -> range | list[int]:
+    """Phantom seeds from :func:`seeds_to_json`'s form: ``{"start", "stop"}`` or a list of seeds.
+
+    Raises:
+        ValueError: anything else (the message shows the value).
+    """
+    if isinstance(value, Mapping) and set(value) == {"start", "stop"}:
+        lo, hi = value["start"], value["stop"]
+        if isinstance(lo, int) and isinstance(hi, int) and not isinstance(lo, bool) and 0 <= lo <= hi:
+            return range(lo, hi)
+    elif isinstance(value, (list, tuple)) and all(
+        isinstance(s, int) and not isinstance(s, bool) for s in value
+    ):
+        return [int(s) for s in value]
+    raise ValueError(
+        f"phantom seeds must be {{'start': a, 'stop': b}} with 0 <= a <= b or a list of "
+        f"integers, got {value!r}"
+    )
+
+
+def recipe_geometry(recipe: Mapping[str, Any]) -> tuple[SinogramGeometry, ImageGeometry]:
     """``(SinogramGeometry, ImageGeometry)`` of a recipe."""
     from pet_dl.geometry import ImageGeometry, SinogramGeometry, get_scanner
 
@@ -115,9 +165,25 @@ def recipe_geometry(recipe: Mapping[str, Any]) -> tuple[Any, Any]:
     return sinogram, image
 
 
-def _phantom(recipe: Mapping[str, Any], image: Any, seed: int) -> Any:
+def phantom_of_seed(recipe: Mapping[str, Any], seed: int, image: ImageGeometry | None = None) -> Phantom:
+    """The recipe's phantom for ``seed``: ``make_phantom`` plus the recipe's random lesions.
+
+    Deterministic: one generator seeded with ``seed`` draws the phantom, then the number
+    of lesions (uniform in the recipe's ``lesions.count = [min, max]``), then the lesions.
+
+    Args:
+        recipe: a validated recipe (:func:`load_recipe`).
+        seed: phantom seed (see the recipe's ``splits``).
+        image: the image grid; default: the recipe's (:func:`recipe_geometry`).
+
+    Returns:
+        a :class:`pet_dl.phantoms.Phantom`: ``activity`` ``(nx, ny, nz)`` Bq/mL, ``mu``
+        ``(nx, ny, nz)`` 1/mm, ``labels`` ``(nx, ny, nz)`` int (0 background), ``lesions``.
+    """
     from pet_dl import phantoms
 
+    if image is None:
+        image = recipe_geometry(recipe)[1]
     g = torch.Generator().manual_seed(int(seed))
     phantom = phantoms.make_phantom(recipe["phantom"], image, g)
     lesions = dict(recipe.get("lesions") or {})
@@ -128,8 +194,43 @@ def _phantom(recipe: Mapping[str, Any], image: Any, seed: int) -> Any:
     return phantom
 
 
+def simulate_full_dose(
+    recipe: Mapping[str, Any],
+    phantom: Phantom,
+    seed: int,
+    generator: torch.Generator,
+    geometry: tuple[SinogramGeometry, ImageGeometry] | None = None,
+) -> Scan:
+    """The full-dose acquisition of ``phantom`` with the recipe's simulation parameters.
+
+    Args:
+        recipe: a validated recipe; its ``simulation`` mapping holds the arguments of
+            :func:`pet_dl.simulate.simulate_scan` (``duration_s`` default 300 s).
+        phantom: from :func:`phantom_of_seed` (activity Bq/mL, mu 1/mm).
+        seed: the phantom seed, recorded in the scan's metadata.
+        generator: draws the Poisson noise (advanced by the call).
+        geometry: ``(sinogram, image)``; default :func:`recipe_geometry`.
+
+    Returns:
+        the :class:`pet_dl.scan.Scan` (prompts ``(*sino)`` counts, calibration in counts
+        per (Bq/mL x mm)).
+    """
+    from pet_dl.scan import AcquisitionMetadata
+    from pet_dl.simulate import simulate_scan
+
+    sinogram, image = geometry if geometry is not None else recipe_geometry(recipe)
+    sim = dict(recipe.get("simulation") or {})
+    duration = float(sim.pop("duration_s", 300.0))
+    meta = AcquisitionMetadata(duration_s=duration, phantom=str(recipe["phantom"]), seed=int(seed))
+    return simulate_scan(
+        phantom.activity, phantom.mu, sinogram, image, duration_s=duration, generator=generator,
+        metadata=meta, **sim,
+    )
+
+
 def simulate_phantom(
-    recipe: Mapping[str, Any], seed: int, geometry: tuple[Any, Any] | None = None
+    recipe: Mapping[str, Any], seed: int,
+    geometry: tuple[SinogramGeometry, ImageGeometry] | None = None,
 ) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
     """Simulate one phantom seed: its per-phantom arrays and one dict per reduction factor.
 
@@ -139,19 +240,12 @@ def simulate_phantom(
         ``calibration``, ``dose_fraction``, ``initial`` (see the module docstring).
     """
     from pet_dl.models import ReconBatch, initial_image
-    from pet_dl.scan import AcquisitionMetadata
-    from pet_dl.simulate import simulate_scan, thin_scan
+    from pet_dl.simulate import thin_scan
 
     sinogram, image = geometry if geometry is not None else recipe_geometry(recipe)
-    phantom = _phantom(recipe, image, seed)
-    sim = dict(recipe.get("simulation") or {})
-    duration = float(sim.pop("duration_s", 300.0))
+    phantom = phantom_of_seed(recipe, seed, image)
     g = torch.Generator().manual_seed(10_000_019 + int(seed))
-    meta = AcquisitionMetadata(duration_s=duration, phantom=str(recipe["phantom"]), seed=int(seed))
-    full = simulate_scan(
-        phantom.activity, phantom.mu, sinogram, image, duration_s=duration, generator=g,
-        metadata=meta, **sim,
-    )
+    full = simulate_full_dose(recipe, phantom, seed, g, (sinogram, image))
     lows = [thin_scan(full, 1.0 / float(r), g) for r in recipe["reduction_factors"]]
     fractions = torch.tensor([1.0 / float(r) for r in recipe["reduction_factors"]])
     prompts = torch.stack([s.prompts for s in lows]).float()

@@ -78,7 +78,7 @@ def test_select_osem_on_real_truth_is_grid_minimum(val: ev.EvalSet) -> None:
     choice = ev.select_osem(val, 20, [1, 2, 4], [0.0, 7.0], 4)
     assert choice.nrmse == min(choice.grid.values())
     traj = ev.osem_trajectory(val.batch(20), 4, 4)  # independent recomputation
-    direct = ev._mean_nrmse(gaussian_postfilter(traj[choice.iterations - 1], val.image, choice.fwhm_mm), val.target)
+    direct = ev.mean_nrmse(gaussian_postfilter(traj[choice.iterations - 1], val.image, choice.fwhm_mm), val.target)
     assert direct == pytest.approx(choice.nrmse, rel=1e-6)
 
 

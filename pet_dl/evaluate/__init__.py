@@ -1,0 +1,90 @@
+"""Evaluation of learned and classical reconstructions on held-out phantoms.
+
+The data are simulated from a dataset recipe (``data/*.yaml``, see :mod:`pet_dl.datasets`):
+each phantom seed of a split gives ``R`` independent full-dose noise realisations, each
+thinned to every reduction factor (factor 1 = full dose). Classical baselines have their
+free parameters chosen per factor on the *validation* split by the mean NRMSE against
+the true activity: OSEM's iteration count and Gaussian post-filter FWHM, MAP-RDP's beta.
+The *test* split is then reconstructed by every method and scored against the true
+activity (PSNR, SSIM, NRMSE, lesion SUVmean / SUVmax bias, lesions >= 8 mm apart).
+
+Aggregation (mean ± std over the noise realisations of the per-realisation averages) and
+the contrast-vs-noise curves are defined in :mod:`pet_dl.evaluate.scoring`.
+
+Modules, in the order of the data flow:
+
+- :mod:`~pet_dl.evaluate.data`: :class:`EvalSet`, :func:`simulate_eval_set`,
+  :func:`check_held_out`;
+- :mod:`~pet_dl.evaluate.methods`: OSEM trajectory, MAP-RDP, learned models on a batch;
+- :mod:`~pet_dl.evaluate.selection`: OSEM / MAP-RDP parameters chosen on validation;
+- :mod:`~pet_dl.evaluate.scoring`: per-case metrics, aggregation, contrast vs noise;
+- :mod:`~pet_dl.evaluate.pipeline`: :func:`evaluate` (selection, then the test table);
+- :mod:`~pet_dl.evaluate.report`: markdown, CSV, JSON, merge, plot;
+- :mod:`~pet_dl.evaluate.config`: configs, checkpoints, :func:`run_config`
+  (``python -m pet_dl evaluate``).
+"""
+
+from __future__ import annotations
+
+from pet_dl.evaluate.config import load_eval_config, load_networks, run_config
+from pet_dl.evaluate.data import EvalSet, check_held_out, factor_key, simulate_eval_set
+from pet_dl.evaluate.methods import map_reconstruction, network_reconstruction, osem_trajectory
+from pet_dl.evaluate.pipeline import Curve, EvalResults, EvalSettings, evaluate, score_row
+from pet_dl.evaluate.report import (
+    factor_label,
+    merge_results,
+    plot_contrast_noise,
+    results_csv,
+    results_from_json,
+    results_markdown,
+    results_to_json,
+    selection_markdown,
+    write_results,
+)
+from pet_dl.evaluate.scoring import (
+    LARGE_LESION_MM,
+    METRICS,
+    aggregate,
+    case_metrics,
+    contrast_noise,
+    shell,
+)
+from pet_dl.evaluate.selection import MapChoice, OsemChoice, mean_nrmse, select_map, select_osem
+
+__all__ = [
+    "LARGE_LESION_MM",
+    "METRICS",
+    "Curve",
+    "EvalResults",
+    "EvalSet",
+    "EvalSettings",
+    "MapChoice",
+    "OsemChoice",
+    "aggregate",
+    "case_metrics",
+    "check_held_out",
+    "contrast_noise",
+    "evaluate",
+    "factor_key",
+    "factor_label",
+    "load_eval_config",
+    "load_networks",
+    "map_reconstruction",
+    "mean_nrmse",
+    "merge_results",
+    "network_reconstruction",
+    "osem_trajectory",
+    "plot_contrast_noise",
+    "results_csv",
+    "results_from_json",
+    "results_markdown",
+    "results_to_json",
+    "run_config",
+    "score_row",
+    "select_map",
+    "select_osem",
+    "selection_markdown",
+    "shell",
+    "simulate_eval_set",
+    "write_results",
+]

@@ -1,0 +1,209 @@
+"""Outputs of an evaluation: markdown and CSV tables, JSON (round trip, merge), the plot."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+
+from pet_dl.evaluate.pipeline import EvalResults
+from pet_dl.evaluate.scoring import LARGE_LESION_MM, METRICS
+from pet_dl.evaluate.selection import MapChoice, OsemChoice
+
+_PERCENT = {"nrmse", "suvmean_bias", "suvmax_bias", "suvmean_bias_ge8", "suvmax_bias_ge8"}
+_HEADERS = {
+    "psnr": "PSNR (dB)", "ssim": "SSIM", "nrmse": "NRMSE (%)",
+    "suvmean_bias": "SUVmean bias (%)", "suvmax_bias": "SUVmax bias (%)",
+    "suvmean_bias_ge8": "SUVmean bias >=8 mm (%)", "suvmax_bias_ge8": "SUVmax bias >=8 mm (%)",
+}
+
+
+def _fmt(key: str, mean: float, std: float) -> str:
+    if math.isnan(mean):
+        return "n/a"
+    if key in _PERCENT:
+        return f"{100 * mean:+.1f} ± {100 * std:.1f}" if "bias" in key else f"{100 * mean:.2f} ± {100 * std:.2f}"
+    return f"{mean:.2f} ± {std:.2f}" if key == "psnr" else f"{mean:.3f} ± {std:.3f}"
+
+
+def factor_label(factor: float) -> str:
+    """``"full"`` for 1, else the factor (``"20"``)."""
+    return "full" if factor == 1.0 else f"{factor:g}"
+
+
+def results_markdown(results: EvalResults) -> str:
+    """The results table (markdown): one row per factor x method, mean ± std over realisations."""
+    keys = list(METRICS)
+    lines = [
+        "| factor | method | " + " | ".join(_HEADERS[k] for k in keys) + " |",
+        "|---|---|" + "---|" * len(keys),
+    ]
+    for row in results.rows:
+        cells = [_fmt(k, row[k], row[k + "_std"]) for k in keys]
+        lines.append(f"| {factor_label(row['factor'])} | {row['method']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def selection_markdown(results: EvalResults) -> str:
+    """The validation choices (markdown table)."""
+    lines = [
+        "| factor | OSEM iterations | OSEM post-filter FWHM (mm) | OSEM val NRMSE (%) "
+        "| MAP beta_rel (mm) | MAP val NRMSE (%) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for f, oc in results.osem.items():
+        mc = results.map[f]
+        lines.append(
+            f"| {factor_label(f)} | {oc.iterations} (x {oc.subsets} subsets) | {oc.fwhm_mm:g} "
+            f"| {100 * oc.nrmse:.2f} | {mc.beta:g} | {100 * mc.nrmse:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def results_csv(results: EvalResults) -> str:
+    """The results as CSV (fractions, not %): method, factor, params, metric, metric_std ..."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    fields = ["factor", "method", "params"] + [c for k in METRICS for c in (k, k + "_std")]
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for row in results.rows:
+        writer.writerow({k: row[k] for k in fields})
+    return buf.getvalue()
+
+
+def results_to_json(results: EvalResults) -> str:
+    """Everything in ``results`` as JSON (read back with :func:`results_from_json`)."""
+    import json
+
+    return json.dumps({
+        "rows": results.rows,
+        "osem": [{"factor": c.factor, "iterations": c.iterations, "fwhm_mm": c.fwhm_mm,
+                  "subsets": c.subsets, "grid": [[k[0], k[1], v] for k, v in c.grid.items()]}
+                 for c in results.osem.values()],
+        "map": [{"factor": c.factor, "beta": c.beta, "iterations": c.iterations, "subsets": c.subsets,
+                 "grid": [[k, v] for k, v in c.grid.items()]} for c in results.map.values()],
+        "curves": {k: [list(p) for p in v] for k, v in results.curves.items()},
+        "plot_factor": results.plot_factor, "num_phantoms": results.num_phantoms,
+        "realisations": results.realisations, "val_cases": results.val_cases,
+    }, indent=1, allow_nan=True)
+
+
+def results_from_json(text: str) -> EvalResults:
+    """Inverse of :func:`results_to_json`."""
+    import json
+
+    d = json.loads(text)
+    osem = {
+        c["factor"]: OsemChoice(c["factor"], c["iterations"], c["fwhm_mm"], c["subsets"],
+                                {(int(i), float(fw)): v for i, fw, v in c["grid"]})
+        for c in d["osem"]
+    }
+    maps = {
+        c["factor"]: MapChoice(c["factor"], c["beta"], c["iterations"], c["subsets"],
+                               {float(b): v for b, v in c["grid"]})
+        for c in d["map"]
+    }
+    curves = {k: [(str(p[0]), float(p[1]), float(p[2])) for p in v] for k, v in d["curves"].items()}
+    return EvalResults(d["rows"], osem, maps, curves, d["plot_factor"], d["num_phantoms"],
+                       d["realisations"], d["val_cases"])
+
+
+def merge_results(parts: Sequence[EvalResults]) -> EvalResults:
+    """One result from runs on the same test set (e.g. classical and networks apart).
+
+    Rows are ordered by factor, then OSEM, MAP-RDP and the networks in run order.
+
+    Raises:
+        ValueError: the runs used different test sets or plot factors, or share a method.
+    """
+    if not parts:
+        raise ValueError("nothing to merge")
+    first = parts[0]
+    for p in parts[1:]:
+        if (p.num_phantoms, p.realisations, p.plot_factor) != (first.num_phantoms, first.realisations, first.plot_factor):
+            raise ValueError("cannot merge results of different test sets or plot factors")
+    rows = [r for p in parts for r in p.rows]
+    keys = [(r["method"], r["factor"]) for r in rows]
+    if len(set(keys)) != len(keys):
+        raise ValueError("the runs to merge evaluate the same method twice")
+    order = {m: i for i, m in enumerate(dict.fromkeys(["OSEM", "MAP-RDP"] + [r["method"] for r in rows]))}
+    rows.sort(key=lambda r: (r["factor"], order[r["method"]]))
+    merged = EvalResults(rows, {}, {}, {}, first.plot_factor, first.num_phantoms, first.realisations, 0)
+    for p in parts:
+        merged.osem.update(p.osem)
+        merged.map.update(p.map)
+        merged.curves.update(p.curves)
+        merged.val_cases = max(merged.val_cases, p.val_cases)
+    return merged
+
+
+def write_results(results: EvalResults, out_dir: str | os.PathLike[str], header: str = "") -> None:
+    """Write ``results.md``, ``results.csv``, ``results.json``, ``selection.md`` and (with
+    curves and >= 2 realisations) ``contrast_noise.png`` under ``out_dir``, each atomically.
+
+    Args:
+        results: what to write.
+        out_dir: an existing folder.
+        header: markdown put before the table in ``results.md``.
+    """
+    from pathlib import Path
+
+    from pet_dl.io.atomic import atomic_write_text
+
+    out = Path(out_dir)
+    atomic_write_text(out / "results.md", header + results_markdown(results))
+    atomic_write_text(out / "results.csv", results_csv(results))
+    atomic_write_text(out / "results.json", results_to_json(results))
+    if results.osem:
+        atomic_write_text(out / "selection.md", selection_markdown(results))
+    if results.curves and results.realisations >= 2:
+        plot_contrast_noise(results, out / "contrast_noise.png")
+
+
+def plot_contrast_noise(results: EvalResults, path: str | os.PathLike[str]) -> None:
+    """Write the contrast-recovery vs background-noise plot (PNG) to ``path`` atomically.
+
+    Raises:
+        ValueError: ``results`` has no curves.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pet_dl.io.atomic import atomic_path
+
+    if not results.curves:
+        raise ValueError("no contrast-vs-noise curves were computed (plot_factor was None)")
+    fig, ax = plt.subplots(figsize=(6.5, 4.8), dpi=120)
+    markers = iter("s^Dvp*hX<>")
+    colours: dict[str, str] = {}
+    for name, points in results.curves.items():
+        cr = [100 * p[1] for p in points]
+        noise = [100 * p[2] for p in points]
+        family = name.split(" ")[0]
+        if "chosen" in name:
+            ax.plot(noise, cr, "o", mfc="none", ms=13, mew=2, color=colours.get(family, "k"), label=name)
+        elif len(points) > 1:
+            line = ax.plot(noise, cr, ".-", label=name)[0]
+            colours.setdefault(family, line.get_color())
+            for (label, _, _), x, y in zip(points, noise, cr):
+                ax.annotate(label, (x, y), fontsize=6, color=line.get_color(), xytext=(2, 2),
+                            textcoords="offset points")
+        else:
+            ax.plot(noise, cr, next(markers, "o"), ms=9, label=name)
+    ax.set_xlabel("background noise: ensemble CoV (%)")
+    ax.set_ylabel(f"lesion contrast recovery, lesions >= {LARGE_LESION_MM:g} mm (%)")
+    ax.set_title(
+        f"dose reduction factor {factor_label(results.plot_factor or 1.0)}: "
+        f"{results.num_phantoms} test phantoms x {results.realisations} realisations"
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)

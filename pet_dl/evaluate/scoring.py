@@ -1,0 +1,161 @@
+"""Image-quality scores of reconstructions against the true activity, and their aggregation.
+
+Per case: PSNR, SSIM, NRMSE (:mod:`pet_dl.metrics`) and the relative SUVmean / SUVmax
+bias of every lesion (:func:`pet_dl.metrics.lesion_bias`), also kept apart for lesions
+of at least :data:`LARGE_LESION_MM`. Aggregation (:func:`aggregate`): for each
+realisation the metrics are averaged over the phantoms (lesion biases over all lesions of
+that realisation); the result is the mean and sample standard deviation of these
+averages over the realisations.
+
+Contrast vs noise (:func:`contrast_noise`): lesion contrast recovery
+``CR = C_image / C_true`` with ``C = mean(lesion) / mean(shell) - 1`` (shell: voxels 2-4
+voxels outside the lesion, not in another lesion, with activity) against the background
+noise, the ensemble coefficient of variation over the noise realisations averaged over
+non-lesion voxels with truth above 10 % of the maximum (needs ``R >= 2``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from pet_dl.evaluate.data import EvalSet
+
+#: Lesions at least this large (diameter, mm) are reported separately.
+LARGE_LESION_MM = 8.0
+#: The scores of every table row (lesion biases relative: 0.05 = +5 %).
+METRICS = ("psnr", "ssim", "nrmse", "suvmean_bias", "suvmax_bias", "suvmean_bias_ge8", "suvmax_bias_ge8")
+
+
+def case_metrics(images: torch.Tensor, data: EvalSet) -> list[dict[str, Any]]:
+    """Per-case PSNR (dB), SSIM, NRMSE and lesion SUVmean / SUVmax biases.
+
+    Args:
+        images: ``(B, nx, ny, nz)`` Bq/mL, one per case of ``data``.
+        data: the cases (true activity, lesion labels and diameters).
+
+    Returns:
+        one dict per case; lesion biases are lists (``suvmean_bias`` etc., one entry per
+        lesion; relative, 0.05 = +5 %), ``*_ge8`` for lesions >= 8 mm.
+
+    Raises:
+        ValueError: a shape mismatch, or NaN / Inf in ``images``.
+    """
+    from pet_dl import metrics
+
+    if tuple(images.shape) != tuple(data.target.shape):
+        raise ValueError(f"images {tuple(images.shape)} do not match the targets {tuple(data.target.shape)}")
+    if not bool(torch.isfinite(images).all()):
+        raise ValueError("a reconstruction has NaN or Inf values")
+    psnr = metrics.psnr(images, data.target)
+    ssim = metrics.ssim(images, data.target)
+    nrmse = metrics.nrmse(images, data.target)
+    rows = []
+    for i in range(images.shape[0]):
+        row: dict[str, Any] = {"psnr": float(psnr[i]), "ssim": float(ssim[i]), "nrmse": float(nrmse[i])}
+        for key in ("suvmean_bias", "suvmax_bias", "suvmean_bias_ge8", "suvmax_bias_ge8"):
+            row[key] = []
+        if bool(data.lesion_mask[i].any()):
+            for les in metrics.lesion_bias(images[i], data.target[i], data.lesion_mask[i], data.image.voxel_size_mm):
+                large = data.lesion_diameters[i].get(les.label, 0.0) >= LARGE_LESION_MM
+                for suffix in ("", "_ge8") if large else ("",):
+                    row["suvmean_bias" + suffix].append(les.mean_bias)
+                    row["suvmax_bias" + suffix].append(les.max_bias)
+        rows.append(row)
+    return rows
+
+
+def aggregate(rows: list[dict[str, Any]], realisation: Sequence[int]) -> dict[str, tuple[float, float]]:
+    """Mean over phantoms per realisation, then (mean, sample std) over realisations.
+
+    Lesion biases are pooled over the lesions of a realisation; NaN when there are none.
+
+    Args:
+        rows: :func:`case_metrics` of each case.
+        realisation: the noise realisation of each case.
+
+    Returns:
+        metric of :data:`METRICS` -> ``(mean, std)`` (std 0 with one realisation).
+    """
+    out: dict[str, tuple[float, float]] = {}
+    reals = sorted(set(realisation))
+    for key in METRICS:
+        per_real = []
+        for r in reals:
+            vals: list[float] = []
+            for row, rr in zip(rows, realisation):
+                if rr == r:
+                    v = row[key]
+                    vals.extend(v if isinstance(v, list) else [v])
+            per_real.append(sum(vals) / len(vals) if vals else math.nan)
+        t = torch.tensor(per_real, dtype=torch.float64)
+        std = float(t.std()) if len(per_real) > 1 else 0.0
+        out[key] = (float(t.mean()), std)
+    return out
+
+
+def shell(mask: torch.Tensor, inner: int, outer: int) -> torch.Tensor:
+    """Voxels between ``inner`` and ``outer`` voxels (chessboard distance) outside ``mask``.
+
+    Args:
+        mask: ``(nx, ny, nz)`` bool; axes of size 1 are not dilated (2D images).
+
+    Returns:
+        ``(nx, ny, nz)`` bool.
+    """
+    import torch.nn.functional as F  # noqa: N812
+
+    m = mask.double()[None, None]
+    spatial = [s > 1 for s in mask.shape]
+
+    def dilate(r: int) -> torch.Tensor:
+        k = tuple(2 * r + 1 if s else 1 for s in spatial)
+        p = tuple(r if s else 0 for s in spatial)
+        return F.max_pool3d(m, k, stride=1, padding=p)[0, 0] > 0
+
+    return dilate(outer) & ~dilate(inner)
+
+
+def contrast_noise(images: torch.Tensor, data: EvalSet, min_diameter_mm: float = LARGE_LESION_MM) -> tuple[float, float]:
+    """Mean lesion contrast recovery and background ensemble CoV (see the module docstring).
+
+    Args:
+        images: ``(B, nx, ny, nz)`` Bq/mL, one per case of ``data``.
+        data: the cases.
+        min_diameter_mm: only lesions at least this large count.
+
+    Returns:
+        ``(contrast_recovery, noise)``, both fractions (NaN when undefined).
+    """
+    crs = []
+    for i in range(images.shape[0]):
+        labels, truth = data.lesion_mask[i], data.target[i].double()
+        for lab, diam in data.lesion_diameters[i].items():
+            m = labels == lab
+            if diam < min_diameter_mm or not bool(m.any()):
+                continue
+            around = shell(m, 2, 4) & (labels == 0) & (truth > 0)
+            if not bool(around.any()):
+                continue
+            c_true = float(truth[m].mean() / truth[around].mean()) - 1
+            if c_true < 0.2:
+                continue
+            x = images[i].double()
+            crs.append((float(x[m].mean() / x[around].mean()) - 1) / c_true)
+    cr = sum(crs) / len(crs) if crs else math.nan
+    covs = []
+    for seed in sorted(set(data.case_seed)):
+        idx = [i for i, s in enumerate(data.case_seed) if s == seed]
+        if len(idx) < 2:
+            continue
+        stack = images[idx].double()
+        truth = data.target[idx[0]].double()
+        bg = (data.lesion_mask[idx[0]] == 0) & (truth > 0.1 * truth.max())
+        mean = stack.mean(0)
+        ok = bg & (mean > 0)
+        covs.append(float((stack.std(0)[ok] / mean[ok]).mean()))
+    noise = sum(covs) / len(covs) if covs else math.nan
+    return cr, noise
