@@ -260,3 +260,76 @@ def test_command_line_quick_run_writes_outputs(tmp_path: Path) -> None:
     assert main(["evaluate", "--merge", str(out / "results.json"), "--out", str(merged)]) == 0
     assert (merged / "results.csv").read_text() == (out / "results.csv").read_text()
     assert main(["evaluate", "--merge", str(out / "results.json"), "--config", str(cfg), "--out", str(merged)]) == 2
+
+
+def test_exported_checkpoints_carry_train_seeds_and_evaluate_refuses_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    import lightning.pytorch as pl
+    import yaml
+
+    from pet_dl.cli import main
+    from pet_dl.io.checkpoint import load_checkpoint
+    from pet_dl.training import ReconModule
+    from pet_dl.training.datamodule import PETDataModule
+    from pet_dl.training.export import ExportCallback, export_lightning_checkpoint
+    from pet_dl.training.export import main as export_main
+
+    # one training step on the tiny recipe (train seeds [0, 4)), exported at the end of fit
+    pl.seed_everything(0, verbose=False)
+    network = {"name": "post_unet", "spatial_dims": 2, "channels": [4, 8], "strides": [2],
+               "init_iterations": 2, "init_subsets": 4}
+    dm = PETDataModule(recipe=str(RECIPE), batch_size=2, train_phantoms=1, val_phantoms=1)
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=1, max_steps=1, logger=False, enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+        enable_checkpointing=False, default_root_dir=str(tmp_path),
+        callbacks=[ExportCallback(str(tmp_path / "fit.safetensors"))],
+    )
+    trainer.fit(ReconModule(network), dm)
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+    fit_export = tmp_path / "fit.safetensors"
+    ckpt_export = export_lightning_checkpoint(tmp_path / "last.ckpt", tmp_path / "ckpt.safetensors")
+    for path in (fit_export, ckpt_export):
+        assert load_checkpoint(path).metadata["train_seeds"] == {"start": 0, "stop": 4}
+    override = tmp_path / "o.safetensors"  # the command line can name the seeds
+    assert export_main([str(tmp_path / "last.ckpt"), str(override), "--train-seeds", "10", "30"]) == 0
+    assert load_checkpoint(override).metadata["train_seeds"] == {"start": 10, "stop": 30}
+    with pytest.raises(SystemExit):
+        export_main([str(tmp_path / "last.ckpt"), str(override), "--train-seeds", "30", "10"])
+
+    # a recipe of the same geometry whose test split holds training seeds 2 and 3
+    recipe = yaml.safe_load(RECIPE.read_text())
+    recipe["splits"] = {"train": {"seeds": [50, 60]}, "val": {"seeds": [100000, 100001]},
+                        "test": {"seeds": [2, 6]}}
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(recipe))
+    cfg = tmp_path / "eval.yaml"
+    cfg.write_text(f"recipe: {tmp_path / 'other.yaml'}\nnetworks: {{Net: {fit_export}}}\n")
+    out = tmp_path / "out"
+    assert main(["evaluate", "--config", str(cfg), "--out", str(out), "--skip", "classical"]) == 2
+    err = capsys.readouterr().err
+    assert "overlaps the Net training phantoms (2 shared seeds, e.g. [2, 3])" in err
+    assert not (out / "results.md").exists()
+    held_out = load_recipe(tmp_path / "other.yaml")
+    with pytest.raises(ValueError, match="overlaps the Net training"):
+        ev.load_networks({"Net": str(ckpt_export)}, held_out, [5, 3])
+    assert set(ev.load_networks({"Net": str(ckpt_export)}, held_out, [4, 5])) == {"Net"}
+    assert set(ev.load_networks({"Net": str(override)}, held_out, [2, 3])) == {"Net"}
+
+
+def test_export_without_known_seeds_warns(tmp_path: Path, recipe: dict) -> None:
+    from pet_dl.datasets import recipe_geometry
+    from pet_dl.io.checkpoint import load_checkpoint
+    from pet_dl.training import ReconModule, export_module
+
+    module = ReconModule({"name": "post_unet", "spatial_dims": 2, "channels": [4, 8], "strides": [2]})
+    sinogram, image = recipe_geometry(recipe)
+    module.geometry_metadata = {"sinogram": sinogram.to_dict(), "image": image.to_dict()}
+    with pytest.warns(UserWarning, match="train_seeds"):
+        path = export_module(module, tmp_path / "a.safetensors")
+    assert "train_seeds" not in load_checkpoint(path).metadata
+    path = export_module(module, tmp_path / "b.safetensors", train_seeds=[7, 3, 7])
+    assert load_checkpoint(path).metadata["train_seeds"] == [3, 7]
+    module.geometry_metadata["train_seeds"] = [1, "x"]
+    with pytest.raises(ValueError, match="phantom seeds must be"):
+        export_module(module, tmp_path / "c.safetensors")

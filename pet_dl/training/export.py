@@ -2,6 +2,10 @@
 
 ``python -m pet_dl.training.export LIGHTNING.ckpt OUT.safetensors`` or the
 :class:`ExportCallback` (``trainer.callbacks`` in a config) at the end of ``fit``.
+
+Besides the geometry, the metadata records ``train_seeds``: the recipe's train phantom
+seed range as :func:`pet_dl.datasets.seeds_to_json` writes it (``{"start", "stop"}``),
+so that ``python -m pet_dl evaluate`` refuses a test set that overlaps it.
 """
 
 from __future__ import annotations
@@ -9,6 +13,8 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +23,79 @@ import lightning.pytorch as pl
 from pet_dl.training.module import ReconModule
 
 
+def recipe_train_seeds(recipe: Mapping[str, Any]) -> dict[str, int] | list[int] | None:
+    """The recipe's train seed range as JSON (:func:`pet_dl.datasets.seeds_to_json`); None without one."""
+    from pet_dl.datasets import seeds_to_json, split_seeds
+
+    if "train" not in (recipe.get("splits") or {}):
+        return None
+    return seeds_to_json(split_seeds(recipe, "train"))
+
+
+def _datamodule_train_seeds(datamodule: Any) -> dict[str, int] | list[int] | None:
+    """From the recipe of a set-up :class:`PETDataModule`'s train dataset, if any."""
+    datasets = getattr(datamodule, "datasets", None)
+    recipe = getattr(datasets.get("train"), "recipe", None) if isinstance(datasets, Mapping) else None
+    return recipe_train_seeds(recipe) if isinstance(recipe, Mapping) else None
+
+
+def _hparams_train_seeds(hparams: Mapping[str, Any]) -> dict[str, int] | list[int] | None:
+    """From a data module's saved hyper-parameters: its ``recipe`` file or ``data_dir`` shards."""
+    from pet_dl.datasets import PairedScanDataset, load_recipe
+
+    try:
+        if hparams.get("recipe"):
+            return recipe_train_seeds(load_recipe(hparams["recipe"]))
+        if hparams.get("data_dir"):
+            return recipe_train_seeds(PairedScanDataset(hparams["data_dir"], "train").recipe)
+    except (OSError, ValueError, KeyError) as err:
+        warnings.warn(f"cannot read the training recipe for train_seeds: {err}", stacklevel=3)
+    return None
+
+
+def _finish_metadata(meta: dict[str, Any], train_seeds: Any, where: str) -> dict[str, Any]:
+    """Set ``meta["train_seeds"]`` (given seeds win over recorded ones); warn when unknown."""
+    from pet_dl.datasets import seeds_from_json, seeds_to_json
+
+    if train_seeds is not None:
+        meta["train_seeds"] = seeds_to_json(
+            seeds_from_json(train_seeds) if isinstance(train_seeds, (Mapping, list)) else train_seeds
+        )
+    elif meta.get("train_seeds") is not None:
+        seeds_from_json(meta["train_seeds"])  # refuse a malformed record now, not at evaluation
+    else:
+        meta.pop("train_seeds", None)
+        warnings.warn(
+            f"{where}: the training phantom seeds are unknown, so the checkpoint carries no "
+            "train_seeds and `python -m pet_dl evaluate` cannot check that test phantoms are "
+            "held out (give train_seeds / --train-seeds START STOP)",
+            stacklevel=3,
+        )
+    return meta
+
+
 def export_module(
-    module: ReconModule, path: str | Path, training_command: str = ""
+    module: ReconModule,
+    path: str | Path,
+    training_command: str = "",
+    train_seeds: range | Mapping[str, int] | list[int] | None = None,
 ) -> Path:
-    """Write ``module``'s network, resolved config and training geometry to ``path``."""
+    """Write ``module``'s network, resolved config and training geometry to ``path``.
+
+    Args:
+        module: a trained module (its ``geometry_metadata`` is set by ``fit``).
+        path: output ``.safetensors`` file.
+        training_command: recorded in the metadata.
+        train_seeds: the training phantom seeds (a ``range``, ``{"start", "stop"}`` or a
+            list); default: ``geometry_metadata["train_seeds"]``, else the recipe of the
+            train dataset of the module's trainer's data module.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ValueError: the module has no training geometry, or malformed ``train_seeds``.
+    """
     from pet_dl.io.checkpoint import save_checkpoint
 
     meta: dict[str, Any] = dict(module.geometry_metadata)
@@ -28,6 +103,12 @@ def export_module(
         raise ValueError("the module has no training geometry (train it with a PETDataModule first)")
     meta["training_command"] = training_command or meta.get("training_command", "")
     meta["global_step"] = int(getattr(module, "global_step", 0))
+    if train_seeds is None and meta.get("train_seeds") is None:
+        try:
+            train_seeds = _datamodule_train_seeds(module.trainer.datamodule)
+        except RuntimeError:  # not attached to a Trainer
+            pass
+    _finish_metadata(meta, train_seeds, "export")
     config = dict(module.network_config)
     config.setdefault("init_iterations", meta.get("init_iterations", 10))
     config.setdefault("init_subsets", meta.get("init_subsets", 1))
@@ -35,12 +116,26 @@ def export_module(
     return save_checkpoint(path, module.net, config, meta)
 
 
-def export_lightning_checkpoint(ckpt: str | Path, out: str | Path, training_command: str = "") -> Path:
+def export_lightning_checkpoint(
+    ckpt: str | Path,
+    out: str | Path,
+    training_command: str = "",
+    train_seeds: range | Mapping[str, int] | list[int] | None = None,
+) -> Path:
     """Export a Lightning ``.ckpt`` of a :class:`ReconModule` without unpickling code.
 
     The checkpoint is read with ``torch.load(weights_only=True)`` through
     :func:`pet_dl.io.checkpoint.convert_lightning_checkpoint`; the network config comes
-    from its hyper-parameters and the training geometry from ``pet_dl_metadata``.
+    from its hyper-parameters and the training geometry from ``pet_dl_metadata``. The
+    training seeds come from ``train_seeds``, else ``pet_dl_metadata``, else the recipe
+    named by the saved data-module hyper-parameters (``recipe`` or ``data_dir``, read
+    relative to the working folder).
+
+    Returns:
+        ``out``.
+
+    Raises:
+        ValueError: no training geometry in the checkpoint, or malformed ``train_seeds``.
     """
     import torch
 
@@ -52,6 +147,9 @@ def export_lightning_checkpoint(ckpt: str | Path, out: str | Path, training_comm
         raise ValueError(f"{ckpt} has no training geometry (pet_dl_metadata)")
     meta["training_command"] = training_command or meta.get("training_command", "")
     meta["global_step"] = int(ckpt_data.get("global_step", 0))
+    if train_seeds is None and meta.get("train_seeds") is None:
+        train_seeds = _hparams_train_seeds(ckpt_data.get("datamodule_hyper_parameters") or {})
+    _finish_metadata(meta, train_seeds, str(ckpt))
     config = dict(ckpt_data["hyper_parameters"]["network"])
     config.setdefault("init_iterations", meta.get("init_iterations", 10))
     config.setdefault("init_subsets", meta.get("init_subsets", 1))
@@ -79,8 +177,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("ckpt", help="Lightning checkpoint (.ckpt) of a ReconModule")
     parser.add_argument("out", help="output .safetensors file")
     parser.add_argument("--training-command", default="", help="recorded in the metadata")
+    parser.add_argument(
+        "--train-seeds", type=int, nargs=2, default=None, metavar=("START", "STOP"),
+        help="training phantom seeds [START, STOP) (default: from the checkpoint's recipe)",
+    )
     args = parser.parse_args(argv)
-    print(export_lightning_checkpoint(args.ckpt, args.out, args.training_command))
+    seeds = None if args.train_seeds is None else range(*args.train_seeds)
+    if seeds is not None and (seeds.start < 0 or not seeds):
+        parser.error(f"--train-seeds needs 0 <= START < STOP, got {args.train_seeds}")
+    print(export_lightning_checkpoint(args.ckpt, args.out, args.training_command, seeds))
     return 0
 
 
