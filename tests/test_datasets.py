@@ -12,6 +12,10 @@ from pet_dl.datasets import (
     PairedScanDataset,
     generate_dataset,
     load_recipe,
+    phantom_of_seed,
+    seeds_from_json,
+    seeds_to_json,
+    simulate_phantom,
     split_seeds,
 )
 
@@ -89,3 +93,36 @@ def test_low_dose_counts_scale_with_the_fraction() -> None:
 def test_missing_shards_fail_clearly(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no shards"):
         PairedScanDataset(tmp_path, "train")
+
+
+def test_phantom_of_seed_is_the_phantom_the_data_hold() -> None:
+    recipe = _tiny(lesions={"count": [1, 2], "diameter_range_mm": [10.0, 20.0]})
+    arrays, _ = simulate_phantom(recipe, 1)
+    phantom = phantom_of_seed(recipe, 1)
+    assert torch.equal(phantom.activity.float(), arrays["target"])
+    assert torch.equal(phantom.labels.long(), arrays["lesion_mask"])
+    assert torch.equal(phantom_of_seed(recipe, 1).activity, phantom.activity)  # deterministic
+    assert not torch.equal(phantom_of_seed(recipe, 2).activity, phantom.activity)
+    assert 1 <= len(phantom.lesions) <= 2
+    assert {int(les.label) for les in phantom.lesions} == {int(v) for v in phantom.labels.unique() if v > 0}
+
+
+def test_seed_records_round_trip_and_refuse_bad_values() -> None:
+    recipe = _tiny()
+    record = seeds_to_json(split_seeds(recipe, "test"))
+    assert record == {"start": 200000, "stop": 200001}
+    assert seeds_from_json(record) == split_seeds(recipe, "test")
+    assert seeds_to_json([5, 2, 5]) == [2, 5] and seeds_from_json([2, 5]) == [2, 5]
+    assert seeds_to_json(range(0, 10, 2)) == [0, 2, 4, 6, 8]
+    for bad in ({"start": 5}, {"start": 3, "stop": 1}, [1, "2"], [True], "0-4", 7):
+        with pytest.raises(ValueError, match="phantom seeds must be"):
+            seeds_from_json(bad)
+
+
+def test_recipe_files_that_are_not_mappings_fail_clearly(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="recipe .*missing.yaml does not exist"):
+        load_recipe(tmp_path / "missing.yaml")
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- scanner: mmr\n")
+    with pytest.raises(ValueError, match="is not a YAML mapping"):
+        load_recipe(listed)
