@@ -14,7 +14,7 @@ import argparse
 import shlex
 import sys
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -53,16 +53,39 @@ def _hparams_train_seeds(hparams: Mapping[str, Any]) -> dict[str, int] | list[in
     return None
 
 
-def _finish_metadata(meta: dict[str, Any], train_seeds: Any, where: str) -> dict[str, Any]:
-    """Set ``meta["train_seeds"]`` (given seeds win over recorded ones); warn when unknown."""
+def _checkpoint_contents(
+    metadata: Mapping[str, Any],
+    network: Mapping[str, Any],
+    *,
+    where: str,
+    training_command: str,
+    global_step: int,
+    train_seeds: Any,
+    find_train_seeds: Callable[[], Any],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ``(config, metadata)`` to export, from the training metadata and network config.
+
+    ``train_seeds`` (given) wins over ``metadata["train_seeds"]``, which wins over
+    ``find_train_seeds()``; when none is known the metadata has none and a warning says so.
+
+    Raises:
+        ValueError: no training geometry in ``metadata``, or malformed train seeds.
+    """
     from pet_dl.datasets import seeds_from_json, seeds_to_json
 
+    meta = dict(metadata)
+    if not meta.get("image"):
+        raise ValueError(f"{where} has no training geometry (train it with a PETDataModule first)")
+    meta["training_command"] = training_command or meta.get("training_command", "")
+    meta["global_step"] = int(global_step)
+    if train_seeds is None:
+        train_seeds = meta.get("train_seeds")
+    if train_seeds is None:
+        train_seeds = find_train_seeds()
     if train_seeds is not None:
-        meta["train_seeds"] = seeds_to_json(
-            seeds_from_json(train_seeds) if isinstance(train_seeds, (Mapping, list)) else train_seeds
-        )
-    elif meta.get("train_seeds") is not None:
-        seeds_from_json(meta["train_seeds"])  # refuse a malformed record now, not at evaluation
+        if isinstance(train_seeds, (Mapping, list)):
+            train_seeds = seeds_from_json(train_seeds)
+        meta["train_seeds"] = seeds_to_json(train_seeds)
     else:
         meta.pop("train_seeds", None)
         warnings.warn(
@@ -71,7 +94,10 @@ def _finish_metadata(meta: dict[str, Any], train_seeds: Any, where: str) -> dict
             "held out (give train_seeds / --train-seeds START STOP)",
             stacklevel=3,
         )
-    return meta
+    config = dict(network)
+    config.setdefault("init_iterations", meta.get("init_iterations", 10))
+    config.setdefault("init_subsets", meta.get("init_subsets", 1))
+    return config, meta
 
 
 def export_module(
@@ -98,20 +124,17 @@ def export_module(
     """
     from pet_dl.io.checkpoint import save_checkpoint
 
-    meta: dict[str, Any] = dict(module.geometry_metadata)
-    if not meta.get("image"):
-        raise ValueError("the module has no training geometry (train it with a PETDataModule first)")
-    meta["training_command"] = training_command or meta.get("training_command", "")
-    meta["global_step"] = int(getattr(module, "global_step", 0))
-    if train_seeds is None and meta.get("train_seeds") is None:
+    def find_train_seeds() -> Any:
         try:
-            train_seeds = _datamodule_train_seeds(module.trainer.datamodule)
+            return _datamodule_train_seeds(module.trainer.datamodule)
         except RuntimeError:  # not attached to a Trainer
-            pass
-    _finish_metadata(meta, train_seeds, "export")
-    config = dict(module.network_config)
-    config.setdefault("init_iterations", meta.get("init_iterations", 10))
-    config.setdefault("init_subsets", meta.get("init_subsets", 1))
+            return None
+
+    config, meta = _checkpoint_contents(
+        module.geometry_metadata, module.network_config, where="the module",
+        training_command=training_command, global_step=int(getattr(module, "global_step", 0)),
+        train_seeds=train_seeds, find_train_seeds=find_train_seeds,
+    )
     module.net.eval()
     return save_checkpoint(path, module.net, config, meta)
 
@@ -142,17 +165,12 @@ def export_lightning_checkpoint(
     from pet_dl.io.checkpoint import convert_lightning_checkpoint
 
     ckpt_data = torch.load(str(ckpt), map_location="cpu", weights_only=True)
-    meta: dict[str, Any] = dict(ckpt_data.get("pet_dl_metadata") or {})
-    if not meta.get("image"):
-        raise ValueError(f"{ckpt} has no training geometry (pet_dl_metadata)")
-    meta["training_command"] = training_command or meta.get("training_command", "")
-    meta["global_step"] = int(ckpt_data.get("global_step", 0))
-    if train_seeds is None and meta.get("train_seeds") is None:
-        train_seeds = _hparams_train_seeds(ckpt_data.get("datamodule_hyper_parameters") or {})
-    _finish_metadata(meta, train_seeds, str(ckpt))
-    config = dict(ckpt_data["hyper_parameters"]["network"])
-    config.setdefault("init_iterations", meta.get("init_iterations", 10))
-    config.setdefault("init_subsets", meta.get("init_subsets", 1))
+    config, meta = _checkpoint_contents(
+        ckpt_data.get("pet_dl_metadata") or {}, ckpt_data["hyper_parameters"]["network"],
+        where=str(ckpt), training_command=training_command,
+        global_step=int(ckpt_data.get("global_step", 0)), train_seeds=train_seeds,
+        find_train_seeds=lambda: _hparams_train_seeds(ckpt_data.get("datamodule_hyper_parameters") or {}),
+    )
     return convert_lightning_checkpoint(ckpt, out, config=config, metadata=meta, prefix="net.")
 
 
