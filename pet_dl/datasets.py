@@ -14,7 +14,8 @@ a dict of tensors:
 - ``initial``: ``(nx, ny, nz)`` Bq/mL, OSEM of the low-dose scan (the models' start),
 - ``target``: ``(nx, ny, nz)`` true activity, Bq/mL,
 - ``lesion_mask``: ``(nx, ny, nz)`` int64 (0 background),
-- ``mu``: ``(nx, ny, nz)`` 1/mm.
+- ``mu``: ``(nx, ny, nz)`` 1/mm,
+- ``seed``: ``()`` int64, the phantom seed (:func:`phantom_of_seed`).
 
 Shards: ``<out>/<split>/shard-0000.h5`` with per-scan arrays (leading axis = scan) and
 per-phantom arrays (``target``, ``lesion_mask``, ``mu``, ``multiplicative``, indexed by

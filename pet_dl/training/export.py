@@ -191,6 +191,7 @@ class ExportCallback(pl.Callback):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m pet_dl.training.export CKPT OUT [--train-seeds START STOP]``; prints the path."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("ckpt", help="Lightning checkpoint (.ckpt) of a ReconModule")
     parser.add_argument("out", help="output .safetensors file")
