@@ -292,6 +292,23 @@ def test_exported_checkpoints_carry_train_seeds_and_evaluate_refuses_them(
     ckpt_export = export_lightning_checkpoint(tmp_path / "last.ckpt", tmp_path / "ckpt.safetensors")
     for path in (fit_export, ckpt_export):
         assert load_checkpoint(path).metadata["train_seeds"] == {"start": 0, "stop": 4}
+    # a .ckpt trained from shards: the seeds come from the shards' recipe
+    from pet_dl.datasets import generate_dataset
+
+    shards = load_recipe(RECIPE)
+    shards["splits"] = {"train": {"seeds": [7, 9]}}
+    generate_dataset(shards, tmp_path / "shards")
+    raw = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    raw["pet_dl_metadata"].pop("train_seeds", None)  # as if the data module had not recorded them
+    raw["datamodule_hyper_parameters"] = {"data_dir": str(tmp_path / "shards"), "recipe": None}
+    torch.save(raw, tmp_path / "shards.ckpt")
+    from_shards = export_lightning_checkpoint(tmp_path / "shards.ckpt", tmp_path / "s.safetensors")
+    assert load_checkpoint(from_shards).metadata["train_seeds"] == {"start": 7, "stop": 9}
+    raw["datamodule_hyper_parameters"] = {"data_dir": str(tmp_path / "gone"), "recipe": None}
+    torch.save(raw, tmp_path / "gone.ckpt")
+    with pytest.warns(UserWarning, match="no shards"), pytest.warns(UserWarning, match="seeds are unknown"):
+        gone = export_lightning_checkpoint(tmp_path / "gone.ckpt", tmp_path / "g.safetensors")
+    assert "train_seeds" not in load_checkpoint(gone).metadata
     override = tmp_path / "o.safetensors"  # the command line can name the seeds
     assert export_main([str(tmp_path / "last.ckpt"), str(override), "--train-seeds", "10", "30"]) == 0
     assert load_checkpoint(override).metadata["train_seeds"] == {"start": 10, "stop": 30}
