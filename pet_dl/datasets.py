@@ -137,7 +137,7 @@ def seeds_from_json(value: Any) -> range | list[int]:
     """
     if isinstance(value, Mapping) and set(value) == {"start", "stop"}:
         lo, hi = value["start"], value["stop"]
-        if isinstance(lo, int) and isinstance(hi, int) and not isinstance(lo, bool) and 0 <= lo <= hi:
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in (lo, hi)) and 0 <= lo <= hi:
             return range(lo, hi)
     elif isinstance(value, (list, tuple)) and all(
         isinstance(s, int) and not isinstance(s, bool) for s in value
