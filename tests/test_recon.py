@@ -366,3 +366,14 @@ def test_reconstruct_scan_rejects_bad_parameters() -> None:
         reconstruct_scan(scan, "osem", subsets=1000)
     with pytest.raises(ValueError, match="beta"):
         reconstruct_scan(scan, "osem", beta=1.0)
+
+
+def test_osem_callback_sees_each_iteration_as_separate_runs_would(generator) -> None:
+    """The callback's image after iteration k equals a fresh OSEM run of k iterations."""
+    model, x_true = _problem(generator, background=2.0)
+    y = torch.poisson(model(x_true), generator=generator)
+    seen: dict[int, torch.Tensor] = {}
+    osem(model, y, 3, 2, callback=lambda k, x: seen.__setitem__(k, x.clone()))
+    assert sorted(seen) == [1, 2, 3]
+    for k in (1, 2, 3):
+        torch.testing.assert_close(seen[k], osem(model, y, k, 2), rtol=1e-12, atol=0)

@@ -36,12 +36,9 @@ def osem_trajectory(batch: ReconBatch, max_iterations: int, subsets: int) -> lis
 
     if max_iterations < 1:
         raise ValueError(f"max_iterations must be >= 1, got {max_iterations}")
-    model = batch.forward_model()
-    y = batch.prompts.float()
-    images, x = [], None
-    for _ in range(max_iterations):
-        x = osem(model, y, 1, subsets, x0=x)
-        images.append(x)
+    images: list[torch.Tensor] = []
+    osem(batch.forward_model(), batch.prompts.float(), max_iterations, subsets,
+         callback=lambda _, x: images.append(x))
     return images
 
 

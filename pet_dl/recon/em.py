@@ -11,6 +11,7 @@ is in Bq/mL with no rescaling.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -177,6 +178,7 @@ def osem(
     num_subsets: int,
     x0: torch.Tensor | None = None,
     progress: bool = False,
+    callback: Callable[[int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """Ordered-subsets EM (Hudson-Larkin) with subsets of interleaved views.
 
@@ -191,6 +193,8 @@ def osem(
         num_subsets: number of view subsets (``model.subsets(num_subsets)``).
         x0: start image ``(*batch, nx, ny, nz)`` Bq/mL; default: uniform, matched to counts.
         progress: show a tqdm progress bar (one step per sub-iteration).
+        callback: called as ``callback(k, x)`` after full iteration ``k`` (1-based) with
+            the current image; for images along the iterations without re-running.
 
     Returns:
         ``(*batch, nx, ny, nz)`` image in Bq/mL, non-negative.
@@ -212,11 +216,13 @@ def osem(
         total=num_iterations * num_subsets, desc="OSEM" if num_subsets > 1 else "MLEM",
         unit="update", disable=not progress, leave=False,
     ) as bar:
-        for _ in range(num_iterations):
+        for iteration in range(1, num_iterations + 1):
             for sub_model, sub_y, sens, keep in zip(subset_models, subset_data, subset_sens, unseen):
                 x_new = em_update(x, sub_model, sub_y, sens)
                 x = x_new if keep is None else torch.where(keep, x, x_new)
                 bar.update(1)
+            if callback is not None:
+                callback(iteration, x)
     return x
 
 
