@@ -6,8 +6,10 @@ OSEM and, when the shipped network and :func:`pet_dl.inference.reconstruct` are
 installed, with the network. The geometry and simulation settings are those of the
 shipped model's training data (``data/brain2d.yaml``), so the network applies as is.
 
-Outputs in the folder: the two scan files, one NIfTI per image (Bq/mL), a side-by-side
-PNG and a metrics table (markdown and CSV: PSNR, SSIM, NRMSE against the truth).
+Outputs in the folder: the two scan files, one NIfTI per image (Bq/mL), the measured
+sinograms as a picture (``sinograms.png``), a side-by-side PNG of the images
+(``comparison.png``) and a metrics table (markdown and CSV: PSNR, SSIM, NRMSE against the
+truth).
 """
 
 from __future__ import annotations
@@ -100,6 +102,30 @@ def _png(path: Path, panels: list[tuple[str, torch.Tensor]], vmax: float) -> Non
         ax.imshow(plane, cmap="gray_r", vmin=0.0, vmax=vmax, origin="lower")
         ax.set_title(title, fontsize=9)
         ax.set_axis_off()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+
+
+def _sinogram_png(path: Path, scans: list[tuple[str, Any]]) -> None:
+    """Prompts of each scan's central plane as views x radial bins, counts per bin."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    from pet_dl.io.atomic import atomic_path
+
+    fig = Figure(figsize=(3.6 * len(scans), 3.4), dpi=100)
+    for k, (title, scan) in enumerate(scans):
+        prompts = scan.prompts
+        plane = prompts[prompts.shape[0] // 2].numpy()  # (views, radial)
+        ax = fig.add_subplot(1, len(scans), k + 1)
+        shown = ax.imshow(plane, cmap="magma", aspect="auto", interpolation="nearest")
+        ax.set_title(f"{title}: {float(prompts.sum()):.3g} prompts", fontsize=9)
+        ax.set_xlabel("radial bin")
+        ax.set_ylabel("view")
+        fig.colorbar(shown, ax=ax, label="counts per bin")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
@@ -206,6 +232,9 @@ def run_demo(
         result.files.append(path)
     path = out / "truth.nii.gz"
     save_nifti(path, truth, image)
+    result.files.append(path)
+    path = out / "sinograms.png"
+    _sinogram_png(path, [("full dose", full), (f"{_dose_label(s.dose_fraction)} dose", low)])
     result.files.append(path)
 
     methods: list[tuple[str, Callable[[Any], torch.Tensor]]] = [

@@ -22,7 +22,8 @@ def test_demo_writes_readable_outputs_and_full_dose_wins(tmp_path: Path) -> None
     result = run_demo(tmp_path / "demo", settings, network=False)
     names = {p.name for p in result.files}
     assert {"truth.nii.gz", "osem_full.nii.gz", "osem_dose20.nii.gz", "scan_full.h5",
-            "scan_dose20.h5", "comparison.png", "metrics.md", "metrics.csv"} <= names
+            "scan_dose20.h5", "comparison.png", "sinograms.png", "metrics.md",
+            "metrics.csv"} <= names
     for p in result.files:
         assert p.is_file() and p.stat().st_size > 0
     assert not any(".tmp" in p.name for p in (tmp_path / "demo").iterdir())
@@ -44,6 +45,8 @@ def test_demo_writes_readable_outputs_and_full_dose_wins(tmp_path: Path) -> None
     # PNG: one panel per image
     png = imread(str(tmp_path / "demo" / "comparison.png"))
     assert png.shape[1] > 2 * png.shape[0]
+    sino_png = imread(str(tmp_path / "demo" / "sinograms.png"))  # two sinograms side by side
+    assert sino_png.shape[1] > 1.5 * sino_png.shape[0]
 
     # metrics: the table agrees with the images; full dose beats 1/20 dose
     with open(tmp_path / "demo" / "metrics.csv") as f:
