@@ -19,18 +19,17 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from pet_dl.models.batch import ReconBatch, initial_image
+from pet_dl.models.base import ReconNetwork
+from pet_dl.models.batch import ReconBatch
 from pet_dl.models.blocks import (
     ConvStack,
-    check_spatial_dims,
     dose_channel,
     from_channels,
-    image_scale,
     to_channels,
 )
 
 
-class LearnedPrimalDual(nn.Module):
+class LearnedPrimalDual(ReconNetwork):
     """Learned Primal-Dual for PET (Poisson data, additive background), dose-conditioned.
 
     Args:
@@ -54,16 +53,12 @@ class LearnedPrimalDual(nn.Module):
         init_subsets: int = 1,
         checkpointing: bool = False,
     ) -> None:
-        super().__init__()
-        self.spatial_dims = check_spatial_dims(spatial_dims)
+        super().__init__(spatial_dims, init_iterations, init_subsets, checkpointing)
         if num_iterations < 1:
             raise ValueError(f"num_iterations must be >= 1, got {num_iterations}")
         self.num_iterations = num_iterations
         self.num_primal = num_primal
         self.num_dual = num_dual
-        self.init_iterations = init_iterations
-        self.init_subsets = init_subsets
-        self.checkpointing = checkpointing
         self.dual_nets = nn.ModuleList(
             ConvStack(spatial_dims, num_dual + 3, num_dual, width, depth)
             for _ in range(num_iterations)
@@ -103,18 +98,9 @@ class LearnedPrimalDual(nn.Module):
 
     def forward(self, batch: ReconBatch) -> torch.Tensor:
         """Reconstruct ``batch``: returns ``(B, nx, ny, nz)`` in Bq/mL."""
-        model = batch.forward_model()
-        prompts = batch.prompts.float()
+        model, prompts, sens, x0, scale = self.start(batch)
         b = batch.batch_size
         with torch.autocast(device_type=prompts.device.type, enabled=False):
-            sens = model.sensitivity()
-            if sens.dim() == 3:
-                sens = sens.expand(b, *sens.shape)
-            x0 = batch.initial
-            if x0 is None:
-                x0 = initial_image(model, prompts, self.init_iterations, self.init_subsets)
-            x0 = x0.float().detach()
-            scale = image_scale(x0, sens)
             sens_mean = sens.flatten(1).mean(1).clamp_min(1e-12).view(-1, 1, 1, 1)
             y_scale = prompts.flatten(1).mean(1).clamp_min(1e-3).view(b, *([1] * (prompts.dim() - 1)))
         y_n = self._sino_channels(prompts / y_scale)

@@ -8,20 +8,18 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from pet_dl.models.batch import ReconBatch, initial_image
+from pet_dl.models.base import ReconNetwork
+from pet_dl.models.batch import ReconBatch
 from pet_dl.models.blocks import (
     PaddedUNet,
-    check_spatial_dims,
     dose_channel,
     from_channels,
-    image_scale,
     to_channels,
 )
 
 
-class PostUNet(nn.Module):
+class PostUNet(ReconNetwork):
     """Dose-conditioned residual MONAI UNet applied to the initial reconstruction.
 
     Args:
@@ -42,25 +40,14 @@ class PostUNet(nn.Module):
         init_subsets: int = 1,
         checkpointing: bool = False,
     ) -> None:
-        super().__init__()
-        self.spatial_dims = check_spatial_dims(spatial_dims)
-        self.init_iterations = init_iterations
-        self.init_subsets = init_subsets
-        self.checkpointing = checkpointing
+        super().__init__(spatial_dims, init_iterations, init_subsets, checkpointing)
         self.net = PaddedUNet(spatial_dims, 2, 1, channels, strides, num_res_units)
 
     def forward(self, batch: ReconBatch) -> torch.Tensor:
         """Denoise the initial image of ``batch``: returns ``(B, nx, ny, nz)`` in Bq/mL."""
-        model = batch.forward_model()
-        prompts = batch.prompts.float()
-        with torch.autocast(device_type=prompts.device.type, enabled=False):
-            sens = model.sensitivity()
-            x0 = batch.initial
-            if x0 is None:
-                x0 = initial_image(model, prompts, self.init_iterations, self.init_subsets)
-            x0 = x0.float().detach()
-            scale = image_scale(x0, sens)
-        u = to_channels(x0 / scale, self.spatial_dims)
+        start = self.start(batch)
+        scale = start.scale
+        u = to_channels(start.initial / scale, self.spatial_dims)
         inp = torch.cat([u, dose_channel(batch.dose_fraction, u)], dim=1)
         if self.checkpointing and torch.is_grad_enabled():
             from torch.utils.checkpoint import checkpoint

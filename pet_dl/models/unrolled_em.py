@@ -24,13 +24,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from pet_dl.models.batch import ReconBatch, initial_image
+from pet_dl.models.base import ReconNetwork
+from pet_dl.models.batch import ReconBatch
 from pet_dl.models.blocks import (
     PaddedUNet,
-    check_spatial_dims,
     dose_channel,
     from_channels,
-    image_scale,
     to_channels,
 )
 
@@ -63,7 +62,7 @@ def fbsem_fusion(
     return torch.where(neg, (root - a) / (2.0 * w_safe), 2.0 * x_em / d_safe.clamp_min(1e-30))
 
 
-class UnrolledEM(nn.Module):
+class UnrolledEM(ReconNetwork):
     """Unrolled EM with a dose-conditioned CNN regulariser and learned fusion (FBSEM).
 
     Args:
@@ -89,14 +88,10 @@ class UnrolledEM(nn.Module):
         initial_fusion_weight: float = 0.0,
         checkpointing: bool = False,
     ) -> None:
-        super().__init__()
-        self.spatial_dims = check_spatial_dims(spatial_dims)
+        super().__init__(spatial_dims, init_iterations, init_subsets, checkpointing)
         if num_iterations < 1:
             raise ValueError(f"num_iterations must be >= 1, got {num_iterations}")
         self.num_iterations = num_iterations
-        self.init_iterations = init_iterations
-        self.init_subsets = init_subsets
-        self.checkpointing = checkpointing
         num_nets = 1 if share_weights else num_iterations
         self.regularisers = nn.ModuleList(
             PaddedUNet(spatial_dims, 2, 1, channels, strides, num_res_units)
@@ -134,17 +129,7 @@ class UnrolledEM(nn.Module):
 
     def forward(self, batch: ReconBatch) -> torch.Tensor:
         """Reconstruct ``batch``: returns ``(B, nx, ny, nz)`` in Bq/mL."""
-        model = batch.forward_model()
-        prompts = batch.prompts.float()
-        with torch.autocast(device_type=prompts.device.type, enabled=False):
-            sens = model.sensitivity()
-            if sens.dim() == 3:
-                sens = sens.expand(batch.batch_size, *sens.shape)
-            x0 = batch.initial
-            if x0 is None:
-                x0 = initial_image(model, prompts, self.init_iterations, self.init_subsets)
-            x0 = x0.float().detach()
-            scale = image_scale(x0, sens)
+        model, prompts, sens, x0, scale = self.start(batch)
         u = x0 / scale
         for k in range(self.num_iterations):
             if self.checkpointing and torch.is_grad_enabled():
