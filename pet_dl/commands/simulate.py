@@ -54,6 +54,10 @@ def add_parser(subparsers: Any) -> None:
     acq.add_argument("--max-ring-difference", type=int, default=None,
                      help="largest ring difference for 3D (default: all the span allows)")
     acq.add_argument("--tof", action="store_true", help="TOF sinogram (needs a TOF scanner)")
+    acq.add_argument("--num-radial", type=int, default=None,
+                     help="radial bins (default: the scanner's, e.g. 344 for the mMR)")
+    acq.add_argument("--view-mashing", type=int, default=1,
+                     help="views combined into one (default 1; the shipped model: 2)")
     acq.add_argument("--duration", type=float, default=600.0, help="full scan duration, s (600)")
     acq.add_argument("--dose-fraction", type=_fraction, default=1.0,
                      help="injected-dose fraction in (0, 1] (0.05 = 1/20 dose)")
@@ -146,12 +150,16 @@ def run(args: argparse.Namespace) -> int:
     mu = check_mu(mu, image)
     if args.tof and scanner.tof is None:
         raise InvalidInputError(f"scanner {scanner.name!r} has no TOF; drop --tof")
+    num_radial = args.num_radial or scanner.default_num_radial
     if image.shape[2] == 1:
-        sinogram = SinogramGeometry.two_d(scanner, tof=args.tof)
+        sinogram = SinogramGeometry.two_d(
+            scanner, num_radial=num_radial, view_mashing=args.view_mashing, tof=args.tof
+        )
     else:
         sinogram = SinogramGeometry(
-            scanner, num_radial=scanner.default_num_radial, span=args.span,
-            max_ring_difference=args.max_ring_difference, tof=args.tof,
+            scanner, num_radial=num_radial, span=args.span,
+            max_ring_difference=args.max_ring_difference, view_mashing=args.view_mashing,
+            tof=args.tof,
         )
     image.check_fits(sinogram.scanner)
     metadata = AcquisitionMetadata(
