@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from pathlib import Path
 
 import numpy as np
@@ -20,20 +19,7 @@ from pet_dl.geometry import (
     TOFParameters,
     get_scanner,
 )
-
-
-def _parse_interfile(path: Path) -> dict[str, str]:
-    """Lower-cased ``key := value`` pairs of a STIR Interfile header (``!`` dropped)."""
-    out = {}
-    for line in path.read_text().splitlines():
-        if ":=" in line:
-            key, value = line.split(":=", 1)
-            out[key.strip().lstrip("!").strip().lower()] = value.strip()
-    return out
-
-
-def _ints(value: str) -> list[int]:
-    return [int(v) for v in re.findall(r"-?\d+", value)]
+from pet_dl.io.interfile import read_interfile_header, read_sinogram_header
 
 
 def _geometries() -> list[object]:
@@ -77,7 +63,7 @@ def test_frozen_and_equality() -> None:
 
 # --------------------------------------------------------------------- presets
 def test_mmr_preset_matches_header_scanner_block(test_data: Path) -> None:
-    h = _parse_interfile(test_data / "mmr_scanner" / "Siemens_mMR_seg2.hs")
+    h = read_interfile_header(test_data / "mmr_scanner" / "Siemens_mMR_seg2.hs")
     s = get_scanner("mmr")
     assert s.num_rings == int(h["number of rings"])
     assert s.crystals_per_ring == int(h["number of detectors per ring"])
@@ -105,15 +91,15 @@ def test_mmr_preset_matches_header_scanner_block(test_data: Path) -> None:
     [("Siemens_mMR_seg2.hs", 1, 2), ("mMR_template_span11.hs", 11, 60)],
 )
 def test_mmr_sinogram_sizes_match_header(test_data: Path, header: str, span: int, max_rd: int) -> None:
-    h = _parse_interfile(test_data / "mmr_scanner" / header)
+    h = read_sinogram_header(test_data / "mmr_scanner" / header)
     sino = SinogramGeometry(get_scanner("mmr"), 344, span=span, max_ring_difference=max_rd)
-    assert len(sino.segments) == int(h["matrix size [4]"])
-    assert [seg[2] for seg in sino.segments] == _ints(h["matrix size [2]"])
-    assert [seg[0] for seg in sino.segments] == _ints(h["minimum ring difference per segment"])
-    assert [seg[1] for seg in sino.segments] == _ints(h["maximum ring difference per segment"])
-    assert sino.num_views == int(h["matrix size [3]"])
-    assert sino.num_radial == int(h["matrix size [1]"])
-    assert sino.shape == (sum(_ints(h["matrix size [2]"])), 252, 344)
+    assert len(sino.segments) == h["num_segments"]
+    assert [seg[2] for seg in sino.segments] == h["axial_per_segment"]
+    assert [seg[0] for seg in sino.segments] == h["min_ring_difference"]
+    assert [seg[1] for seg in sino.segments] == h["max_ring_difference"]
+    assert sino.num_views == h["num_views"]
+    assert sino.num_radial == h["num_tangential"]
+    assert sino.shape == (sum(h["axial_per_segment"]), 252, 344)
 
 
 def test_mmr_span11_sizes_without_data() -> None:

@@ -24,7 +24,6 @@ The two backprojectors differ, so we compare the shape of normalised profiles, n
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
@@ -32,24 +31,14 @@ import pytest
 import torch
 
 from pet_dl.geometry import ImageGeometry, ScannerGeometry, SinogramGeometry
+from pet_dl.io.interfile import read_interfile_header, read_interfile_image, read_sinogram_header
 
 projector = pytest.importorskip("pet_dl.projector")
 
 
-def _header(path: Path) -> dict[str, str]:
-    out = {}
-    for line in path.read_text().splitlines():
-        if ":=" in line:
-            key, value = line.split(":=", 1)
-            out[key.strip().lstrip("!").strip().lower()] = value.strip()
-    return out
-
-
-def _ints(value: str) -> list[int]:
-    return [int(v) for v in re.findall(r"-?\d+", value)]
-
-
-def _rpt_sinogram(header: dict[str, str]) -> SinogramGeometry:
+def _rpt_sinogram(path: Path) -> SinogramGeometry:
+    header = read_interfile_header(path)
+    layout = read_sinogram_header(path)
     num_det = int(header["number of detectors per ring"])
     rpt = ScannerGeometry(
         name="rpt",
@@ -60,11 +49,11 @@ def _rpt_sinogram(header: dict[str, str]) -> SinogramGeometry:
         crystal_size_mm=(6.0, 6.75, 30.0),
         doi_mm=7.0,
     )
-    num_views = int(header["matrix size [2]"])
-    max_rd = max(_ints(header["maximum ring difference per segment"]))
+    num_views = layout["num_views"]
+    max_rd = max(layout["max_ring_difference"])
     return SinogramGeometry(
         rpt,
-        num_radial=int(header["matrix size [1]"]),
+        num_radial=layout["num_tangential"],
         max_ring_difference=max_rd,
         view_mashing=num_det // 2 // num_views,
         arc_corrected=True,
@@ -79,19 +68,17 @@ def _smooth_z(p: np.ndarray) -> np.ndarray:
 
 def test_sensitivity_profiles_match_stir(test_data: Path) -> None:
     root = test_data / "stir_reference"
-    header = _header(root / "Utahscat600k_ca_seg4.hs")
-    sino = _rpt_sinogram(header)
+    sino = _rpt_sinogram(root / "Utahscat600k_ca_seg4.hs")
     # the layout of STIR's data file
-    assert [s[2] for s in sino.segments] == _ints(header["matrix size [3]"])
+    assert [s[2] for s in sino.segments] == read_sinogram_header(
+        root / "Utahscat600k_ca_seg4.hs"
+    )["axial_per_segment"]
     assert sino.num_views == 96 and sino.num_radial == 128
 
-    img_header = _header(root / "RPTsens_seg4.hv")
-    shape = tuple(int(img_header[f"matrix size [{k}]"]) for k in (1, 2, 3))
-    voxel = tuple(float(img_header[f"scaling factor (mm/pixel) [{k}]"]) for k in (1, 2, 3))
-    image = ImageGeometry.centered(shape, voxel)
+    ref_image, image = read_interfile_image(root / "RPTsens_seg4.hv")  # (x, y, z), centred
+    assert image == ImageGeometry.centered((97, 97, 31), (3.1088, 3.1088, 3.375))
     image.check_fits(sino.scanner)
-    ref = np.fromfile(root / img_header["name of data file"], dtype="<f4")
-    ref = ref.reshape(shape[::-1]).transpose(2, 1, 0)  # [z, y, x] on disk -> (x, y, z)
+    ref = ref_image.numpy()
 
     ones = torch.ones(sino.shape, dtype=torch.float32)
     seg0_first = sum(n for lo, _, n in sino.segments if lo < 0)
@@ -120,7 +107,7 @@ def test_sensitivity_profiles_match_stir(test_data: Path) -> None:
     for prof in (_smooth_z(a_ours), _smooth_z(a_ref)):
         assert np.all(np.diff(prof[:5]) > 0) and np.all(np.diff(prof[-5:]) < 0)
 
-    edges = np.arange(0.0, 130.0 + 1e-6, 2 * voxel[0])
+    edges = np.arange(0.0, 130.0 + 1e-6, 2 * image.voxel_size_mm[0])
 
     def radial(v: np.ndarray) -> np.ndarray:
         p = np.array([v[(r >= lo) & (r < hi)][:, plateau].mean() for lo, hi in zip(edges[:-1], edges[1:])])
