@@ -157,6 +157,23 @@ def gaussian_kernel_1d(sigma_voxels: float, max_radius: int | None = None) -> to
     return k
 
 
+def fwhm_per_axis(fwhm_mm: float | Sequence[float]) -> tuple[float, float, float]:
+    """One FWHM (mm) for all three axes, or three; each finite and >= 0.
+
+    Raises:
+        ValueError: not one or three values, or a negative / non-finite one.
+    """
+    if isinstance(fwhm_mm, (int, float)):
+        fwhm = (float(fwhm_mm),) * 3
+    else:
+        fwhm = tuple(float(f) for f in fwhm_mm)
+        if len(fwhm) != 3:
+            raise ValueError(f"fwhm_mm must be one number or 3 (per axis), got {fwhm_mm!r}")
+    if any(not math.isfinite(f) or f < 0 for f in fwhm):
+        raise ValueError(f"fwhm_mm must be finite and >= 0, got {fwhm_mm!r}")
+    return fwhm  # type: ignore[return-value]
+
+
 class GaussianResolution(LinearOperator):
     """Separable image-space Gaussian blur, per-axis FWHM in mm; exactly self-adjoint.
 
@@ -174,14 +191,7 @@ class GaussianResolution(LinearOperator):
     def __init__(self, image: ImageGeometry, fwhm_mm: float | Sequence[float]) -> None:
         shape = tuple(int(s) for s in image.shape)
         super().__init__(shape, shape)
-        if isinstance(fwhm_mm, (int, float)):
-            fwhm = (float(fwhm_mm),) * 3
-        else:
-            fwhm = tuple(float(f) for f in fwhm_mm)
-            if len(fwhm) != 3:
-                raise ValueError(f"fwhm_mm must be one number or 3 (per axis), got {fwhm_mm!r}")
-        if any(not math.isfinite(f) or f < 0 for f in fwhm):
-            raise ValueError(f"fwhm_mm must be finite and >= 0, got {fwhm_mm!r}")
+        fwhm = fwhm_per_axis(fwhm_mm)
         self.fwhm_mm = fwhm
         self.image = image
         self._axes: list[int] = []

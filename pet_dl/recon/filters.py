@@ -8,22 +8,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from pet_dl.forward_model import fwhm_per_axis
+
 if TYPE_CHECKING:
     from pet_dl.geometry import ImageGeometry
 
 FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
-
-
-def _fwhm_tuple(fwhm_mm: float | Sequence[float]) -> tuple[float, float, float]:
-    if isinstance(fwhm_mm, (int, float)):
-        values = (float(fwhm_mm),) * 3
-    else:
-        values = tuple(float(v) for v in fwhm_mm)
-    if len(values) != 3:
-        raise ValueError(f"fwhm_mm must be one value or 3 values (mm), got {fwhm_mm!r}")
-    if any(not math.isfinite(v) or v < 0 for v in values):
-        raise ValueError(f"fwhm_mm must be finite and >= 0 (mm), got {fwhm_mm!r}")
-    return values  # type: ignore[return-value]
 
 
 def gaussian_postfilter(
@@ -47,7 +37,7 @@ def gaussian_postfilter(
     from monai.networks.layers.convutils import gaussian_1d
     from monai.networks.layers.simplelayers import separable_filtering
 
-    fwhm = _fwhm_tuple(fwhm_mm)
+    fwhm = fwhm_per_axis(fwhm_mm)
     if x.ndim < 3 or tuple(x.shape[-3:]) != tuple(image.shape):
         raise ValueError(
             f"image tensor shape {tuple(x.shape)} does not end with the grid shape {tuple(image.shape)}"
