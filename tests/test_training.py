@@ -165,6 +165,13 @@ def test_export_round_trip(tmp_path: Path) -> None:
     with torch.no_grad():
         assert torch.equal(module.net(to_recon_batch(batch)), loaded.model(to_recon_batch(batch)))
 
+    # fine-tuning starts from exactly these weights; another network is refused by name
+    tuned = ReconModule(NETWORK, init_weights=str(path))
+    for (name, a), b in zip(module.net.state_dict().items(), tuned.net.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    with pytest.raises(ValueError, match="init_weights .*does not match model.network"):
+        ReconModule({**NETWORK, "channels": [8, 16]}, init_weights=str(path))
+
 
 def test_init_iterations_mismatch_is_refused(tmp_path: Path) -> None:
     module = ReconModule({**NETWORK, "init_iterations": 5})
@@ -276,3 +283,49 @@ def test_lesion_weight_needs_a_mask_and_a_valid_value() -> None:
         ReconModule(NETWORK, lesion_weight=-1.0)
     with pytest.raises(ValueError, match="lesion_dilation"):
         ReconModule(NETWORK, lesion_dilation=-1)
+
+
+def test_lesion_mean_loss_is_the_absolute_suvmean_bias_of_each_lesion() -> None:
+    """Two lesions in scan 0 (one at half its uptake, one exact), one in scan 1 (+20 %):
+    the term is the mean of |bias| over the three lesions; background errors do not count."""
+    from pet_dl.metrics import lesion_bias
+    from pet_dl.training.losses import lesion_mean_error
+
+    target = torch.ones(2, 8, 8, 1)
+    mask = torch.zeros(2, 8, 8, 1, dtype=torch.int64)
+    mask[0, 1:3, 1:3] = 1
+    mask[0, 5:7, 5:7] = 2
+    mask[1, 3:5, 3:5] = 1
+    target[mask > 0] = 4.0
+    pred = target.clone()
+    pred[0][mask[0] == 1] = 2.0
+    pred[1][mask[1] == 1] = torch.tensor([4.0, 5.6, 4.8, 4.8])  # mean 4.8: +20 %
+    pred[:, 0, 7] = 9.0  # background error: ignored by this term
+    pred.requires_grad_(True)
+    value = lesion_mean_error(pred, target, mask)
+    assert float(value.detach()) == pytest.approx((0.5 + 0.0 + 0.2) / 3, rel=1e-6)
+    # the same number as the evaluation's SUVmean bias, lesion by lesion
+    voxel = (1.0, 1.0, 1.0)
+    biases = [b for i in range(2) for b in lesion_bias(pred[i].detach(), target[i], mask[i], voxel)]
+    assert float(value.detach()) == pytest.approx(sum(abs(b.mean_bias) for b in biases) / 3, rel=1e-6)
+    value.backward()
+    assert float(pred.grad[0, 1, 1, 0]) < 0 and float(pred.grad[0, 0, 7, 0]) == 0.0  # raise lesion 1
+    no_lesions = lesion_mean_error(pred, target, torch.zeros_like(mask))
+    assert float(no_lesions) == 0.0 and no_lesions.requires_grad
+
+
+def test_lesion_mean_weight_adds_the_term_to_the_loss() -> None:
+    target = torch.ones(1, 6, 6, 1)
+    mask = torch.zeros(1, 6, 6, 1, dtype=torch.int64)
+    mask[0, 2:4, 2:4] = 1
+    pred = target.clone()
+    pred[mask > 0] = 0.5  # lesion at half: relative SUVmean bias 0.5
+    plain = ReconModule(NETWORK)
+    both = ReconModule(NETWORK, lesion_mean_weight=2.0)
+    assert float(both.compute_loss(pred, target, mask)) == pytest.approx(
+        float(plain.compute_loss(pred, target, mask)) + 2.0 * 0.5, rel=1e-6
+    )
+    with pytest.raises(ValueError, match="lesion_mask"):
+        both.compute_loss(pred, target)
+    with pytest.raises(ValueError, match="lesion_mean_weight"):
+        ReconModule(NETWORK, lesion_mean_weight=-1.0)

@@ -84,7 +84,7 @@ class PaddedUNet(nn.Module):
         channels: Sequence[int] = (16, 32, 64),
         strides: Sequence[int] = (2, 2),
         num_res_units: int = 1,
-        norm: str = "instance",
+        norm: str | None = "instance",
     ) -> None:
         super().__init__()
         from monai.networks.nets import UNet

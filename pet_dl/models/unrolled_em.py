@@ -73,6 +73,11 @@ class UnrolledEM(ReconNetwork):
         init_iterations, init_subsets: OSEM of the initial image when the batch has none.
         initial_fusion_weight: starting value of ``softplus^-1(beta_k)``.
         checkpointing: recompute each iteration in the backward pass (saves memory).
+        norm: normalisation layers of the UNet (MONAI name: ``"instance"``, ``"batch"``,
+            or ``None`` for none). Instance norm removes each feature map's mean (the
+            constant dose channel reaches the UNet through its residual shortcuts), but
+            without it the 32-64-128 UNet did not train at lr 2e-3 (docs/results.md,
+            "Experiment v4").
     """
 
     def __init__(
@@ -87,6 +92,7 @@ class UnrolledEM(ReconNetwork):
         init_subsets: int = 1,
         initial_fusion_weight: float = 0.0,
         checkpointing: bool = False,
+        norm: str | None = "instance",
     ) -> None:
         super().__init__(spatial_dims, init_iterations, init_subsets, checkpointing)
         if num_iterations < 1:
@@ -94,7 +100,7 @@ class UnrolledEM(ReconNetwork):
         self.num_iterations = num_iterations
         num_nets = 1 if share_weights else num_iterations
         self.regularisers = nn.ModuleList(
-            PaddedUNet(spatial_dims, 2, 1, channels, strides, num_res_units)
+            PaddedUNet(spatial_dims, 2, 1, channels, strides, num_res_units, norm=norm)
             for _ in range(num_nets)
         )
         self.fusion_weight = nn.Parameter(torch.full((num_iterations,), initial_fusion_weight))

@@ -88,3 +88,42 @@ def weighted_error(
     if weights.shape != err.shape:
         raise ValueError(f"weights {tuple(weights.shape)} do not match the images {tuple(err.shape)}")
     return (weights * err).mean()
+
+
+def lesion_mean_error(
+    pred: torch.Tensor, target: torch.Tensor, lesion_mask: torch.Tensor
+) -> torch.Tensor:
+    """Mean over the batch's lesions of ``|mean(pred) - mean(target)| / mean(target)``.
+
+    Each lesion's means are taken over its own voxels (the SUVmean of
+    :func:`pet_dl.metrics.lesion_bias`), so this is the absolute relative SUVmean bias
+    that the evaluation reports, as a differentiable loss.
+
+    Args:
+        pred, target: ``(B, nx, ny, nz)``, same units.
+        lesion_mask: ``(B, nx, ny, nz)`` int labels, 0 = background.
+
+    Returns:
+        dimensionless scalar; 0 (with a gradient path) when the batch has no lesion.
+    """
+    if not pred.shape == target.shape == lesion_mask.shape:
+        raise ValueError(
+            f"pred {tuple(pred.shape)}, target {tuple(target.shape)} and lesion_mask "
+            f"{tuple(lesion_mask.shape)} must have one shape"
+        )
+    labels = lesion_mask.flatten(1).long()
+    num_labels = int(labels.max().item()) + 1 if labels.numel() else 1
+    if num_labels <= 1:
+        return pred.sum() * 0.0
+    b = labels.shape[0]
+
+    def sums(values: torch.Tensor) -> torch.Tensor:
+        out = values.new_zeros(b, num_labels)
+        return out.scatter_add(1, labels, values.flatten(1))[:, 1:]
+
+    count = sums(torch.ones_like(pred))
+    present = count > 0
+    mean_pred = sums(pred) / count.clamp_min(1.0)
+    mean_target = sums(target) / count.clamp_min(1.0)
+    rel = (mean_pred - mean_target).abs() / mean_target.abs().clamp_min(1e-12)
+    return rel[present].mean()

@@ -10,7 +10,7 @@ import torch
 from pet_dl.models import build_model
 from pet_dl.training.batching import to_recon_batch
 from pet_dl.training.losses import ERRORS as LOSSES
-from pet_dl.training.losses import lesion_weights, weighted_error
+from pet_dl.training.losses import lesion_mean_error, lesion_weights, weighted_error
 
 
 class ReconModule(pl.LightningModule):
@@ -28,9 +28,14 @@ class ReconModule(pl.LightningModule):
         ssim_weight: weight of ``1 - SSIM`` added to the loss (0: off).
         lesion_weight: extra weight of a lesion voxel in the L1 / MSE term (0: off).
         lesion_dilation: lesion mask dilation radius for that weight, voxels.
+        lesion_mean_weight: weight of the mean absolute relative lesion SUVmean bias
+            (:func:`pet_dl.training.losses.lesion_mean_error`; 0: off).
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
         cosine_steps: cosine learning-rate decay over this many steps (0: constant).
+        init_weights: start from the weights of a pet_dl ``.safetensors`` checkpoint of
+            the same network (fine-tuning, e.g. the shipped model on a site's data);
+            ``None``: random initialisation.
     """
 
     def __init__(
@@ -40,9 +45,11 @@ class ReconModule(pl.LightningModule):
         ssim_weight: float = 0.0,
         lesion_weight: float = 0.0,
         lesion_dilation: int = 1,
+        lesion_mean_weight: float = 0.0,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         cosine_steps: int = 0,
+        init_weights: str | None = None,
     ) -> None:
         super().__init__()
         if loss not in LOSSES:
@@ -53,10 +60,27 @@ class ReconModule(pl.LightningModule):
             raise ValueError(f"lesion_weight must be >= 0, got {lesion_weight}")
         if lesion_dilation < 0:
             raise ValueError(f"lesion_dilation must be >= 0 voxels, got {lesion_dilation}")
+        if lesion_mean_weight < 0:
+            raise ValueError(f"lesion_mean_weight must be >= 0, got {lesion_mean_weight}")
         self.save_hyperparameters()
         self.net = build_model(network)
+        if init_weights is not None:
+            self._load_weights(init_weights)
         self.network_config = dict(network)
         self.geometry_metadata: dict[str, Any] = {}
+
+    def _load_weights(self, path: str) -> None:
+        from pet_dl.io.checkpoint import load_checkpoint
+
+        loaded = load_checkpoint(path)
+        try:
+            self.net.load_state_dict(loaded.model.state_dict())
+        except RuntimeError as err:
+            first = str(err).strip().splitlines()[0]
+            raise ValueError(
+                f"init_weights {path}: its network ({loaded.config.get('name')}) does not "
+                f"match model.network: {first}"
+            ) from None
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
         """Reconstruct a collated batch: ``(B, nx, ny, nz)`` Bq/mL."""
@@ -82,18 +106,21 @@ class ReconModule(pl.LightningModule):
         """Loss between prediction and target ``(B, nx, ny, nz)`` Bq/mL (normalised per scan).
 
         ``lesion_mask`` ``(B, nx, ny, nz)`` int (0 = background) is required when
-        ``lesion_weight > 0``.
+        ``lesion_weight > 0`` or ``lesion_mean_weight > 0``.
         """
         p, t = self._normalise(pred.float(), target.float())
+        hp = self.hparams
+        if (hp.lesion_weight > 0 or hp.lesion_mean_weight > 0) and lesion_mask is None:
+            raise ValueError("lesion_weight / lesion_mean_weight > 0 need batches with a 'lesion_mask'")
         weights = None
         if self.hparams.lesion_weight > 0:
-            if lesion_mask is None:
-                raise ValueError("lesion_weight > 0 needs batches with a 'lesion_mask'")
             weights = lesion_weights(
                 lesion_mask.to(p.device), self.hparams.lesion_weight,
                 self.hparams.lesion_dilation, self.net.spatial_dims,
             )
         loss = weighted_error(p, t, weights, self.hparams.loss)
+        if hp.lesion_mean_weight > 0:
+            loss = loss + hp.lesion_mean_weight * lesion_mean_error(p, t, lesion_mask.to(p.device))
         if self.hparams.ssim_weight > 0:
             loss = loss + self.hparams.ssim_weight * self._ssim(p, t)
         return loss
