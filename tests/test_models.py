@@ -88,6 +88,17 @@ def test_dose_conditioning_changes_output(name: str, generator: torch.Generator)
     assert rel > 1e-4, "changing only the dose level must change the reconstruction"
 
 
+
+@pytest.mark.parametrize("norm", ["instance", None])
+def test_unrolled_em_unet_norm_option(norm: str | None, generator: torch.Generator) -> None:
+    """``norm`` selects the regulariser UNet's normalisation layers (None: none at all)."""
+    net = build_model({"name": "unrolled_em", "spatial_dims": 2, **SMALL["unrolled_em"], "norm": norm})
+    kinds = {type(m).__name__ for m in net.modules()}
+    assert ("InstanceNorm2d" in kinds) == (norm == "instance")
+    batch = _matrix_batch(generator, (12, 10, 1), (1, 9, 11))
+    out = net(batch)
+    assert out.shape == (2, 12, 10, 1) and bool(torch.isfinite(out).all())
+
 @pytest.mark.parametrize("a_sign", ["positive", "negative"])
 def test_fbsem_fusion_is_the_surrogate_maximiser(a_sign: str, generator: torch.Generator) -> None:
     x_em = 0.1 + torch.rand(200, generator=generator, dtype=torch.float64)
