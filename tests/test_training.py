@@ -173,6 +173,29 @@ def test_export_round_trip(tmp_path: Path) -> None:
         ReconModule({**NETWORK, "channels": [8, 16]}, init_weights=str(path))
 
 
+
+def test_unrolled_network_warm_starts_from_a_post_unet(tmp_path: Path) -> None:
+    """A trained post_unet initialises every regulariser of an unrolled network with the
+    same UNet; a post_unet of another UNet is refused."""
+    from pet_dl.io.checkpoint import save_checkpoint
+    from pet_dl.models import build_model
+
+    unet = {"channels": [4, 8], "strides": [2], "init_iterations": 3}
+    post = build_model({"name": "post_unet", "spatial_dims": 2, **unet})
+    with torch.no_grad():
+        for p in post.parameters():
+            p.add_(torch.randn_like(p))
+    path = save_checkpoint(tmp_path / "post.safetensors", post, {"name": "post_unet", "spatial_dims": 2, **unet}, {})
+    unrolled = ReconModule(
+        {**NETWORK, **unet, "num_iterations": 3, "share_weights": False}, init_weights=str(path)
+    )
+    assert len(unrolled.net.regularisers) == 3
+    for reg in unrolled.net.regularisers:
+        for (name, a), b in zip(post.net.state_dict().items(), reg.state_dict().values(), strict=True):
+            assert torch.equal(a, b), name
+    with pytest.raises(ValueError, match="init_weights .*post_unet.*does not match"):
+        ReconModule({**NETWORK, "channels": [8, 16]}, init_weights=str(path))
+
 def test_init_iterations_mismatch_is_refused(tmp_path: Path) -> None:
     module = ReconModule({**NETWORK, "init_iterations": 5})
     with pytest.raises(ValueError, match="init_iterations"):

@@ -34,8 +34,9 @@ class ReconModule(pl.LightningModule):
         weight_decay: AdamW weight decay.
         cosine_steps: cosine learning-rate decay over this many steps (0: constant).
         init_weights: start from the weights of a pet_dl ``.safetensors`` checkpoint of
-            the same network (fine-tuning, e.g. the shipped model on a site's data);
-            ``None``: random initialisation.
+            the same network (fine-tuning, e.g. the shipped model on a site's data), or,
+            for an unrolled network, of a trained ``post_unet`` with the same UNet (each
+            regulariser starts as that denoiser); ``None``: random initialisation.
     """
 
     def __init__(
@@ -73,12 +74,22 @@ class ReconModule(pl.LightningModule):
         from pet_dl.io.checkpoint import load_checkpoint
 
         loaded = load_checkpoint(path)
+        if type(loaded.model).__name__ == "PostUNet" and hasattr(self.net, "regularisers"):
+            # warm start of an unrolled network: every regulariser from the trained
+            # post-reconstruction UNet (same input [u, dose], same residual output)
+            for reg in self.net.regularisers:
+                self._load_state(reg, loaded.model.net.state_dict(), path, loaded.config)
+            return
+        self._load_state(self.net, loaded.model.state_dict(), path, loaded.config)
+
+    @staticmethod
+    def _load_state(module: torch.nn.Module, state: dict[str, Any], path: str, config: dict[str, Any]) -> None:
         try:
-            self.net.load_state_dict(loaded.model.state_dict())
+            module.load_state_dict(state)
         except RuntimeError as err:
             first = str(err).strip().splitlines()[0]
             raise ValueError(
-                f"init_weights {path}: its network ({loaded.config.get('name')}) does not "
+                f"init_weights {path}: its network ({config.get('name')}) does not "
                 f"match model.network: {first}"
             ) from None
 
