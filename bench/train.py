@@ -48,14 +48,18 @@ def make_batch(case: str, batch_size: int, device: torch.device, generator: torc
     return ReconBatch(y, torch.ones_like(y), torch.full_like(y, 0.5), dose * 10, dose, sino, image)
 
 
+# the models a --models name stands for ("unrolled_em" = the shipped architecture)
+VARIANTS = {
+    "unrolled_em": dict(name="unrolled_em", num_iterations=3, channels=[32, 64, 128], strides=[2, 2], num_res_units=2),
+    "unrolled_em_v3": dict(name="unrolled_em", num_iterations=6, channels=[16, 32, 64], strides=[2, 2], num_res_units=1),
+    "post_unet": dict(name="post_unet", channels=[32, 64, 128], strides=[2, 2], num_res_units=2),
+    "learned_primal_dual": dict(name="learned_primal_dual", num_iterations=6, width=16, depth=3),
+}
+
+
 def network(case: str, name: str, checkpointing: bool) -> dict:
     dims = 2 if case == "2d" else 3
-    cfg = {"name": name, "spatial_dims": dims, "checkpointing": checkpointing, "init_iterations": 1}
-    if name == "unrolled_em":
-        cfg.update(num_iterations=6, channels=[16, 32, 64], strides=[2, 2])
-    elif name == "learned_primal_dual":
-        cfg.update(num_iterations=6, width=16, depth=3)
-    return cfg
+    return {**VARIANTS[name], "spatial_dims": dims, "checkpointing": checkpointing, "init_iterations": 1}
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -94,7 +98,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--cases", nargs="+", default=["2d", "3d"], choices=list(CASES))
-    p.add_argument("--models", nargs="+", default=["unrolled_em"])
+    p.add_argument("--models", nargs="+", default=["unrolled_em"], choices=list(VARIANTS),
+                   help="unrolled_em = the shipped architecture (3 iterations, UNet 32-64-128); "
+                   "unrolled_em_v3 = the previous one (6 iterations, UNet 16-32-64)")
     p.add_argument("--single", nargs=3, metavar=("CASE", "MODEL", "CKPT"), help=argparse.SUPPRESS)
     args = p.parse_args()
     device = torch.device(args.device)
