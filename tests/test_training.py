@@ -215,6 +215,20 @@ def test_config_with_unknown_key_fails_clearly(tmp_path: Path, capsys: pytest.Ca
     assert "learning_rat" in capsys.readouterr().err
 
 
+
+def test_missing_init_weights_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from pet_dl.training.cli import main
+
+    root = Path(__file__).resolve().parents[1]
+    missing = tmp_path / "no_such_model.safetensors"
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", str(root / "configs" / "smoke_cpu.yaml"),
+              "--model.init_weights", str(missing)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "no_such_model.safetensors" in err[-1]
+    assert not any("Traceback" in line for line in err)
+
 @pytest.mark.parametrize("name", ["smoke_cpu", "brain2d", "brain3d_gpu", "body3d_gpu"])
 def test_shipped_configs_parse(name: str, capsys: pytest.CaptureFixture) -> None:
     import yaml

@@ -87,8 +87,10 @@ class ReconModule(pl.LightningModule):
         try:
             module.load_state_dict(state)
         except RuntimeError as err:
+            from pet_dl.io.checkpoint import CheckpointError
+
             first = str(err).strip().splitlines()[0]
-            raise ValueError(
+            raise CheckpointError(
                 f"init_weights {path}: its network ({config.get('name')}) does not "
                 f"match model.network: {first}"
             ) from None
