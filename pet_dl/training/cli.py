@@ -7,7 +7,6 @@ import sys
 from lightning.pytorch.cli import LightningCLI
 
 from pet_dl.errors import PetDLError
-
 from pet_dl.training.datamodule import PETDataModule
 from pet_dl.training.module import ReconModule
 
