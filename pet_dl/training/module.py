@@ -72,9 +72,10 @@ class ReconModule(pl.LightningModule):
 
     def _load_weights(self, path: str) -> None:
         from pet_dl.io.checkpoint import load_checkpoint
+        from pet_dl.models import PostUNet, UnrolledEM
 
         loaded = load_checkpoint(path)
-        if type(loaded.model).__name__ == "PostUNet" and hasattr(self.net, "regularisers"):
+        if isinstance(loaded.model, PostUNet) and isinstance(self.net, UnrolledEM):
             # warm start of an unrolled network: every regulariser from the trained
             # post-reconstruction UNet (same input [u, dose], same residual output)
             for reg in self.net.regularisers:
@@ -126,16 +127,15 @@ class ReconModule(pl.LightningModule):
         if (hp.lesion_weight > 0 or hp.lesion_mean_weight > 0) and lesion_mask is None:
             raise ValueError("lesion_weight / lesion_mean_weight > 0 need batches with a 'lesion_mask'")
         weights = None
-        if self.hparams.lesion_weight > 0:
+        if hp.lesion_weight > 0:
             weights = lesion_weights(
-                lesion_mask.to(p.device), self.hparams.lesion_weight,
-                self.hparams.lesion_dilation, self.net.spatial_dims,
+                lesion_mask.to(p.device), hp.lesion_weight, hp.lesion_dilation, self.net.spatial_dims
             )
-        loss = weighted_error(p, t, weights, self.hparams.loss)
+        loss = weighted_error(p, t, weights, hp.loss)
         if hp.lesion_mean_weight > 0:
             loss = loss + hp.lesion_mean_weight * lesion_mean_error(p, t, lesion_mask.to(p.device))
-        if self.hparams.ssim_weight > 0:
-            loss = loss + self.hparams.ssim_weight * self._ssim(p, t)
+        if hp.ssim_weight > 0:
+            loss = loss + hp.ssim_weight * self._ssim(p, t)
         return loss
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
