@@ -20,6 +20,7 @@ import torch  # noqa: E402
 
 from pet_dl.datasets import load_recipe, psf_of_recipe, split_seeds  # noqa: E402
 from pet_dl.evaluate.data import simulate_eval_set  # noqa: E402
+from pet_dl.evaluate.methods import network_reconstruction  # noqa: E402
 from pet_dl.forward_model import GaussianResolution  # noqa: E402
 from pet_dl.inference import load_model  # noqa: E402
 from pet_dl.metrics import nrmse  # noqa: E402
@@ -43,9 +44,7 @@ def main() -> None:
     for path in args.checkpoints:
         net = load_model(path, torch.device("cpu")).model.eval()
         for f in args.factors:
-            with torch.no_grad():
-                out = torch.cat([net(ev.batch(f, slice(i, i + 8))) for i in range(0, ev.num_cases, 8)])
-            out = out.view(len(seeds), r, *out.shape[1:])
+            out = network_reconstruction(net, ev.batch(f)).view(len(seeds), r, *ev.image.shape)
             mean = out.mean(1)
             bias2 = ((mean - truth) ** 2).flatten(1).sum(1)
             noise2 = ((out - mean[:, None]) ** 2).flatten(2).sum(2).mean(1) * r / (r - 1)
