@@ -71,6 +71,32 @@ def test_2d_model_with_joseph_projector(generator: torch.Generator) -> None:
     assert out.shape == (b, 16, 16, 1) and bool(torch.isfinite(out).all())
 
 
+@pytest.mark.parametrize("data_subsets", [1, 4])
+def test_unrolled_em_without_regulariser_is_osem(data_subsets: int, generator: torch.Generator) -> None:
+    """With the fusion weight at 0 every iteration keeps only its data step, so the
+    network is K (OS)EM iterations with ``data_subsets`` subsets from its initial image."""
+    from pet_dl.recon import osem
+
+    scanner = get_scanner("test")
+    sino = SinogramGeometry.two_d(scanner, num_radial=33, view_mashing=4)
+    image = ImageGeometry.centered((16, 16, 1), (6.0, 6.0, 6.0))
+    truth = torch.zeros(2, *image.shape)
+    truth[:, 4:12, 5:11] = 20.0
+    y0 = ReconBatch(torch.zeros(2, *sino.shape), torch.ones(2, *sino.shape), torch.full((2, *sino.shape), 0.5),
+                    torch.tensor([1.0, 0.1]), torch.tensor([1.0, 0.1]), sino, image).forward_model()(truth)
+    batch = ReconBatch(torch.poisson(y0, generator=generator), torch.ones_like(y0), torch.full_like(y0, 0.5),
+                       torch.tensor([1.0, 0.1]), torch.tensor([1.0, 0.1]), sino, image)
+    net = build_model({"name": "unrolled_em", "spatial_dims": 2, **SMALL["unrolled_em"],
+                       "data_subsets": data_subsets, "initial_fusion_weight": -80.0})
+    with torch.no_grad():
+        start = net.start(batch)
+        expected = osem(start.model, start.prompts, SMALL["unrolled_em"]["num_iterations"], data_subsets,
+                        x0=start.initial)
+        out = net(batch)
+    assert not torch.allclose(out, start.initial, rtol=1e-3)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4 * float(expected.max()))
+
+
 @pytest.mark.parametrize("name", ["unrolled_em", "learned_primal_dual", "post_unet"])
 def test_dose_conditioning_changes_output(name: str, generator: torch.Generator) -> None:
     batch = _matrix_batch(generator, (12, 10, 1), (1, 9, 11), dose=(0.25, 0.25))

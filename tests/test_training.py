@@ -196,6 +196,38 @@ def test_unrolled_network_warm_starts_from_a_post_unet(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="init_weights .*post_unet.*does not match"):
         ReconModule({**NETWORK, "channels": [8, 16]}, init_weights=str(path))
 
+
+def test_shared_regulariser_warm_starts_one_per_iteration(tmp_path: Path) -> None:
+    """An unrolled network with one shared CNN initialises a copy with one CNN per
+    iteration: every copy and the fusion weights start equal to the shared ones, so
+    both networks give the same image before training; the copies then train apart."""
+    from pet_dl.io.checkpoint import save_checkpoint
+    from pet_dl.models import build_model
+
+    shared = build_model(NETWORK)
+    with torch.no_grad():
+        for p in shared.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    path = save_checkpoint(tmp_path / "shared.safetensors", shared, NETWORK, {})
+    module = ReconModule({**NETWORK, "share_weights": False}, init_weights=str(path))
+    regs = module.net.regularisers
+    assert len(regs) == NETWORK["num_iterations"]
+    for reg in regs:
+        for (name, a), b in zip(shared.regularisers[0].state_dict().items(), reg.state_dict().values(), strict=True):
+            assert torch.equal(a, b), name
+    assert torch.equal(module.net.fusion_weight, shared.fusion_weight)
+    batch = next(iter(MatrixDataModule().val_dataloader()))
+    from pet_dl.training import to_recon_batch
+
+    shared.eval()
+    module.net.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(module.net(to_recon_batch(batch)), shared(to_recon_batch(batch)))
+    # copies, not one tensor seen three times
+    with torch.no_grad():
+        next(regs[0].parameters()).add_(1.0)
+    assert not torch.equal(next(regs[0].parameters()), next(regs[1].parameters()))
+
 def test_init_iterations_mismatch_is_refused(tmp_path: Path) -> None:
     module = ReconModule({**NETWORK, "init_iterations": 5})
     with pytest.raises(ValueError, match="init_iterations"):

@@ -3,8 +3,10 @@
 Each of ``K`` iterations runs
 
 1. an EM data step ``x_em = em_update(x)`` through the scan's forward model
-   (:func:`pet_dl.recon.em_update`, the same code as MLEM/OSEM), in float32 even under
-   mixed precision; gradients flow through the projector's exact adjoint;
+   (:func:`pet_dl.recon.em_update`, the same code as MLEM/OSEM), or one OSEM pass over
+   ``data_subsets`` view subsets (as many EM updates for the projection cost of one), in
+   float32 even under mixed precision; gradients flow through the projector's exact
+   adjoint;
 2. a CNN regulariser ``x_reg = x + CNN([x / s, dose])`` (MONAI UNet, dose-conditioned);
 3. the closed-form fusion of the two (maximiser of the EM surrogate plus a quadratic
    penalty ``beta_k / 2 |x - x_reg|^2``)::
@@ -32,6 +34,7 @@ from pet_dl.models.blocks import (
     from_channels,
     to_channels,
 )
+from pet_dl.recon import OrderedSubsets
 
 
 def fbsem_fusion(
@@ -73,6 +76,10 @@ class UnrolledEM(ReconNetwork):
         init_iterations, init_subsets: OSEM of the initial image when the batch has none.
         initial_fusion_weight: starting value of ``softplus^-1(beta_k)``.
         checkpointing: recompute each iteration in the backward pass (saves memory).
+        data_subsets: view subsets of each iteration's data step: 1 is one MLEM update
+            (FBSEM), ``S > 1`` one OSEM pass of ``S`` updates (faster data fidelity for
+            the same projections). The parameters do not depend on it, so a network can
+            be fine-tuned with another value.
         norm: normalisation layers of the UNet (MONAI name: ``"instance"``, ``"batch"``,
             or ``None`` for none). Instance norm removes each feature map's mean (the
             constant dose channel reaches the UNet through its residual shortcuts), but
@@ -93,11 +100,15 @@ class UnrolledEM(ReconNetwork):
         initial_fusion_weight: float = 0.0,
         checkpointing: bool = False,
         norm: str | None = "instance",
+        data_subsets: int = 1,
     ) -> None:
         super().__init__(spatial_dims, init_iterations, init_subsets, checkpointing)
         if num_iterations < 1:
             raise ValueError(f"num_iterations must be >= 1, got {num_iterations}")
+        if data_subsets < 1:
+            raise ValueError(f"data_subsets must be >= 1, got {data_subsets}")
         self.num_iterations = num_iterations
+        self.data_subsets = data_subsets
         num_nets = 1 if share_weights else num_iterations
         self.regularisers = nn.ModuleList(
             PaddedUNet(spatial_dims, 2, 1, channels, strides, num_res_units, norm=norm)
@@ -110,19 +121,14 @@ class UnrolledEM(ReconNetwork):
         self,
         k: int,
         u: torch.Tensor,
-        prompts: torch.Tensor,
+        subsets: OrderedSubsets,
         sens: torch.Tensor,
         scale: torch.Tensor,
         dose: torch.Tensor,
-        model: nn.Module,
     ) -> torch.Tensor:
         """One unrolled iteration on the normalised image ``u = x / scale`` (B, nx, ny, nz)."""
-        from pet_dl.recon import em_update
-
         with torch.autocast(device_type=u.device.type, enabled=False):
-            u32 = u.float()
-            x_em = em_update(u32 * scale, model, prompts, sens)
-            u_em = x_em / scale
+            u_em = subsets.osem_pass(u.float() * scale) / scale
         net = self.regularisers[k % len(self.regularisers)]
         feats = to_channels(u, self.spatial_dims)
         inp = torch.cat([feats, dose_channel(dose, feats)], dim=1)
@@ -136,13 +142,15 @@ class UnrolledEM(ReconNetwork):
     def forward(self, batch: ReconBatch) -> torch.Tensor:
         """Reconstruct ``batch``: returns ``(B, nx, ny, nz)`` in Bq/mL."""
         model, prompts, sens, x0, scale = self.start(batch)
+        with torch.autocast(device_type=prompts.device.type, enabled=False):
+            subsets = OrderedSubsets.of_scan(model, prompts, self.data_subsets)
         u = x0 / scale
         for k in range(self.num_iterations):
             if self.checkpointing and torch.is_grad_enabled():
                 u = checkpoint(
-                    self._iteration, k, u, prompts, sens, scale, batch.dose_fraction, model,
+                    self._iteration, k, u, subsets, sens, scale, batch.dose_fraction,
                     use_reentrant=False,
                 )
             else:
-                u = self._iteration(k, u, prompts, sens, scale, batch.dose_fraction, model)
+                u = self._iteration(k, u, subsets, sens, scale, batch.dose_fraction)
         return u * scale

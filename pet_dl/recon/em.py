@@ -12,6 +12,7 @@ is in Bq/mL with no rescaling.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -201,29 +202,66 @@ def osem(
     """
     _check_iterations(num_iterations, num_subsets)
     _check_data(y)
-    subset_models, subset_sens = subset_models_and_sensitivities(model, num_subsets)
-    subset_data = (
-        [y]
-        if num_subsets == 1
-        else [model.subset_data(y, k, num_subsets) for k in range(num_subsets)]
-    )
-    total_sens = _total_sensitivity(subset_sens)
-    x = _initial(x0, model, y, total_sens)
-    # Voxels that one subset does not see (but others do) keep their value in that step.
-    unseen = [(s <= 0) & (total_sens > 0) for s in subset_sens]
-    unseen = [u if bool(u.any()) else None for u in unseen]
+    subsets = OrderedSubsets.of_scan(model, y, num_subsets)
+    x = _initial(x0, model, y, subsets.total_sensitivity)
     with tqdm(
         total=num_iterations * num_subsets, desc="OSEM" if num_subsets > 1 else "MLEM",
         unit="update", disable=not progress, leave=False,
     ) as bar:
         for iteration in range(1, num_iterations + 1):
-            for sub_model, sub_y, sens, keep in zip(subset_models, subset_data, subset_sens, unseen):
-                x_new = em_update(x, sub_model, sub_y, sens)
-                x = x_new if keep is None else torch.where(keep, x, x_new)
-                bar.update(1)
+            x = subsets.osem_pass(x, on_update=lambda: bar.update(1))
             if callback is not None:
                 callback(iteration, x)
     return x
+
+
+@dataclass(frozen=True)
+class OrderedSubsets:
+    """A scan split into interleaved view subsets, ready for OSEM passes.
+
+    Built once per scan (:meth:`of_scan`) and used by :func:`osem` and by the unrolled
+    networks' data steps (``pet_dl.models.UnrolledEM(data_subsets=...)``).
+
+    Attributes:
+        models: the ``S`` subset forward models.
+        data: measured counts of each subset ``(*batch, *subset sino)``.
+        sensitivities: each subset's sensitivity ``(nx, ny, nz)`` or ``(B, nx, ny, nz)``,
+            counts per Bq/mL (detached).
+        total_sensitivity: their sum (the full model's sensitivity).
+        keep: per subset, the voxels it does not see but others do (they keep their value
+            in that subset's update), or ``None`` when there are none.
+    """
+
+    models: list[PETForwardModel]
+    data: list[torch.Tensor]
+    sensitivities: list[torch.Tensor]
+    total_sensitivity: torch.Tensor
+    keep: list[torch.Tensor | None]
+
+    @classmethod
+    def of_scan(cls, model: PETForwardModel, y: torch.Tensor, num_subsets: int) -> OrderedSubsets:
+        """Split ``model`` and its counts ``y (*batch, *sino)`` into ``num_subsets`` view subsets."""
+        models, sens = subset_models_and_sensitivities(model, num_subsets)
+        data = [y] if num_subsets == 1 else [model.subset_data(y, k, num_subsets) for k in range(num_subsets)]
+        total = _total_sensitivity(sens)
+        keep = [(s <= 0) & (total > 0) for s in sens]
+        return cls(models, data, sens, total, [k if bool(k.any()) else None for k in keep])
+
+    def osem_pass(
+        self, x: torch.Tensor, on_update: Callable[[], object] | None = None
+    ) -> torch.Tensor:
+        """One OSEM iteration: an EM update (:func:`em_update`) per subset, in order.
+
+        Differentiable with respect to ``x`` (``(*batch, nx, ny, nz)`` Bq/mL, non-negative);
+        returns the updated image, same shape and units. ``on_update`` is called after each
+        subset's update (progress bars).
+        """
+        for sub_model, sub_y, sens, keep in zip(self.models, self.data, self.sensitivities, self.keep):
+            x_new = em_update(x, sub_model, sub_y, sens)
+            x = x_new if keep is None else torch.where(keep, x, x_new)
+            if on_update is not None:
+                on_update()
+        return x
 
 
 def subset_models_and_sensitivities(

@@ -26,14 +26,7 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
-from pet_dl.recon.em import (
-    _check_data,
-    _check_iterations,
-    _initial,
-    _total_sensitivity,
-    em_ratio,
-    subset_models_and_sensitivities,
-)
+from pet_dl.recon.em import OrderedSubsets, _check_data, _check_iterations, _initial, em_ratio
 from pet_dl.recon.rdp import rdp_gradient_and_curvature
 
 if TYPE_CHECKING:
@@ -89,9 +82,8 @@ def map_rdp(
         raise ValueError(f"gamma must be >= 0, got {gamma}")
     _check_iterations(num_iterations, num_subsets)
     _check_data(y)
-    models, sens = subset_models_and_sensitivities(model, num_subsets)
-    data = [y] if num_subsets == 1 else [model.subset_data(y, k, num_subsets) for k in range(num_subsets)]
-    total_sens = _total_sensitivity(sens)
+    subsets = OrderedSubsets.of_scan(model, y, num_subsets)
+    total_sens = subsets.total_sensitivity
     x = _initial(x0, model, y, total_sens)
     if eps is None:
         eps = 1e-3 * float(x.mean()) if float(x.mean()) > 0 else 1e-6
@@ -103,7 +95,7 @@ def map_rdp(
         disable=not progress, leave=False,
     ) as bar:
         for _ in range(num_iterations):
-            for sub_model, sub_y, s in zip(models, data, sens):
+            for sub_model, sub_y, s in zip(subsets.models, subsets.data, subsets.sensitivities):
                 c = x * sub_model.adjoint(em_ratio(sub_y, sub_model(x)))  # = s * x_EM
                 if beta_sub > 0:
                     g, h = rdp_gradient_and_curvature(x, gamma, eps, voxel_size_mm)

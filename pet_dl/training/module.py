@@ -36,7 +36,9 @@ class ReconModule(pl.LightningModule):
         init_weights: start from the weights of a pet_dl ``.safetensors`` checkpoint of
             the same network (fine-tuning, e.g. the shipped model on a site's data), or,
             for an unrolled network, of a trained ``post_unet`` with the same UNet (each
-            regulariser starts as that denoiser); ``None``: random initialisation.
+            regulariser starts as that denoiser), or of an unrolled network with one shared
+            regulariser when this one has one per iteration (each starts as the shared
+            one); ``None``: random initialisation.
     """
 
     def __init__(
@@ -81,7 +83,14 @@ class ReconModule(pl.LightningModule):
             for reg in self.net.regularisers:
                 self._load_state(reg, loaded.model.net.state_dict(), path, loaded.config)
             return
-        self._load_state(self.net, loaded.model.state_dict(), path, loaded.config)
+        state = loaded.model.state_dict()
+        if (
+            isinstance(loaded.model, UnrolledEM) and isinstance(self.net, UnrolledEM)
+            and len(loaded.model.regularisers) == 1 and len(self.net.regularisers) > 1
+        ):
+            # shared -> one regulariser per iteration: each starts as the shared one
+            state = _unshare_regulariser(state, len(self.net.regularisers))
+        self._load_state(self.net, state, path, loaded.config)
 
     @staticmethod
     def _load_state(module: torch.nn.Module, state: dict[str, Any], path: str, config: dict[str, Any]) -> None:
@@ -202,3 +211,16 @@ def _lesion_mean_bias(
     if total <= 0:
         return None
     return ((pred * m).sum() / total - 1.0).float()
+
+
+def _unshare_regulariser(state: dict[str, torch.Tensor], copies: int) -> dict[str, torch.Tensor]:
+    """An UnrolledEM state dict with ``regularisers.0.*`` copied to ``regularisers.0..copies-1``."""
+    out: dict[str, torch.Tensor] = {}
+    prefix = "regularisers.0."
+    for key, value in state.items():
+        if key.startswith(prefix):
+            for k in range(copies):
+                out[f"regularisers.{k}.{key[len(prefix):]}"] = value.clone()
+        else:
+            out[key] = value
+    return out
