@@ -29,10 +29,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 # the shipped model's architecture (pet_dl/assets/pet_dl_2d.safetensors: 3 unrolled
-# iterations, UNet 32-64-128, 4 x 7 OSEM start), untrained, on the scan's own grid
+# iterations, a UNet 32-64-128 each, 4 x 7 OSEM start), untrained, on the scan's own grid
 CONFIG_2D = {
     "name": "unrolled_em", "spatial_dims": 2, "num_iterations": 3, "channels": [32, 64, 128],
     "strides": [2, 2], "num_res_units": 2, "init_iterations": 4, "init_subsets": 7,
+    "share_weights": False,
 }
 CONFIG_3D = {
     "name": "unrolled_em",

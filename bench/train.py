@@ -50,7 +50,9 @@ def make_batch(case: str, batch_size: int, device: torch.device, generator: torc
 
 # the models a --models name stands for ("unrolled_em" = the shipped architecture)
 VARIANTS = {
-    "unrolled_em": dict(name="unrolled_em", num_iterations=3, channels=[32, 64, 128], strides=[2, 2], num_res_units=2),
+    "unrolled_em": dict(name="unrolled_em", num_iterations=3, channels=[32, 64, 128], strides=[2, 2], num_res_units=2,
+                        share_weights=False),
+    "unrolled_em_v6": dict(name="unrolled_em", num_iterations=3, channels=[32, 64, 128], strides=[2, 2], num_res_units=2),
     "unrolled_em_v3": dict(name="unrolled_em", num_iterations=6, channels=[16, 32, 64], strides=[2, 2], num_res_units=1),
     "post_unet": dict(name="post_unet", channels=[32, 64, 128], strides=[2, 2], num_res_units=2),
     "learned_primal_dual": dict(name="learned_primal_dual", num_iterations=6, width=16, depth=3),
@@ -99,7 +101,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--cases", nargs="+", default=["2d", "3d"], choices=list(CASES))
     p.add_argument("--models", nargs="+", default=["unrolled_em"], choices=list(VARIANTS),
-                   help="unrolled_em = the shipped architecture (3 iterations, UNet 32-64-128); "
+                   help="unrolled_em = the shipped architecture (3 iterations, a UNet 32-64-128 each); "
                    "unrolled_em_v3 = the previous one (6 iterations, UNet 16-32-64)")
     p.add_argument("--single", nargs=3, metavar=("CASE", "MODEL", "CKPT"), help=argparse.SUPPRESS)
     args = p.parse_args()
