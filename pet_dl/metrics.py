@@ -244,6 +244,56 @@ def local_mean(image: torch.Tensor, radius_mm: float, voxel_size_mm: Sequence[fl
     return (total / count)[0, 0]
 
 
+
+def hot_spots(
+    image: torch.Tensor,
+    reference: torch.Tensor,
+    voxel_size_mm: Sequence[float],
+    exclude: torch.Tensor | None = None,
+    radius_mm: float = 4.0,
+    threshold: float = 0.5,
+    min_reference: float = 0.1,
+) -> torch.Tensor:
+    """Lesion-like hot spots of ``image`` that ``reference`` does not have (false positives).
+
+    The relative excess ``e = local_mean(image) / local_mean(reference) - 1`` is taken over
+    balls of ``radius_mm`` (4 mm: the smallest lesion that ``evaluate`` counts, 8 mm); a hot
+    spot is a local maximum of ``e`` (over the 3 x 3 (x 3) neighbourhood) with
+    ``e > threshold``, outside ``exclude`` and where ``local_mean(reference)`` is at least
+    ``min_reference`` of its maximum (inside the object). For false positives, pass as
+    ``reference`` the true activity blurred by the scanner's resolution and as ``exclude``
+    the true lesions, dilated.
+
+    Args:
+        image: ``(nx, ny, nz)`` activity.
+        reference: ``(nx, ny, nz)``, same units.
+        voxel_size_mm: voxel size, mm.
+        exclude: ``(nx, ny, nz)`` bool or labels (non-zero: not counted), or None.
+        radius_mm: averaging ball radius, mm.
+        threshold: relative excess that counts (0.5 = 50 % above the reference).
+        min_reference: fraction of the reference's maximum local mean below which voxels
+            are not counted.
+
+    Returns:
+        ``(nx, ny, nz)`` bool, True at each hot spot (``.sum()`` counts them).
+    """
+    if image.shape != reference.shape or image.dim() != 3:
+        raise ValueError(
+            f"image and reference must be (nx, ny, nz) of one shape, got {tuple(image.shape)} "
+            f"and {tuple(reference.shape)}"
+        )
+    ref = local_mean(reference, radius_mm, voxel_size_mm)
+    inside = ref >= min_reference * float(ref.max())
+    excess = torch.where(inside, local_mean(image, radius_mm, voxel_size_mm) / ref.clamp_min(1e-30) - 1.0,
+                         torch.zeros_like(ref))
+    depth = 3 if excess.shape[2] >= 3 else 1
+    pooled = F.max_pool3d(excess[None, None], (3, 3, depth), stride=1, padding=(1, 1, depth // 2))[0, 0]
+    peaks = (excess >= pooled) & (excess > threshold) & inside
+    if exclude is not None:
+        peaks &= exclude.to(peaks.device) == 0
+    return peaks
+
+
 @dataclass(frozen=True)
 class LesionBias:
     """Lesion uptake in an image and in the reference, and the relative biases.

@@ -10,6 +10,7 @@ import torch
 from pet_dl.metrics import (
     PEAK_SPHERE_RADIUS_MM,
     _ball_kernel,
+    hot_spots,
     lesion_bias,
     nema_image_quality,
     nrmse,
@@ -187,3 +188,27 @@ def test_nema_metrics_on_the_iec_phantom_truth(generator: torch.Generator) -> No
     assert results[-1].contrast_recovery == pytest.approx(1.0, abs=0.05)
     assert all(0.7 < r.contrast_recovery <= 1.01 for r in results)
     assert all(r.background_variability < 1e-3 for r in results)
+
+
+def test_hot_spots_count_planted_blobs_outside_the_excluded_region() -> None:
+    """3 x 3-voxel squares (= the 4 mm ball on 2.6 mm voxels) 100 % above a uniform
+    reference are found once each, one inside ``exclude`` is not; 40 % is below the 50 %
+    threshold; the reference itself and a smooth scaling by 1.3 have none."""
+    voxel = (2.6, 2.6, 2.6)
+    reference = torch.zeros(40, 40, 1)
+    reference[4:36, 4:36] = 10.0
+    image = reference.clone()
+    for x, y in ((10, 10), (10, 28), (28, 10)):
+        image[x - 1 : x + 2, y - 1 : y + 2] *= 2.0
+    image[27:30, 27:30] *= 1.4  # too weak
+    exclude = torch.zeros(40, 40, 1, dtype=torch.int64)
+    exclude[26:31, 7:14] = 1  # covers the blob at (28, 10)
+    found = hot_spots(image, reference, voxel, exclude)
+    assert found.sum() == 2
+    assert bool(found[10, 10, 0]) and bool(found[10, 28, 0])
+    assert hot_spots(image, reference, voxel).sum() == 3
+    assert hot_spots(image, reference, voxel, threshold=0.3).sum() == 4
+    assert hot_spots(reference, reference, voxel).sum() == 0
+    assert hot_spots(1.3 * reference, reference, voxel).sum() == 0
+    with pytest.raises(ValueError, match="one shape"):
+        hot_spots(image[:, :20], reference, voxel)

@@ -60,7 +60,7 @@ def test_network_beats_osem_at_the_same_low_dose_on_every_phantom(scored: dict) 
 
 def test_lesion_uptake_is_kept_at_low_dose(scored: dict) -> None:
     """Lesions >= 8 mm: SUVmean within 12 % on average at factors 4 and 20 (the whole test
-    set: -6.6 % and -7.8 %; the model shipped before v5, v3: -25 %)."""
+    set: -7.3 % and -9.7 % for v7; the model shipped before v5, v3: -25 %)."""
     for f in (4.0, 20.0):
         biases = scored[("lesions", f)]
         assert len(biases) == 8
