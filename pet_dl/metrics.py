@@ -244,7 +244,6 @@ def local_mean(image: torch.Tensor, radius_mm: float, voxel_size_mm: Sequence[fl
     return (total / count)[0, 0]
 
 
-
 def hot_spots(
     image: torch.Tensor,
     reference: torch.Tensor,
