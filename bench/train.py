@@ -50,13 +50,12 @@ def make_batch(case: str, batch_size: int, device: torch.device, generator: torc
 
 # the models a --models name stands for ("unrolled_em" = the shipped architecture)
 VARIANTS = {
-    "unrolled_em": dict(name="unrolled_em", num_iterations=3, channels=[32, 64, 128], strides=[2, 2], num_res_units=2,
-                        share_weights=False),
     "unrolled_em_v6": dict(name="unrolled_em", num_iterations=3, channels=[32, 64, 128], strides=[2, 2], num_res_units=2),
     "unrolled_em_v3": dict(name="unrolled_em", num_iterations=6, channels=[16, 32, 64], strides=[2, 2], num_res_units=1),
     "post_unet": dict(name="post_unet", channels=[32, 64, 128], strides=[2, 2], num_res_units=2),
     "learned_primal_dual": dict(name="learned_primal_dual", num_iterations=6, width=16, depth=3),
 }
+VARIANTS["unrolled_em"] = {**VARIANTS["unrolled_em_v6"], "share_weights": False}  # v7: a UNet per iteration
 
 
 def network(case: str, name: str, checkpointing: bool) -> dict:

@@ -18,6 +18,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
+from validation_scores import OSEM_CHOSEN  # noqa: E402  (scripts/, on sys.path when run)
 
 from pet_dl.datasets import load_recipe, psf_of_recipe, split_seeds  # noqa: E402
 from pet_dl.evaluate.data import simulate_eval_set  # noqa: E402
@@ -28,8 +29,7 @@ from pet_dl.metrics import hot_spots  # noqa: E402
 from pet_dl.recon.filters import gaussian_postfilter  # noqa: E402
 from pet_dl.training.losses import dilate_mask  # noqa: E402
 
-# OSEM (iterations x 7 subsets, post-filter FWHM mm) chosen on validation, docs/results.md
-OSEM_CHOSEN = {1.0: (15, 2.0), 20.0: (4, 4.0)}
+FACTORS = (1.0, 20.0)
 
 
 def main() -> None:
@@ -42,7 +42,7 @@ def main() -> None:
     args = parser.parse_args()
     recipe = load_recipe(args.recipe)
     seeds = list(split_seeds(recipe, "test"))[: args.phantoms]
-    ev = simulate_eval_set(recipe, seeds, args.realisations, list(OSEM_CHOSEN))
+    ev = simulate_eval_set(recipe, seeds, args.realisations, list(FACTORS))
     reference = GaussianResolution(ev.image, psf_of_recipe(recipe))(ev.target)
     exclude = dilate_mask(ev.lesion_mask, 2, 2)
     voxel = ev.image.voxel_size_mm
@@ -51,7 +51,8 @@ def main() -> None:
     print(f"{len(seeds)} test phantoms x {args.realisations} realisations; hot spot = 4 mm-ball "
           f"mean > {100 * args.threshold:.0f} % above the PSF-blurred truth, lesions excluded\n")
     print("| factor | method | hot spots per image | images with any |\n|---|---|---:|---:|")
-    for factor, (iterations, fwhm) in OSEM_CHOSEN.items():
+    for factor in FACTORS:
+        iterations, fwhm = OSEM_CHOSEN[factor]
         batch = ev.batch(factor)
         images = {"OSEM": gaussian_postfilter(osem_trajectory(batch, iterations, 7)[-1], ev.image, fwhm)}
         for name, path in nets.items():

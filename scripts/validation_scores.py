@@ -1,0 +1,73 @@
+"""Validation scores that chose the shipped model (docs/results.md, "Experiments").
+
+    python scripts/validation_scores.py [CHECKPOINT ...] [--first 100000 --phantoms 32]
+        [--data-subsets 1 2 3 7] [--osem]
+
+For each checkpoint (default: the shipped model) prints, per dose factor, the mean NRMSE
+and the SUVmean / SUVmax bias of the lesions >= 8 mm pooled over the phantoms (%), on
+phantoms simulated from ``data/brain2d.yaml`` with seeds ``first .. first + phantoms - 1``
+(default: the 8 validation seeds and 24 more of no split), one noise realisation.
+``--data-subsets`` rescores each network with those ``UnrolledEM.data_subsets`` (not
+retrained); ``--osem`` adds OSEM with the parameters chosen on validation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+
+from pet_dl.datasets import load_recipe  # noqa: E402
+from pet_dl.evaluate.data import simulate_eval_set  # noqa: E402
+from pet_dl.evaluate.methods import network_reconstruction, osem_trajectory  # noqa: E402
+from pet_dl.evaluate.scoring import case_metrics  # noqa: E402
+from pet_dl.inference import load_model  # noqa: E402
+from pet_dl.recon.filters import gaussian_postfilter  # noqa: E402
+
+FACTORS = [1.0, 4.0, 10.0, 20.0, 50.0, 100.0]
+# OSEM (iterations x 7 subsets, post-filter FWHM mm) chosen on validation, docs/results.md
+OSEM_CHOSEN = {1.0: (15, 2.0), 4.0: (10, 4.0), 10.0: (6, 4.0), 20.0: (4, 4.0), 50.0: (4, 6.0), 100.0: (2, 6.0)}
+
+
+def summary(rows: list[dict]) -> str:
+    """``NRMSE / SUVmean / SUVmax`` (%, lesions >= 8 mm pooled over the cases)."""
+    nrmse = sum(r["nrmse"] for r in rows) / len(rows)
+    means = [b for r in rows for b in r["suvmean_bias_ge8"]]
+    maxes = [b for r in rows for b in r["suvmax_bias_ge8"]]
+    lesions = f"{100 * sum(means) / len(means):+.1f} / {100 * sum(maxes) / len(maxes):+.1f}" if means else "- / -"
+    return f"{100 * nrmse:.1f} / {lesions}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoints", nargs="*", default=[None], help="model files (default: shipped)")
+    parser.add_argument("--recipe", default="data/brain2d.yaml")
+    parser.add_argument("--first", type=int, default=100000, help="first phantom seed")
+    parser.add_argument("--phantoms", type=int, default=32)
+    parser.add_argument("--data-subsets", type=int, nargs="+", default=None)
+    parser.add_argument("--osem", action="store_true", help="also score OSEM (chosen parameters)")
+    args = parser.parse_args()
+    ev = simulate_eval_set(load_recipe(args.recipe), list(range(args.first, args.first + args.phantoms)), 1, FACTORS)
+    print("NRMSE / SUVmean / SUVmax bias of lesions >= 8 mm (%), per dose factor")
+    if args.osem:
+        cells = []
+        for f in FACTORS:
+            iterations, fwhm = OSEM_CHOSEN[f]
+            x = gaussian_postfilter(osem_trajectory(ev.batch(f), iterations, 7)[-1], ev.image, fwhm)
+            cells.append(f"f{f:g}: {summary(case_metrics(x, ev))}")
+        print("OSEM (chosen)", " | ".join(cells), flush=True)
+    for path in args.checkpoints:
+        for subsets in args.data_subsets or [None]:
+            net = load_model(path, torch.device("cpu")).model.eval()
+            if subsets is not None:
+                net.data_subsets = subsets
+            cells = [f"f{f:g}: {summary(case_metrics(network_reconstruction(net, ev.batch(f)), ev))}" for f in FACTORS]
+            label = (path or "shipped") + ("" if subsets is None else f" (data_subsets {subsets})")
+            print(label, " | ".join(cells), flush=True)
+
+
+if __name__ == "__main__":
+    main()
