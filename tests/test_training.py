@@ -313,7 +313,7 @@ def test_dilate_mask_grows_by_the_radius() -> None:
         dilate_mask(mask, -1, spatial_dims=2)
 
 
-@pytest.mark.parametrize("loss", ["l1", "mse"])
+@pytest.mark.parametrize("loss", ["l1", "mse", "smooth_l1"])
 def test_lesion_weight_scales_the_loss_of_lesion_voxels_only(loss: str, generator: torch.Generator) -> None:
     from pet_dl.training.losses import dilate_mask
 
@@ -346,6 +346,26 @@ def test_lesion_loss_l1_matches_a_hand_count() -> None:
     module = ReconModule(NETWORK, lesion_weight=4.0, lesion_dilation=1)
     loss = float(module.compute_loss(target + 1.0, target, mask))
     assert loss == pytest.approx(1.0 + 4.0 * 9 / 36, rel=1e-6)
+
+
+def test_smooth_l1_is_quadratic_below_beta_and_linear_above() -> None:
+    """Target mean 1 (so normalised = raw units); half the voxels off by 0.1, half by 2."""
+    target = torch.ones(1, 4, 4, 1)
+    pred = target.clone()
+    pred[0, :2] += 0.1
+    pred[0, 2:] -= 2.0
+    beta = 0.5
+    module = ReconModule(NETWORK, loss="smooth_l1", smooth_l1_beta=beta)
+    expected = 0.5 * (0.1**2 / (2 * beta)) + 0.5 * (2.0 - beta / 2)
+    assert float(module.compute_loss(pred, target)) == pytest.approx(expected, rel=1e-6)
+    # far below beta it is MSE / (2 beta); far above, L1 less a constant
+    small = target + 1e-2
+    assert float(module.compute_loss(small, target)) == pytest.approx(1e-4 / (2 * beta), rel=1e-4)
+    l1 = ReconModule(NETWORK, loss="l1")
+    big = target + 5.0
+    assert float(module.compute_loss(big, target)) == pytest.approx(float(l1.compute_loss(big, target)) - beta / 2)
+    with pytest.raises(ValueError, match="smooth_l1_beta"):
+        ReconModule(NETWORK, loss="smooth_l1", smooth_l1_beta=0.0)
 
 
 def test_lesion_weight_needs_a_mask_and_a_valid_value() -> None:

@@ -4,6 +4,12 @@ A whole-image L1 is dominated by background voxels (lesions are well under 1 % o
 slice), so a network trained on it can smooth lesions away and still score well. Here
 each voxel's error is weighted by ``1 + lesion_weight`` inside the lesion mask dilated by
 ``dilation`` voxels (the rim holds the partial-volume spill-out) and by 1 elsewhere.
+
+The per-voxel error is L1, MSE, or smooth L1 (Huber divided by its threshold ``beta``):
+``e^2 / (2 beta)`` for ``|e| < beta`` and ``|e| - beta / 2`` above. With ``beta`` near the
+noise level, background noise is penalised as by MSE (which averages it away and lowers
+NRMSE) while the large errors of a missed lesion are penalised as by L1 (whose optimum,
+the median, does not shrink a likely lesion towards the background as MSE's mean does).
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-ERRORS = ("l1", "mse")
+ERRORS = ("l1", "mse", "smooth_l1")
 
 
 def dilate_mask(mask: torch.Tensor, dilation: int, spatial_dims: int) -> torch.Tensor:
@@ -66,23 +72,36 @@ def lesion_weights(
 
 
 def weighted_error(
-    pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None, kind: str = "l1"
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    weights: torch.Tensor | None,
+    kind: str = "l1",
+    beta: float = 1.0,
 ) -> torch.Tensor:
-    """Mean over all voxels of ``weights * |pred - target|`` (``"l1"``) or ``* (...)^2``.
+    """Mean over all voxels of ``weights * err(pred - target)``.
 
     Args:
         pred, target: ``(B, nx, ny, nz)``, same units (e.g. normalised by the target mean).
         weights: ``(B, nx, ny, nz)`` or ``None`` (all 1: plain L1 / MSE).
-        kind: ``"l1"`` or ``"mse"``.
+        kind: ``"l1"`` (``|e|``), ``"mse"`` (``e^2``) or ``"smooth_l1"`` (``e^2 / (2 beta)``
+            below ``beta``, ``|e| - beta / 2`` above; :func:`torch.nn.functional.smooth_l1_loss`).
+        beta: the smooth L1 threshold, in the units of ``pred`` (> 0; unused otherwise).
 
     Returns:
-        scalar, in the units of ``pred`` (L1) or their square (MSE).
+        scalar, in the units of ``pred`` (L1, smooth L1) or their square (MSE).
     """
     if kind not in ERRORS:
         raise ValueError(f"loss must be one of {ERRORS}, got {kind!r}")
     if pred.shape != target.shape:
         raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
-    err = (pred - target).abs() if kind == "l1" else (pred - target) ** 2
+    if kind == "smooth_l1":
+        if not beta > 0:
+            raise ValueError(f"the smooth L1 threshold beta must be > 0, got {beta}")
+        err = F.smooth_l1_loss(pred, target, reduction="none", beta=float(beta))
+    elif kind == "l1":
+        err = (pred - target).abs()
+    else:
+        err = (pred - target) ** 2
     if weights is None:
         return err.mean()
     if weights.shape != err.shape:

@@ -24,7 +24,10 @@ class ReconModule(pl.LightningModule):
 
     Args:
         network: model config, e.g. ``{"name": "unrolled_em", "spatial_dims": 2}``.
-        loss: ``"l1"`` or ``"mse"``.
+        loss: ``"l1"``, ``"mse"`` or ``"smooth_l1"`` (:func:`pet_dl.training.losses.weighted_error`).
+        smooth_l1_beta: the smooth L1 threshold on images divided by the target mean
+            (dimensionless; about the noise level of the output: quadratic below, linear
+            above).
         ssim_weight: weight of ``1 - SSIM`` added to the loss (0: off).
         lesion_weight: extra weight of a lesion voxel in the L1 / MSE term (0: off).
         lesion_dilation: lesion mask dilation radius for that weight, voxels.
@@ -45,6 +48,7 @@ class ReconModule(pl.LightningModule):
         self,
         network: dict[str, Any],
         loss: str = "l1",
+        smooth_l1_beta: float = 0.3,
         ssim_weight: float = 0.0,
         lesion_weight: float = 0.0,
         lesion_dilation: int = 1,
@@ -57,6 +61,8 @@ class ReconModule(pl.LightningModule):
         super().__init__()
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        if not smooth_l1_beta > 0:
+            raise ValueError(f"smooth_l1_beta must be > 0, got {smooth_l1_beta}")
         if ssim_weight < 0:
             raise ValueError(f"ssim_weight must be >= 0, got {ssim_weight}")
         if lesion_weight < 0:
@@ -140,7 +146,7 @@ class ReconModule(pl.LightningModule):
             weights = lesion_weights(
                 lesion_mask.to(p.device), hp.lesion_weight, hp.lesion_dilation, self.net.spatial_dims
             )
-        loss = weighted_error(p, t, weights, hp.loss)
+        loss = weighted_error(p, t, weights, hp.loss, hp.smooth_l1_beta)
         if hp.lesion_mean_weight > 0:
             loss = loss + hp.lesion_mean_weight * lesion_mean_error(p, t, lesion_mask.to(p.device))
         if hp.ssim_weight > 0:
