@@ -125,6 +125,63 @@ def test_unrolled_em_unet_norm_option(norm: str | None, generator: torch.Generat
     out = net(batch)
     assert out.shape == (2, 12, 10, 1) and bool(torch.isfinite(out).all())
 
+class _Roll(torch.nn.Module):
+    """Shifts the first spatial axis by one voxel: the simplest orientation-dependent net."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.roll(x, 1, dims=2)
+
+
+def test_flip_average_of_a_shift_is_the_mean_of_both_shifts(generator: torch.Generator) -> None:
+    """Flip, shift by +1, flip back = shift by -1: the ensemble is the symmetric average."""
+    from pet_dl.models.blocks import flip_averaged
+
+    x = torch.rand(2, 1, 7, 5, generator=generator, dtype=torch.float64)
+    out = flip_averaged(_Roll(), x, (0,))
+    assert torch.allclose(out, 0.5 * (torch.roll(x, 1, dims=2) + torch.roll(x, -1, dims=2)), rtol=1e-12)
+    # a flip along the other axis does not touch the shift: the output is the plain shift
+    assert torch.allclose(flip_averaged(_Roll(), x, (1,)), torch.roll(x, 1, dims=2), rtol=1e-12)
+    assert torch.equal(flip_averaged(_Roll(), x, ()), torch.roll(x, 1, dims=2))
+
+
+@pytest.mark.parametrize("spatial_dims, axes", [(2, (0,)), (2, (0, 1)), (3, (0, 2))])
+def test_flip_averaged_unet_is_mirror_equivariant(
+    spatial_dims: int, axes: tuple[int, ...], generator: torch.Generator
+) -> None:
+    """An untrained UNet is not; averaged over the flips it commutes with each of them."""
+    from pet_dl.models.blocks import PaddedUNet
+
+    torch.manual_seed(0)
+    plain = PaddedUNet(spatial_dims, 2, 1, (4, 8), (2,), 1).double()
+    ensembled = PaddedUNet(spatial_dims, 2, 1, (4, 8), (2,), 1, flip_axes=axes).double()
+    ensembled.load_state_dict(plain.state_dict())  # no parameters of its own
+    x = torch.rand(2, 2, *([6] * spatial_dims), generator=generator, dtype=torch.float64)
+    for axis in axes:
+        d = axis + 2
+        assert not torch.allclose(plain(x.flip(d)), plain(x).flip(d), rtol=1e-6)
+        assert torch.allclose(ensembled(x.flip(d)), ensembled(x).flip(d), rtol=1e-10, atol=1e-12)
+    subsets = [()] + [(a + 2,) for a in axes] + ([tuple(a + 2 for a in axes)] if len(axes) == 2 else [])
+    by_hand = sum(plain(x.flip(s)).flip(s) if s else plain(x) for s in subsets) / len(subsets)
+    assert torch.allclose(ensembled(x), by_hand, rtol=1e-10, atol=1e-12)
+
+
+def test_flip_ensemble_option_of_the_models(generator: torch.Generator) -> None:
+    """Same parameters with and without it (a trained network can switch it on); bad axes refused."""
+    cfg = {"name": "unrolled_em", "spatial_dims": 2, **SMALL["unrolled_em"]}
+    plain, flipped = build_model(cfg), build_model({**cfg, "flip_ensemble": [0]})
+    assert plain.state_dict().keys() == flipped.state_dict().keys()
+    flipped.load_state_dict(plain.state_dict())
+    batch = _matrix_batch(generator, (12, 10, 1), (1, 9, 11))
+    a, b = plain(batch), flipped(batch)
+    assert a.shape == b.shape and not torch.allclose(a, b)
+    post = build_model({"name": "post_unet", "spatial_dims": 2, **SMALL["post_unet"], "flip_ensemble": [1]})
+    assert post.net.flip_axes == (1,)
+    with pytest.raises(ValueError, match="flip axes"):
+        build_model({**cfg, "flip_ensemble": [2]})  # no z axis in 2D
+    with pytest.raises(ValueError, match="flip axes"):
+        build_model({**cfg, "flip_ensemble": [0, 0]})
+
+
 @pytest.mark.parametrize("a_sign", ["positive", "negative"])
 def test_fbsem_fusion_is_the_surrogate_maximiser(a_sign: str, generator: torch.Generator) -> None:
     x_em = 0.1 + torch.rand(200, generator=generator, dtype=torch.float64)

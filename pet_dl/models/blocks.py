@@ -70,10 +70,53 @@ def dose_channel(dose_fraction: torch.Tensor, like: torch.Tensor) -> torch.Tenso
     return code.view(shape).expand(like.shape[0], 1, *like.shape[2:])
 
 
+def check_flip_axes(flip_axes: Sequence[int], spatial_dims: int) -> tuple[int, ...]:
+    """Validate spatial axes to flip (0 = x, 1 = y, 2 = z; distinct, < ``spatial_dims``)."""
+    axes = tuple(int(a) for a in flip_axes)
+    if len(set(axes)) != len(axes) or any(not 0 <= a < spatial_dims for a in axes):
+        raise ValueError(
+            f"flip axes must be distinct spatial axes in [0, {spatial_dims - 1}], got {list(flip_axes)}"
+        )
+    return axes
+
+
+def flip_averaged(
+    net: nn.Module, x: torch.Tensor, flip_axes: Sequence[int]
+) -> torch.Tensor:
+    """``net``'s output averaged over the flips of ``x`` along ``flip_axes`` (self-ensemble).
+
+    For every subset ``F`` of ``flip_axes`` the input is flipped along ``F``, passed through
+    ``net`` and flipped back; the ``2^len(flip_axes)`` outputs are averaged. The flipped
+    copies go through ``net`` as one batch (exact for per-sample layers such as instance
+    norm). For a network that should treat mirror images alike (a brain's left and right)
+    this removes the part of its output that depends on orientation, e.g. the half-voxel
+    offsets of strided convolutions and the noise the network copies from one side only.
+
+    Args:
+        net: maps ``(N, C_in, *spatial)`` to ``(N, C_out, *spatial)``.
+        x: ``(B, C_in, *spatial)``.
+        flip_axes: spatial axes (0 = the first spatial dimension); empty: ``net(x)``.
+
+    Returns:
+        ``(B, C_out, *spatial)``.
+    """
+    if not flip_axes:
+        return net(x)
+    subsets: list[tuple[int, ...]] = [()]
+    for axis in flip_axes:
+        subsets += [s + (axis + 2,) for s in subsets]
+    copies = [x.flip(dims) if dims else x for dims in subsets]
+    out = net(torch.cat(copies, dim=0)).chunk(len(subsets), dim=0)
+    total = sum(o.flip(dims) if dims else o for o, dims in zip(out, subsets))
+    return total / len(subsets)
+
+
 class PaddedUNet(nn.Module):
     """MONAI ``UNet`` that accepts any spatial size (pads to a multiple of its stride).
 
-    Input ``(B, in_channels, *spatial)``, output ``(B, out_channels, *spatial)``.
+    Input ``(B, in_channels, *spatial)``, output ``(B, out_channels, *spatial)``. With
+    ``flip_axes`` the output is averaged over the input's flips along those spatial axes
+    (:func:`flip_averaged`; no parameters, ``2^len(flip_axes)`` times the compute).
     """
 
     def __init__(
@@ -85,6 +128,7 @@ class PaddedUNet(nn.Module):
         strides: Sequence[int] = (2, 2),
         num_res_units: int = 1,
         norm: str | None = "instance",
+        flip_axes: Sequence[int] = (),
     ) -> None:
         super().__init__()
         from monai.networks.nets import UNet
@@ -94,6 +138,7 @@ class PaddedUNet(nn.Module):
                 f"UNet needs len(strides) == len(channels) - 1, got {len(strides)} and {len(channels)}"
             )
         self.spatial_dims = check_spatial_dims(spatial_dims)
+        self.flip_axes = check_flip_axes(flip_axes, spatial_dims)
         self.multiple = int(math.prod(strides))
         self.net = UNet(
             spatial_dims=spatial_dims,
@@ -106,6 +151,9 @@ class PaddedUNet(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return flip_averaged(self._padded, x, self.flip_axes)
+
+    def _padded(self, x: torch.Tensor) -> torch.Tensor:
         spatial = x.shape[2:]
         pad: list[int] = []
         for n in reversed(spatial):

@@ -28,6 +28,8 @@ class PostUNet(ReconNetwork):
         init_iterations, init_subsets: OSEM of the initial image when the batch has none.
         checkpointing: accepted for a uniform interface (one network: no per-iteration
             checkpointing; the UNet is checkpointed as a whole when set).
+        flip_ensemble: spatial axes (0 = x, 1 = y, 2 = z) over whose flips the UNet's
+            output is averaged (:func:`pet_dl.models.blocks.flip_averaged`).
     """
 
     def __init__(
@@ -39,9 +41,12 @@ class PostUNet(ReconNetwork):
         init_iterations: int = 10,
         init_subsets: int = 1,
         checkpointing: bool = False,
+        flip_ensemble: tuple[int, ...] = (),
     ) -> None:
         super().__init__(spatial_dims, init_iterations, init_subsets, checkpointing)
-        self.net = PaddedUNet(spatial_dims, 2, 1, channels, strides, num_res_units)
+        self.net = PaddedUNet(
+            spatial_dims, 2, 1, channels, strides, num_res_units, flip_axes=flip_ensemble
+        )
 
     def forward(self, batch: ReconBatch) -> torch.Tensor:
         """Denoise the initial image of ``batch``: returns ``(B, nx, ny, nz)`` in Bq/mL."""

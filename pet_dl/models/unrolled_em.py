@@ -101,6 +101,7 @@ class UnrolledEM(ReconNetwork):
         checkpointing: bool = False,
         norm: str | None = "instance",
         data_subsets: int = 1,
+        flip_ensemble: tuple[int, ...] = (),
     ) -> None:
         super().__init__(spatial_dims, init_iterations, init_subsets, checkpointing)
         if num_iterations < 1:
@@ -111,7 +112,10 @@ class UnrolledEM(ReconNetwork):
         self.data_subsets = data_subsets
         num_nets = 1 if share_weights else num_iterations
         self.regularisers = nn.ModuleList(
-            PaddedUNet(spatial_dims, 2, 1, channels, strides, num_res_units, norm=norm)
+            PaddedUNet(
+                spatial_dims, 2, 1, channels, strides, num_res_units, norm=norm,
+                flip_axes=flip_ensemble,
+            )
             for _ in range(num_nets)
         )
         self.fusion_weight = nn.Parameter(torch.full((num_iterations,), initial_fusion_weight))
