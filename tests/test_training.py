@@ -174,6 +174,36 @@ def test_export_round_trip(tmp_path: Path) -> None:
 
 
 
+def test_export_switches_on_the_flip_ensemble_with_the_same_weights(tmp_path: Path) -> None:
+    """``--flip-ensemble`` on a .safetensors: same tensors and metadata, config changed,
+    output the flip-averaged network's; bad axes are one error line and exit code 2."""
+    from pet_dl.io.checkpoint import load_checkpoint, save_checkpoint
+    from pet_dl.models import build_model
+    from pet_dl.training.export import main as export_main
+
+    torch.manual_seed(0)
+    config = dict(NETWORK)
+    plain = build_model(config)
+    meta = {"image": {"shape": [8, 8, 1]}, "training_command": "fit"}
+    src = save_checkpoint(tmp_path / "plain.safetensors", plain, config, meta)
+    out = tmp_path / "flip.safetensors"
+    assert export_main([str(src), str(out), "--flip-ensemble", "0"]) == 0
+    loaded = load_checkpoint(out)
+    assert loaded.config == {**config, "flip_ensemble": [0]}
+    assert loaded.metadata["image"] == {"shape": [8, 8, 1]}
+    assert loaded.metadata["training_command"].startswith("fit; python -m pet_dl.training.export ")
+    for (name, a), b in zip(plain.state_dict().items(), loaded.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    x = torch.rand(2, 2, 8, 8)
+    reg = plain.regularisers[0]
+    by_hand = 0.5 * (reg(x) + reg(x.flip(2)).flip(2))
+    assert torch.allclose(loaded.model.regularisers[0](x), by_hand, rtol=1e-5, atol=1e-6)
+    assert export_main([str(src), str(tmp_path / "bad.safetensors"), "--flip-ensemble", "2"]) == 2
+    assert not (tmp_path / "bad.safetensors").exists()
+    with pytest.raises(SystemExit):
+        export_main([str(src), str(tmp_path / "x.safetensors")])  # nothing to change
+
+
 def test_unrolled_network_warm_starts_from_a_post_unet(tmp_path: Path) -> None:
     """A trained post_unet initialises every regulariser of an unrolled network with the
     same UNet; a post_unet of another UNet is refused."""

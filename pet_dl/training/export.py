@@ -2,6 +2,8 @@
 
 ``python -m pet_dl.training.export LIGHTNING.ckpt OUT.safetensors`` or the
 :class:`ExportCallback` (``trainer.callbacks`` in a config) at the end of ``fit``.
+``--flip-ensemble AXIS ...`` switches on the parameter-free flip ensemble of the exported
+network (:func:`with_network_options`; the input may then also be a ``.safetensors``).
 
 Besides the geometry, the metadata records ``train_seeds``: the recipe's train phantom
 seed range as :func:`pet_dl.datasets.seeds_to_json` writes it (``{"start", "stop"}``),
@@ -174,6 +176,45 @@ def export_lightning_checkpoint(
     return convert_lightning_checkpoint(ckpt, out, config=config, metadata=meta, prefix="net.")
 
 
+def with_network_options(
+    src: str | Path, out: str | Path, options: Mapping[str, Any], training_command: str = ""
+) -> Path:
+    """Copy a pet_dl ``.safetensors`` checkpoint with network options changed, weights kept.
+
+    For options that no parameter depends on (``flip_ensemble``, ``data_subsets``,
+    ``checkpointing``): the network is rebuilt from the changed config and must accept the
+    same weights exactly, else it is refused.
+
+    Args:
+        src: input checkpoint; out: output file (may be ``src``).
+        options: config entries to set, e.g. ``{"flip_ensemble": [0]}``.
+        training_command: appended to the recorded training command (``"; "``-joined).
+
+    Returns:
+        ``out``.
+
+    Raises:
+        pet_dl.io.checkpoint.CheckpointError: unreadable input, or the options change
+            the parameters.
+        ValueError: an option the network does not take, or a bad value.
+    """
+    from pet_dl.io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+    from pet_dl.models import build_model
+
+    loaded = load_checkpoint(src)
+    config = {**loaded.config, **options}
+    net = build_model(config)
+    try:
+        net.load_state_dict(loaded.model.state_dict())
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise CheckpointError(f"{src}: options {dict(options)} change the network's parameters: {first}") from None
+    meta = dict(loaded.metadata)
+    if training_command:
+        meta["training_command"] = "; ".join(c for c in (meta.get("training_command"), training_command) if c)
+    return save_checkpoint(out, net.eval(), config, meta)
+
+
 class ExportCallback(pl.Callback):
     """Export the network to ``path`` (safetensors) when ``fit`` ends (rank 0 only).
 
@@ -191,20 +232,43 @@ class ExportCallback(pl.Callback):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m pet_dl.training.export CKPT OUT [--train-seeds START STOP]``; prints the path."""
+    """``python -m pet_dl.training.export CKPT OUT [--train-seeds START STOP] [--flip-ensemble AXIS ...]``.
+
+    Prints the path; a bad input is one ``error:`` line and exit code 2.
+    """
+    from pet_dl.errors import PetDLError
+
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("ckpt", help="Lightning checkpoint (.ckpt) of a ReconModule")
+    parser.add_argument("ckpt", help="Lightning checkpoint (.ckpt) of a ReconModule, or a "
+                        "pet_dl .safetensors (with --flip-ensemble only)")
     parser.add_argument("out", help="output .safetensors file")
     parser.add_argument("--training-command", default="", help="recorded in the metadata")
     parser.add_argument(
         "--train-seeds", type=int, nargs=2, default=None, metavar=("START", "STOP"),
         help="training phantom seeds [START, STOP) (default: from the checkpoint's recipe)",
     )
+    parser.add_argument(
+        "--flip-ensemble", type=int, nargs="+", default=None, metavar="AXIS",
+        help="average each UNet's output over flips along these spatial axes (0 = x)",
+    )
     args = parser.parse_args(argv)
     seeds = None if args.train_seeds is None else range(*args.train_seeds)
     if seeds is not None and (seeds.start < 0 or not seeds):
         parser.error(f"--train-seeds needs 0 <= START < STOP, got {args.train_seeds}")
-    print(export_lightning_checkpoint(args.ckpt, args.out, args.training_command, seeds))
+    from_safetensors = args.ckpt.endswith(".safetensors")
+    if from_safetensors and (args.flip_ensemble is None or seeds is not None):
+        parser.error("a .safetensors input takes --flip-ensemble and no --train-seeds")
+    try:
+        out = args.ckpt if from_safetensors else export_lightning_checkpoint(
+            args.ckpt, args.out, args.training_command, seeds
+        )
+        if args.flip_ensemble is not None:
+            command = "python -m pet_dl.training.export " + shlex.join(argv if argv is not None else sys.argv[1:])
+            out = with_network_options(out, args.out, {"flip_ensemble": args.flip_ensemble}, command)
+    except (PetDLError, ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(out)
     return 0
 
 
