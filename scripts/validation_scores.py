@@ -1,14 +1,16 @@
 """Validation scores that chose the shipped model (docs/results.md, "Experiments").
 
     python scripts/validation_scores.py [CHECKPOINT ...] [--first 100000 --phantoms 32]
-        [--data-subsets 1 2 3 7] [--osem]
+        [--data-subsets 1 2 3 7] [--flip-ensemble none 0 1 01] [--osem]
 
 For each checkpoint (default: the shipped model) prints, per dose factor, the mean NRMSE
 and the SUVmean / SUVmax bias of the lesions >= 8 mm pooled over the phantoms (%), on
 phantoms simulated from ``data/brain2d.yaml`` with seeds ``first .. first + phantoms - 1``
 (default: the 8 validation seeds and 24 more of no split), one noise realisation.
 ``--data-subsets`` rescores each network with those ``UnrolledEM.data_subsets`` (not
-retrained); ``--osem`` adds OSEM with the parameters chosen on validation.
+retrained); ``--flip-ensemble`` likewise with each UNet's output averaged over flips along
+those spatial axes (``none``, ``0`` = x, ``1`` = y, ``01`` = both; the network's
+``flip_ensemble``); ``--osem`` adds OSEM with the parameters chosen on validation.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pet_dl.evaluate.data import simulate_eval_set  # noqa: E402
 from pet_dl.evaluate.methods import network_reconstruction, osem_trajectory  # noqa: E402
 from pet_dl.evaluate.scoring import case_metrics  # noqa: E402
 from pet_dl.inference import load_model  # noqa: E402
+from pet_dl.models.blocks import check_flip_axes  # noqa: E402
 from pet_dl.recon.filters import gaussian_postfilter  # noqa: E402
 
 FACTORS = [1.0, 4.0, 10.0, 20.0, 50.0, 100.0]
@@ -48,6 +51,8 @@ def main() -> None:
     parser.add_argument("--first", type=int, default=100000, help="first phantom seed")
     parser.add_argument("--phantoms", type=int, default=32)
     parser.add_argument("--data-subsets", type=int, nargs="+", default=None)
+    parser.add_argument("--flip-ensemble", nargs="+", default=None, metavar="AXES",
+                        help="rescore with these flip axes: none, 0, 1, 01")
     parser.add_argument("--osem", action="store_true", help="also score OSEM (chosen parameters)")
     args = parser.parse_args()
     ev = simulate_eval_set(load_recipe(args.recipe), list(range(args.first, args.first + args.phantoms)), 1, FACTORS)
@@ -61,12 +66,19 @@ def main() -> None:
         print("OSEM (chosen)", " | ".join(cells), flush=True)
     for path in args.checkpoints:
         for subsets in args.data_subsets or [None]:
-            net = load_model(path, torch.device("cpu")).model.eval()
-            if subsets is not None:
-                net.data_subsets = subsets
-            cells = [f"f{f:g}: {summary(case_metrics(network_reconstruction(net, ev.batch(f)), ev))}" for f in FACTORS]
-            label = (path or "shipped") + ("" if subsets is None else f" (data_subsets {subsets})")
-            print(label, " | ".join(cells), flush=True)
+            for flips in args.flip_ensemble or [None]:
+                net = load_model(path, torch.device("cpu")).model.eval()
+                label = path or "shipped"
+                if subsets is not None:
+                    net.data_subsets = subsets
+                    label += f" (data_subsets {subsets})"
+                if flips is not None:
+                    axes = () if flips == "none" else tuple(int(a) for a in flips)
+                    for unet in net.regularisers:
+                        unet.flip_axes = check_flip_axes(axes, net.spatial_dims)
+                    label += f" (flip_ensemble {list(axes)})"
+                cells = [f"f{f:g}: {summary(case_metrics(network_reconstruction(net, ev.batch(f)), ev))}" for f in FACTORS]
+                print(label, " | ".join(cells), flush=True)
 
 
 if __name__ == "__main__":
