@@ -27,7 +27,7 @@ from pet_dl.evaluate.data import simulate_eval_set  # noqa: E402
 from pet_dl.evaluate.methods import network_reconstruction, osem_trajectory  # noqa: E402
 from pet_dl.evaluate.scoring import case_metrics  # noqa: E402
 from pet_dl.inference import load_model  # noqa: E402
-from pet_dl.models.blocks import check_flip_axes  # noqa: E402
+from pet_dl.models.blocks import PaddedUNet, check_flip_axes  # noqa: E402
 from pet_dl.recon.filters import gaussian_postfilter  # noqa: E402
 
 FACTORS = [1.0, 4.0, 10.0, 20.0, 50.0, 100.0]
@@ -74,7 +74,7 @@ def main() -> None:
                     label += f" (data_subsets {subsets})"
                 if flips is not None:
                     axes = () if flips == "none" else tuple(int(a) for a in flips)
-                    for unet in net.regularisers:
+                    for unet in (m for m in net.modules() if isinstance(m, PaddedUNet)):
                         unet.flip_axes = check_flip_axes(axes, net.spatial_dims)
                     label += f" (flip_ensemble {list(axes)})"
                 cells = [f"f{f:g}: {summary(case_metrics(network_reconstruction(net, ev.batch(f)), ev))}" for f in FACTORS]
