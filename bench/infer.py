@@ -29,11 +29,12 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 # the shipped model's architecture (pet_dl/assets/pet_dl_2d.safetensors: 3 unrolled
-# iterations, a UNet 32-64-128 each, 4 x 7 OSEM start), untrained, on the scan's own grid
+# iterations, a UNet 32-64-128 each averaged over left-right flips, 4 x 7 OSEM start),
+# untrained, on the scan's own grid
 CONFIG_2D = {
     "name": "unrolled_em", "spatial_dims": 2, "num_iterations": 3, "channels": [32, 64, 128],
     "strides": [2, 2], "num_res_units": 2, "init_iterations": 4, "init_subsets": 7,
-    "share_weights": False,
+    "share_weights": False, "flip_ensemble": [0],
 }
 CONFIG_3D = {
     "name": "unrolled_em",
@@ -81,11 +82,22 @@ def make_scan(three_d: bool, generator: torch.Generator, device: str = "cpu"):  
     return replace(base, prompts=prompts, additive=additive, calibration=calibration)
 
 
-def make_checkpoint(scan, out: Path, three_d: bool) -> tuple[Path, str]:  # noqa: ANN001
+def make_checkpoint(scan, out: Path, three_d: bool, flips: bool = True) -> tuple[Path, str]:  # noqa: ANN001
+    """The shipped model when its grid fits ``scan``, else an untrained one of its architecture.
+
+    ``flips=False``: the 2D architecture without its flip ensemble (always untrained).
+    """
     from pet_dl.inference import shipped_checkpoint
     from pet_dl.io.checkpoint import CheckpointError, read_checkpoint_header, save_checkpoint
     from pet_dl.models import build_model
 
+    if not flips:
+        config = {k: v for k, v in CONFIG_2D.items() if k != "flip_ensemble"}
+        meta = {"sinogram": scan.sinogram.to_dict(), "image": scan.image.to_dict()}
+        torch.manual_seed(0)
+        return save_checkpoint(out / "noflip.safetensors", build_model(config), config, meta), (
+            "untrained, no flip ensemble"
+        )
     if not three_d:
         try:
             path = shipped_checkpoint()
@@ -238,6 +250,11 @@ def main() -> int:
         if args.serve:
             write_scan(work / "scan.h5", scan)
             serve = bench_serve(work / "scan.h5", ckpt, work, args.repeats)
+        rows = [(kind, latency, serve, rss, gpu)]
+        if not args.three_d:  # side by side: the cost of the left-right flip ensemble
+            plain, plain_kind = make_checkpoint(scan, work, False, flips=False)
+            rows.append((plain_kind, *bench_reconstruct(scan, plain, args.device, args.repeats)[:1],
+                         float("nan"), float("nan"), float("nan")))
     label = "3D mMR span 11" if args.three_d else "2D mMR slice"
     device = (
         torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({os.cpu_count()} threads)"
@@ -247,10 +264,11 @@ def main() -> int:
         "| peak RSS (MB) | peak GPU (MB) |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
-    print(
-        f"| {label} | {kind} | {device} | {tuple(scan.sinogram.shape)} | {scan.image.shape} "
-        f"| {latency:.3f} | {serve:.3f} | {rss:.0f} | {gpu:.0f} |"
-    )
+    for kind, latency, serve, rss, gpu in rows:
+        print(
+            f"| {label} | {kind} | {device} | {tuple(scan.sinogram.shape)} | {scan.image.shape} "
+            f"| {latency:.3f} | {serve:.3f} | {rss:.0f} | {gpu:.0f} |"
+        )
     return 0
 
 

@@ -55,7 +55,8 @@ VARIANTS = {
     "post_unet": dict(name="post_unet", channels=[32, 64, 128], strides=[2, 2], num_res_units=2),
     "learned_primal_dual": dict(name="learned_primal_dual", num_iterations=6, width=16, depth=3),
 }
-VARIANTS["unrolled_em"] = {**VARIANTS["unrolled_em_v6"], "share_weights": False}  # v7: a UNet per iteration
+VARIANTS["unrolled_em_v7"] = {**VARIANTS["unrolled_em_v6"], "share_weights": False}  # a UNet per iteration
+VARIANTS["unrolled_em"] = {**VARIANTS["unrolled_em_v7"], "flip_ensemble": [0]}  # v10: + left-right flip average
 
 
 def network(case: str, name: str, checkpointing: bool) -> dict:
@@ -100,8 +101,9 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--cases", nargs="+", default=["2d", "3d"], choices=list(CASES))
     p.add_argument("--models", nargs="+", default=["unrolled_em"], choices=list(VARIANTS),
-                   help="unrolled_em = the shipped architecture (3 iterations, a UNet 32-64-128 each); "
-                   "unrolled_em_v3 = the previous one (6 iterations, UNet 16-32-64)")
+                   help="unrolled_em = the shipped architecture (3 iterations, a UNet 32-64-128 each, "
+                   "averaged over left-right flips); unrolled_em_v7 = the same without the flips; "
+                   "unrolled_em_v3 = an older one (6 iterations, UNet 16-32-64)")
     p.add_argument("--single", nargs=3, metavar=("CASE", "MODEL", "CKPT"), help=argparse.SUPPRESS)
     args = p.parse_args()
     device = torch.device(args.device)
