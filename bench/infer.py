@@ -82,22 +82,21 @@ def make_scan(three_d: bool, generator: torch.Generator, device: str = "cpu"):  
     return replace(base, prompts=prompts, additive=additive, calibration=calibration)
 
 
-def make_checkpoint(scan, out: Path, three_d: bool, flips: bool = True) -> tuple[Path, str]:  # noqa: ANN001
-    """The shipped model when its grid fits ``scan``, else an untrained one of its architecture.
-
-    ``flips=False``: the 2D architecture without its flip ensemble (always untrained).
-    """
-    from pet_dl.inference import shipped_checkpoint
-    from pet_dl.io.checkpoint import CheckpointError, read_checkpoint_header, save_checkpoint
+def untrained_checkpoint(scan, out: Path, config: dict) -> Path:  # noqa: ANN001
+    """An untrained network of ``config`` on ``scan``'s geometry, saved as ``out``."""
+    from pet_dl.io.checkpoint import save_checkpoint
     from pet_dl.models import build_model
 
-    if not flips:
-        config = {k: v for k, v in CONFIG_2D.items() if k != "flip_ensemble"}
-        meta = {"sinogram": scan.sinogram.to_dict(), "image": scan.image.to_dict()}
-        torch.manual_seed(0)
-        return save_checkpoint(out / "noflip.safetensors", build_model(config), config, meta), (
-            "untrained, no flip ensemble"
-        )
+    torch.manual_seed(0)
+    meta = {"sinogram": scan.sinogram.to_dict(), "image": scan.image.to_dict()}
+    return save_checkpoint(out, build_model(config), config, meta)
+
+
+def make_checkpoint(scan, out: Path, three_d: bool) -> tuple[Path, str]:  # noqa: ANN001
+    """The shipped model when its grid fits ``scan``, else an untrained one of its architecture."""
+    from pet_dl.inference import shipped_checkpoint
+    from pet_dl.io.checkpoint import CheckpointError, read_checkpoint_header
+
     if not three_d:
         try:
             path = shipped_checkpoint()
@@ -106,12 +105,7 @@ def make_checkpoint(scan, out: Path, three_d: bool, flips: bool = True) -> tuple
                 return path, "shipped"
         except CheckpointError:
             pass
-    config = CONFIG_3D if three_d else CONFIG_2D
-    torch.manual_seed(0)
-    meta = {"sinogram": scan.sinogram.to_dict(), "image": scan.image.to_dict()}
-    return save_checkpoint(
-        out / "bench.safetensors", build_model(config), config, meta
-    ), "untrained"
+    return untrained_checkpoint(scan, out / "bench.safetensors", CONFIG_3D if three_d else CONFIG_2D), "untrained"
 
 
 def peak_rss_mb() -> float:
@@ -252,9 +246,11 @@ def main() -> int:
             serve = bench_serve(work / "scan.h5", ckpt, work, args.repeats)
         rows = [(kind, latency, serve, rss, gpu)]
         if not args.three_d:  # side by side: the cost of the left-right flip ensemble
-            plain, plain_kind = make_checkpoint(scan, work, False, flips=False)
-            rows.append((plain_kind, *bench_reconstruct(scan, plain, args.device, args.repeats)[:1],
-                         float("nan"), float("nan"), float("nan")))
+            config = {k: v for k, v in CONFIG_2D.items() if k != "flip_ensemble"}
+            plain = untrained_checkpoint(scan, work / "noflip.safetensors", config)
+            plain_latency = bench_reconstruct(scan, plain, args.device, args.repeats)[0]
+            nan = float("nan")  # the process's peaks are the first row's
+            rows.append(("untrained, no flip ensemble", plain_latency, nan, nan, nan))
     label = "3D mMR span 11" if args.three_d else "2D mMR slice"
     device = (
         torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({os.cpu_count()} threads)"

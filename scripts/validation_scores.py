@@ -27,7 +27,6 @@ from pet_dl.evaluate.data import simulate_eval_set  # noqa: E402
 from pet_dl.evaluate.methods import network_reconstruction, osem_trajectory  # noqa: E402
 from pet_dl.evaluate.scoring import case_metrics  # noqa: E402
 from pet_dl.inference import load_model  # noqa: E402
-from pet_dl.models.blocks import PaddedUNet, check_flip_axes  # noqa: E402
 from pet_dl.recon.filters import gaussian_postfilter  # noqa: E402
 
 FACTORS = [1.0, 4.0, 10.0, 20.0, 50.0, 100.0]
@@ -67,16 +66,13 @@ def main() -> None:
     for path in args.checkpoints:
         for subsets in args.data_subsets or [None]:
             for flips in args.flip_ensemble or [None]:
-                net = load_model(path, torch.device("cpu")).model.eval()
-                label = path or "shipped"
+                options: dict = {}  # rescored with these network options (same weights)
                 if subsets is not None:
-                    net.data_subsets = subsets
-                    label += f" (data_subsets {subsets})"
+                    options["data_subsets"] = subsets
                 if flips is not None:
-                    axes = () if flips == "none" else tuple(int(a) for a in flips)
-                    for unet in (m for m in net.modules() if isinstance(m, PaddedUNet)):
-                        unet.flip_axes = check_flip_axes(axes, net.spatial_dims)
-                    label += f" (flip_ensemble {list(axes)})"
+                    options["flip_ensemble"] = [] if flips == "none" else [int(a) for a in flips]
+                net = load_model(path, torch.device("cpu")).with_network_options(options).model
+                label = (path or "shipped") + "".join(f" ({k} {v})" for k, v in options.items())
                 cells = [f"f{f:g}: {summary(case_metrics(network_reconstruction(net, ev.batch(f)), ev))}" for f in FACTORS]
                 print(label, " | ".join(cells), flush=True)
 

@@ -312,6 +312,14 @@ def test_exported_checkpoints_carry_train_seeds_and_evaluate_refuses_them(
     override = tmp_path / "o.safetensors"  # the command line can name the seeds
     assert export_main([str(tmp_path / "last.ckpt"), str(override), "--train-seeds", "10", "30"]) == 0
     assert load_checkpoint(override).metadata["train_seeds"] == {"start": 10, "stop": 30}
+    flipped = tmp_path / "f.safetensors"  # and switch on the flip ensemble in the same export
+    assert export_main([str(tmp_path / "last.ckpt"), str(flipped), "--flip-ensemble", "0"]) == 0
+    flipped_model = load_checkpoint(flipped)
+    assert flipped_model.config["flip_ensemble"] == [0]
+    assert "--flip-ensemble 0" in flipped_model.metadata["training_command"]
+    for (name, a), b in zip(load_checkpoint(override).model.state_dict().items(),
+                            flipped_model.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
     with pytest.raises(SystemExit):
         export_main([str(tmp_path / "last.ckpt"), str(override), "--train-seeds", "30", "10"])
 

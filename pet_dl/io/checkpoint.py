@@ -54,6 +54,30 @@ class LoadedModel:
     metadata: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
 
+    def with_network_options(self, options: Mapping[str, Any]) -> LoadedModel:
+        """The same weights in a network rebuilt with ``options`` set in its config.
+
+        For options that no parameter depends on (``flip_ensemble``, ``data_subsets``,
+        ``checkpointing``); the model stays on its device, in eval mode.
+
+        Raises:
+            CheckpointError: the options change the network's parameters.
+            ValueError: an option the network does not take, or a bad value.
+        """
+        from pet_dl.models import build_model
+
+        config = {**self.config, **options}
+        model = build_model(config)
+        try:
+            model.load_state_dict(self.model.state_dict())
+        except RuntimeError as err:
+            first = str(err).strip().splitlines()[0]
+            raise CheckpointError(
+                f"{self.path or 'the model'}: options {dict(options)} change its parameters: {first}"
+            ) from None
+        device = next(self.model.parameters(), torch.empty(0)).device
+        return LoadedModel(model.to(device).eval(), config, dict(self.metadata), self.path)
+
 
 def _atomic_target(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)

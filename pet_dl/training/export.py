@@ -146,6 +146,7 @@ def export_lightning_checkpoint(
     out: str | Path,
     training_command: str = "",
     train_seeds: range | Mapping[str, int] | list[int] | None = None,
+    network_options: Mapping[str, Any] | None = None,
 ) -> Path:
     """Export a Lightning ``.ckpt`` of a :class:`ReconModule` without unpickling code.
 
@@ -154,7 +155,8 @@ def export_lightning_checkpoint(
     from its hyper-parameters and the training geometry from ``pet_dl_metadata``. The
     training seeds come from ``train_seeds``, else ``pet_dl_metadata``, else the recipe
     named by the saved data-module hyper-parameters (``recipe`` or ``data_dir``, read
-    relative to the working folder).
+    relative to the working folder). ``network_options`` are set in the exported network
+    config (parameter-free ones such as ``flip_ensemble``; the weights must still fit).
 
     Returns:
         ``out``.
@@ -173,17 +175,15 @@ def export_lightning_checkpoint(
         global_step=int(ckpt_data.get("global_step", 0)), train_seeds=train_seeds,
         find_train_seeds=lambda: _hparams_train_seeds(ckpt_data.get("datamodule_hyper_parameters") or {}),
     )
+    config.update(network_options or {})
     return convert_lightning_checkpoint(ckpt, out, config=config, metadata=meta, prefix="net.")
 
 
 def with_network_options(
     src: str | Path, out: str | Path, options: Mapping[str, Any], training_command: str = ""
 ) -> Path:
-    """Copy a pet_dl ``.safetensors`` checkpoint with network options changed, weights kept.
-
-    For options that no parameter depends on (``flip_ensemble``, ``data_subsets``,
-    ``checkpointing``): the network is rebuilt from the changed config and must accept the
-    same weights exactly, else it is refused.
+    """Copy a pet_dl ``.safetensors`` checkpoint with network options changed, weights kept
+    (:meth:`pet_dl.io.checkpoint.LoadedModel.with_network_options`).
 
     Args:
         src: input checkpoint; out: output file (may be ``src``).
@@ -198,21 +198,13 @@ def with_network_options(
             the parameters.
         ValueError: an option the network does not take, or a bad value.
     """
-    from pet_dl.io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-    from pet_dl.models import build_model
+    from pet_dl.io.checkpoint import load_checkpoint, save_checkpoint
 
-    loaded = load_checkpoint(src)
-    config = {**loaded.config, **options}
-    net = build_model(config)
-    try:
-        net.load_state_dict(loaded.model.state_dict())
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
-        raise CheckpointError(f"{src}: options {dict(options)} change the network's parameters: {first}") from None
-    meta = dict(loaded.metadata)
+    loaded = load_checkpoint(src).with_network_options(options)
+    meta = loaded.metadata
     if training_command:
         meta["training_command"] = "; ".join(c for c in (meta.get("training_command"), training_command) if c)
-    return save_checkpoint(out, net.eval(), config, meta)
+    return save_checkpoint(out, loaded.model, loaded.config, meta)
 
 
 class ExportCallback(pl.Callback):
@@ -258,13 +250,16 @@ def main(argv: list[str] | None = None) -> int:
     from_safetensors = args.ckpt.endswith(".safetensors")
     if from_safetensors and (args.flip_ensemble is None or seeds is not None):
         parser.error("a .safetensors input takes --flip-ensemble and no --train-seeds")
+    options = None if args.flip_ensemble is None else {"flip_ensemble": args.flip_ensemble}
+    command = args.training_command
+    if options:  # the export changed the network: record how
+        export = "python -m pet_dl.training.export " + shlex.join(argv if argv is not None else sys.argv[1:])
+        command = export if from_safetensors else "; ".join(c for c in (command, export) if c)
     try:
-        out = args.ckpt if from_safetensors else export_lightning_checkpoint(
-            args.ckpt, args.out, args.training_command, seeds
-        )
-        if args.flip_ensemble is not None:
-            command = "python -m pet_dl.training.export " + shlex.join(argv if argv is not None else sys.argv[1:])
-            out = with_network_options(out, args.out, {"flip_ensemble": args.flip_ensemble}, command)
+        if from_safetensors:
+            out = with_network_options(args.ckpt, args.out, options, command)
+        else:
+            out = export_lightning_checkpoint(args.ckpt, args.out, command, seeds, options)
     except (PetDLError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

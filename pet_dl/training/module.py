@@ -48,7 +48,7 @@ class ReconModule(pl.LightningModule):
         self,
         network: dict[str, Any],
         loss: str = "l1",
-        smooth_l1_beta: float = 0.3,
+        smooth_l1_beta: float = 1.0,
         ssim_weight: float = 0.0,
         lesion_weight: float = 0.0,
         lesion_dilation: int = 1,
