@@ -291,9 +291,11 @@ def test_missing_init_weights_is_one_line_and_exit_2(tmp_path: Path, capsys: pyt
     assert err[-1].startswith("error: ") and "no_such_model.safetensors" in err[-1]
     assert not any("Traceback" in line for line in err)
 
+
 @pytest.mark.parametrize("name", [
     "smoke_cpu", "post_unet2d", "brain2d", "brain2d_long", "brain2d_unshared", "brain2d_unshared_long",
     "brain2d_mse", "brain2d_mse_unshared", "brain2d_flip", "brain2d_flip_smoothl1", "brain2d_flip_lowlr",
+    "brain2d_flip_nrmse", "brain2d_flip_nrmse3",
     "brain3d_gpu", "body3d_gpu",
 ])
 def test_shipped_configs_parse(name: str, capsys: pytest.CaptureFixture) -> None:
@@ -435,6 +437,44 @@ def test_lesion_mean_loss_is_the_absolute_suvmean_bias_of_each_lesion() -> None:
     assert float(pred.grad[0, 1, 1, 0]) < 0 and float(pred.grad[0, 0, 7, 0]) == 0.0  # raise lesion 1
     no_lesions = lesion_mean_error(pred, target, torch.zeros_like(mask))
     assert float(no_lesions) == 0.0 and no_lesions.requires_grad
+
+
+def test_nrmse_loss_is_the_evaluation_nrmse_and_its_gradient_is_finite_at_zero(
+    generator: torch.Generator,
+) -> None:
+    from pet_dl.metrics import nrmse
+    from pet_dl.training.losses import nrmse_error
+
+    target = torch.rand(3, 8, 8, 1, generator=generator) + 0.5
+    pred = (target + 0.3 * torch.randn(3, 8, 8, 1, generator=generator)).requires_grad_(True)
+    value = nrmse_error(pred, target)
+    assert float(value.detach()) == pytest.approx(float(nrmse(pred.detach(), target).mean()), rel=1e-6)
+    value.backward()
+    # d/dp ||p - t|| / ||t|| = (p - t) / (||p - t|| ||t||), averaged over the batch of 3
+    err = (pred.detach() - target).flatten(1)
+    expected = err / (err.norm(dim=1, keepdim=True) * target.flatten(1).norm(dim=1, keepdim=True)) / 3
+    assert torch.allclose(pred.grad.flatten(1), expected, rtol=1e-5, atol=1e-8)
+    exact = target.clone().requires_grad_(True)
+    zero = nrmse_error(exact, target)
+    zero.backward()
+    assert float(zero.detach()) == 0.0 and bool(torch.isfinite(exact.grad).all())
+    with pytest.raises(ValueError, match="shape"):
+        nrmse_error(pred, target[:2])
+
+
+def test_nrmse_weight_adds_the_batch_nrmse_to_the_loss(generator: torch.Generator) -> None:
+    """The term is scale-free: the module's per-scan normalisation does not change it."""
+    from pet_dl.metrics import nrmse
+
+    target = 1e4 * (torch.rand(2, 6, 6, 1, generator=generator) + 0.5)  # Bq/mL
+    pred = target * (1.0 + 0.2 * torch.randn(2, 6, 6, 1, generator=generator))
+    plain = ReconModule(NETWORK)
+    both = ReconModule(NETWORK, nrmse_weight=3.0)
+    assert float(both.compute_loss(pred, target)) == pytest.approx(
+        float(plain.compute_loss(pred, target)) + 3.0 * float(nrmse(pred, target).mean()), rel=1e-5
+    )
+    with pytest.raises(ValueError, match="nrmse_weight"):
+        ReconModule(NETWORK, nrmse_weight=-1.0)
 
 
 def test_lesion_mean_weight_adds_the_term_to_the_loss() -> None:

@@ -10,6 +10,9 @@ The per-voxel error is L1, MSE, or smooth L1 (Huber divided by its threshold ``b
 noise level, background noise is penalised as by MSE (which averages it away and lowers
 NRMSE) while the large errors of a missed lesion are penalised as by L1 (whose optimum,
 the median, does not shrink a likely lesion towards the background as MSE's mean does).
+
+:func:`nrmse_error` is the evaluation's NRMSE (:func:`pet_dl.metrics.nrmse`) as a loss
+term: added to an L1 loss it pulls the network towards the image metric it is judged by.
 """
 
 from __future__ import annotations
@@ -146,3 +149,22 @@ def lesion_mean_error(
     mean_target = sums(target) / count.clamp_min(1.0)
     rel = (mean_pred - mean_target).abs() / mean_target.abs().clamp_min(1e-12)
     return rel[present].mean()
+
+
+def nrmse_error(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of ``||pred - target||_2 / ||target||_2`` per scan.
+
+    The NRMSE of :func:`pet_dl.metrics.nrmse` over the whole image, differentiable (the
+    gradient at a perfect prediction is 0, not NaN) and in the input's dtype.
+
+    Args:
+        pred, target: ``(B, nx, ny, nz)``, same units.
+
+    Returns:
+        dimensionless scalar (0.1 = 10 %).
+    """
+    if pred.shape != target.shape:
+        raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
+    err = torch.linalg.vector_norm((pred - target).flatten(1), dim=1)
+    norm = torch.linalg.vector_norm(target.flatten(1), dim=1).clamp_min(1e-12)
+    return (err / norm).mean()

@@ -10,7 +10,7 @@ import torch
 from pet_dl.models import build_model
 from pet_dl.training.batching import to_recon_batch
 from pet_dl.training.losses import ERRORS as LOSSES
-from pet_dl.training.losses import lesion_mean_error, lesion_weights, weighted_error
+from pet_dl.training.losses import lesion_mean_error, lesion_weights, nrmse_error, weighted_error
 
 
 class ReconModule(pl.LightningModule):
@@ -33,6 +33,8 @@ class ReconModule(pl.LightningModule):
         lesion_dilation: lesion mask dilation radius for that weight, voxels.
         lesion_mean_weight: weight of the mean absolute relative lesion SUVmean bias
             (:func:`pet_dl.training.losses.lesion_mean_error`; 0: off).
+        nrmse_weight: weight of the batch's mean NRMSE, the evaluation's image metric
+            (:func:`pet_dl.training.losses.nrmse_error`; 0: off).
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
         cosine_steps: cosine learning-rate decay over this many steps (0: constant).
@@ -53,6 +55,7 @@ class ReconModule(pl.LightningModule):
         lesion_weight: float = 0.0,
         lesion_dilation: int = 1,
         lesion_mean_weight: float = 0.0,
+        nrmse_weight: float = 0.0,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         cosine_steps: int = 0,
@@ -71,6 +74,8 @@ class ReconModule(pl.LightningModule):
             raise ValueError(f"lesion_dilation must be >= 0 voxels, got {lesion_dilation}")
         if lesion_mean_weight < 0:
             raise ValueError(f"lesion_mean_weight must be >= 0, got {lesion_mean_weight}")
+        if nrmse_weight < 0:
+            raise ValueError(f"nrmse_weight must be >= 0, got {nrmse_weight}")
         self.save_hyperparameters()
         self.net = build_model(network)
         if init_weights is not None:
@@ -149,6 +154,8 @@ class ReconModule(pl.LightningModule):
         loss = weighted_error(p, t, weights, hp.loss, hp.smooth_l1_beta)
         if hp.lesion_mean_weight > 0:
             loss = loss + hp.lesion_mean_weight * lesion_mean_error(p, t, lesion_mask.to(p.device))
+        if hp.nrmse_weight > 0:
+            loss = loss + hp.nrmse_weight * nrmse_error(p, t)
         if hp.ssim_weight > 0:
             loss = loss + hp.ssim_weight * self._ssim(p, t)
         return loss
