@@ -126,6 +126,15 @@ def test_table_has_a_finite_row_per_method_and_factor(
     assert float(parsed[0]["nrmse"]) == pytest.approx(res.rows[0]["nrmse"], rel=1e-9)
     md = ev.results_markdown(res).strip().splitlines()
     assert len(md) == 2 + 6 and md[2].startswith("| full | OSEM |")
+    # sampling uncertainty: 2 phantoms give a standard error; OSEM at full dose is the
+    # paired reference, so its own difference is exactly 0 and OSEM at 1/20 is above it
+    assert all(math.isfinite(r["nrmse_sem"]) and r["nrmse_sem"] > 0 for r in res.rows)
+    assert float(parsed[0]["nrmse_sem"]) == pytest.approx(res.rows[0]["nrmse_sem"], rel=1e-9)
+    unc = ev.uncertainty_markdown(res).strip().splitlines()
+    assert len(unc) == 2 + 6 and "NRMSE - OSEM at full dose" in unc[0]
+    cells = {(c[1].strip(), c[2].strip()): c[4].strip() for c in (line.split("|") for line in unc[2:])}
+    assert cells[("full", "OSEM")] == "+0.00 ± 0.00"
+    assert float(cells[("20", "OSEM")].split(" ± ")[0]) > 0
     # curves at factor 20: OSEM over iterations and MAP over beta, networks as points
     assert len(res.curves["OSEM (iterations)"]) == max(SETTINGS.osem_iterations)
     assert len(res.curves["MAP-RDP (beta)"]) == len(SETTINGS.map_betas)
@@ -166,6 +175,40 @@ def test_aggregate_means_over_phantoms_then_realisations() -> None:
     single = ev.aggregate(rows[:2], [0, 0])
     assert single["suvmean_bias"] == (pytest.approx(0.2), 0.0)
     assert single["suvmean_bias_ge8"][0] == pytest.approx(0.3)
+
+
+def test_sampling_error_is_over_phantoms_and_lesions_averaged_over_realisations() -> None:
+    def case(nrmse: float, lesions: list[float]) -> dict:
+        return {"psnr": 0.0, "ssim": 0.0, "nrmse": nrmse, "suvmean_bias": lesions, "suvmax_bias": lesions,
+                "suvmean_bias_ge8": lesions, "suvmax_bias_ge8": []}
+
+    # phantom 7: 2 lesions, 2 realisations; phantom 9: 1 lesion, 2 realisations
+    rows = [case(0.1, [0.0, 0.2]), case(0.3, [0.2, 0.4]), case(0.5, [-0.4]), case(0.7, [-0.2])]
+    seeds = [7, 7, 9, 9]
+    sem = ev.sampling_error(rows, seeds)
+    # phantom means 0.2 and 0.6: std 0.2 sqrt(2), over sqrt(2) phantoms
+    assert sem["nrmse"] == pytest.approx(0.2)
+    # lesion means 0.1, 0.3, -0.3: sample std 0.3055, over sqrt(3)
+    lesion_means = torch.tensor([0.1, 0.3, -0.3], dtype=torch.float64)
+    assert sem["suvmean_bias"] == pytest.approx(float(lesion_means.std()) / math.sqrt(3))
+    assert math.isnan(sem["suvmax_bias_ge8"])  # no lesion
+    assert math.isnan(ev.sampling_error(rows[:2], seeds[:2])["nrmse"])  # one phantom
+
+
+def test_paired_difference_cancels_what_the_phantoms_share() -> None:
+    # two phantoms of very different difficulty; method a is 0.02 above b on each case
+    b = [0.10, 0.12, 0.40, 0.42]
+    a = [x + 0.02 for x in b]
+    seeds = [1, 1, 2, 2]
+    mean, sem = ev.paired_difference(a, b, seeds)
+    assert mean == pytest.approx(0.02) and sem == pytest.approx(0.0, abs=1e-12)
+    unpaired = ev.sampling_error([{"nrmse": x, **{k: [] for k in ev.METRICS if "bias" in k},
+                                   "psnr": 0.0, "ssim": 0.0} for x in a], seeds)["nrmse"]
+    assert unpaired > 0.1  # the phantoms' spread, which the pairing removes
+    mean, sem = ev.paired_difference([0.3, 0.1], [0.1, 0.2], [1, 2])  # differences 0.2, -0.1
+    assert mean == pytest.approx(0.05) and sem == pytest.approx(0.15)
+    with pytest.raises(ValueError, match="cases"):
+        ev.paired_difference(a, b[:3], seeds)
 
 
 def test_contrast_noise_of_the_truth(test_set: ev.EvalSet) -> None:
@@ -256,6 +299,8 @@ def test_command_line_quick_run_writes_outputs(tmp_path: Path) -> None:
     }
     assert (out / "contrast_noise.png").stat().st_size > 1000
     assert "OSEM iterations" in (out / "selection.md").read_text()
+    # one test phantom: no standard error, said as n/a rather than a number
+    assert "| full | OSEM | n/a | n/a |" in (out / "results.md").read_text().split("## Sampling uncertainty")[1]
     merged = tmp_path / "merged"
     assert main(["evaluate", "--merge", str(out / "results.json"), "--out", str(merged)]) == 0
     assert (merged / "results.csv").read_text() == (out / "results.csv").read_text()

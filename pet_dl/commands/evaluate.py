@@ -14,7 +14,9 @@ Examples::
     python -m pet_dl evaluate --merge outputs/a/results.json outputs/b/results.json --out outputs/ab
 
 Writes ``results.md`` and ``results.csv`` (PSNR, SSIM, NRMSE, lesion SUVmean / SUVmax
-bias per method and reduction factor, mean ± std over noise realisations),
+bias per method and reduction factor, mean ± std over noise realisations; ``results.md``
+then gives 95 % intervals over phantoms and lesions and the NRMSE difference to OSEM at
+full dose paired over the same phantoms, ``results.csv`` the standard errors),
 ``results.json`` (everything, for ``--merge``), ``selection.md`` (OSEM iterations /
 post-filter and MAP beta chosen on validation) and ``contrast_noise.png``. See
 :mod:`pet_dl.evaluate` for the definitions.

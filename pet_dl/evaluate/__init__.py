@@ -8,8 +8,9 @@ the true activity: OSEM's iteration count and Gaussian post-filter FWHM, MAP-RDP
 The *test* split is then reconstructed by every method and scored against the true
 activity (PSNR, SSIM, NRMSE, lesion SUVmean / SUVmax bias, lesions >= 8 mm apart).
 
-Aggregation (mean ± std over the noise realisations of the per-realisation averages) and
-the contrast-vs-noise curves are defined in :mod:`pet_dl.evaluate.scoring`.
+Aggregation (mean ± std over the noise realisations of the per-realisation averages),
+standard errors over phantoms and lesions, paired differences, and the contrast-vs-noise
+curves are defined in :mod:`pet_dl.evaluate.scoring`.
 
 Modules, in the order of the data flow:
 
@@ -39,6 +40,7 @@ from pet_dl.evaluate.report import (
     results_markdown,
     results_to_json,
     selection_markdown,
+    uncertainty_markdown,
     write_results,
 )
 from pet_dl.evaluate.scoring import (
@@ -47,6 +49,8 @@ from pet_dl.evaluate.scoring import (
     aggregate,
     case_metrics,
     contrast_noise,
+    paired_difference,
+    sampling_error,
     shell,
 )
 from pet_dl.evaluate.selection import MapChoice, OsemChoice, mean_nrmse, select_map, select_osem
@@ -74,17 +78,20 @@ __all__ = [
     "merge_results",
     "network_reconstruction",
     "osem_trajectory",
+    "paired_difference",
     "plot_contrast_noise",
     "results_csv",
     "results_from_json",
     "results_markdown",
     "results_to_json",
     "run_config",
+    "sampling_error",
     "score_row",
     "select_map",
     "select_osem",
     "selection_markdown",
     "shell",
     "simulate_eval_set",
+    "uncertainty_markdown",
     "write_results",
 ]

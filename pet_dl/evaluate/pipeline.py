@@ -11,7 +11,7 @@ from torch import nn
 
 from pet_dl.evaluate.data import EvalSet, check_held_out, factor_key
 from pet_dl.evaluate.methods import map_reconstruction, network_reconstruction, osem_trajectory
-from pet_dl.evaluate.scoring import aggregate, case_metrics, contrast_noise
+from pet_dl.evaluate.scoring import aggregate, case_metrics, contrast_noise, sampling_error
 from pet_dl.evaluate.selection import MapChoice, OsemChoice, select_map, select_osem
 
 if TYPE_CHECKING:
@@ -51,7 +51,10 @@ class EvalResults:
     Attributes:
         rows: one dict per method x factor: ``method``, ``factor``, ``params`` and, per
             metric of :data:`pet_dl.evaluate.METRICS`, ``<metric>`` (mean over
-            realisations) and ``<metric>_std``.
+            realisations), ``<metric>_std`` (over realisations: noise) and
+            ``<metric>_sem`` (standard error over phantoms or lesions:
+            :func:`pet_dl.evaluate.scoring.sampling_error`); ``case_seed`` and
+            ``case_nrmse``, one per test case, for paired comparisons.
         osem: chosen OSEM parameters per factor; map: chosen MAP beta per factor.
         curves: contrast-vs-noise curves at ``plot_factor``: name -> :data:`Curve`.
         plot_factor: the factor of the curves.
@@ -70,11 +73,17 @@ class EvalResults:
 
 def score_row(method: str, factor: float, params: str, images: torch.Tensor, data: EvalSet) -> dict[str, Any]:
     """One table row: :func:`aggregate` of :func:`case_metrics` of ``images`` ``(B, nx, ny, nz)`` Bq/mL."""
-    stats = aggregate(case_metrics(images, data), data.case_realisation)
+    cases = case_metrics(images, data)
+    stats = aggregate(cases, data.case_realisation)
+    sem = sampling_error(cases, data.case_seed)
     row: dict[str, Any] = {"method": method, "factor": factor, "params": params}
     for key, (mean, std) in stats.items():
         row[key] = mean
         row[key + "_std"] = std
+        row[key + "_sem"] = sem[key]
+    # per case, for comparisons paired over the same phantoms and noise (report.py)
+    row["case_seed"] = list(data.case_seed)
+    row["case_nrmse"] = [c["nrmse"] for c in cases]
     return row
 
 

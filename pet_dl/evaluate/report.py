@@ -44,6 +44,52 @@ def results_markdown(results: EvalResults) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: Standard errors to each side of a mean for a two-sided 95 % interval (normal approximation).
+Z95 = 1.96
+
+
+def _interval(mean: float, sem: float, digits: int = 1, signed: bool = False) -> str:
+    """``"mean ± 1.96 sem"`` in %, ``"n/a"`` when either is NaN."""
+    if math.isnan(mean) or math.isnan(sem):
+        return "n/a"
+    sign = "+" if signed else ""
+    return f"{100 * mean:{sign}.{digits}f} ± {100 * Z95 * sem:.{digits}f}"
+
+
+def uncertainty_markdown(results: EvalResults, reference: tuple[str, float] = ("OSEM", 1.0)) -> str:
+    """Means with 95 % intervals from the sample of phantoms and lesions (markdown table).
+
+    Per factor x method: NRMSE and the lesion >= 8 mm SUVmean / SUVmax biases ± 1.96
+    standard errors over phantoms / lesions (:func:`pet_dl.evaluate.scoring.sampling_error`),
+    and the NRMSE difference to the ``reference`` row (method, factor; default OSEM at full
+    dose) paired over the same phantoms and noise realisations
+    (:func:`pet_dl.evaluate.scoring.paired_difference`). A target such as "NRMSE at or
+    below the reference" is met beyond the sampling doubt when the whole interval of the
+    difference is at or below 0. Rows without per-case values (results of older versions)
+    show ``n/a``.
+    """
+    from pet_dl.evaluate.scoring import paired_difference
+
+    ref = next((r for r in results.rows if (r["method"], r["factor"]) == reference), None)
+    ref_name = f"{reference[0]} at {'full dose' if reference[1] == 1.0 else f'factor {reference[1]:g}'}"
+    lines = [
+        f"| factor | method | NRMSE (%) | NRMSE - {ref_name} (%, paired) "
+        f"| SUVmean bias >={LARGE_LESION_MM:g} mm (%) | SUVmax bias >={LARGE_LESION_MM:g} mm (%) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in results.rows:
+        diff = "n/a"
+        if ref is not None and "case_nrmse" in row and "case_nrmse" in ref and row["case_seed"] == ref["case_seed"]:
+            diff = _interval(*paired_difference(row["case_nrmse"], ref["case_nrmse"], row["case_seed"]), 2, True)
+        cells = [
+            _interval(row["nrmse"], row.get("nrmse_sem", math.nan), 2), diff,
+            _interval(row["suvmean_bias_ge8"], row.get("suvmean_bias_ge8_sem", math.nan), signed=True),
+            _interval(row["suvmax_bias_ge8"], row.get("suvmax_bias_ge8_sem", math.nan), signed=True),
+        ]
+        lines.append(f"| {factor_label(row['factor'])} | {row['method']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def selection_markdown(results: EvalResults) -> str:
     """The validation choices (markdown table)."""
     lines = [
@@ -61,16 +107,18 @@ def selection_markdown(results: EvalResults) -> str:
 
 
 def results_csv(results: EvalResults) -> str:
-    """The results as CSV (fractions, not %): method, factor, params, metric, metric_std ..."""
+    """The results as CSV (fractions, not %): method, factor, params, then per metric its
+    mean, ``_std`` (over realisations) and ``_sem`` (standard error over phantoms or
+    lesions; empty for rows of older versions)."""
     import csv
     import io
 
     buf = io.StringIO()
-    fields = ["factor", "method", "params"] + [c for k in METRICS for c in (k, k + "_std")]
+    fields = ["factor", "method", "params"] + [c for k in METRICS for c in (k, k + "_std", k + "_sem")]
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for row in results.rows:
-        writer.writerow({k: row[k] for k in fields})
+        writer.writerow({k: row.get(k, "") for k in fields})
     return buf.getvalue()
 
 
@@ -141,7 +189,7 @@ def merge_results(parts: Sequence[EvalResults]) -> EvalResults:
 
 
 def write_results(results: EvalResults, out_dir: str | os.PathLike[str], header: str = "") -> None:
-    """Write ``results.md``, ``results.csv``, ``results.json``, ``selection.md`` and (with
+    """Write ``results.md`` (with :func:`uncertainty_markdown`), ``results.csv``, ``results.json``, ``selection.md`` and (with
     curves and >= 2 realisations) ``contrast_noise.png`` under ``out_dir``, each atomically.
 
     Args:
@@ -154,7 +202,14 @@ def write_results(results: EvalResults, out_dir: str | os.PathLike[str], header:
     from pet_dl.io.atomic import atomic_write_text
 
     out = Path(out_dir)
-    atomic_write_text(out / "results.md", header + results_markdown(results))
+    uncertainty = (
+        "\n## Sampling uncertainty\n\nMeans ± 1.96 standard errors over the "
+        f"{results.num_phantoms} phantoms (NRMSE, paired difference) or over the lesions "
+        "(biases), each first averaged over its noise realisations: the doubt that comes "
+        "from the size of the test set, which the ± std over realisations above (noise "
+        "only) leaves out.\n\n" + uncertainty_markdown(results)
+    )
+    atomic_write_text(out / "results.md", header + results_markdown(results) + uncertainty)
     atomic_write_text(out / "results.csv", results_csv(results))
     atomic_write_text(out / "results.json", results_to_json(results))
     if results.osem:

@@ -5,7 +5,11 @@ bias of every lesion (:func:`pet_dl.metrics.lesion_bias`), also kept apart for l
 of at least :data:`LARGE_LESION_MM`. Aggregation (:func:`aggregate`): for each
 realisation the metrics are averaged over the phantoms (lesion biases over all lesions of
 that realisation); the result is the mean and sample standard deviation of these
-averages over the realisations.
+averages over the realisations. That spread is the noise of the scans only; the
+uncertainty that comes from having few phantoms and lesions is
+:func:`sampling_error` (standard error over phantoms, or over lesions, each first
+averaged over its realisations) and, for a difference between two methods on the same
+cases, :func:`paired_difference`.
 
 Contrast vs noise (:func:`contrast_noise`): lesion contrast recovery
 ``CR = C_image / C_true`` with ``C = mean(lesion) / mean(shell) - 1`` (shell: voxels 2-4
@@ -95,6 +99,71 @@ def aggregate(rows: list[dict[str, Any]], realisation: Sequence[int]) -> dict[st
         std = float(t.std()) if len(per_real) > 1 else 0.0
         out[key] = (float(t.mean()), std)
     return out
+
+
+def _unit_means(
+    values: Sequence[Any], case_seed: Sequence[int]
+) -> list[float]:
+    """Per sampling unit, the mean over its realisations: a phantom for a scalar metric,
+    a lesion (phantom seed, position in the phantom's lesion list) for a list metric."""
+    units: dict[tuple[int, int], list[float]] = {}
+    for v, seed in zip(values, case_seed):
+        for i, x in enumerate(v if isinstance(v, list) else [v]):
+            units.setdefault((seed, i), []).append(float(x))
+    return [sum(xs) / len(xs) for xs in units.values()]
+
+
+def _sem(values: list[float]) -> float:
+    """Standard error of the mean of ``values`` (NaN with fewer than 2)."""
+    if len(values) < 2:
+        return math.nan
+    return float(torch.tensor(values, dtype=torch.float64).std()) / math.sqrt(len(values))
+
+
+def sampling_error(rows: list[dict[str, Any]], case_seed: Sequence[int]) -> dict[str, float]:
+    """Standard error of each metric's mean from the sample of phantoms and lesions.
+
+    Each phantom's value (or each lesion's bias) is first averaged over the noise
+    realisations; the standard error is the sample std of these units over
+    ``sqrt(units)``. It is the spread a metric would show across test sets of the same
+    size, which the std over realisations of :func:`aggregate` (noise only) does not.
+
+    Args:
+        rows: :func:`case_metrics` of each case.
+        case_seed: the phantom seed of each case (cases of one seed share their lesions).
+
+    Returns:
+        metric of :data:`METRICS` -> standard error, in the metric's units (NaN with
+        fewer than 2 units, e.g. no lesion).
+    """
+    return {key: _sem(_unit_means([row[key] for row in rows], case_seed)) for key in METRICS}
+
+
+def paired_difference(
+    a: Sequence[float], b: Sequence[float], case_seed: Sequence[int]
+) -> tuple[float, float]:
+    """Mean and standard error of ``a - b`` over phantoms, for two methods on the same cases.
+
+    Both methods saw the same phantoms and noise realisations (e.g. one method at full
+    dose and another at 1/20 of it, thinned from the same scans), so the phantom-to-phantom
+    variation common to both cancels: the difference is averaged over each phantom's
+    realisations, then its mean and standard error are taken over the phantoms.
+
+    Args:
+        a, b: one value per case (e.g. NRMSE), in case order.
+        case_seed: the phantom seed of each case.
+
+    Returns:
+        ``(mean, standard error)`` of ``a - b`` in their units (standard error NaN with
+        one phantom).
+
+    Raises:
+        ValueError: the three sequences differ in length.
+    """
+    if not len(a) == len(b) == len(case_seed):
+        raise ValueError(f"{len(a)} and {len(b)} values for {len(case_seed)} cases")
+    diffs = _unit_means([x - y for x, y in zip(a, b)], case_seed)
+    return sum(diffs) / len(diffs), _sem(diffs)
 
 
 def shell(mask: torch.Tensor, inner: int, outer: int) -> torch.Tensor:
