@@ -38,7 +38,7 @@ def score(checkpoint: str | None = None) -> dict:
             rows = case_metrics(network_reconstruction(net, ev.batch(f)), ev)
             out[("net", f)] = torch.tensor([row["nrmse"] for row in rows])
             out[("lesions", f)] = [b for row in rows for b in row["suvmean_bias_ge8"]]
-        # the same weights without the left-right flip ensemble (v7)
+        # the same weights without the left-right flip ensemble
         plain = loaded.with_network_options({"flip_ensemble": []}).model
         rows = case_metrics(network_reconstruction(plain, ev.batch(20.0)), ev)
         out[("net without flips", 20.0)] = torch.tensor([row["nrmse"] for row in rows])
@@ -60,13 +60,20 @@ def test_quarter_dose_network_beats_full_dose_osem(scored: dict) -> None:
     assert float(scored[("net", 4.0)].mean()) < float(scored[("osem", 1.0)].mean())
 
 
+def test_twentieth_dose_network_is_at_or_below_full_dose_osem(scored: dict) -> None:
+    """Issue 4's first target on these four phantoms: NRMSE at 1/20 dose no higher than the
+    best OSEM's at full dose (22.7 vs 23.0 %; whole test set 23.0 vs 23.2 %). v10, shipped
+    before, fails it here (23.7 %)."""
+    assert float(scored[("net", 20.0)].mean()) <= float(scored[("osem", 1.0)].mean())
+
+
 def test_network_beats_osem_at_the_same_low_dose_on_every_phantom(scored: dict) -> None:
     assert bool((scored[("net", 20.0)] < 0.9 * scored[("osem", 20.0)]).all())
 
 
 def test_lesion_uptake_is_kept_at_low_dose(scored: dict) -> None:
     """Lesions >= 8 mm: SUVmean within 12 % on average at factors 4 and 20 (the whole test
-    set: -5.6 % and -7.9 % for v10; the model shipped before v5, v3: -25 %)."""
+    set: -4.9 % and -8.4 % for v11; the model shipped before v5, v3: -25 %)."""
     for f in (4.0, 20.0):
         biases = scored[("lesions", f)]
         assert len(biases) == 8
@@ -74,7 +81,7 @@ def test_lesion_uptake_is_kept_at_low_dose(scored: dict) -> None:
 
 
 def test_the_flip_ensemble_lowers_the_error_on_every_phantom(scored: dict) -> None:
-    """The shipped network averages each UNet over left-right flips; without that (v7) its
-    NRMSE at 1/20 dose is higher on each phantom (whole test set: 24.0 vs 25.2 %)."""
+    """The shipped network averages each UNet over left-right flips (and was trained so);
+    the same weights without the flips have a higher NRMSE at 1/20 dose on each phantom."""
     assert scored["flips"] == [0]
     assert bool((scored[("net", 20.0)] < scored[("net without flips", 20.0)]).all())
