@@ -189,8 +189,9 @@ def merge_results(parts: Sequence[EvalResults]) -> EvalResults:
 
 
 def write_results(results: EvalResults, out_dir: str | os.PathLike[str], header: str = "") -> None:
-    """Write ``results.md`` (with :func:`uncertainty_markdown`), ``results.csv``, ``results.json``, ``selection.md`` and (with
-    curves and >= 2 realisations) ``contrast_noise.png`` under ``out_dir``, each atomically.
+    """Write ``results.md`` (with :func:`uncertainty_markdown`), ``results.csv``,
+    ``results.json``, ``selection.md`` and (with curves and >= 2 realisations)
+    ``contrast_noise.png`` under ``out_dir``, each atomically.
 
     Args:
         results: what to write.

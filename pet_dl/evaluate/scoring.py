@@ -101,9 +101,7 @@ def aggregate(rows: list[dict[str, Any]], realisation: Sequence[int]) -> dict[st
     return out
 
 
-def _unit_means(
-    values: Sequence[Any], case_seed: Sequence[int]
-) -> list[float]:
+def _unit_means(values: Sequence[Any], case_seed: Sequence[int]) -> list[float]:
     """Per sampling unit, the mean over its realisations: a phantom for a scalar metric,
     a lesion (phantom seed, position in the phantom's lesion list) for a list metric."""
     units: dict[tuple[int, int], list[float]] = {}
