@@ -4,7 +4,8 @@
         [--data-subsets 1 2 3 7] [--flip-ensemble none 0 1 01] [--osem]
 
 For each checkpoint (default: the shipped model) prints, per dose factor, the mean NRMSE
-and the SUVmean / SUVmax bias of the lesions >= 8 mm pooled over the phantoms (%), on
+and the SUVmean / SUVmax bias of the lesions >= 8 mm pooled over the phantoms (%), then
+the NRMSE averaged over the factors (the choice rule's tie-break, docs/results.md), on
 phantoms simulated from ``data/brain2d.yaml`` with seeds ``first .. first + phantoms - 1``
 (default: the 8 validation seeds and 24 more of no split), one noise realisation.
 ``--data-subsets`` rescores each network with those ``UnrolledEM.data_subsets`` (not
@@ -73,8 +74,10 @@ def main() -> None:
                     options["flip_ensemble"] = [] if flips == "none" else [int(a) for a in flips]
                 net = load_model(path, torch.device("cpu")).with_network_options(options).model
                 label = (path or "shipped") + "".join(f" ({k} {v})" for k, v in options.items())
-                cells = [f"f{f:g}: {summary(case_metrics(network_reconstruction(net, ev.batch(f)), ev))}" for f in FACTORS]
-                print(label, " | ".join(cells), flush=True)
+                rows = {f: case_metrics(network_reconstruction(net, ev.batch(f)), ev) for f in FACTORS}
+                cells = [f"f{f:g}: {summary(r)}" for f, r in rows.items()]
+                mean = sum(sum(x["nrmse"] for x in r) / len(r) for r in rows.values()) / len(rows)
+                print(label, " | ".join(cells), f"| mean NRMSE {100 * mean:.2f}", flush=True)
 
 
 if __name__ == "__main__":
