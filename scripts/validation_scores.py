@@ -65,6 +65,7 @@ def main() -> None:
             cells.append(f"f{f:g}: {summary(case_metrics(x, ev))}")
         print("OSEM (chosen)", " | ".join(cells), flush=True)
     for path in args.checkpoints:
+        loaded = load_model(path, torch.device("cpu"))  # once; rebuilt per option set below
         for subsets in args.data_subsets or [None]:
             for flips in args.flip_ensemble or [None]:
                 options: dict = {}  # rescored with these network options (same weights)
@@ -72,7 +73,7 @@ def main() -> None:
                     options["data_subsets"] = subsets
                 if flips is not None:
                     options["flip_ensemble"] = [] if flips == "none" else [int(a) for a in flips]
-                net = load_model(path, torch.device("cpu")).with_network_options(options).model
+                net = loaded.with_network_options(options).model
                 label = (path or "shipped") + "".join(f" ({k} {v})" for k, v in options.items())
                 rows = {f: case_metrics(network_reconstruction(net, ev.batch(f)), ev) for f in FACTORS}
                 cells = [f"f{f:g}: {summary(r)}" for f, r in rows.items()]

@@ -135,6 +135,17 @@ def test_table_has_a_finite_row_per_method_and_factor(
     cells = {(c[1].strip(), c[2].strip()): c[4].strip() for c in (line.split("|") for line in unc[2:])}
     assert cells[("full", "OSEM")] == "+0.00 ± 0.00"
     assert float(cells[("20", "OSEM")].split(" ± ")[0]) > 0
+    # paired with a method at each row's own factor: that method's rows are exactly 0, and
+    # the others are the paired differences at their factor
+    same = ev.uncertainty_markdown(res, ("MAP-RDP", None)).strip().splitlines()
+    assert "NRMSE - MAP-RDP at the same factor" in same[0]
+    cells = {(c[1].strip(), c[2].strip()): c[4].strip() for c in (line.split("|") for line in same[2:])}
+    assert cells[("full", "MAP-RDP")] == cells[("20", "MAP-RDP")] == "+0.00 ± 0.00"
+    osem, map_ = (next(r for r in res.rows if (r["method"], r["factor"]) == (m, 20.0)) for m in ("OSEM", "MAP-RDP"))
+    mean, sem = ev.paired_difference(osem["case_nrmse"], map_["case_nrmse"], osem["case_seed"])
+    assert cells[("20", "OSEM")] == f"{100 * mean:+.2f} ± {100 * 1.96 * sem:.2f}"
+    with pytest.raises(ValueError, match="paired reference 'OSEM' at factor 7"):
+        ev.uncertainty_markdown(res, ("OSEM", 7.0))
     # curves at factor 20: OSEM over iterations and MAP over beta, networks as points
     assert len(res.curves["OSEM (iterations)"]) == max(SETTINGS.osem_iterations)
     assert len(res.curves["MAP-RDP (beta)"]) == len(SETTINGS.map_betas)
@@ -304,6 +315,13 @@ def test_command_line_quick_run_writes_outputs(tmp_path: Path) -> None:
     merged = tmp_path / "merged"
     assert main(["evaluate", "--merge", str(out / "results.json"), "--out", str(merged)]) == 0
     assert (merged / "results.csv").read_text() == (out / "results.csv").read_text()
+    assert main(["evaluate", "--merge", str(out / "results.json"), "--out", str(merged),
+                 "--paired-with", "MAP-RDP"]) == 0
+    assert "NRMSE - MAP-RDP at the same factor" in (merged / "results.md").read_text()
+    for bad in ("OSEM@x", "Nobody@20", "OSEM@7"):  # one error line, exit 2
+        assert main(["evaluate", "--merge", str(out / "results.json"), "--out", str(merged),
+                     "--paired-with", bad]) == 2
+    assert main(["evaluate", "--config", str(cfg), "--out", str(merged), "--paired-with", "Nobody"]) == 2
     assert main(["evaluate", "--merge", str(out / "results.json"), "--config", str(cfg), "--out", str(merged)]) == 2
 
 

@@ -16,7 +16,8 @@ Examples::
 Writes ``results.md`` and ``results.csv`` (PSNR, SSIM, NRMSE, lesion SUVmean / SUVmax
 bias per method and reduction factor, mean ± std over noise realisations; ``results.md``
 then gives 95 % intervals over phantoms and lesions and the NRMSE difference to OSEM at
-full dose paired over the same phantoms, ``results.csv`` the standard errors),
+full dose, or ``--paired-with`` another row, paired over the same phantoms;
+``results.csv`` the standard errors),
 ``results.json`` (everything, for ``--merge``), ``selection.md`` (OSEM iterations /
 post-filter and MAP beta chosen on validation) and ``contrast_noise.png``. See
 :mod:`pet_dl.evaluate` for the definitions.
@@ -49,7 +50,26 @@ def add_parser(subparsers: Any) -> None:
                    help="evaluate only this network of the config (repeatable)")
     p.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSON",
                    help="combine results.json files of runs on the same test set (no --config)")
+    p.add_argument("--paired-with", default=None, metavar="METHOD[@FACTOR]",
+                   help="reference of the paired NRMSE difference in results.md: a method at one "
+                   "factor (default OSEM@full), or without @FACTOR the method at each row's factor")
     p.set_defaults(run=run)
+
+
+def paired_reference(text: str) -> tuple[str, float | None]:
+    """``"METHOD@FACTOR"`` -> ``(method, factor)`` (``full`` = 1), ``"METHOD"`` -> ``(method, None)``."""
+    from pet_dl.errors import InvalidInputError
+
+    method, at, factor = text.rpartition("@")
+    if not at:
+        return text.strip(), None
+    try:
+        value = 1.0 if factor.strip() == "full" else float(factor)
+    except ValueError:
+        raise InvalidInputError(f"--paired-with needs METHOD[@FACTOR], got {text!r}") from None
+    if not method.strip() or not value >= 1:
+        raise InvalidInputError(f"--paired-with needs METHOD[@FACTOR] with FACTOR >= 1, got {text!r}")
+    return method.strip(), value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
 
     if (args.config is None) == (args.merge is None):
         raise InvalidInputError("give exactly one of --config (evaluate) and --merge (combine runs)")
+    paired = None if args.paired_with is None else paired_reference(args.paired_with)
     for name in ("test_phantoms", "realisations", "val_phantoms"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -74,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         parts = [results_from_json(path.read_text()) for path in args.merge]
         results = merge_results(parts)
         args.out.mkdir(parents=True, exist_ok=True)
-        write_results(results, args.out, f"Merged from {', '.join(map(str, args.merge))}.\n\n")
+        write_results(results, args.out, f"Merged from {', '.join(map(str, args.merge))}.\n\n", paired)
     else:
         config = load_eval_config(args.config)  # a bad config fails before any output
         for item in args.checkpoint or []:
@@ -89,11 +110,16 @@ def run(args: argparse.Namespace) -> int:
                     f"--network {unknown} not in the config's networks {sorted(config['networks'])}"
                 )
             config["networks"] = {k: v for k, v in config["networks"].items() if k in args.network}
+        methods = {"OSEM", "MAP-RDP"} if args.skip != "classical" else set()
+        methods |= set(config["networks"]) if args.skip != "networks" else set()
+        if paired is not None and paired[0] not in methods:  # before the long evaluation
+            raise InvalidInputError(f"--paired-with {args.paired_with!r}: not among {sorted(methods)}")
         args.out.mkdir(parents=True, exist_ok=True)
         results = run_config(
             config, args.out, test_phantoms=args.test_phantoms, realisations=args.realisations,
             val_phantoms=args.val_phantoms, progress=sys.stderr.isatty(),
             classical=args.skip != "classical", networks=args.skip != "networks",
+            paired_reference=paired,
         )
     print(results_markdown(results))
     print(f"wrote results.md, results.csv, results.json under {args.out}", file=sys.stderr)

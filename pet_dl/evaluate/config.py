@@ -131,12 +131,14 @@ def run_config(
     progress: bool = False,
     classical: bool = True,
     networks: bool = True,
+    paired_reference: tuple[str, float | None] | None = None,
 ) -> EvalResults:
     """Evaluate as ``config`` says and write the outputs (:func:`write_results`) to ``out_dir``.
 
     The ``test_phantoms`` / ``realisations`` / ``val_phantoms`` arguments override the
     config; ``classical`` / ``networks`` False skip those methods (merge runs with
-    :func:`pet_dl.evaluate.merge_results`).
+    :func:`pet_dl.evaluate.merge_results`); ``paired_reference`` is the reference of the
+    paired NRMSE column (:func:`pet_dl.evaluate.uncertainty_markdown`).
 
     Raises:
         ValueError: a bad config, a missing ``out_dir``, nothing to evaluate, or test
@@ -168,5 +170,5 @@ def run_config(
         f"{results.realisations} noise realisations; selection on {len(val_seeds)} validation "
         f"phantoms x {c['val_realisations']} realisation(s). Mean ± std over realisations.\n\n"
     )
-    write_results(results, out, header)
+    write_results(results, out, header, paired_reference)
     return results

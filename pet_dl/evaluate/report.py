@@ -56,28 +56,42 @@ def _interval(mean: float, sem: float, digits: int = 1, signed: bool = False) ->
     return f"{100 * mean:{sign}.{digits}f} ± {100 * Z95 * sem:.{digits}f}"
 
 
-def uncertainty_markdown(results: EvalResults, reference: tuple[str, float] = ("OSEM", 1.0)) -> str:
+#: The default reference of the paired NRMSE difference: OSEM at full dose (issue 4's target).
+PAIRED_REFERENCE: tuple[str, float | None] = ("OSEM", 1.0)
+
+
+def uncertainty_markdown(results: EvalResults, reference: tuple[str, float | None] | None = None) -> str:
     """Means with 95 % intervals from the sample of phantoms and lesions (markdown table).
 
     Per factor x method: NRMSE and the lesion >= 8 mm SUVmean / SUVmax biases ± 1.96
     standard errors over phantoms / lesions (:func:`pet_dl.evaluate.scoring.sampling_error`),
-    and the NRMSE difference to the ``reference`` row (method, factor; default OSEM at full
-    dose) paired over the same phantoms and noise realisations
-    (:func:`pet_dl.evaluate.scoring.paired_difference`). A target such as "NRMSE at or
+    and the NRMSE difference to the ``reference`` rows paired over the same phantoms and
+    noise realisations (:func:`pet_dl.evaluate.scoring.paired_difference`). ``reference``
+    is ``(method, factor)``: that one row, or with factor ``None`` the method's row at each
+    row's own factor; ``None``: :data:`PAIRED_REFERENCE` (OSEM at full dose), the column
+    showing ``n/a`` when the results have no such row (e.g. networks only). A target such as "NRMSE at or
     below the reference" is met beyond the sampling doubt when the whole interval of the
     difference is at or below 0. Rows without per-case values (results of older versions)
     show ``n/a``.
+
+    Raises:
+        ValueError: ``results`` has no row of the reference method (at that factor).
     """
     from pet_dl.evaluate.scoring import paired_difference
 
-    ref = next((r for r in results.rows if (r["method"], r["factor"]) == reference), None)
-    ref_name = f"{reference[0]} at {'full dose' if reference[1] == 1.0 else f'factor {reference[1]:g}'}"
+    method, factor = reference or PAIRED_REFERENCE
+    by_key = {(r["method"], r["factor"]): r for r in results.rows}
+    if reference is not None and not any(m == method and (factor is None or f == factor) for m, f in by_key):
+        at = "" if factor is None else f" at factor {factor_label(factor)}"
+        raise ValueError(f"no results for the paired reference {method!r}{at}")
+    where = "the same factor" if factor is None else ("full dose" if factor == 1.0 else f"factor {factor:g}")
     lines = [
-        f"| factor | method | NRMSE (%) | NRMSE - {ref_name} (%, paired) "
+        f"| factor | method | NRMSE (%) | NRMSE - {method} at {where} (%, paired) "
         f"| SUVmean bias >={LARGE_LESION_MM:g} mm (%) | SUVmax bias >={LARGE_LESION_MM:g} mm (%) |",
         "|---|---|---|---|---|---|",
     ]
     for row in results.rows:
+        ref = by_key.get((method, row["factor"] if factor is None else factor))
         diff = "n/a"
         if ref is not None and "case_nrmse" in row and "case_nrmse" in ref and row["case_seed"] == ref["case_seed"]:
             diff = _interval(*paired_difference(row["case_nrmse"], ref["case_nrmse"], row["case_seed"]), 2, True)
@@ -188,7 +202,10 @@ def merge_results(parts: Sequence[EvalResults]) -> EvalResults:
     return merged
 
 
-def write_results(results: EvalResults, out_dir: str | os.PathLike[str], header: str = "") -> None:
+def write_results(
+    results: EvalResults, out_dir: str | os.PathLike[str], header: str = "",
+    paired_reference: tuple[str, float | None] | None = None,
+) -> None:
     """Write ``results.md`` (with :func:`uncertainty_markdown`), ``results.csv``,
     ``results.json``, ``selection.md`` and (with curves and >= 2 realisations)
     ``contrast_noise.png`` under ``out_dir``, each atomically.
@@ -197,6 +214,7 @@ def write_results(results: EvalResults, out_dir: str | os.PathLike[str], header:
         results: what to write.
         out_dir: an existing folder.
         header: markdown put before the table in ``results.md``.
+        paired_reference: the reference of :func:`uncertainty_markdown`'s paired column.
     """
     from pathlib import Path
 
@@ -208,7 +226,7 @@ def write_results(results: EvalResults, out_dir: str | os.PathLike[str], header:
         f"{results.num_phantoms} phantoms (NRMSE, paired difference) or over the lesions "
         "(biases), each first averaged over its noise realisations: the doubt that comes "
         "from the size of the test set, which the ± std over realisations above (noise "
-        "only) leaves out.\n\n" + uncertainty_markdown(results)
+        "only) leaves out.\n\n" + uncertainty_markdown(results, paired_reference)
     )
     atomic_write_text(out / "results.md", header + results_markdown(results) + uncertainty)
     atomic_write_text(out / "results.csv", results_csv(results))
