@@ -126,6 +126,12 @@ def test_table_has_a_finite_row_per_method_and_factor(
     assert float(parsed[0]["nrmse"]) == pytest.approx(res.rows[0]["nrmse"], rel=1e-9)
     md = ev.results_markdown(res).strip().splitlines()
     assert len(md) == 2 + 6 and md[2].startswith("| full | OSEM |")
+    nrmse_cell = md[2].split("|")[5].strip()
+    assert nrmse_cell == f"{100 * res.rows[0]['nrmse']:.2f} ± {100 * res.rows[0]['nrmse_std']:.2f}"
+    # one realisation has no noise spread: the cells are the means alone, not "± 0"
+    single = ev.results_markdown(replace(res, realisations=1)).strip().splitlines()
+    assert single[2].split("|")[5].strip() == f"{100 * res.rows[0]['nrmse']:.2f}"
+    assert "±" not in single[2]
     # sampling uncertainty: 2 phantoms give a standard error; OSEM at full dose is the
     # paired reference, so its own difference is exactly 0 and OSEM at 1/20 is above it
     assert all(math.isfinite(r["nrmse_sem"]) and r["nrmse_sem"] > 0 for r in res.rows)
@@ -146,6 +152,18 @@ def test_table_has_a_finite_row_per_method_and_factor(
     assert cells[("20", "OSEM")] == f"{100 * mean:+.2f} ± {100 * 1.96 * sem:.2f}"
     with pytest.raises(ValueError, match="paired reference 'OSEM' at factor 7"):
         ev.uncertainty_markdown(res, ("OSEM", 7.0))
+    # bias by lesion size: every lesion of the test set falls in one bin, the same
+    # lesions for every method; the truth reads 0 bias in every bin that has lesions
+    per_phantom = {s: len(d) for s, d in zip(test_set.case_seed, test_set.lesion_diameters)}
+    sizes = ev.lesion_size_markdown(res).strip().splitlines()
+    assert len(sizes) == 2 + 6
+    counts = [int(h.split("(")[1].split()[0]) for h in sizes[0].split("|")[3:-1]]
+    assert sum(counts) == sum(per_phantom.values())
+    truth = ev.score_row("truth", 1.0, "", test_set.target.clone(), test_set)
+    for b in ev.bias_by_size(truth["case_lesions"], truth["case_seed"]):
+        if b["lesions"]:
+            assert b["suvmean_bias"] == pytest.approx(0.0, abs=1e-9)
+            assert b["suvmax_bias"] == pytest.approx(0.0, abs=1e-9)
     # curves at factor 20: OSEM over iterations and MAP over beta, networks as points
     assert len(res.curves["OSEM (iterations)"]) == max(SETTINGS.osem_iterations)
     assert len(res.curves["MAP-RDP (beta)"]) == len(SETTINGS.map_betas)
@@ -204,6 +222,28 @@ def test_sampling_error_is_over_phantoms_and_lesions_averaged_over_realisations(
     assert sem["suvmean_bias"] == pytest.approx(float(lesion_means.std()) / math.sqrt(3))
     assert math.isnan(sem["suvmax_bias_ge8"])  # no lesion
     assert math.isnan(ev.sampling_error(rows[:2], seeds[:2])["nrmse"])  # one phantom
+
+
+def test_bias_by_size_bins_lesions_averaged_over_realisations() -> None:
+    # phantom 1: a 6 mm and a 10 mm lesion, two realisations; phantom 2: a 10 mm and a
+    # 20 mm lesion (the last edge belongs to the last bin), one realisation
+    cases = [
+        [[6.0, -0.4, 0.1], [10.0, -0.2, 0.3]],
+        [[6.0, -0.2, 0.1], [10.0, 0.0, 0.1]],
+        [[10.0, -0.3, 0.0], [20.0, 0.05, -0.1]],
+    ]
+    bins = ev.bias_by_size(cases, [1, 1, 2], edges_mm=(4, 8, 12, 16, 20))
+    assert [b["lesions"] for b in bins] == [1, 2, 0, 1]
+    assert bins[0]["suvmean_bias"] == pytest.approx(-0.3) and math.isnan(bins[0]["suvmean_bias_sem"])
+    # 10 mm: lesion means -0.1 (phantom 1) and -0.3 (phantom 2): sample std 0.1414 over sqrt(2)
+    assert bins[1]["suvmean_bias"] == pytest.approx(-0.2)
+    assert bins[1]["suvmean_bias_sem"] == pytest.approx(0.1)
+    assert bins[1]["suvmax_bias"] == pytest.approx(0.1)
+    assert math.isnan(bins[2]["suvmean_bias"]) and bins[3]["suvmax_bias"] == pytest.approx(-0.1)
+    with pytest.raises(ValueError, match="increasing"):
+        ev.bias_by_size(cases, [1, 1, 2], edges_mm=(8, 4))
+    with pytest.raises(ValueError, match="seeds"):
+        ev.bias_by_size(cases, [1, 1], edges_mm=(4, 8))
 
 
 def test_paired_difference_cancels_what_the_phantoms_share() -> None:
@@ -312,6 +352,7 @@ def test_command_line_quick_run_writes_outputs(tmp_path: Path) -> None:
     assert "OSEM iterations" in (out / "selection.md").read_text()
     # one test phantom: no standard error, said as n/a rather than a number
     assert "| full | OSEM | n/a | n/a |" in (out / "results.md").read_text().split("## Sampling uncertainty")[1]
+    assert "## Lesion bias by size" in (out / "results.md").read_text()
     merged = tmp_path / "merged"
     assert main(["evaluate", "--merge", str(out / "results.json"), "--out", str(merged)]) == 0
     assert (merged / "results.csv").read_text() == (out / "results.csv").read_text()

@@ -168,7 +168,8 @@ def run_config(
     header = (
         f"{results.num_phantoms} test phantoms (seeds {test_seeds[0]}..{test_seeds[-1]}) x "
         f"{results.realisations} noise realisations; selection on {len(val_seeds)} validation "
-        f"phantoms x {c['val_realisations']} realisation(s). Mean ± std over realisations.\n\n"
+        f"phantoms x {c['val_realisations']} realisation(s). "
+        + ("Mean ± std over realisations.\n\n" if results.realisations >= 2 else "Means over the phantoms.\n\n")
     )
     write_results(results, out, header, paired_reference)
     return results

@@ -54,7 +54,9 @@ class EvalResults:
             realisations), ``<metric>_std`` (over realisations: noise) and
             ``<metric>_sem`` (standard error over phantoms or lesions:
             :func:`pet_dl.evaluate.scoring.sampling_error`); ``case_seed`` and
-            ``case_nrmse``, one per test case, for paired comparisons.
+            ``case_nrmse``, one per test case, for paired comparisons; ``case_lesions``,
+            per case ``[diameter_mm, suvmean_bias, suvmax_bias]`` of each lesion
+            (:func:`pet_dl.evaluate.scoring.bias_by_size`).
         osem: chosen OSEM parameters per factor; map: chosen MAP beta per factor.
         curves: contrast-vs-noise curves at ``plot_factor``: name -> :data:`Curve`.
         plot_factor: the factor of the curves.
@@ -84,6 +86,10 @@ def score_row(method: str, factor: float, params: str, images: torch.Tensor, dat
     # per case, for comparisons paired over the same phantoms and noise (report.py)
     row["case_seed"] = list(data.case_seed)
     row["case_nrmse"] = [c["nrmse"] for c in cases]
+    # per case, (diameter mm, SUVmean bias, SUVmax bias) of each lesion: bias by lesion size
+    row["case_lesions"] = [
+        [list(t) for t in zip(c["lesion_diameter_mm"], c["suvmean_bias"], c["suvmax_bias"])] for c in cases
+    ]
     return row
 
 

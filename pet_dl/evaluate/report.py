@@ -18,12 +18,16 @@ _HEADERS = {
 }
 
 
-def _fmt(key: str, mean: float, std: float) -> str:
+def _fmt(key: str, mean: float, std: float | None) -> str:
+    """One table cell, ``"mean ± std"`` (``std`` None: the mean alone)."""
     if math.isnan(mean):
         return "n/a"
     if key in _PERCENT:
-        return f"{100 * mean:+.1f} ± {100 * std:.1f}" if "bias" in key else f"{100 * mean:.2f} ± {100 * std:.2f}"
-    return f"{mean:.2f} ± {std:.2f}" if key == "psnr" else f"{mean:.3f} ± {std:.3f}"
+        scale, spec = 100.0, ("+.1f" if "bias" in key else ".2f")
+    else:
+        scale, spec = 1.0, (".2f" if key == "psnr" else ".3f")
+    text = f"{scale * mean:{spec}}"
+    return text if std is None else f"{text} ± {scale * std:{spec.lstrip('+')}}"
 
 
 def factor_label(factor: float) -> str:
@@ -32,14 +36,16 @@ def factor_label(factor: float) -> str:
 
 
 def results_markdown(results: EvalResults) -> str:
-    """The results table (markdown): one row per factor x method, mean ± std over realisations."""
+    """The results table (markdown): one row per factor x method, mean ± std over
+    realisations (the mean alone with one realisation, which has no noise spread)."""
     keys = list(METRICS)
+    spread = results.realisations >= 2
     lines = [
         "| factor | method | " + " | ".join(_HEADERS[k] for k in keys) + " |",
         "|---|---|" + "---|" * len(keys),
     ]
     for row in results.rows:
-        cells = [_fmt(k, row[k], row[k + "_std"]) for k in keys]
+        cells = [_fmt(k, row[k], row[k + "_std"] if spread else None) for k in keys]
         lines.append(f"| {factor_label(row['factor'])} | {row['method']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -99,6 +105,33 @@ def uncertainty_markdown(results: EvalResults, reference: tuple[str, float | Non
             _interval(row["nrmse"], row.get("nrmse_sem", math.nan), 2), diff,
             _interval(row["suvmean_bias_ge8"], row.get("suvmean_bias_ge8_sem", math.nan), signed=True),
             _interval(row["suvmax_bias_ge8"], row.get("suvmax_bias_ge8_sem", math.nan), signed=True),
+        ]
+        lines.append(f"| {factor_label(row['factor'])} | {row['method']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def lesion_size_markdown(results: EvalResults, edges_mm: Sequence[float] | None = None) -> str:
+    """Lesion SUVmean / SUVmax bias by diameter bin (markdown table), ± 1.96 standard errors.
+
+    One row per factor x method that has per-lesion values (``case_lesions``; rows of
+    older versions are left out), one column per bin of ``edges_mm`` (default
+    :data:`pet_dl.evaluate.scoring.SIZE_EDGES_MM`) reading ``SUVmean / SUVmax`` bias in %
+    (:func:`pet_dl.evaluate.scoring.bias_by_size`). Empty string when no row has them.
+    """
+    from pet_dl.evaluate.scoring import SIZE_EDGES_MM, bias_by_size
+
+    edges = SIZE_EDGES_MM if edges_mm is None else tuple(edges_mm)
+    rows = [r for r in results.rows if "case_lesions" in r]
+    if not rows:
+        return ""
+    first = bias_by_size(rows[0]["case_lesions"], rows[0]["case_seed"], edges)
+    heads = [f"{b['lo_mm']:g}-{b['hi_mm']:g} mm ({int(b['lesions'])} lesions)" for b in first]
+    lines = ["| factor | method | " + " | ".join(heads) + " |", "|---|---|" + "---|" * len(heads)]
+    for row in rows:
+        cells = [
+            f"{_interval(b['suvmean_bias'], b['suvmean_bias_sem'], signed=True)} / "
+            f"{_interval(b['suvmax_bias'], b['suvmax_bias_sem'], signed=True)}"
+            for b in bias_by_size(row["case_lesions"], row["case_seed"], edges)
         ]
         lines.append(f"| {factor_label(row['factor'])} | {row['method']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -206,7 +239,8 @@ def write_results(
     results: EvalResults, out_dir: str | os.PathLike[str], header: str = "",
     paired_reference: tuple[str, float | None] | None = None,
 ) -> None:
-    """Write ``results.md`` (with :func:`uncertainty_markdown`), ``results.csv``,
+    """Write ``results.md`` (with :func:`uncertainty_markdown` and
+    :func:`lesion_size_markdown`), ``results.csv``,
     ``results.json``, ``selection.md`` and (with curves and >= 2 realisations)
     ``contrast_noise.png`` under ``out_dir``, each atomically.
 
@@ -221,13 +255,23 @@ def write_results(
     from pet_dl.io.atomic import atomic_write_text
 
     out = Path(out_dir)
+    noise_note = (
+        ", which the ± std over realisations above (noise only) leaves out"
+        if results.realisations >= 2 else " and from the one noise realisation of each phantom"
+    )
     uncertainty = (
         "\n## Sampling uncertainty\n\nMeans ± 1.96 standard errors over the "
         f"{results.num_phantoms} phantoms (NRMSE, paired difference) or over the lesions "
         "(biases), each first averaged over its noise realisations: the doubt that comes "
-        "from the size of the test set, which the ± std over realisations above (noise "
-        "only) leaves out.\n\n" + uncertainty_markdown(results, paired_reference)
+        f"from the size of the test set{noise_note}.\n\n" + uncertainty_markdown(results, paired_reference)
     )
+    sizes = lesion_size_markdown(results)
+    if sizes:
+        uncertainty += (
+            "\n## Lesion bias by size\n\nSUVmean / SUVmax bias (%) of the lesions in each "
+            "diameter bin, ± 1.96 standard errors over those lesions (each first averaged "
+            "over its noise realisations).\n\n" + sizes
+        )
     atomic_write_text(out / "results.md", header + results_markdown(results) + uncertainty)
     atomic_write_text(out / "results.csv", results_csv(results))
     atomic_write_text(out / "results.json", results_to_json(results))

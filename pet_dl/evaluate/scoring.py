@@ -43,7 +43,8 @@ def case_metrics(images: torch.Tensor, data: EvalSet) -> list[dict[str, Any]]:
 
     Returns:
         one dict per case; lesion biases are lists (``suvmean_bias`` etc., one entry per
-        lesion; relative, 0.05 = +5 %), ``*_ge8`` for lesions >= 8 mm.
+        lesion; relative, 0.05 = +5 %), ``*_ge8`` for lesions >= 8 mm;
+        ``lesion_diameter_mm`` lists the diameters in the order of ``suvmean_bias``.
 
     Raises:
         ValueError: a shape mismatch, or NaN / Inf in ``images``.
@@ -60,11 +61,13 @@ def case_metrics(images: torch.Tensor, data: EvalSet) -> list[dict[str, Any]]:
     rows = []
     for i in range(images.shape[0]):
         row: dict[str, Any] = {"psnr": float(psnr[i]), "ssim": float(ssim[i]), "nrmse": float(nrmse[i])}
-        for key in ("suvmean_bias", "suvmax_bias", "suvmean_bias_ge8", "suvmax_bias_ge8"):
+        for key in ("suvmean_bias", "suvmax_bias", "suvmean_bias_ge8", "suvmax_bias_ge8", "lesion_diameter_mm"):
             row[key] = []
         if bool(data.lesion_mask[i].any()):
             for les in metrics.lesion_bias(images[i], data.target[i], data.lesion_mask[i], data.image.voxel_size_mm):
-                large = data.lesion_diameters[i].get(les.label, 0.0) >= LARGE_LESION_MM
+                diameter = data.lesion_diameters[i].get(les.label, 0.0)
+                row["lesion_diameter_mm"].append(diameter)
+                large = diameter >= LARGE_LESION_MM
                 for suffix in ("", "_ge8") if large else ("",):
                     row["suvmean_bias" + suffix].append(les.mean_bias)
                     row["suvmax_bias" + suffix].append(les.max_bias)
@@ -162,6 +165,65 @@ def paired_difference(
         raise ValueError(f"{len(a)} and {len(b)} values for {len(case_seed)} cases")
     diffs = _unit_means([x - y for x, y in zip(a, b)], case_seed)
     return sum(diffs) / len(diffs), _sem(diffs)
+
+
+#: Lesion diameter bins (mm) of :func:`bias_by_size`: the phantoms' lesions are 4-20 mm.
+SIZE_EDGES_MM = (4.0, 8.0, 12.0, 16.0, 20.0)
+
+
+def bias_by_size(
+    case_lesions: Sequence[Sequence[Sequence[float]]],
+    case_seed: Sequence[int],
+    edges_mm: Sequence[float] = SIZE_EDGES_MM,
+) -> list[dict[str, float]]:
+    """Lesion SUVmean / SUVmax bias per diameter bin, with standard errors over lesions.
+
+    Partial-volume losses grow as lesions shrink, so a mean over all lesions of at least
+    8 mm mixes different biases; this splits them. Each lesion's biases are first averaged
+    over its noise realisations (lesions are identified by phantom seed and position, as in
+    :func:`sampling_error`).
+
+    Args:
+        case_lesions: per case, one ``(diameter_mm, suvmean_bias, suvmax_bias)`` per lesion
+            (relative biases, 0.05 = +5 %), the ``case_lesions`` of a :func:`score_row` row.
+        case_seed: the phantom seed of each case.
+        edges_mm: increasing bin edges, mm; bin ``k`` is ``[edges[k], edges[k+1])``, the
+            last one closed.
+
+    Returns:
+        one dict per bin: ``lo_mm``, ``hi_mm``, ``lesions`` (count), ``suvmean_bias``,
+        ``suvmean_bias_sem``, ``suvmax_bias``, ``suvmax_bias_sem`` (NaN when the bin has no
+        lesion; standard errors NaN with fewer than 2).
+
+    Raises:
+        ValueError: ``case_lesions`` and ``case_seed`` differ in length, or fewer than two
+            or unsorted edges.
+    """
+    if len(case_lesions) != len(case_seed):
+        raise ValueError(f"{len(case_lesions)} cases of lesions for {len(case_seed)} seeds")
+    edges = [float(e) for e in edges_mm]
+    if len(edges) < 2 or any(b <= a for a, b in zip(edges, edges[1:])):
+        raise ValueError(f"bin edges must be at least two increasing values, got {list(edges_mm)}")
+    units: dict[tuple[int, int], list[tuple[float, float, float]]] = {}
+    for lesions, seed in zip(case_lesions, case_seed):
+        for i, (diameter, mean_bias, max_bias) in enumerate(lesions):
+            units.setdefault((int(seed), i), []).append((float(diameter), float(mean_bias), float(max_bias)))
+    per_lesion = [
+        (v[0][0], sum(x[1] for x in v) / len(v), sum(x[2] for x in v) / len(v)) for v in units.values()
+    ]
+    out = []
+    for k, (lo, hi) in enumerate(zip(edges, edges[1:])):
+        last = k == len(edges) - 2
+        inside = [p for p in per_lesion if lo <= p[0] < hi or (last and p[0] == hi)]
+        means, maxes = [p[1] for p in inside], [p[2] for p in inside]
+        out.append({
+            "lo_mm": lo, "hi_mm": hi, "lesions": float(len(inside)),
+            "suvmean_bias": sum(means) / len(means) if means else math.nan,
+            "suvmean_bias_sem": _sem(means),
+            "suvmax_bias": sum(maxes) / len(maxes) if maxes else math.nan,
+            "suvmax_bias_sem": _sem(maxes),
+        })
+    return out
 
 
 def shell(mask: torch.Tensor, inner: int, outer: int) -> torch.Tensor:
