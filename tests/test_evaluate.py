@@ -462,3 +462,20 @@ def test_export_without_known_seeds_warns(tmp_path: Path, recipe: dict) -> None:
     module.geometry_metadata["train_seeds"] = [1, "x"]
     with pytest.raises(ValueError, match="phantom seeds must be"):
         export_module(module, tmp_path / "c.safetensors")
+
+
+@pytest.mark.parametrize("name, phantoms", [("evaluate2d", 20), ("evaluate2d_large", 200)])
+def test_shipped_evaluation_configs_score_held_out_phantoms(name: str, phantoms: int) -> None:
+    """The 2D evaluation configs load, and their test phantoms are the first ``phantoms``
+    seeds of the recipe's test split, disjoint from its training and validation seeds (the
+    20 of the main table are the first 20 of the 200)."""
+    from pet_dl.datasets import split_seeds
+
+    root = Path(__file__).resolve().parents[1]
+    config = ev.load_eval_config(root / "configs" / f"{name}.yaml")
+    assert config["test_phantoms"] == phantoms
+    recipe = load_recipe(root / config["recipe"])
+    test = list(split_seeds(recipe, "test"))
+    assert len(test) >= phantoms and test[:20] == list(range(200000, 200020))
+    ev.check_held_out(test[:phantoms], {"train": split_seeds(recipe, "train"), "val": split_seeds(recipe, "val")})
+    assert 1.0 in config["factors"] and 20.0 in config["factors"]

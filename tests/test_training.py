@@ -295,7 +295,7 @@ def test_missing_init_weights_is_one_line_and_exit_2(tmp_path: Path, capsys: pyt
 @pytest.mark.parametrize("name", [
     "smoke_cpu", "post_unet2d", "brain2d", "brain2d_long", "brain2d_unshared", "brain2d_unshared_long",
     "brain2d_mse", "brain2d_mse_unshared", "brain2d_flip", "brain2d_flip_smoothl1", "brain2d_flip_lowlr",
-    "brain2d_flip_nrmse", "brain2d_flip_nrmse3", "brain2d_flip_nrmse2", "brain2d_flip_nrmse3_l3",
+    "brain2d_flip_nrmse", "brain2d_flip_nrmse3", "brain2d_flip_nrmse2", "brain2d_flip_nrmse3_l3", "brain2d_nrmse2_long",
     "brain3d_gpu", "body3d_gpu",
 ])
 def test_shipped_configs_parse(name: str, capsys: pytest.CaptureFixture) -> None:
