@@ -295,7 +295,7 @@ def test_missing_init_weights_is_one_line_and_exit_2(tmp_path: Path, capsys: pyt
 @pytest.mark.parametrize("name", [
     "smoke_cpu", "post_unet2d", "brain2d", "brain2d_long", "brain2d_unshared", "brain2d_unshared_long",
     "brain2d_mse", "brain2d_mse_unshared", "brain2d_flip", "brain2d_flip_smoothl1", "brain2d_flip_lowlr",
-    "brain2d_flip_nrmse", "brain2d_flip_nrmse3", "brain2d_flip_nrmse2", "brain2d_flip_nrmse3_l3", "brain2d_nrmse2_long",
+    "brain2d_flip_nrmse", "brain2d_flip_nrmse3", "brain2d_flip_nrmse2", "brain2d_flip_nrmse3_l3", "brain2d_nrmse2_long", "brain2d_nrmse2_max",
     "brain3d_gpu", "body3d_gpu",
 ])
 def test_shipped_configs_parse(name: str, capsys: pytest.CaptureFixture) -> None:
@@ -492,3 +492,46 @@ def test_lesion_mean_weight_adds_the_term_to_the_loss() -> None:
         both.compute_loss(pred, target)
     with pytest.raises(ValueError, match="lesion_mean_weight"):
         ReconModule(NETWORK, lesion_mean_weight=-1.0)
+
+
+def test_lesion_max_loss_is_the_absolute_suvmax_bias_and_acts_on_the_hottest_voxel() -> None:
+    """Scan 0: a lesion whose hottest voxel is 30 % over the truth's maximum (noise left
+    inside it) and an exact one; scan 1: a lesion whose maximum is 10 % under. The term is
+    the mean |SUVmax bias| over the three lesions, as the evaluation reports it, and its
+    gradient reaches each lesion's hottest voxel only."""
+    from pet_dl.metrics import lesion_bias
+    from pet_dl.training.losses import lesion_max_error
+
+    target = torch.ones(2, 8, 8, 1)
+    mask = torch.zeros(2, 8, 8, 1, dtype=torch.int64)
+    mask[0, 1:3, 1:3] = 1
+    mask[0, 5:7, 5:7] = 2
+    mask[1, 3:5, 3:5] = 1
+    target[mask > 0] = 4.0
+    target[1, 3, 3, 0] = 5.0  # a lesion whose truth is not flat: its maximum is 5
+    pred = target.clone()
+    pred[0, 1, 1, 0] = 5.2  # +30 % over 4 at one voxel
+    pred[1][mask[1] == 1] = torch.tensor([4.5, 4.0, 4.0, 4.0])  # max 4.5 vs 5: -10 %
+    pred[:, 0, 7] = 9.0  # background: ignored
+    pred.requires_grad_(True)
+    value = lesion_max_error(pred, target, mask)
+    assert float(value.detach()) == pytest.approx((0.3 + 0.0 + 0.1) / 3, rel=1e-6)
+    biases = [b for i in range(2) for b in lesion_bias(pred[i].detach(), target[i], mask[i], (1.0, 1.0, 1.0))]
+    assert float(value.detach()) == pytest.approx(sum(abs(b.max_bias) for b in biases) / 3, rel=1e-6)
+    value.backward()
+    grad = pred.grad
+    assert float(grad[0, 1, 1, 0]) > 0 and float(grad[1, 3, 3, 0]) < 0  # lower the peak, raise the low one
+    nonzero = int((grad != 0).sum())
+    assert nonzero <= 3 and float(grad[0, 0, 7, 0]) == 0.0 and float(grad[0, 2, 2, 0]) == 0.0
+    no_lesions = lesion_max_error(pred, target, torch.zeros_like(mask))
+    assert float(no_lesions) == 0.0 and no_lesions.requires_grad
+    # in the module: adds weight x term; refuses a negative weight or a batch without a mask
+    plain, both = ReconModule(NETWORK), ReconModule(NETWORK, lesion_max_weight=2.0)
+    p = pred.detach()
+    assert float(both.compute_loss(p, target, mask)) == pytest.approx(
+        float(plain.compute_loss(p, target, mask)) + 2.0 * float(lesion_max_error(p, target, mask)), rel=1e-5
+    )
+    with pytest.raises(ValueError, match="lesion_mask"):
+        both.compute_loss(p, target)
+    with pytest.raises(ValueError, match="lesion_max_weight"):
+        ReconModule(NETWORK, lesion_max_weight=-1.0)

@@ -151,6 +151,46 @@ def lesion_mean_error(
     return rel[present].mean()
 
 
+def lesion_max_error(
+    pred: torch.Tensor, target: torch.Tensor, lesion_mask: torch.Tensor
+) -> torch.Tensor:
+    """Mean over the batch's lesions of ``|max(pred) - max(target)| / max(target)``.
+
+    Each lesion's maxima are taken over its own voxels (the SUVmax of
+    :func:`pet_dl.metrics.lesion_bias`), so this is the absolute relative SUVmax bias that
+    the evaluation reports. Its gradient reaches only the hottest voxel of each lesion:
+    it penalises noise and overshoot left inside a lesion, which the mean of
+    :func:`lesion_mean_error` does not see.
+
+    Args:
+        pred, target: ``(B, nx, ny, nz)``, same units.
+        lesion_mask: ``(B, nx, ny, nz)`` int labels, 0 = background.
+
+    Returns:
+        dimensionless scalar; 0 (with a gradient path) when the batch has no lesion.
+    """
+    if not pred.shape == target.shape == lesion_mask.shape:
+        raise ValueError(
+            f"pred {tuple(pred.shape)}, target {tuple(target.shape)} and lesion_mask "
+            f"{tuple(lesion_mask.shape)} must have one shape"
+        )
+    labels = lesion_mask.flatten(1).long()
+    num_labels = int(labels.max().item()) + 1 if labels.numel() else 1
+    if num_labels <= 1:
+        return pred.sum() * 0.0
+    b = labels.shape[0]
+
+    def maxima(values: torch.Tensor) -> torch.Tensor:
+        start = values.new_full((b, num_labels), float("-inf"))
+        return start.scatter_reduce(1, labels, values.flatten(1), "amax", include_self=True)[:, 1:]
+
+    max_target = maxima(target)
+    present = torch.isfinite(max_target)
+    max_pred = maxima(pred)
+    rel = (max_pred[present] - max_target[present]).abs() / max_target[present].abs().clamp_min(1e-12)
+    return rel.mean()
+
+
 def nrmse_error(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean over the batch of ``||pred - target||_2 / ||target||_2`` per scan.
 

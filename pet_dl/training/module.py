@@ -10,7 +10,13 @@ import torch
 from pet_dl.models import build_model
 from pet_dl.training.batching import to_recon_batch
 from pet_dl.training.losses import ERRORS as LOSSES
-from pet_dl.training.losses import lesion_mean_error, lesion_weights, nrmse_error, weighted_error
+from pet_dl.training.losses import (
+    lesion_max_error,
+    lesion_mean_error,
+    lesion_weights,
+    nrmse_error,
+    weighted_error,
+)
 
 
 class ReconModule(pl.LightningModule):
@@ -33,6 +39,8 @@ class ReconModule(pl.LightningModule):
         lesion_dilation: lesion mask dilation radius for that weight, voxels.
         lesion_mean_weight: weight of the mean absolute relative lesion SUVmean bias
             (:func:`pet_dl.training.losses.lesion_mean_error`; 0: off).
+        lesion_max_weight: weight of the mean absolute relative lesion SUVmax bias
+            (:func:`pet_dl.training.losses.lesion_max_error`; 0: off).
         nrmse_weight: weight of the batch's mean NRMSE, the evaluation's image metric
             (:func:`pet_dl.training.losses.nrmse_error`; 0: off).
         lr: AdamW learning rate.
@@ -55,6 +63,7 @@ class ReconModule(pl.LightningModule):
         lesion_weight: float = 0.0,
         lesion_dilation: int = 1,
         lesion_mean_weight: float = 0.0,
+        lesion_max_weight: float = 0.0,
         nrmse_weight: float = 0.0,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
@@ -74,6 +83,8 @@ class ReconModule(pl.LightningModule):
             raise ValueError(f"lesion_dilation must be >= 0 voxels, got {lesion_dilation}")
         if lesion_mean_weight < 0:
             raise ValueError(f"lesion_mean_weight must be >= 0, got {lesion_mean_weight}")
+        if lesion_max_weight < 0:
+            raise ValueError(f"lesion_max_weight must be >= 0, got {lesion_max_weight}")
         if nrmse_weight < 0:
             raise ValueError(f"nrmse_weight must be >= 0, got {nrmse_weight}")
         self.save_hyperparameters()
@@ -140,12 +151,13 @@ class ReconModule(pl.LightningModule):
         """Loss between prediction and target ``(B, nx, ny, nz)`` Bq/mL (normalised per scan).
 
         ``lesion_mask`` ``(B, nx, ny, nz)`` int (0 = background) is required when
-        ``lesion_weight > 0`` or ``lesion_mean_weight > 0``.
+        ``lesion_weight``, ``lesion_mean_weight`` or ``lesion_max_weight`` is > 0.
         """
         p, t = self._normalise(pred.float(), target.float())
         hp = self.hparams
-        if (hp.lesion_weight > 0 or hp.lesion_mean_weight > 0) and lesion_mask is None:
-            raise ValueError("lesion_weight / lesion_mean_weight > 0 need batches with a 'lesion_mask'")
+        lesion_terms = hp.lesion_weight > 0 or hp.lesion_mean_weight > 0 or hp.lesion_max_weight > 0
+        if lesion_terms and lesion_mask is None:
+            raise ValueError("lesion_weight / lesion_mean_weight / lesion_max_weight > 0 need batches with a 'lesion_mask'")
         weights = None
         if hp.lesion_weight > 0:
             weights = lesion_weights(
@@ -154,6 +166,8 @@ class ReconModule(pl.LightningModule):
         loss = weighted_error(p, t, weights, hp.loss, hp.smooth_l1_beta)
         if hp.lesion_mean_weight > 0:
             loss = loss + hp.lesion_mean_weight * lesion_mean_error(p, t, lesion_mask.to(p.device))
+        if hp.lesion_max_weight > 0:
+            loss = loss + hp.lesion_max_weight * lesion_max_error(p, t, lesion_mask.to(p.device))
         if hp.nrmse_weight > 0:
             loss = loss + hp.nrmse_weight * nrmse_error(p, t)
         if hp.ssim_weight > 0:
