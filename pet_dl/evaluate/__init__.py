@@ -9,8 +9,8 @@ The *test* split is then reconstructed by every method and scored against the tr
 activity (PSNR, SSIM, NRMSE, lesion SUVmean / SUVmax bias, lesions >= 8 mm apart).
 
 Aggregation (mean ± std over the noise realisations of the per-realisation averages),
-standard errors over phantoms and lesions, paired differences, and the contrast-vs-noise
-curves are defined in :mod:`pet_dl.evaluate.scoring`.
+standard errors over phantoms and lesions, paired differences, lesion bias by diameter
+bin and the contrast-vs-noise curves are defined in :mod:`pet_dl.evaluate.scoring`.
 
 Modules, in the order of the data flow:
 
@@ -18,7 +18,8 @@ Modules, in the order of the data flow:
   :func:`check_held_out`;
 - :mod:`~pet_dl.evaluate.methods`: OSEM trajectory, MAP-RDP, learned models on a batch;
 - :mod:`~pet_dl.evaluate.selection`: OSEM / MAP-RDP parameters chosen on validation;
-- :mod:`~pet_dl.evaluate.scoring`: per-case metrics, aggregation, contrast vs noise;
+- :mod:`~pet_dl.evaluate.scoring`: per-case metrics, aggregation, bias by lesion size,
+  contrast vs noise;
 - :mod:`~pet_dl.evaluate.pipeline`: :func:`evaluate` (selection, then the test table);
 - :mod:`~pet_dl.evaluate.report`: markdown, CSV, JSON, merge, plot;
 - :mod:`~pet_dl.evaluate.config`: configs, checkpoints, :func:`run_config`
