@@ -410,18 +410,25 @@ def test_lesion_weight_needs_a_mask_and_a_valid_value() -> None:
         ReconModule(NETWORK, lesion_dilation=-1)
 
 
-def test_lesion_mean_loss_is_the_absolute_suvmean_bias_of_each_lesion() -> None:
-    """Two lesions in scan 0 (one at half its uptake, one exact), one in scan 1 (+20 %):
-    the term is the mean of |bias| over the three lesions; background errors do not count."""
-    from pet_dl.metrics import lesion_bias
-    from pet_dl.training.losses import lesion_mean_error
-
+def _three_lesions() -> tuple[torch.Tensor, torch.Tensor]:
+    """Two 8 x 8 scans of background 1: lesions 1 and 2 (2 x 2 voxels) in scan 0, lesion 1
+    in scan 1, all at 4; returns ``(target, lesion_mask)``."""
     target = torch.ones(2, 8, 8, 1)
     mask = torch.zeros(2, 8, 8, 1, dtype=torch.int64)
     mask[0, 1:3, 1:3] = 1
     mask[0, 5:7, 5:7] = 2
     mask[1, 3:5, 3:5] = 1
     target[mask > 0] = 4.0
+    return target, mask
+
+
+def test_lesion_mean_loss_is_the_absolute_suvmean_bias_of_each_lesion() -> None:
+    """Two lesions in scan 0 (one at half its uptake, one exact), one in scan 1 (+20 %):
+    the term is the mean of |bias| over the three lesions; background errors do not count."""
+    from pet_dl.metrics import lesion_bias
+    from pet_dl.training.losses import lesion_mean_error
+
+    target, mask = _three_lesions()
     pred = target.clone()
     pred[0][mask[0] == 1] = 2.0
     pred[1][mask[1] == 1] = torch.tensor([4.0, 5.6, 4.8, 4.8])  # mean 4.8: +20 %
@@ -502,12 +509,7 @@ def test_lesion_max_loss_is_the_absolute_suvmax_bias_and_acts_on_the_hottest_vox
     from pet_dl.metrics import lesion_bias
     from pet_dl.training.losses import lesion_max_error
 
-    target = torch.ones(2, 8, 8, 1)
-    mask = torch.zeros(2, 8, 8, 1, dtype=torch.int64)
-    mask[0, 1:3, 1:3] = 1
-    mask[0, 5:7, 5:7] = 2
-    mask[1, 3:5, 3:5] = 1
-    target[mask > 0] = 4.0
+    target, mask = _three_lesions()
     target[1, 3, 3, 0] = 5.0  # a lesion whose truth is not flat: its maximum is 5
     pred = target.clone()
     pred[0, 1, 1, 0] = 5.2  # +30 % over 4 at one voxel

@@ -128,27 +128,7 @@ def lesion_mean_error(
     Returns:
         dimensionless scalar; 0 (with a gradient path) when the batch has no lesion.
     """
-    if not pred.shape == target.shape == lesion_mask.shape:
-        raise ValueError(
-            f"pred {tuple(pred.shape)}, target {tuple(target.shape)} and lesion_mask "
-            f"{tuple(lesion_mask.shape)} must have one shape"
-        )
-    labels = lesion_mask.flatten(1).long()
-    num_labels = int(labels.max().item()) + 1 if labels.numel() else 1
-    if num_labels <= 1:
-        return pred.sum() * 0.0
-    b = labels.shape[0]
-
-    def sums(values: torch.Tensor) -> torch.Tensor:
-        out = values.new_zeros(b, num_labels)
-        return out.scatter_add(1, labels, values.flatten(1))[:, 1:]
-
-    count = sums(torch.ones_like(pred))
-    present = count > 0
-    mean_pred = sums(pred) / count.clamp_min(1.0)
-    mean_target = sums(target) / count.clamp_min(1.0)
-    rel = (mean_pred - mean_target).abs() / mean_target.abs().clamp_min(1e-12)
-    return rel[present].mean()
+    return _lesion_relative_error(pred, target, lesion_mask, "mean")
 
 
 def lesion_max_error(
@@ -169,6 +149,14 @@ def lesion_max_error(
     Returns:
         dimensionless scalar; 0 (with a gradient path) when the batch has no lesion.
     """
+    return _lesion_relative_error(pred, target, lesion_mask, "amax")
+
+
+def _lesion_relative_error(
+    pred: torch.Tensor, target: torch.Tensor, lesion_mask: torch.Tensor, statistic: str
+) -> torch.Tensor:
+    """Mean over the batch's lesions of ``|s(pred) - s(target)| / |s(target)|``, with ``s``
+    each lesion's ``"mean"`` or ``"amax"`` over its voxels (shapes as in the callers)."""
     if not pred.shape == target.shape == lesion_mask.shape:
         raise ValueError(
             f"pred {tuple(pred.shape)}, target {tuple(target.shape)} and lesion_mask "
@@ -180,15 +168,20 @@ def lesion_max_error(
         return pred.sum() * 0.0
     b = labels.shape[0]
 
-    def maxima(values: torch.Tensor) -> torch.Tensor:
+    def sums(values: torch.Tensor) -> torch.Tensor:
+        return values.new_zeros(b, num_labels).scatter_add(1, labels, values.flatten(1))[:, 1:]
+
+    count = sums(torch.ones_like(pred))
+    present = count > 0  # (B, labels - 1): the labels each scan has
+
+    def per_lesion(values: torch.Tensor) -> torch.Tensor:
+        if statistic == "mean":
+            return sums(values) / count.clamp_min(1.0)
         start = values.new_full((b, num_labels), float("-inf"))
         return start.scatter_reduce(1, labels, values.flatten(1), "amax", include_self=True)[:, 1:]
 
-    max_target = maxima(target)
-    present = torch.isfinite(max_target)
-    max_pred = maxima(pred)
-    rel = (max_pred[present] - max_target[present]).abs() / max_target[present].abs().clamp_min(1e-12)
-    return rel.mean()
+    of_pred, of_target = per_lesion(pred)[present], per_lesion(target)[present]
+    return ((of_pred - of_target).abs() / of_target.abs().clamp_min(1e-12)).mean()
 
 
 def nrmse_error(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
