@@ -22,7 +22,7 @@ from pet_dl.datasets import (
     recipe_geometry,
     split_seeds,
 )
-from pet_dl.evaluate import bias_by_size
+from pet_dl.evaluate import bias_by_size, size_bin_cells
 from pet_dl.forward_model import GaussianResolution
 from pet_dl.metrics import lesion_bias
 
@@ -39,7 +39,7 @@ def main() -> None:
     phantoms = [phantom_of_seed(recipe, s, image) for s in seeds]
     print(f"{len(seeds)} test phantoms; SUVmean / SUVmax bias (%) of the PSF-blurred truth, "
           "± 1.96 standard errors over the lesions\n")
-    header = None
+    first = True
     for fwhm in args.fwhm_mm or [psf_of_recipe(recipe)]:
         blur = GaussianResolution(image, fwhm)
         cases = []
@@ -48,15 +48,10 @@ def main() -> None:
             diameters = {int(les.label): float(les.diameter_mm) for les in ph.lesions}
             found = lesion_bias(blur(truth), truth, ph.labels, image.voxel_size_mm) if ph.lesions else []
             cases.append([[diameters[b.label], b.mean_bias, b.max_bias] for b in found])
-        bins = bias_by_size(cases, seeds)
-        if header is None:
-            header = [f"{b['lo_mm']:g}-{b['hi_mm']:g} mm ({int(b['lesions'])} lesions)" for b in bins]
-            print("| PSF FWHM (mm) | " + " | ".join(header) + " |\n|---|" + "---|" * len(header))
-        cells = [
-            f"{100 * b['suvmean_bias']:+.1f} ± {196 * b['suvmean_bias_sem']:.1f} / "
-            f"{100 * b['suvmax_bias']:+.1f} ± {196 * b['suvmax_bias_sem']:.1f}"
-            for b in bins
-        ]
+        heads, cells = size_bin_cells(bias_by_size(cases, seeds))
+        if first:
+            print("| PSF FWHM (mm) | " + " | ".join(heads) + " |\n|---|" + "---|" * len(heads))
+            first = False
         print(f"| {fwhm:g} | " + " | ".join(cells) + " |")
 
 

@@ -42,6 +42,7 @@ from pet_dl.evaluate.report import (
     results_markdown,
     results_to_json,
     selection_markdown,
+    size_bin_cells,
     uncertainty_markdown,
     write_results,
 )
@@ -99,6 +100,7 @@ __all__ = [
     "selection_markdown",
     "shell",
     "simulate_eval_set",
+    "size_bin_cells",
     "uncertainty_markdown",
     "write_results",
 ]

@@ -110,6 +110,18 @@ def uncertainty_markdown(results: EvalResults, reference: tuple[str, float | Non
     return "\n".join(lines) + "\n"
 
 
+def size_bin_cells(bins: Sequence[dict[str, float]]) -> tuple[list[str], list[str]]:
+    """Column heads (``"8-12 mm (79 lesions)"``) and cells (``"SUVmean / SUVmax"`` bias in %,
+    ± 1.96 standard errors) of :func:`pet_dl.evaluate.scoring.bias_by_size` bins."""
+    heads = [f"{b['lo_mm']:g}-{b['hi_mm']:g} mm ({int(b['lesions'])} lesions)" for b in bins]
+    cells = [
+        f"{_interval(b['suvmean_bias'], b['suvmean_bias_sem'], signed=True)} / "
+        f"{_interval(b['suvmax_bias'], b['suvmax_bias_sem'], signed=True)}"
+        for b in bins
+    ]
+    return heads, cells
+
+
 def lesion_size_markdown(results: EvalResults, edges_mm: Sequence[float] | None = None) -> str:
     """Lesion SUVmean / SUVmax bias by diameter bin (markdown table), ± 1.96 standard errors.
 
@@ -124,15 +136,10 @@ def lesion_size_markdown(results: EvalResults, edges_mm: Sequence[float] | None 
     rows = [r for r in results.rows if "case_lesions" in r]
     if not rows:
         return ""
-    first = bias_by_size(rows[0]["case_lesions"], rows[0]["case_seed"], edges)
-    heads = [f"{b['lo_mm']:g}-{b['hi_mm']:g} mm ({int(b['lesions'])} lesions)" for b in first]
+    heads, _ = size_bin_cells(bias_by_size(rows[0]["case_lesions"], rows[0]["case_seed"], edges))
     lines = ["| factor | method | " + " | ".join(heads) + " |", "|---|---|" + "---|" * len(heads)]
     for row in rows:
-        cells = [
-            f"{_interval(b['suvmean_bias'], b['suvmean_bias_sem'], signed=True)} / "
-            f"{_interval(b['suvmax_bias'], b['suvmax_bias_sem'], signed=True)}"
-            for b in bias_by_size(row["case_lesions"], row["case_seed"], edges)
-        ]
+        _, cells = size_bin_cells(bias_by_size(row["case_lesions"], row["case_seed"], edges))
         lines.append(f"| {factor_label(row['factor'])} | {row['method']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

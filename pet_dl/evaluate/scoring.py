@@ -204,13 +204,9 @@ def bias_by_size(
     edges = [float(e) for e in edges_mm]
     if len(edges) < 2 or any(b <= a for a, b in zip(edges, edges[1:])):
         raise ValueError(f"bin edges must be at least two increasing values, got {list(edges_mm)}")
-    units: dict[tuple[int, int], list[tuple[float, float, float]]] = {}
-    for lesions, seed in zip(case_lesions, case_seed):
-        for i, (diameter, mean_bias, max_bias) in enumerate(lesions):
-            units.setdefault((int(seed), i), []).append((float(diameter), float(mean_bias), float(max_bias)))
-    per_lesion = [
-        (v[0][0], sum(x[1] for x in v) / len(v), sum(x[2] for x in v) / len(v)) for v in units.values()
-    ]
+    # each column averaged per lesion over its realisations; the units come in one order
+    columns = [_unit_means([[les[k] for les in c] for c in case_lesions], case_seed) for k in range(3)]
+    per_lesion = list(zip(*columns))  # (diameter, SUVmean bias, SUVmax bias) per lesion
     out = []
     for k, (lo, hi) in enumerate(zip(edges, edges[1:])):
         last = k == len(edges) - 2
