@@ -296,7 +296,7 @@ def test_missing_init_weights_is_one_line_and_exit_2(tmp_path: Path, capsys: pyt
     "smoke_cpu", "post_unet2d", "brain2d", "brain2d_long", "brain2d_unshared", "brain2d_unshared_long",
     "brain2d_mse", "brain2d_mse_unshared", "brain2d_flip", "brain2d_flip_smoothl1", "brain2d_flip_lowlr",
     "brain2d_flip_nrmse", "brain2d_flip_nrmse3", "brain2d_flip_nrmse2", "brain2d_flip_nrmse3_l3", "brain2d_nrmse2_long", "brain2d_nrmse2_max",
-    "brain3d_gpu", "body3d_gpu",
+    "brain3d_gpu", "body3d_gpu", "post_unet_brain3d_gpu", "post_unet_body3d_gpu", "brain2d_os7", "brain2d_os7_l2",
 ])
 def test_shipped_configs_parse(name: str, capsys: pytest.CaptureFixture) -> None:
     import yaml
@@ -311,6 +311,34 @@ def test_shipped_configs_parse(name: str, capsys: pytest.CaptureFixture) -> None
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["model"]["network"] == yaml.safe_load(path.read_text())["model"]["network"]
     build_model(printed["model"]["network"])  # the network part is valid too
+
+
+@pytest.mark.parametrize("name", ["brain3d_gpu", "body3d_gpu"])
+def test_3d_configs_warm_start_from_their_post_unet_config(name: str, tmp_path: Path) -> None:
+    """Each 3D unrolled config starts from the file its PostUNet config writes, with the
+    same UNet and OSEM start, so the chain cannot break after hours of GPU training: the
+    PostUNet built from its config (weights perturbed) loads into every regulariser."""
+    import yaml
+
+    from pet_dl.io.checkpoint import save_checkpoint
+    from pet_dl.models import build_model
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    unrolled = yaml.safe_load((configs / f"{name}.yaml").read_text())
+    post = yaml.safe_load((configs / f"post_unet_{name}.yaml").read_text())
+    written = next(c["init_args"]["path"] for c in post["trainer"]["callbacks"] if "path" in c.get("init_args", {}))
+    assert unrolled["model"]["init_weights"] == written
+    assert post["data"]["data_dir"] == unrolled["data"]["data_dir"]
+    post_net = build_model(post["model"]["network"])
+    with torch.no_grad():
+        for p in post_net.parameters():
+            p.add_(torch.randn_like(p))
+    path = save_checkpoint(tmp_path / "post.safetensors", post_net, post["model"]["network"], {})
+    model = {k: v for k, v in unrolled["model"].items() if k not in ("network", "init_weights")}
+    module = ReconModule(unrolled["model"]["network"], init_weights=str(path), **model)
+    for reg in module.net.regularisers:
+        for (key, a), b in zip(post_net.net.state_dict().items(), reg.state_dict().values(), strict=True):
+            assert torch.equal(a, b), key
 
 
 def test_unknown_loss_is_refused() -> None:
