@@ -258,6 +258,35 @@ def test_shared_regulariser_warm_starts_one_per_iteration(tmp_path: Path) -> Non
         next(regs[0].parameters()).add_(1.0)
     assert not torch.equal(next(regs[0].parameters()), next(regs[1].parameters()))
 
+def test_unrolled_network_warm_starts_one_with_more_iterations(tmp_path: Path) -> None:
+    """K = 2 iterations with one CNN each initialise K = 4: iterations 0 and 1 as trained,
+    the added ones as the last trained iteration (CNN and both fusion parameters); a
+    network with fewer iterations than its source is refused."""
+    from pet_dl.io.checkpoint import save_checkpoint
+    from pet_dl.models import build_model
+
+    config = {**NETWORK, "share_weights": False}
+    source = build_model(config)
+    with torch.no_grad():
+        for p in source.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    path = save_checkpoint(tmp_path / "k2.safetensors", source, config, {})
+    module = ReconModule({**config, "num_iterations": 4}, init_weights=str(path))
+    for k, reg in enumerate(module.net.regularisers):
+        trained = source.regularisers[min(k, 1)].state_dict()
+        for (name, a), b in zip(trained.items(), reg.state_dict().values(), strict=True):
+            assert torch.equal(a, b), (k, name)
+    for name in ("fusion_weight", "fusion_dose_slope"):
+        src, dst = getattr(source, name), getattr(module.net, name)
+        assert torch.equal(dst, torch.stack([src[0], src[1], src[1], src[1]])), name
+    with torch.no_grad():  # copies, not one tensor seen twice
+        next(module.net.regularisers[2].parameters()).add_(1.0)
+    assert not torch.equal(next(module.net.regularisers[2].parameters()), next(module.net.regularisers[3].parameters()))
+    wide = save_checkpoint(tmp_path / "k4.safetensors", module.net, {**config, "num_iterations": 4}, {})
+    with pytest.raises(ValueError, match="init_weights .*does not match"):
+        ReconModule(config, init_weights=str(wide))
+
+
 def test_init_iterations_mismatch_is_refused(tmp_path: Path) -> None:
     module = ReconModule({**NETWORK, "init_iterations": 5})
     with pytest.raises(ValueError, match="init_iterations"):

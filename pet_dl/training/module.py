@@ -49,9 +49,11 @@ class ReconModule(pl.LightningModule):
         init_weights: start from the weights of a pet_dl ``.safetensors`` checkpoint of
             the same network (fine-tuning, e.g. the shipped model on a site's data), or,
             for an unrolled network, of a trained ``post_unet`` with the same UNet (each
-            regulariser starts as that denoiser), or of an unrolled network with one shared
-            regulariser when this one has one per iteration (each starts as the shared
-            one); ``None``: random initialisation.
+            regulariser starts as that denoiser), or of an unrolled network with fewer
+            regularisers or iterations (one shared regulariser -> one per iteration: each
+            starts as the shared one; ``K`` -> more iterations: the added iterations start
+            as the last one, regulariser and fusion weight); ``None``: random
+            initialisation.
     """
 
     def __init__(
@@ -106,12 +108,10 @@ class ReconModule(pl.LightningModule):
                 self._load_state(reg, loaded.model.net.state_dict(), path, loaded.config)
             return
         state = loaded.model.state_dict()
-        if (
-            isinstance(loaded.model, UnrolledEM) and isinstance(self.net, UnrolledEM)
-            and len(loaded.model.regularisers) == 1 and len(self.net.regularisers) > 1
-        ):
-            # shared -> one regulariser per iteration: each starts as the shared one
-            state = _unshare_regulariser(state, len(self.net.regularisers))
+        if isinstance(loaded.model, UnrolledEM) and isinstance(self.net, UnrolledEM):
+            # shared -> one regulariser per iteration, K -> more iterations: the new
+            # regularisers and fusion weights start as the last trained ones
+            state = _extend_unrolled(state, len(self.net.regularisers), self.net.num_iterations)
         self._load_state(self.net, state, path, loaded.config)
 
     @staticmethod
@@ -240,14 +240,29 @@ def _lesion_mean_bias(
     return ((pred * m).sum() / total - 1.0).float()
 
 
-def _unshare_regulariser(state: dict[str, torch.Tensor], copies: int) -> dict[str, torch.Tensor]:
-    """An UnrolledEM state dict with ``regularisers.0.*`` copied to ``regularisers.0..copies-1``."""
+def _extend_unrolled(
+    state: dict[str, torch.Tensor], regularisers: int, iterations: int
+) -> dict[str, torch.Tensor]:
+    """An UnrolledEM state dict grown to ``regularisers`` CNNs and ``iterations`` fusion weights.
+
+    CNN ``k`` is the source's CNN ``min(k, n - 1)`` (``n`` source CNNs) and fusion weight
+    ``k`` the source's ``min(k, K - 1)``: one shared CNN becomes one per iteration, and
+    added iterations repeat the last one. A source with more of either is returned
+    unchanged (loading it then fails with the size mismatch).
+    """
+    n = 1 + max(int(key.split(".")[1]) for key in state if key.startswith("regularisers."))
+    k_src = state["fusion_weight"].numel()
+    if n > regularisers or k_src > iterations:
+        return state
     out: dict[str, torch.Tensor] = {}
-    prefix = "regularisers.0."
     for key, value in state.items():
-        if key.startswith(prefix):
-            for k in range(copies):
-                out[f"regularisers.{k}.{key[len(prefix):]}"] = value.clone()
+        if key.startswith("regularisers."):
+            index, rest = key[len("regularisers."):].split(".", 1)
+            for k in range(regularisers):
+                if min(k, n - 1) == int(index):
+                    out[f"regularisers.{k}.{rest}"] = value.clone()
+        elif key in ("fusion_weight", "fusion_dose_slope"):
+            out[key] = torch.cat([value, value[-1:].expand(iterations - k_src)])
         else:
             out[key] = value
     return out
