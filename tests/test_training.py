@@ -325,7 +325,7 @@ def test_missing_init_weights_is_one_line_and_exit_2(tmp_path: Path, capsys: pyt
     "smoke_cpu", "post_unet2d", "brain2d", "brain2d_long", "brain2d_unshared", "brain2d_unshared_long",
     "brain2d_mse", "brain2d_mse_unshared", "brain2d_flip", "brain2d_flip_smoothl1", "brain2d_flip_lowlr",
     "brain2d_flip_nrmse", "brain2d_flip_nrmse3", "brain2d_flip_nrmse2", "brain2d_flip_nrmse3_l3", "brain2d_nrmse2_long", "brain2d_nrmse2_max",
-    "brain3d_gpu", "body3d_gpu", "post_unet_brain3d_gpu", "post_unet_body3d_gpu", "brain2d_os7", "brain2d_os7_l2",
+    "brain3d_gpu", "body3d_gpu", "post_unet_brain3d_gpu", "post_unet_body3d_gpu", "brain2d_os7", "brain2d_os7_l2", "brain2d_deep4", "brain2d_deep5",
 ])
 def test_shipped_configs_parse(name: str, capsys: pytest.CaptureFixture) -> None:
     import yaml
