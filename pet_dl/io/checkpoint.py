@@ -98,6 +98,7 @@ def save_checkpoint(
     model: nn.Module,
     config: Mapping[str, Any],
     metadata: Mapping[str, Any],
+    weights_dtype: torch.dtype | None = None,
 ) -> Path:
     """Write ``model``'s weights, ``config`` and ``metadata`` to one ``.safetensors`` file.
 
@@ -110,6 +111,9 @@ def save_checkpoint(
         model: the network; its ``state_dict()`` tensors are stored (contiguous, CPU).
         config: the resolved model config, JSON-able, with ``"name"``.
         metadata: JSON-able training metadata (see the module docstring).
+        weights_dtype: store floating-point weights in this dtype (``torch.float16``:
+            half the file; :func:`load_checkpoint` loads them into the model's float32
+            parameters) and record it as ``metadata["weights_dtype"]``; ``None``: as they are.
 
     Returns:
         The written path.
@@ -122,12 +126,20 @@ def save_checkpoint(
         raise CheckpointError("checkpoint config needs a 'name' (the model registry key)")
     meta = dict(metadata)
     meta.setdefault("pet_dl_version", __version__)
+    if weights_dtype is not None:
+        if not weights_dtype.is_floating_point:
+            raise CheckpointError(f"weights_dtype must be a floating-point dtype, got {weights_dtype}")
+        meta["weights_dtype"] = str(weights_dtype).removeprefix("torch.")
     header = {
         _FORMAT_KEY: FORMAT_VERSION,
         _CONFIG_KEY: _json(dict(config), "config"),
         _METADATA_KEY: _json(meta, "metadata"),
     }
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    tensors = {
+        k: (v.to(weights_dtype) if weights_dtype is not None and v.is_floating_point() else v)
+        .detach().to("cpu").contiguous().clone()
+        for k, v in model.state_dict().items()
+    }
     out = Path(path)
     tmp = _atomic_target(out)
     try:

@@ -3,7 +3,9 @@
 ``python -m pet_dl.training.export LIGHTNING.ckpt OUT.safetensors`` or the
 :class:`ExportCallback` (``trainer.callbacks`` in a config) at the end of ``fit``.
 ``--flip-ensemble AXIS ...`` switches on the parameter-free flip ensemble of the exported
-network (:func:`with_network_options`; the input may then also be a ``.safetensors``).
+network (:func:`with_network_options`; the input may then also be a ``.safetensors``);
+``--float16`` stores the weights as float16 (half the file, loaded into float32
+parameters; the shipped model scores the same to every printed digit, docs/training.md).
 
 Besides the geometry, the metadata records ``train_seeds``: the recipe's train phantom
 seed range as :func:`pet_dl.datasets.seeds_to_json` writes it (``{"start", "stop"}``),
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 
 from pet_dl.training.module import ReconModule
 
@@ -180,15 +183,21 @@ def export_lightning_checkpoint(
 
 
 def with_network_options(
-    src: str | Path, out: str | Path, options: Mapping[str, Any], training_command: str = ""
+    src: str | Path,
+    out: str | Path,
+    options: Mapping[str, Any],
+    training_command: str = "",
+    weights_dtype: torch.dtype | None = None,
 ) -> Path:
     """Copy a pet_dl ``.safetensors`` checkpoint with network options changed, weights kept
     (:meth:`pet_dl.io.checkpoint.LoadedModel.with_network_options`).
 
     Args:
         src: input checkpoint; out: output file (may be ``src``).
-        options: config entries to set, e.g. ``{"flip_ensemble": [0]}``.
+        options: config entries to set, e.g. ``{"flip_ensemble": [0]}`` (may be empty).
         training_command: appended to the recorded training command (``"; "``-joined).
+        weights_dtype: store the weights in this dtype (``torch.float16``: half the file,
+            :func:`pet_dl.io.checkpoint.save_checkpoint`); ``None``: float32.
 
     Returns:
         ``out``.
@@ -204,7 +213,8 @@ def with_network_options(
     meta = loaded.metadata
     if training_command:
         meta["training_command"] = "; ".join(c for c in (meta.get("training_command"), training_command) if c)
-    return save_checkpoint(out, loaded.model, loaded.config, meta)
+    meta.pop("weights_dtype", None)  # set again by save_checkpoint when still stored so
+    return save_checkpoint(out, loaded.model, loaded.config, meta, weights_dtype)
 
 
 class ExportCallback(pl.Callback):
@@ -224,7 +234,7 @@ class ExportCallback(pl.Callback):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m pet_dl.training.export CKPT OUT [--train-seeds START STOP] [--flip-ensemble AXIS ...]``.
+    """``python -m pet_dl.training.export CKPT OUT [--train-seeds START STOP] [--flip-ensemble AXIS ...] [--float16]``.
 
     Prints the path; a bad input is one ``error:`` line and exit code 2.
     """
@@ -232,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("ckpt", help="Lightning checkpoint (.ckpt) of a ReconModule, or a "
-                        "pet_dl .safetensors (with --flip-ensemble only)")
+                        "pet_dl .safetensors (with --flip-ensemble and/or --float16 only)")
     parser.add_argument("out", help="output .safetensors file")
     parser.add_argument("--training-command", default="", help="recorded in the metadata")
     parser.add_argument(
@@ -243,23 +253,28 @@ def main(argv: list[str] | None = None) -> int:
         "--flip-ensemble", type=int, nargs="+", default=None, metavar="AXIS",
         help="average each UNet's output over flips along these spatial axes (0 = x)",
     )
+    parser.add_argument("--float16", action="store_true",
+                        help="store the weights as float16 (half the file; loaded as float32)")
     args = parser.parse_args(argv)
     seeds = None if args.train_seeds is None else range(*args.train_seeds)
     if seeds is not None and (seeds.start < 0 or not seeds):
         parser.error(f"--train-seeds needs 0 <= START < STOP, got {args.train_seeds}")
     from_safetensors = args.ckpt.endswith(".safetensors")
-    if from_safetensors and (args.flip_ensemble is None or seeds is not None):
-        parser.error("a .safetensors input takes --flip-ensemble and no --train-seeds")
-    options = None if args.flip_ensemble is None else {"flip_ensemble": args.flip_ensemble}
+    if from_safetensors and (seeds is not None or (args.flip_ensemble is None and not args.float16)):
+        parser.error("a .safetensors input takes --flip-ensemble and/or --float16, and no --train-seeds")
+    options = {} if args.flip_ensemble is None else {"flip_ensemble": args.flip_ensemble}
+    dtype = torch.float16 if args.float16 else None
     command = args.training_command
-    if options:  # the export changed the network: record how
+    if options or dtype is not None:  # the export changed the network or its storage: record how
         export = "python -m pet_dl.training.export " + shlex.join(argv if argv is not None else sys.argv[1:])
         command = export if from_safetensors else "; ".join(c for c in (command, export) if c)
     try:
         if from_safetensors:
-            out = with_network_options(args.ckpt, args.out, options, command)
+            out = with_network_options(args.ckpt, args.out, options, command, dtype)
         else:
             out = export_lightning_checkpoint(args.ckpt, args.out, command, seeds, options)
+            if dtype is not None:
+                out = with_network_options(out, out, {}, weights_dtype=dtype)
     except (PetDLError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
