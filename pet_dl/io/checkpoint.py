@@ -240,6 +240,7 @@ def convert_lightning_checkpoint(
     metadata: Mapping[str, Any] | None = None,
     prefix: str | None = None,
     builder: Callable[[Mapping[str, Any]], nn.Module] | None = None,
+    weights_dtype: torch.dtype | None = None,
 ) -> Path:
     """Convert a Lightning ``.ckpt`` to a pet_dl ``.safetensors`` checkpoint.
 
@@ -256,6 +257,7 @@ def convert_lightning_checkpoint(
         prefix: prefix of the network's keys in the LightningModule state dict; default
             ``"net."`` (``ReconModule``) or ``"model."``, whichever is present.
         builder: as in :func:`load_checkpoint` (the weights are checked by loading them).
+        weights_dtype: as in :func:`save_checkpoint`.
     """
     p = Path(ckpt_path)
     if not p.is_file():
@@ -293,7 +295,7 @@ def convert_lightning_checkpoint(
         model.load_state_dict(state, strict=True)
     except (TypeError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{p}: weights do not fit the config ({exc})") from exc
-    return save_checkpoint(out_path, model, dict(config), dict(metadata))
+    return save_checkpoint(out_path, model, dict(config), dict(metadata), weights_dtype)
 
 
 def write_model_card(

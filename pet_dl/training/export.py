@@ -150,6 +150,7 @@ def export_lightning_checkpoint(
     training_command: str = "",
     train_seeds: range | Mapping[str, int] | list[int] | None = None,
     network_options: Mapping[str, Any] | None = None,
+    weights_dtype: torch.dtype | None = None,
 ) -> Path:
     """Export a Lightning ``.ckpt`` of a :class:`ReconModule` without unpickling code.
 
@@ -159,7 +160,8 @@ def export_lightning_checkpoint(
     training seeds come from ``train_seeds``, else ``pet_dl_metadata``, else the recipe
     named by the saved data-module hyper-parameters (``recipe`` or ``data_dir``, read
     relative to the working folder). ``network_options`` are set in the exported network
-    config (parameter-free ones such as ``flip_ensemble``; the weights must still fit).
+    config (parameter-free ones such as ``flip_ensemble``; the weights must still fit);
+    ``weights_dtype`` as in :func:`pet_dl.io.checkpoint.save_checkpoint`.
 
     Returns:
         ``out``.
@@ -179,7 +181,9 @@ def export_lightning_checkpoint(
         find_train_seeds=lambda: _hparams_train_seeds(ckpt_data.get("datamodule_hyper_parameters") or {}),
     )
     config.update(network_options or {})
-    return convert_lightning_checkpoint(ckpt, out, config=config, metadata=meta, prefix="net.")
+    return convert_lightning_checkpoint(
+        ckpt, out, config=config, metadata=meta, prefix="net.", weights_dtype=weights_dtype
+    )
 
 
 def with_network_options(
@@ -272,9 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         if from_safetensors:
             out = with_network_options(args.ckpt, args.out, options, command, dtype)
         else:
-            out = export_lightning_checkpoint(args.ckpt, args.out, command, seeds, options)
-            if dtype is not None:
-                out = with_network_options(out, out, {}, weights_dtype=dtype)
+            out = export_lightning_checkpoint(args.ckpt, args.out, command, seeds, options, dtype)
     except (PetDLError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -158,16 +158,15 @@ class ReconModule(pl.LightningModule):
         lesion_terms = hp.lesion_weight > 0 or hp.lesion_mean_weight > 0 or hp.lesion_max_weight > 0
         if lesion_terms and lesion_mask is None:
             raise ValueError("lesion_weight / lesion_mean_weight / lesion_max_weight > 0 need batches with a 'lesion_mask'")
+        mask = lesion_mask.to(p.device) if lesion_terms else None
         weights = None
         if hp.lesion_weight > 0:
-            weights = lesion_weights(
-                lesion_mask.to(p.device), hp.lesion_weight, hp.lesion_dilation, self.net.spatial_dims
-            )
+            weights = lesion_weights(mask, hp.lesion_weight, hp.lesion_dilation, self.net.spatial_dims)
         loss = weighted_error(p, t, weights, hp.loss, hp.smooth_l1_beta)
         if hp.lesion_mean_weight > 0:
-            loss = loss + hp.lesion_mean_weight * lesion_mean_error(p, t, lesion_mask.to(p.device))
+            loss = loss + hp.lesion_mean_weight * lesion_mean_error(p, t, mask)
         if hp.lesion_max_weight > 0:
-            loss = loss + hp.lesion_max_weight * lesion_max_error(p, t, lesion_mask.to(p.device))
+            loss = loss + hp.lesion_max_weight * lesion_max_error(p, t, mask)
         if hp.nrmse_weight > 0:
             loss = loss + hp.nrmse_weight * nrmse_error(p, t)
         if hp.ssim_weight > 0:
@@ -247,12 +246,12 @@ def _extend_unrolled(
 
     CNN ``k`` is the source's CNN ``min(k, n - 1)`` (``n`` source CNNs) and fusion weight
     ``k`` the source's ``min(k, K - 1)``: one shared CNN becomes one per iteration, and
-    added iterations repeat the last one. A source with more of either is returned
-    unchanged (loading it then fails with the size mismatch).
+    added iterations repeat the last one. A source of the same size is returned as it is,
+    one with more of either too (loading it then fails with the size mismatch).
     """
     n = 1 + max(int(key.split(".")[1]) for key in state if key.startswith("regularisers."))
     k_src = state["fusion_weight"].numel()
-    if n > regularisers or k_src > iterations:
+    if n > regularisers or k_src > iterations or (n, k_src) == (regularisers, iterations):
         return state
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
