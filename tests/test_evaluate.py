@@ -61,6 +61,31 @@ def test_simulated_set_is_consistent(test_set: ev.EvalSet) -> None:
     assert test_set.case_seed == [200000, 200000, 200001, 200001]
 
 
+def test_phantoms_from_a_function_replace_the_recipe_ones(recipe: dict) -> None:
+    # an external anatomy (here a uniform disc through image_phantom): its activity is the
+    # target, and twice the activity gives twice the trues on the same scanner
+    from pet_dl.datasets import recipe_geometry
+    from pet_dl.geometry import ImageGeometry
+    from pet_dl.phantoms import MU_WATER, image_phantom
+
+    image = recipe_geometry(recipe)[1]
+    source = ImageGeometry.centered((60, 60, 1), 1.0)
+    x = torch.as_tensor(source.voxel_centers(0))
+    disc = (x[:, None] ** 2 + x[None, :] ** 2 <= 20.0**2).float()[..., None]
+
+    def phantom_of(seed: int):  # noqa: ANN202
+        return image_phantom(disc * 5000.0 * (1 + seed), disc * MU_WATER, source, image)
+
+    ext = ev.simulate_eval_set(recipe, [0, 1], 1, [1], phantom_of=phantom_of)
+    torch.testing.assert_close(ext.target[1], 2 * ext.target[0])
+    assert ext.lesion_diameters == [{}, {}] and int(ext.lesion_mask.sum()) == 0
+    trues = [float((ext.prompts[1.0][i] - ext.additive[1.0][i]).sum()) for i in (0, 1)]
+    assert trues[1] / trues[0] == pytest.approx(2.0, rel=0.05)
+    with pytest.raises(ValueError, match="image grid"):
+        other = ImageGeometry.centered((8, 8, 1), 4.0)
+        ev.simulate_eval_set(recipe, [0], 1, [1], phantom_of=lambda s: image_phantom(disc, disc * 0, source, other))
+
+
 @pytest.mark.parametrize(("iterations", "fwhm"), [(3, 0.0), (2, 7.0)])
 def test_select_osem_picks_the_known_best(val: ev.EvalSet, iterations: int, fwhm: float) -> None:
     # make the "truth" the OSEM image after `iterations` (post-filtered by `fwhm`): that

@@ -1,4 +1,5 @@
-"""Phantoms: known uptake ratios, 511 keV mu values, NEMA sphere volumes, lesion labels, seeds."""
+"""Phantoms: known uptake ratios, 511 keV mu values, NEMA sphere volumes, lesion labels, seeds,
+phantoms resampled from given volumes (a real anatomy)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pet_dl.phantoms import (
     MU_WATER,
     SPHERE_DIAMETERS_MM,
     add_lesions,
+    image_phantom,
     make_phantom,
 )
 from pet_dl.phantoms.shapes import rasterize, sphere
@@ -28,7 +30,8 @@ def _seeded(seed: int) -> torch.Generator:
 
 
 @pytest.mark.parametrize(
-    ("name", "image"), [("brain", BRAIN_2D), ("torso", TORSO_2D), ("nema", NEMA_2D)]
+    ("name", "image"),
+    [("brain", BRAIN_2D), ("brain_folded", BRAIN_2D), ("torso", TORSO_2D), ("nema", NEMA_2D)],
 )
 def test_same_seed_same_phantom_and_different_seed_differs(name: str, image: ImageGeometry) -> None:
     a = make_phantom(name, image, _seeded(7))
@@ -66,6 +69,51 @@ def test_brain_grey_white_ratio_and_fdg_levels(generator: torch.Generator) -> No
         MU_WATER, rel=1e-5
     )
     assert float(p.mu[0, 0, 0]) == 0.0 and float(p.activity[0, 0, 0]) == 0.0
+
+
+def _thickest(mask: torch.Tensor) -> int:
+    """Erosions by a 3 x 3 square a 2D mask survives (about half its thickness, in voxels)."""
+    m = mask.float()[None, None]
+    n = 0
+    while m.sum() > 0:
+        m = -torch.nn.functional.max_pool2d(-m, 3, stride=1, padding=1)
+        n += 1
+    return n - 1
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_folded_cortex_is_a_thin_ribbon_around_white_gyri(seed: int) -> None:
+    image = ImageGeometry.centered((200, 230, 1), 1.0)
+    smooth = make_phantom("brain", image, _seeded(seed))
+    folded = make_phantom("brain_folded", image, _seeded(seed))
+    assert folded.name == "brain_folded" and set(folded.tissues) == set(smooth.tissues)
+    # same head, same uptakes: only the cortex differs
+    for tissue in ("scalp", "skull", "grey_matter", "white_matter"):
+        a = smooth.activity[smooth.tissue == smooth.tissues[tissue]].median()
+        b = folded.activity[folded.tissue == folded.tissues[tissue]].median()
+        assert float(b) == pytest.approx(float(a), rel=1e-4)
+    r_smooth, r_folded = (
+        p.tissue[..., 0] == p.tissues["grey_matter"] for p in (smooth, folded)
+    )
+    # the smooth grey ring is about 10 mm thick; the folded ribbon 2.5-3.5 mm, two back to
+    # back where a gyrus has no white core: nothing thicker than 8 mm
+    assert _thickest(r_smooth) >= 4
+    assert _thickest(r_folded) <= 3
+    # white matter comes within 7 mm of the skull's inner surface (2 mm of CSF, a ribbon,
+    # partial volumes) in the gyri; the smooth brain's white ellipsoid stays farther away
+    k = torch.arange(-7, 8, dtype=torch.float32)
+    disc = ((k[:, None] ** 2 + k[None, :] ** 2) <= 49).float()[None, None]
+
+    def near_skull(p):  # noqa: ANN001, ANN202
+        skull = (p.tissue[..., 0] == p.tissues["skull"]).float()[None, None]
+        return torch.nn.functional.conv2d(skull, disc, padding=7)[0, 0] > 0
+
+    for p, reaches in ((folded, True), (smooth, False)):
+        white = p.tissue[..., 0] == p.tissues["white_matter"]
+        assert bool((white & near_skull(p)).any()) == reaches
+    # lesions go into the folded brain like into the smooth one
+    with_lesions = add_lesions(folded, 3, (8.0, 12.0), 4.0, _seeded(seed))
+    assert len(with_lesions.lesions) == 3
 
 
 def test_torso_organs_mu_and_uptake(generator: torch.Generator) -> None:
@@ -167,3 +215,58 @@ def _near(image: ImageGeometry, centre: tuple[float, float, float], radius: floa
 def _centroid(image: ImageGeometry, mask: torch.Tensor) -> list[float]:
     assert mask.any()
     return _coords(image)[mask].mean(dim=0).tolist()
+
+
+# ----------------------------------------------------------------------------- from volumes
+def _disc_volume() -> tuple[torch.Tensor, torch.Tensor, ImageGeometry]:
+    """A 1 mm grid of 5 planes 4 mm apart; plane k holds a disc of radius 30 mm at k + 1."""
+    source = ImageGeometry.centered((121, 121, 5), (1.0, 1.0, 4.0))
+    x = torch.as_tensor(source.voxel_centers(0))
+    inside = (x[:, None] ** 2 + x[None, :] ** 2 <= 30.0**2).float()
+    activity = torch.stack([inside * (k + 1) for k in range(5)], dim=-1)
+    return activity, inside[..., None].expand(-1, -1, 5) * MU_WATER, source
+
+
+def test_image_phantom_keeps_the_activity_integral_and_picks_the_plane() -> None:
+    activity, mu, source = _disc_volume()
+    image = ImageGeometry.centered((40, 40, 1), 2.6)
+    for k in (0, 3):  # plane k is at z = (k - 2) * 4 mm
+        p = image_phantom(activity, mu, source, image, z_mm=(k - 2) * 4.0, activity_scale=1000.0)
+        # box-filtered to 2.6 mm voxels: the disc's integral (pi 30^2 mm^2 x level) is kept
+        integral = float(p.activity.sum()) * 2.6**2
+        assert integral == pytest.approx(math.pi * 30.0**2 * (k + 1) * 1000.0, rel=0.02)
+        assert float(p.activity.max()) == pytest.approx((k + 1) * 1000.0, rel=1e-4)
+        assert float(p.mu.max()) == pytest.approx(MU_WATER, rel=1e-4)
+    # half-way between planes 1 and 2 the levels blend linearly
+    mid = image_phantom(activity, mu, source, image, z_mm=-2.0)
+    assert float(mid.activity.max()) == pytest.approx(2.5, rel=1e-4)
+
+
+def test_image_phantom_tissue_classes_and_lesions_in_one_of_them(generator: torch.Generator) -> None:
+    activity, mu, source = _disc_volume()
+    x = torch.as_tensor(source.voxel_centers(0))
+    core = (x[:, None] ** 2 + x[None, :] ** 2 <= 18.0**2).float()[..., None]
+    activity = activity * (0.25 + 0.75 * core)  # a cold rim 12 mm wide around a hot core
+    image = ImageGeometry.centered((40, 40, 1), 2.0)
+    p = image_phantom(activity, mu, source, image, tissue_levels={"rim": 0.0, "core": 0.5})
+    assert p.tissues == {"air": 0, "rim": 1, "core": 2}
+    r = torch.hypot(*torch.meshgrid(*(torch.as_tensor(image.voxel_centers(a)) for a in (0, 1)), indexing="ij"))
+    tissue = p.tissue[..., 0]
+    assert bool((tissue[r < 16] == 2).all()) and bool((tissue[(r > 20) & (r < 28)] == 1).all())
+    assert bool((tissue[r > 32] == 0).all())
+    with_lesions = add_lesions(p, 3, (6.0, 8.0), 4.0, generator, tissues=("core",))
+    assert len(with_lesions.lesions) == 3
+    assert bool((r[with_lesions.labels[..., 0] > 0] < 18.0).all())  # every lesion voxel in the core
+
+
+def test_image_phantom_refuses_bad_input() -> None:
+    activity, mu, source = _disc_volume()
+    image = ImageGeometry.centered((40, 40, 1), 2.6)
+    with pytest.raises(ValueError, match="shape"):
+        image_phantom(activity[:-1], mu, source, image)
+    with pytest.raises(ValueError, match="negative"):
+        image_phantom(-activity, mu, source, image)
+    with pytest.raises(ValueError, match="ascend"):
+        image_phantom(activity, mu, source, image, tissue_levels={"a": 0.5, "b": 0.2})
+    with pytest.raises(ValueError, match="no activity"):
+        image_phantom(activity, mu, source, image, z_mm=100.0)

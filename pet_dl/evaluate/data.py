@@ -10,7 +10,7 @@ training data; :func:`check_held_out` keeps test phantoms out of the seeds used 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +20,7 @@ from torch import nn
 if TYPE_CHECKING:
     from pet_dl.geometry import ImageGeometry, SinogramGeometry
     from pet_dl.models import ReconBatch
+    from pet_dl.phantoms import Phantom
 
 
 @dataclass
@@ -131,6 +132,7 @@ def simulate_eval_set(
     realisations: int,
     factors: Sequence[float],
     progress: bool = False,
+    phantom_of: Callable[[int], Phantom] | None = None,
 ) -> EvalSet:
     """Simulate ``realisations`` noise realisations of each phantom seed at each factor.
 
@@ -143,6 +145,10 @@ def simulate_eval_set(
         realisations: noise realisations per phantom (>= 1).
         factors: dose reduction factors (>= 1; 1 = the full-dose scan itself).
         progress: show a progress bar.
+        phantom_of: seed -> phantom on the recipe's image grid (an external anatomy,
+            e.g. :func:`pet_dl.phantoms.image_phantom`); default
+            :func:`pet_dl.datasets.phantom_of_seed`. The recipe still gives the scanner
+            and the simulation.
 
     Raises:
         ValueError: no seeds, ``realisations < 1`` or a factor below 1.
@@ -163,7 +169,15 @@ def simulate_eval_set(
     cols: dict[str, list] = {k: [] for k in ("mult", "target", "mask", "diam", "seed", "real")}
     per_factor: dict[float, dict[str, list]] = {f: {"p": [], "a": [], "c": []} for f in factors}
     for seed in tqdm(list(seeds), desc="simulate", unit="phantom", disable=not progress):
-        phantom = phantom_of_seed(recipe, int(seed), geometry[1])
+        if phantom_of is None:
+            phantom = phantom_of_seed(recipe, int(seed), geometry[1])
+        else:
+            phantom = phantom_of(int(seed))
+            if tuple(phantom.activity.shape) != tuple(geometry[1].shape):
+                raise ValueError(
+                    f"phantom of seed {seed} has shape {tuple(phantom.activity.shape)}, the "
+                    f"recipe's image grid {geometry[1].shape}"
+                )
         diameters = {int(les.label): float(les.diameter_mm) for les in phantom.lesions}
         for k in range(realisations):
             g = torch.Generator().manual_seed((int(seed) + 1) * 1_000_003 + k)

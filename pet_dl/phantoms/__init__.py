@@ -1,12 +1,14 @@
 """Seeded digital phantoms (activity in Bq/mL, mu in 1/mm at 511 keV, lesion labels).
 
-``make_phantom("brain" | "torso" | "nema", image, generator)`` builds one on an
-:class:`~pet_dl.geometry.ImageGeometry`; :func:`add_lesions` inserts hot lesions.
+``make_phantom("brain" | "brain_folded" | "torso" | "nema", image, generator)`` builds one
+on an :class:`~pet_dl.geometry.ImageGeometry`; :func:`add_lesions` inserts hot lesions;
+:func:`image_phantom` makes one from given activity and mu volumes (a real anatomy).
 See ``docs/phantoms.md``.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +24,7 @@ from pet_dl.phantoms.base import (
     Phantom,
 )
 from pet_dl.phantoms.brain import brain_phantom
+from pet_dl.phantoms.from_image import image_phantom
 from pet_dl.phantoms.lesions import add_lesions
 from pet_dl.phantoms.nema import SPHERE_DIAMETERS_MM, nema_phantom
 from pet_dl.phantoms.torso import torso_phantom
@@ -31,6 +34,7 @@ if TYPE_CHECKING:
 
 PHANTOMS: dict[str, Callable[..., Phantom]] = {
     "brain": brain_phantom,
+    "brain_folded": functools.partial(brain_phantom, cortex="folded"),
     "torso": torso_phantom,
     "nema": nema_phantom,
 }
@@ -39,7 +43,7 @@ PHANTOMS: dict[str, Callable[..., Phantom]] = {
 def make_phantom(
     name: str, image: ImageGeometry, generator: torch.Generator, **kwargs: Any
 ) -> Phantom:
-    """Build the phantom called ``name`` (``"brain"``, ``"torso"``, ``"nema"``) on ``image``.
+    """Build the phantom called ``name`` (``"brain"``, ``"brain_folded"``, ``"torso"``, ``"nema"``) on ``image``.
 
     Keyword arguments go to the phantom's function (e.g. ``grey_white_ratio``).
     """
@@ -64,6 +68,7 @@ __all__ = [
     "Phantom",
     "add_lesions",
     "brain_phantom",
+    "image_phantom",
     "make_phantom",
     "nema_phantom",
     "torso_phantom",

@@ -22,6 +22,7 @@ from pet_dl.phantoms.base import (
     seed_of,
     uniform,
 )
+from pet_dl.phantoms.cortex import folded_cortex
 from pet_dl.phantoms.shapes import box, ellipsoid
 
 if TYPE_CHECKING:
@@ -38,12 +39,16 @@ def brain_phantom(
     grey_matter_bqml: float = GREY_MATTER_BQML,
     grey_white_ratio: float = GREY_WHITE_RATIO,
     supersampling: int = 4,
+    cortex: str = "smooth",
 ) -> Phantom:
     """A randomised FDG brain on ``image``.
 
     Random per seed: head size and shape (+-8 %), structure positions (+-2 mm) and sizes,
     cortical sulci (number, places, depth), grey-matter uptake (+-15 % around
     ``grey_matter_bqml``) and the grey:white ratio (+-10 % around ``grey_white_ratio``).
+    With ``cortex="folded"`` the grey matter is a folded ribbon 2.5-3.5 mm thick around
+    white-matter gyri (:func:`pet_dl.phantoms.cortex.folded_cortex`) instead of a ring about
+    10 mm thick with 10-18 radial sulci around an ellipsoid of white matter.
 
     Args:
         image: the grid (needs about 180 x 220 mm transaxially).
@@ -51,6 +56,8 @@ def brain_phantom(
         grey_matter_bqml: mean cortical grey-matter activity, Bq/mL.
         grey_white_ratio: mean grey:white activity ratio.
         supersampling: sub-samples per axis for partial-volume voxels.
+        cortex: ``"smooth"`` (the default; the shipped model's training phantoms) or
+            ``"folded"`` (make_phantom's ``"brain_folded"``).
 
     Returns:
         Phantom with tissues scalp, skull, csf, grey_matter, white_matter, deep_grey,
@@ -60,6 +67,8 @@ def brain_phantom(
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     if grey_matter_bqml <= 0 or grey_white_ratio <= 0:
         raise ValueError("grey_matter_bqml and grey_white_ratio must be positive")
+    if cortex not in ("smooth", "folded"):
+        raise ValueError(f"cortex must be 'smooth' or 'folded', got {cortex!r}")
     g = generator
 
     def u(lo: float, hi: float) -> float:
@@ -85,24 +94,29 @@ def brain_phantom(
     grey_axes = shell(13.0)
     cv.paint(ellipsoid(centre, grey_axes), grey, MU_WATER, "grey_matter")
 
-    # Sulci: thin CSF clefts reaching in from the cortical surface, radially oriented.
-    for _ in range(int(u(10, 19))):
-        theta = u(0.0, 2.0 * math.pi)
-        zc = u(-10.0, 40.0)
-        scale = math.sqrt(max(1.0 - ((zc - centre[2]) / grey_axes[2]) ** 2, 0.2))
-        px = grey_axes[0] * scale * math.cos(theta)
-        py = grey_axes[1] * scale * math.sin(theta)
-        depth = u(6.0, 14.0)
-        angle = math.atan2(py, px) - math.pi / 2.0
-        cleft = ellipsoid((px, py, zc), (u(1.0, 1.8), depth, u(10.0, 20.0)), angle)
-        cv.paint(cleft & ellipsoid(centre, grey_axes), csf, MU_WATER, "csf")
+    if cortex == "folded":
+        sulci, white_matter = folded_cortex(centre, grey_axes, g)
+        cv.paint(sulci, csf, MU_WATER, "csf")
+        cv.paint(white_matter, white, MU_WATER, "white_matter")
+    else:
+        # Sulci: thin CSF clefts reaching in from the cortical surface, radially oriented.
+        for _ in range(int(u(10, 19))):
+            theta = u(0.0, 2.0 * math.pi)
+            zc = u(-10.0, 40.0)
+            scale = math.sqrt(max(1.0 - ((zc - centre[2]) / grey_axes[2]) ** 2, 0.2))
+            px = grey_axes[0] * scale * math.cos(theta)
+            py = grey_axes[1] * scale * math.sin(theta)
+            depth = u(6.0, 14.0)
+            angle = math.atan2(py, px) - math.pi / 2.0
+            cleft = ellipsoid((px, py, zc), (u(1.0, 1.8), depth, u(10.0, 20.0)), angle)
+            cv.paint(cleft & ellipsoid(centre, grey_axes), csf, MU_WATER, "csf")
 
-    cv.paint(
-        ellipsoid(jit(centre), (a - 23.0 * u(0.9, 1.1), b - 25.0 * u(0.9, 1.1), c - 28.0)),
-        white,
-        MU_WATER,
-        "white_matter",
-    )
+        cv.paint(
+            ellipsoid(jit(centre), (a - 23.0 * u(0.9, 1.1), b - 25.0 * u(0.9, 1.1), c - 28.0)),
+            white,
+            MU_WATER,
+            "white_matter",
+        )
     # Interhemispheric fissure: anterior and posterior at the ventricle level, full above.
     brain = ellipsoid(centre, grey_axes)
     cv.paint(box((0.0, b * 0.6, 15.0), (1.2, b * 0.4, 40.0)) & brain, csf, MU_WATER, "csf")
@@ -134,6 +148,6 @@ def brain_phantom(
     cv.paint(
         ellipsoid(jit((0.0, -55.0, -48.0)), (45.0, 26.0, 18.0)), 0.75 * grey, MU_WATER, "cerebellum"
     )
-    phantom = cv.to_phantom("brain", seed=seed_of(g))
+    phantom = cv.to_phantom("brain" if cortex == "smooth" else "brain_folded", seed=seed_of(g))
     phantom.extra.update(grey_matter_bqml=grey, white_matter_bqml=white)
     return phantom

@@ -14,6 +14,7 @@ from pet_dl.phantoms.shapes import rasterize, sphere
 # that is not bone).
 LESION_TISSUES: dict[str, tuple[str, ...]] = {
     "brain": ("grey_matter", "white_matter", "deep_grey", "cerebellum"),
+    "brain_folded": ("grey_matter", "white_matter", "deep_grey", "cerebellum"),
     "torso": ("soft_tissue", "liver", "lung", "spleen", "kidney"),
     "nema": ("background",),
 }
