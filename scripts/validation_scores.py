@@ -15,30 +15,25 @@ those spatial axes (``none``, ``0`` = x, ``1`` = y, ``01`` = both; the network's
 ``flip_ensemble``); ``--osem`` adds OSEM with the parameters chosen on validation.
 
 ``--sirf-brain DIR`` scores on an anatomy no network has seen instead: the BrainWeb-based
-SIRF brain (``emission.hv``, ``attenuation.hv``), one of its axial planes 8-14 (the
-ventricles and above, 6.75 mm apart; drawn per seed) resampled to the recipe's grid, its
-maximum (grey matter) set to the recipe's grey matter, 16 kBq/mL, with the recipe's random
-lesions placed in the brain (white or grey matter); same scanner, counts and noise.
+SIRF brain, one of its axial planes 8-14 per seed, with the recipe's random lesions
+(:func:`pet_dl.evaluate.external.sirf_brain_phantoms`); same scanner, counts and noise.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Callable
-from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-from pet_dl.datasets import load_recipe, recipe_geometry  # noqa: E402
+from pet_dl.datasets import load_recipe  # noqa: E402
 from pet_dl.evaluate.data import simulate_eval_set  # noqa: E402
+from pet_dl.evaluate.external import sirf_brain_phantoms  # noqa: E402
 from pet_dl.evaluate.methods import network_reconstruction, osem_trajectory  # noqa: E402
 from pet_dl.evaluate.scoring import case_metrics  # noqa: E402
 from pet_dl.inference import load_model  # noqa: E402
-from pet_dl.io import load_image, mu_per_cm_to_per_mm  # noqa: E402
-from pet_dl.phantoms import Phantom, add_lesions, image_phantom  # noqa: E402
 from pet_dl.recon.filters import gaussian_postfilter  # noqa: E402
 
 FACTORS = [1.0, 4.0, 10.0, 20.0, 50.0, 100.0]
@@ -53,40 +48,6 @@ def summary(rows: list[dict]) -> str:
     maxes = [b for r in rows for b in r["suvmax_bias_ge8"]]
     lesions = f"{100 * sum(means) / len(means):+.1f} / {100 * sum(maxes) / len(maxes):+.1f}" if means else "- / -"
     return f"{100 * nrmse:.1f} / {lesions}"
-
-
-SIRF_PLANES = range(8, 15)  # axial planes of the SIRF brain at and above the ventricles
-GREY_MATTER_BQML = 16000.0  # the brain phantom's grey matter (docs/phantoms.md)
-
-
-def sirf_brain_phantoms(folder: str, recipe: dict) -> Callable[[int], Phantom]:
-    """seed -> a plane of the SIRF brain on the recipe's grid with the recipe's random lesions.
-
-    The seed draws the plane (:data:`SIRF_PLANES`), then the lesions as
-    :func:`pet_dl.datasets.phantom_of_seed` does (count, then each lesion), in the brain only.
-    """
-    emission, grid = load_image(Path(folder) / "emission.hv")
-    mu, mu_grid = load_image(Path(folder) / "attenuation.hv")
-    if mu_grid != grid:
-        raise ValueError(f"{folder}: emission and attenuation grids differ")
-    # STIR's y axis points to the patient's back (head first, supine); pet_dl's is anterior
-    emission, mu = emission.flip(1).clamp_min(0), mu_per_cm_to_per_mm(mu.flip(1)).clamp_min(0)
-    scale = GREY_MATTER_BQML / float(emission.max())
-    image = recipe_geometry(recipe)[1]
-    lesions = dict(recipe.get("lesions") or {})
-    count = lesions.pop("count", [0, 0])
-
-    def phantom_of(seed: int) -> Phantom:
-        g = torch.Generator().manual_seed(int(seed))
-        plane = SIRF_PLANES[int(torch.randint(len(SIRF_PLANES), (1,), generator=g))]
-        z = grid.origin_mm[2] + plane * grid.voxel_size_mm[2]
-        # scalp and muscle (about 14 % of the maximum) vs white (29 %) and grey matter (100 %)
-        phantom = image_phantom(emission, mu, grid, image, name="sirf_brain", z_mm=z,
-                                activity_scale=scale, tissue_levels={"extracerebral": 0.0, "brain": 0.2})
-        n = int(torch.randint(int(count[0]), int(count[1]) + 1, (1,), generator=g))
-        return add_lesions(phantom, n, generator=g, tissues=("brain",), **lesions) if n else phantom
-
-    return phantom_of
 
 
 def main() -> None:

@@ -86,6 +86,39 @@ def test_phantoms_from_a_function_replace_the_recipe_ones(recipe: dict) -> None:
         ev.simulate_eval_set(recipe, [0], 1, [1], phantom_of=lambda s: image_phantom(disc, disc * 0, source, other))
 
 
+def test_sirf_brain_planes_on_the_shipped_grid(test_data: Path) -> None:
+    # the external anatomy of docs/results.md: activity integral kept from the file's plane,
+    # grey matter at 16 kBq/mL (less partial volume), lesions only in the brain
+    from pet_dl.evaluate.external import GREY_MATTER_BQML, SIRF_PLANES, sirf_brain_phantoms
+    from pet_dl.io import load_image
+
+    folder = test_data / "sirf_phantoms" / "brain"
+    brain2d = load_recipe(Path(__file__).resolve().parents[1] / "data" / "brain2d.yaml")
+    phantom_of = sirf_brain_phantoms(folder, brain2d)
+    emission, grid = load_image(folder / "emission.hv")
+    scale = GREY_MATTER_BQML / float(emission.max())
+    planes, lesions = set(), 0
+    for seed in range(12):
+        p = phantom_of(seed)
+        assert p.activity.shape == (96, 96, 1) and p.name == "sirf_brain"
+        near = torch.nn.functional.max_pool2d((p.labels[..., 0] > 0).float()[None], 5, 1, 2)[0]
+        background = p.activity[..., 0][near == 0]  # away from lesions and their partial volumes
+        integral = float(p.activity.sum()) * 2.6**2
+        sums = {k: float(emission[..., k].sum()) * scale for k in SIRF_PLANES}
+        k = min(sums, key=lambda k: abs(sums[k] - integral))  # the plane drawn for this seed
+        planes.add(k)
+        if not p.lesions:  # without lesions the plane's activity integral is kept to 1 %
+            assert integral == pytest.approx(sums[k], rel=0.01)
+        assert 0.7 * GREY_MATTER_BQML < float(background.max()) <= GREY_MATTER_BQML * 1.001
+        brain = p.tissue == p.tissues["brain"]  # lesions are placed in the brain (their rims
+        for les in p.lesions:  # may cross a sulcus)
+            i, j = (round((les.centre_mm[a] - p.image.origin_mm[a]) / 2.6) for a in (0, 1))
+            assert bool(brain[i, j, 0])
+        lesions += len(p.lesions)
+    assert len(planes) >= 4 and lesions > 0
+    assert torch.equal(phantom_of(3).activity, phantom_of(3).activity)
+
+
 @pytest.mark.parametrize(("iterations", "fwhm"), [(3, 0.0), (2, 7.0)])
 def test_select_osem_picks_the_known_best(val: ev.EvalSet, iterations: int, fwhm: float) -> None:
     # make the "truth" the OSEM image after `iterations` (post-filtered by `fwhm`): that

@@ -16,6 +16,8 @@ Modules, in the order of the data flow:
 
 - :mod:`~pet_dl.evaluate.data`: :class:`EvalSet`, :func:`simulate_eval_set`,
   :func:`check_held_out`;
+- :mod:`~pet_dl.evaluate.external`: the SIRF brain as an anatomy no network has seen
+  (``simulate_eval_set(..., phantom_of=sirf_brain_phantoms(folder, recipe))``);
 - :mod:`~pet_dl.evaluate.methods`: OSEM trajectory, MAP-RDP, learned models on a batch;
 - :mod:`~pet_dl.evaluate.selection`: OSEM / MAP-RDP parameters chosen on validation;
 - :mod:`~pet_dl.evaluate.scoring`: per-case metrics, aggregation, bias by lesion size,
