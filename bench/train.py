@@ -56,7 +56,7 @@ VARIANTS = {
     "learned_primal_dual": dict(name="learned_primal_dual", num_iterations=6, width=16, depth=3),
 }
 VARIANTS["unrolled_em_v7"] = {**VARIANTS["unrolled_em_v6"], "share_weights": False}  # a UNet per iteration
-VARIANTS["unrolled_em"] = {**VARIANTS["unrolled_em_v7"], "flip_ensemble": [0]}  # v10-v12: + left-right flip average
+VARIANTS["unrolled_em"] = {**VARIANTS["unrolled_em_v7"], "flip_ensemble": [0]}  # v10-v14: + left-right flip average
 
 
 def network(case: str, name: str, checkpointing: bool) -> dict:
