@@ -349,38 +349,92 @@ class _GeometryMixin:
         self.reduction_factors = [float(f) for f in self.recipe["reduction_factors"]]
 
 
+# What a network sees of the acquisition: datasets read together must agree on these.
+SHARED_RECIPE_KEYS = (
+    "scanner", "num_rings", "sinogram", "image", "psf_fwhm_mm", "reduction_factors",
+    "init_iterations", "init_subsets",
+)
+
+
+def _shared(recipe: Mapping[str, Any], key: str) -> Any:
+    """A :data:`SHARED_RECIPE_KEYS` entry of a recipe (the PSF from its simulation)."""
+    if key == "psf_fwhm_mm":
+        return psf_of_recipe(recipe)
+    return recipe.get(key)
+
+
+def recipes_train_seeds(recipes: Sequence[Mapping[str, Any]]) -> range | list[int] | None:
+    """The train seeds of one or more recipes (a ``range`` when they are all the same range).
+
+    None when none of them has a ``train`` split.
+    """
+    ranges = [split_seeds(r, "train") for r in recipes if "train" in (r.get("splits") or {})]
+    if not ranges:
+        return None
+    if all(r == ranges[0] for r in ranges):
+        return ranges[0]
+    return sorted({int(s) for r in ranges for s in r})
+
+
 class PairedScanDataset(_GeometryMixin, Dataset):
     """Reads the shards of one split written by :func:`generate_dataset`.
 
+    Several dataset folders read as one (their items in the order given): their recipes
+    may differ in phantoms, lesions and seeds, but not in what the network sees of the
+    acquisition (scanner, sinogram, image grid, PSF, reduction factors, initial image).
+
     Args:
-        root: the dataset folder (``out_dir`` of :func:`generate_dataset`).
+        root: the dataset folder (``out_dir`` of :func:`generate_dataset`), or a list of them.
         split: ``"train"``, ``"val"`` or ``"test"``.
         reduction_factors: keep only scans at these factors (default: all).
+
+    Attributes:
+        recipe: the first folder's recipe (geometry); ``recipes``: one per folder.
+
+    Raises:
+        ValueError: a folder without shards, an unknown format version, or folders whose
+            recipes differ in :data:`SHARED_RECIPE_KEYS`.
     """
 
     def __init__(
-        self, root: str | os.PathLike[str], split: str,
+        self, root: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], split: str,
         reduction_factors: Sequence[float] | None = None,
     ) -> None:
         import h5py
 
-        self.files = sorted((Path(root) / split).glob("shard-*.h5"))
-        if not self.files:
-            raise ValueError(f"no shards in {Path(root) / split} (run `python -m pet_dl dataset`)")
+        roots = [root] if isinstance(root, (str, os.PathLike)) else list(root)
+        if not roots:
+            raise ValueError("no dataset folder given")
+        self.files = []
         self.index: list[tuple[int, int]] = []
-        recipe = None
-        for k, path in enumerate(self.files):
-            with h5py.File(path, "r") as f:
-                if int(f.attrs.get("format_version", -1)) != FORMAT_VERSION:
-                    raise ValueError(f"{path}: dataset format version is not {FORMAT_VERSION}")
-                recipe = recipe or json.loads(f.attrs["recipe"])
-                dose = f["dose_fraction"][:]
-            for i, d in enumerate(dose):
-                if reduction_factors is None or any(
-                    abs(float(d) * float(r) - 1.0) < 1e-4 for r in reduction_factors
-                ):
-                    self.index.append((k, i))
-        self.recipe = recipe
+        self.recipes: list[dict[str, Any]] = []
+        for r in roots:
+            files = sorted((Path(r) / split).glob("shard-*.h5"))
+            if not files:
+                raise ValueError(f"no shards in {Path(r) / split} (run `python -m pet_dl dataset`)")
+            recipe = None
+            for path in files:
+                k = len(self.files)
+                self.files.append(path)
+                with h5py.File(path, "r") as f:
+                    if int(f.attrs.get("format_version", -1)) != FORMAT_VERSION:
+                        raise ValueError(f"{path}: dataset format version is not {FORMAT_VERSION}")
+                    recipe = recipe or json.loads(f.attrs["recipe"])
+                    dose = f["dose_fraction"][:]
+                for i, d in enumerate(dose):
+                    if reduction_factors is None or any(
+                        abs(float(d) * float(r) - 1.0) < 1e-4 for r in reduction_factors
+                    ):
+                        self.index.append((k, i))
+            self.recipes.append(recipe)
+        for r, recipe in zip(roots[1:], self.recipes[1:]):
+            for key in SHARED_RECIPE_KEYS:
+                if _shared(recipe, key) != _shared(self.recipes[0], key):
+                    raise ValueError(
+                        f"{r}: recipe {key!r} is {_shared(recipe, key)!r}, {roots[0]}'s is "
+                        f"{_shared(self.recipes[0], key)!r}: datasets read together must share it"
+                    )
+        self.recipe = self.recipes[0]
         self._init_geometry()
         self._handles: dict[int, Any] = {}
 

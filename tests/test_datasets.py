@@ -77,6 +77,31 @@ def test_shards_round_trip_the_on_the_fly_items(tmp_path: Path) -> None:
     assert all(float(only[i]["dose_fraction"]) == pytest.approx(1 / factors[-1]) for i in range(2))
 
 
+def test_two_dataset_folders_read_as_one(tmp_path: Path) -> None:
+    # two phantom families on one geometry (here: other seeds and more lesions) train
+    # together; their train seeds are the union; another image grid is refused
+    a = _tiny()
+    b = _tiny(splits={"train": {"seeds": [10, 12]}}, lesions={"count": [2, 2]})
+    generate_dataset(a, tmp_path / "a", splits=["train"])
+    generate_dataset(b, tmp_path / "b", splits=["train"])
+    one, two = PairedScanDataset(tmp_path / "a", "train"), PairedScanDataset(tmp_path / "b", "train")
+    both = PairedScanDataset([tmp_path / "a", tmp_path / "b"], "train")
+    assert len(both) == len(one) + len(two)
+    for i in (0, len(one) - 1):
+        assert torch.equal(both[i]["prompts"], one[i]["prompts"])
+    assert torch.equal(both[len(one)]["prompts"], two[0]["prompts"])
+    assert {int(both[i]["seed"]) for i in range(len(both))} == {0, 1, 10, 11}
+    assert both.recipes[1]["lesions"]["count"] == [2, 2] and both.image == one.image
+    from pet_dl.training.export import _hparams_train_seeds
+
+    assert _hparams_train_seeds({"data_dir": [str(tmp_path / "a"), str(tmp_path / "b")]}) == [0, 1, 10, 11]
+    assert _hparams_train_seeds({"data_dir": str(tmp_path / "a")}) == {"start": 0, "stop": 2}
+    other = _tiny(image={"shape": [32, 32, 1], "voxel_size_mm": [8.0, 8.0, 8.0]})
+    generate_dataset(other, tmp_path / "c", splits=["train"])
+    with pytest.raises(ValueError, match="'image'.*share"):
+        PairedScanDataset([tmp_path / "a", tmp_path / "c"], "train")
+
+
 def test_low_dose_counts_scale_with_the_fraction() -> None:
     """Thinnings of one acquisition: counts / fraction agree within Poisson error."""
     ds = OnTheFlyDataset(_tiny(reduction_factors=[2, 4, 10]), "train", num_phantoms=1)

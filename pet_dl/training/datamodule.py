@@ -17,7 +17,8 @@ class PETDataModule(pl.LightningDataModule):
     (a ``data/*.yaml`` path: phantoms are simulated on the fly).
 
     Args:
-        data_dir: dataset folder with ``train/`` and ``val/`` shards.
+        data_dir: dataset folder with ``train/`` and ``val/`` shards, or a list of them
+            read as one (same acquisition geometry; e.g. two phantom families).
         recipe: recipe path, used when ``data_dir`` is not given.
         batch_size: scans per batch (per process under DDP).
         num_workers: DataLoader worker processes.
@@ -27,7 +28,7 @@ class PETDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        data_dir: str | None = None,
+        data_dir: str | list[str] | None = None,
         recipe: str | None = None,
         batch_size: int = 4,
         num_workers: int = 0,

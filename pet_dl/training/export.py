@@ -38,10 +38,21 @@ def recipe_train_seeds(recipe: Mapping[str, Any]) -> dict[str, int] | list[int] 
 
 
 def _datamodule_train_seeds(datamodule: Any) -> dict[str, int] | list[int] | None:
-    """From the recipe of a set-up :class:`PETDataModule`'s train dataset, if any."""
+    """From the recipe(s) of a set-up :class:`PETDataModule`'s train dataset, if any."""
     datasets = getattr(datamodule, "datasets", None)
-    recipe = getattr(datasets.get("train"), "recipe", None) if isinstance(datasets, Mapping) else None
-    return recipe_train_seeds(recipe) if isinstance(recipe, Mapping) else None
+    train = datasets.get("train") if isinstance(datasets, Mapping) else None
+    recipes = getattr(train, "recipes", None) or [getattr(train, "recipe", None)]
+    if not all(isinstance(r, Mapping) for r in recipes):
+        return None
+    return _seeds_json(recipes)
+
+
+def _seeds_json(recipes: list) -> dict[str, int] | list[int] | None:
+    """The union of the recipes' train seeds as JSON; None without any."""
+    from pet_dl.datasets import recipes_train_seeds, seeds_to_json
+
+    seeds = recipes_train_seeds(recipes)
+    return None if seeds is None else seeds_to_json(seeds)
 
 
 def _hparams_train_seeds(hparams: Mapping[str, Any]) -> dict[str, int] | list[int] | None:
@@ -52,7 +63,7 @@ def _hparams_train_seeds(hparams: Mapping[str, Any]) -> dict[str, int] | list[in
         if hparams.get("recipe"):
             return recipe_train_seeds(load_recipe(hparams["recipe"]))
         if hparams.get("data_dir"):
-            return recipe_train_seeds(PairedScanDataset(hparams["data_dir"], "train").recipe)
+            return _seeds_json(PairedScanDataset(hparams["data_dir"], "train").recipes)
     except (OSError, ValueError, KeyError) as err:
         warnings.warn(f"cannot read the training recipe for train_seeds: {err}", stacklevel=3)
     return None
