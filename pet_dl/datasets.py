@@ -408,10 +408,10 @@ class PairedScanDataset(_GeometryMixin, Dataset):
         self.files = []
         self.index: list[tuple[int, int]] = []
         self.recipes: list[dict[str, Any]] = []
-        for r in roots:
-            files = sorted((Path(r) / split).glob("shard-*.h5"))
+        for folder in roots:
+            files = sorted((Path(folder) / split).glob("shard-*.h5"))
             if not files:
-                raise ValueError(f"no shards in {Path(r) / split} (run `python -m pet_dl dataset`)")
+                raise ValueError(f"no shards in {Path(folder) / split} (run `python -m pet_dl dataset`)")
             recipe = None
             for path in files:
                 k = len(self.files)
@@ -427,11 +427,11 @@ class PairedScanDataset(_GeometryMixin, Dataset):
                     ):
                         self.index.append((k, i))
             self.recipes.append(recipe)
-        for r, recipe in zip(roots[1:], self.recipes[1:]):
+        for folder, recipe in zip(roots[1:], self.recipes[1:]):
             for key in SHARED_RECIPE_KEYS:
                 if _shared(recipe, key) != _shared(self.recipes[0], key):
                     raise ValueError(
-                        f"{r}: recipe {key!r} is {_shared(recipe, key)!r}, {roots[0]}'s is "
+                        f"{folder}: recipe {key!r} is {_shared(recipe, key)!r}, {roots[0]}'s is "
                         f"{_shared(self.recipes[0], key)!r}: datasets read together must share it"
                     )
         self.recipe = self.recipes[0]
