@@ -186,13 +186,28 @@ def phantom_of_seed(recipe: Mapping[str, Any], seed: int, image: ImageGeometry |
     if image is None:
         image = recipe_geometry(recipe)[1]
     g = torch.Generator().manual_seed(int(seed))
-    phantom = phantoms.make_phantom(recipe["phantom"], image, g)
+    return add_recipe_lesions(recipe, phantoms.make_phantom(recipe["phantom"], image, g), g)
+
+
+def add_recipe_lesions(
+    recipe: Mapping[str, Any], phantom: Phantom, generator: torch.Generator,
+    tissues: Sequence[str] | None = None,
+) -> Phantom:
+    """``phantom`` with the recipe's random lesions: their number (uniform in
+    ``lesions.count = [min, max]``), then the lesions (:func:`pet_dl.phantoms.add_lesions`
+    with the recipe's other ``lesions`` entries), both drawn from ``generator``.
+
+    Args:
+        tissues: where lesions may go (default: the phantom's :data:`LESION_TISSUES`).
+    """
+    from pet_dl.phantoms import add_lesions
+
     lesions = dict(recipe.get("lesions") or {})
     count = lesions.pop("count", [0, 0])
-    n = int(torch.randint(int(count[0]), int(count[1]) + 1, (1,), generator=g))
-    if n > 0:
-        phantom = phantoms.add_lesions(phantom, n, generator=g, **lesions)
-    return phantom
+    n = int(torch.randint(int(count[0]), int(count[1]) + 1, (1,), generator=generator))
+    if n == 0:
+        return phantom
+    return add_lesions(phantom, n, generator=generator, tissues=tissues, **lesions)
 
 
 def simulate_full_dose(

@@ -31,7 +31,8 @@ from pet_dl.evaluate.methods import network_reconstruction, osem_trajectory  # n
 from pet_dl.inference import load_model  # noqa: E402
 from pet_dl.recon.filters import gaussian_postfilter  # noqa: E402
 
-OSEM_CHOSEN = {1.0: (15, 2.0), 20.0: (4, 4.0)}  # iterations x 7 subsets, FWHM mm (docs/results.md)
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+from validation_scores import OSEM_CHOSEN  # noqa: E402  (OSEM chosen on validation)
 
 
 def main(networks: dict[str, str], out: Path = Path(__file__).parent / "external_anatomy.png") -> None:

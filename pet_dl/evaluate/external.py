@@ -30,8 +30,8 @@ def sirf_brain_phantoms(
 
     ``folder`` holds ``emission.hv`` and ``attenuation.hv`` (STIR Interfile, mu in 1/cm;
     ``shared/data/sirf_phantoms/brain``). The seed draws a plane of :data:`SIRF_PLANES`
-    (6.75 mm apart), then the number of lesions and the lesions as
-    :func:`pet_dl.datasets.phantom_of_seed` does, placed in white or grey matter (activity
+    (6.75 mm apart), then the lesions (:func:`pet_dl.datasets.add_recipe_lesions`, as
+    :func:`pet_dl.datasets.phantom_of_seed` does), placed in white or grey matter (activity
     above :data:`BRAIN_LEVEL` of the maximum). The maximum (grey matter) becomes
     :data:`GREY_MATTER_BQML`; the y axis is flipped from STIR's (towards the back of a
     supine, head-first patient) to RAS+ (anterior).
@@ -47,9 +47,9 @@ def sirf_brain_phantoms(
     Raises:
         ValueError: emission and attenuation on different grids.
     """
-    from pet_dl.datasets import recipe_geometry
+    from pet_dl.datasets import add_recipe_lesions, recipe_geometry
     from pet_dl.io import load_image, mu_per_cm_to_per_mm
-    from pet_dl.phantoms import add_lesions, image_phantom
+    from pet_dl.phantoms import image_phantom
 
     emission, grid = load_image(Path(folder) / "emission.hv")
     mu, mu_grid = load_image(Path(folder) / "attenuation.hv")
@@ -59,8 +59,6 @@ def sirf_brain_phantoms(
     mu = mu_per_cm_to_per_mm(mu.flip(1)).clamp_min(0)
     scale = GREY_MATTER_BQML / float(emission.max())
     image = recipe_geometry(recipe)[1]
-    lesions = dict(recipe.get("lesions") or {})
-    count = lesions.pop("count", [0, 0])
 
     def phantom_of(seed: int) -> Phantom:
         g = torch.Generator().manual_seed(int(seed))
@@ -70,9 +68,6 @@ def sirf_brain_phantoms(
             emission, mu, grid, image, name="sirf_brain", z_mm=z, activity_scale=scale,
             tissue_levels={"extracerebral": 0.0, "brain": BRAIN_LEVEL},
         )
-        n = int(torch.randint(int(count[0]), int(count[1]) + 1, (1,), generator=g))
-        if n == 0:
-            return phantom
-        return add_lesions(phantom, n, generator=g, tissues=("brain",), **lesions)
+        return add_recipe_lesions(recipe, phantom, g, tissues=("brain",))
 
     return phantom_of

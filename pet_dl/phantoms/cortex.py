@@ -34,6 +34,10 @@ class _Waves:
         self.omega = d * (2.0 * math.pi / lam)[:, None]  # (K, 3) rad/mm
         self.phase = 2.0 * math.pi * torch.rand(NUM_WAVES, generator=generator, dtype=torch.float64)
 
+    def value(self, p: torch.Tensor) -> torch.Tensor:
+        """``n`` at points ``(..., 3)`` mm, ``(...)``."""
+        return torch.cos(p.to(torch.float64) @ self.omega.T + self.phase).sum(-1).to(p.dtype)
+
     def value_and_gradient(self, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` at points ``(..., 3)`` mm and ``|grad n|`` (1/mm), both ``(...)``."""
         arg = p.to(torch.float64) @ self.omega.T + self.phase  # (..., K)
@@ -74,7 +78,7 @@ def folded_cortex(
         depth = -brain.level(p)
         n, grad = folds.value_and_gradient(p)
         dist = n.abs() / grad.clamp_min(1e-6)
-        m, _ = depths.value_and_gradient(p)
+        m = depths.value(p)
         reach = shallow + (deep - shallow) * torch.sigmoid(1.5 * m / math.sqrt(NUM_WAVES / 2.0))
         return depth, dist, reach
 

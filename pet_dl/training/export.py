@@ -28,13 +28,12 @@ import torch
 from pet_dl.training.module import ReconModule
 
 
-def recipe_train_seeds(recipe: Mapping[str, Any]) -> dict[str, int] | list[int] | None:
-    """The recipe's train seed range as JSON (:func:`pet_dl.datasets.seeds_to_json`); None without one."""
-    from pet_dl.datasets import seeds_to_json, split_seeds
+def train_seeds_json(recipes: list[Mapping[str, Any]]) -> dict[str, int] | list[int] | None:
+    """The recipes' train seeds (their union) as JSON (:func:`pet_dl.datasets.seeds_to_json`); None without any."""
+    from pet_dl.datasets import recipes_train_seeds, seeds_to_json
 
-    if "train" not in (recipe.get("splits") or {}):
-        return None
-    return seeds_to_json(split_seeds(recipe, "train"))
+    seeds = recipes_train_seeds(recipes)
+    return None if seeds is None else seeds_to_json(seeds)
 
 
 def _datamodule_train_seeds(datamodule: Any) -> dict[str, int] | list[int] | None:
@@ -44,15 +43,7 @@ def _datamodule_train_seeds(datamodule: Any) -> dict[str, int] | list[int] | Non
     recipes = getattr(train, "recipes", None) or [getattr(train, "recipe", None)]
     if not all(isinstance(r, Mapping) for r in recipes):
         return None
-    return _seeds_json(recipes)
-
-
-def _seeds_json(recipes: list) -> dict[str, int] | list[int] | None:
-    """The union of the recipes' train seeds as JSON; None without any."""
-    from pet_dl.datasets import recipes_train_seeds, seeds_to_json
-
-    seeds = recipes_train_seeds(recipes)
-    return None if seeds is None else seeds_to_json(seeds)
+    return train_seeds_json(recipes)
 
 
 def _hparams_train_seeds(hparams: Mapping[str, Any]) -> dict[str, int] | list[int] | None:
@@ -61,9 +52,9 @@ def _hparams_train_seeds(hparams: Mapping[str, Any]) -> dict[str, int] | list[in
 
     try:
         if hparams.get("recipe"):
-            return recipe_train_seeds(load_recipe(hparams["recipe"]))
+            return train_seeds_json([load_recipe(hparams["recipe"])])
         if hparams.get("data_dir"):
-            return _seeds_json(PairedScanDataset(hparams["data_dir"], "train").recipes)
+            return train_seeds_json(PairedScanDataset(hparams["data_dir"], "train").recipes)
     except (OSError, ValueError, KeyError) as err:
         warnings.warn(f"cannot read the training recipe for train_seeds: {err}", stacklevel=3)
     return None
