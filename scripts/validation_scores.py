@@ -12,7 +12,9 @@ phantoms simulated from ``data/brain2d.yaml`` with seeds ``first .. first + phan
 ``--data-subsets`` rescores each network with those ``UnrolledEM.data_subsets`` (not
 retrained); ``--flip-ensemble`` likewise with each UNet's output averaged over flips along
 those spatial axes (``none``, ``0`` = x, ``1`` = y, ``01`` = both; the network's
-``flip_ensemble``); ``--osem`` adds OSEM with the parameters chosen on validation.
+``flip_ensemble``); ``--osem`` adds OSEM with the parameters chosen on validation. With several networks, the
+last lines give each one's factor-20 differences from the first network, paired on the same
+phantoms and lesions (points, ± 1.96 standard errors).
 
 ``--sirf-brain DIR`` scores on an anatomy no network has seen instead: the BrainWeb-based
 SIRF brain, one of its axial planes 8-14 per seed, with the recipe's random lesions
@@ -50,6 +52,21 @@ def summary(rows: list[dict]) -> str:
     return f"{100 * nrmse:.1f} / {lesions}"
 
 
+def paired_difference(rows: list[dict], reference: list[dict]) -> str:
+    """``rows`` minus ``reference`` on the same cases (points, ± 1.96 standard errors):
+    NRMSE over the cases, SUVmean / SUVmax bias over the lesions >= 8 mm."""
+
+    def mean_ci(d: list[float]) -> str:
+        t = torch.tensor(d, dtype=torch.float64) * 100
+        se = t.std() / len(d) ** 0.5 if len(d) > 1 else torch.tensor(float("nan"))
+        return f"{float(t.mean()):+.2f} ± {1.96 * float(se):.2f}"
+
+    nrmse = [r["nrmse"] - q["nrmse"] for r, q in zip(rows, reference)]
+    means = [a - b for r, q in zip(rows, reference) for a, b in zip(r["suvmean_bias_ge8"], q["suvmean_bias_ge8"])]
+    maxes = [a - b for r, q in zip(rows, reference) for a, b in zip(r["suvmax_bias_ge8"], q["suvmax_bias_ge8"])]
+    return f"NRMSE {mean_ci(nrmse)}, SUVmean {mean_ci(means)}, SUVmax {mean_ci(maxes)}" if means else f"NRMSE {mean_ci(nrmse)}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoints", nargs="*", default=[None], help="model files (default: shipped)")
@@ -77,6 +94,7 @@ def main() -> None:
             x = gaussian_postfilter(osem_trajectory(ev.batch(f), iterations, 7)[-1], ev.image, fwhm)
             cells.append(f"f{f:g}: {summary(case_metrics(x, ev))}")
         print("OSEM (chosen)", " | ".join(cells), flush=True)
+    scored: list[tuple[str, list[dict]]] = []  # (label, factor-20 rows) per network
     for path in args.checkpoints:
         loaded = load_model(path, torch.device("cpu"))  # once; rebuilt per option set below
         for subsets in args.data_subsets or [None]:
@@ -92,6 +110,9 @@ def main() -> None:
                 cells = [f"f{f:g}: {summary(r)}" for f, r in rows.items()]
                 mean = sum(sum(x["nrmse"] for x in r) / len(r) for r in rows.values()) / len(rows)
                 print(label, " | ".join(cells), f"| mean NRMSE {100 * mean:.2f}", flush=True)
+                scored.append((label, rows[20.0]))
+    for label, rows in scored[1:]:
+        print(f"f20 {label} - {scored[0][0]}: {paired_difference(rows, scored[0][1])}")
 
 
 if __name__ == "__main__":
