@@ -12,9 +12,9 @@ phantoms simulated from ``data/brain2d.yaml`` with seeds ``first .. first + phan
 ``--data-subsets`` rescores each network with those ``UnrolledEM.data_subsets`` (not
 retrained); ``--flip-ensemble`` likewise with each UNet's output averaged over flips along
 those spatial axes (``none``, ``0`` = x, ``1`` = y, ``01`` = both; the network's
-``flip_ensemble``); ``--osem`` adds OSEM with the parameters chosen on validation. With several networks, the
-last lines give each one's factor-20 differences from the first network, paired on the same
-phantoms and lesions (points, ± 1.96 standard errors).
+``flip_ensemble``); ``--osem`` adds OSEM with the parameters chosen on validation. With
+several networks, the last lines give each one's factor-20 differences from the first
+network, paired on the same phantoms and lesions (points, ± 1.96 standard errors).
 
 ``--sirf-brain DIR`` scores on an anatomy no network has seen instead: the BrainWeb-based
 SIRF brain, one of its axial planes 8-14 per seed, with the recipe's random lesions
@@ -34,7 +34,8 @@ from pet_dl.datasets import load_recipe  # noqa: E402
 from pet_dl.evaluate.data import simulate_eval_set  # noqa: E402
 from pet_dl.evaluate.external import sirf_brain_phantoms  # noqa: E402
 from pet_dl.evaluate.methods import network_reconstruction, osem_trajectory  # noqa: E402
-from pet_dl.evaluate.scoring import case_metrics  # noqa: E402
+from pet_dl.evaluate.report import Z95  # noqa: E402
+from pet_dl.evaluate.scoring import case_metrics, paired_difference  # noqa: E402
 from pet_dl.inference import load_model  # noqa: E402
 from pet_dl.recon.filters import gaussian_postfilter  # noqa: E402
 
@@ -52,19 +53,21 @@ def summary(rows: list[dict]) -> str:
     return f"{100 * nrmse:.1f} / {lesions}"
 
 
-def paired_difference(rows: list[dict], reference: list[dict]) -> str:
-    """``rows`` minus ``reference`` on the same cases (points, ± 1.96 standard errors):
-    NRMSE over the cases, SUVmean / SUVmax bias over the lesions >= 8 mm."""
+def paired_summary(rows: list[dict], reference: list[dict]) -> str:
+    """``rows`` minus ``reference`` on the same cases (points, ± 1.96 standard errors of
+    :func:`pet_dl.evaluate.scoring.paired_difference`): NRMSE over the phantoms, SUVmean /
+    SUVmax bias over the lesions >= 8 mm (each lesion its own unit)."""
 
-    def mean_ci(d: list[float]) -> str:
-        t = torch.tensor(d, dtype=torch.float64) * 100
-        se = t.std() / len(d) ** 0.5 if len(d) > 1 else torch.tensor(float("nan"))
-        return f"{float(t.mean()):+.2f} ± {1.96 * float(se):.2f}"
+    def interval(a: list[float], b: list[float]) -> str:
+        mean, sem = paired_difference(a, b, list(range(len(a))))
+        return f"{100 * mean:+.2f} ± {100 * Z95 * sem:.2f}"
 
-    nrmse = [r["nrmse"] - q["nrmse"] for r, q in zip(rows, reference)]
-    means = [a - b for r, q in zip(rows, reference) for a, b in zip(r["suvmean_bias_ge8"], q["suvmean_bias_ge8"])]
-    maxes = [a - b for r, q in zip(rows, reference) for a, b in zip(r["suvmax_bias_ge8"], q["suvmax_bias_ge8"])]
-    return f"NRMSE {mean_ci(nrmse)}, SUVmean {mean_ci(means)}, SUVmax {mean_ci(maxes)}" if means else f"NRMSE {mean_ci(nrmse)}"
+    text = f"NRMSE {interval([r['nrmse'] for r in rows], [q['nrmse'] for q in reference])}"
+    for key, name in (("suvmean_bias_ge8", "SUVmean"), ("suvmax_bias_ge8", "SUVmax")):
+        a = [x for r in rows for x in r[key]]
+        if a:
+            text += f", {name} {interval(a, [x for q in reference for x in q[key]])}"
+    return text
 
 
 def main() -> None:
@@ -112,7 +115,7 @@ def main() -> None:
                 print(label, " | ".join(cells), f"| mean NRMSE {100 * mean:.2f}", flush=True)
                 scored.append((label, rows[20.0]))
     for label, rows in scored[1:]:
-        print(f"f20 {label} - {scored[0][0]}: {paired_difference(rows, scored[0][1])}")
+        print(f"f20 {label} - {scored[0][0]}: {paired_summary(rows, scored[0][1])}")
 
 
 if __name__ == "__main__":
