@@ -48,6 +48,25 @@ _RECIPE_KEYS = {
 }
 
 
+def _unique_key_loader() -> type:
+    """A ``yaml.SafeLoader`` that raises on a key repeated in one mapping."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} given twice", key_node.start_mark
+                    )
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
+
+
 def read_yaml_mapping(source: str | os.PathLike[str] | Mapping[str, Any], what: str) -> dict[str, Any]:
     """A copy of ``source`` if it is a mapping, else the YAML mapping in the file ``source``.
 
@@ -56,7 +75,9 @@ def read_yaml_mapping(source: str | os.PathLike[str] | Mapping[str, Any], what: 
         what: what the file is (``"recipe"``), for the error messages.
 
     Raises:
-        ValueError: the file does not exist or does not hold a YAML mapping.
+        ValueError: the file does not exist, is not YAML, repeats a key in one mapping
+            (``safe_load`` alone would keep the last value silently) or does not hold a
+            YAML mapping.
     """
     if isinstance(source, Mapping):
         return dict(source)
@@ -65,7 +86,13 @@ def read_yaml_mapping(source: str | os.PathLike[str] | Mapping[str, Any], what: 
     path = Path(source)
     if not path.is_file():
         raise ValueError(f"{what} {path} does not exist")
-    data = yaml.safe_load(path.read_text())
+    try:
+        data = yaml.load(path.read_text(), Loader=_unique_key_loader())
+    except yaml.MarkedYAMLError as e:
+        where = f", line {e.problem_mark.line + 1}" if e.problem_mark is not None else ""
+        raise ValueError(f"{what} {path}{where}: {e.problem}") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"{what} {path} is not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(data, Mapping):
         raise ValueError(f"{what} {path} is not a YAML mapping")
     return dict(data)

@@ -30,8 +30,11 @@ def _tiny(**changes: object) -> dict:
 
 
 def test_committed_recipes_load_with_disjoint_splits() -> None:
-    for name in ("tiny", "brain2d", "brain3d", "body3d"):
-        recipe = load_recipe(ROOT / "data" / f"{name}.yaml")
+    paths = sorted((ROOT / "data").glob("*.yaml"))
+    assert {"tiny", "brain2d", "brain3d", "body3d"} <= {p.stem for p in paths}
+    for path in paths:
+        recipe = load_recipe(path)
+        assert recipe["name"] == path.stem
         seeds = {s: set(split_seeds(recipe, s)) for s in recipe["splits"]}
         assert seeds["test"] and seeds["train"]
         assert not seeds["test"] & seeds["train"]
@@ -151,3 +154,11 @@ def test_recipe_files_that_are_not_mappings_fail_clearly(tmp_path: Path) -> None
     listed.write_text("- scanner: mmr\n")
     with pytest.raises(ValueError, match="is not a YAML mapping"):
         load_recipe(listed)
+    repeated = tmp_path / "repeated.yaml"
+    repeated.write_text("name: a\nscanner: mmr\nsimulation: {psf_fwhm_mm: 4.5, psf_fwhm_mm: 2.0}\n")
+    with pytest.raises(ValueError, match=r"repeated.yaml, line 3: key 'psf_fwhm_mm' given twice"):
+        load_recipe(repeated)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("scanner: [mmr\n")
+    with pytest.raises(ValueError, match=r"broken.yaml, line 2: expected ','"):
+        load_recipe(broken)
