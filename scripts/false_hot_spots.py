@@ -3,7 +3,7 @@
     python scripts/false_hot_spots.py [NAME=CHECKPOINT ...] [--phantoms 20] [--realisations 2]
 
 On the test phantoms of ``data/brain2d.yaml`` (lesions never used in training), counts
-with :func:`pet_dl.metrics.hot_spots` the places where an image's 4 mm-ball mean is more
+with :func:`pet_dl.evaluate.scoring.false_hot_spots` the places where an image's 4 mm-ball mean is more
 than 50 % above that of the truth blurred by the scanner's PSF, outside the true lesions
 (dilated by 2 voxels), for OSEM with the parameters chosen on validation
 (docs/results.md), the shipped model and any other checkpoints, at full dose and factor
@@ -20,14 +20,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 from validation_scores import OSEM_CHOSEN  # noqa: E402  (scripts/, on sys.path when run)
 
-from pet_dl.datasets import load_recipe, psf_of_recipe, split_seeds  # noqa: E402
+from pet_dl.datasets import load_recipe, split_seeds  # noqa: E402
 from pet_dl.evaluate.data import simulate_eval_set  # noqa: E402
 from pet_dl.evaluate.methods import network_reconstruction, osem_trajectory  # noqa: E402
-from pet_dl.forward_model import GaussianResolution  # noqa: E402
+from pet_dl.evaluate.scoring import false_hot_spots  # noqa: E402
 from pet_dl.inference import load_model  # noqa: E402
-from pet_dl.metrics import hot_spots  # noqa: E402
 from pet_dl.recon.filters import gaussian_postfilter  # noqa: E402
-from pet_dl.training.losses import dilate_mask  # noqa: E402
 
 FACTORS = (1.0, 20.0)
 
@@ -43,9 +41,6 @@ def main() -> None:
     recipe = load_recipe(args.recipe)
     seeds = list(split_seeds(recipe, "test"))[: args.phantoms]
     ev = simulate_eval_set(recipe, seeds, args.realisations, list(FACTORS))
-    reference = GaussianResolution(ev.image, psf_of_recipe(recipe))(ev.target)
-    exclude = dilate_mask(ev.lesion_mask, 2, 2)
-    voxel = ev.image.voxel_size_mm
     nets = {"network (shipped)": None}
     nets.update(dict(item.split("=", 1) for item in args.checkpoints))
     print(f"{len(seeds)} test phantoms x {args.realisations} realisations; hot spot = 4 mm-ball "
@@ -58,10 +53,7 @@ def main() -> None:
         for name, path in nets.items():
             images[name] = network_reconstruction(load_model(path, torch.device("cpu")).model.eval(), batch)
         for name, x in images.items():
-            counts = torch.tensor([
-                int(hot_spots(x[i], reference[i], voxel, exclude[i], threshold=args.threshold).sum())
-                for i in range(ev.num_cases)
-            ], dtype=torch.float64)
+            counts = torch.tensor(false_hot_spots(x, ev, threshold=args.threshold), dtype=torch.float64)
             label = "full" if factor == 1 else f"{factor:g}"
             print(f"| {label} | {name} | {counts.mean():.2f} | {100 * (counts > 0).double().mean():.0f} % |")
 

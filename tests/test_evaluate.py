@@ -16,6 +16,7 @@ import torch
 
 from pet_dl import evaluate as ev
 from pet_dl.datasets import load_recipe
+from pet_dl.metrics import dilate_mask
 from pet_dl.models import build_model
 from pet_dl.recon import gaussian_postfilter
 
@@ -327,6 +328,25 @@ def test_contrast_noise_of_the_truth(test_set: ev.EvalSet) -> None:
     half[test_set.lesion_mask > 0] = (half * 0.5)[test_set.lesion_mask > 0]  # lesions at half uptake
     cr_half, _ = ev.contrast_noise(half, test_set)
     assert cr_half < 0.5  # contrast drops more than the uptake
+
+
+def test_false_hot_spots_count_blobs_outside_the_lesions_only(test_set: ev.EvalSet) -> None:
+    truth = test_set.target
+    assert ev.false_hot_spots(truth.clone(), test_set) == [0] * test_set.num_cases
+    assert ev.false_hot_spots(1.9 * truth, test_set) == [0] * test_set.num_cases  # < 100 % over
+    lesion = test_set.lesion_mask[0] > 0
+    far = ~dilate_mask(test_set.lesion_mask[:1], 3, 2)[0]  # beyond the 2-voxel exclusion
+    background = (truth[0] > 0.5 * truth[0].max()) & far
+    x, y, z = (int(v) for v in background.nonzero()[len(background.nonzero()) // 2])
+    blob = truth.clone()
+    blob[0, x, y, z] *= 5.0  # one voxel of 7 mm: a blob of four times the local activity
+    assert ev.false_hot_spots(blob, test_set) == [1] + [0] * (test_set.num_cases - 1)
+    assert ev.false_hot_spots(blob, test_set, threshold=5.0) == [0] * test_set.num_cases
+    hot_lesion = truth.clone()
+    hot_lesion[0][lesion] *= 5.0  # the true lesions are left out, however hot
+    assert ev.false_hot_spots(hot_lesion, test_set) == [0] * test_set.num_cases
+    with pytest.raises(ValueError, match="do not match"):
+        ev.false_hot_spots(truth[:1], test_set)
 
 
 def test_refuses_test_phantoms_seen_in_training(

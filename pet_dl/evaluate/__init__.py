@@ -21,7 +21,7 @@ Modules, in the order of the data flow:
 - :mod:`~pet_dl.evaluate.methods`: OSEM trajectory, MAP-RDP, learned models on a batch;
 - :mod:`~pet_dl.evaluate.selection`: OSEM / MAP-RDP parameters chosen on validation;
 - :mod:`~pet_dl.evaluate.scoring`: per-case metrics, aggregation, bias by lesion size,
-  contrast vs noise;
+  contrast vs noise, false hot spots;
 - :mod:`~pet_dl.evaluate.pipeline`: :func:`evaluate` (selection, then the test table);
 - :mod:`~pet_dl.evaluate.report`: markdown, CSV, JSON, merge, plot;
 - :mod:`~pet_dl.evaluate.config`: configs, checkpoints, :func:`run_config`
@@ -56,6 +56,7 @@ from pet_dl.evaluate.scoring import (
     bias_by_size,
     case_metrics,
     contrast_noise,
+    false_hot_spots,
     paired_difference,
     sampling_error,
     shell,
@@ -79,6 +80,7 @@ __all__ = [
     "contrast_noise",
     "evaluate",
     "factor_key",
+    "false_hot_spots",
     "factor_label",
     "load_eval_config",
     "lesion_size_markdown",

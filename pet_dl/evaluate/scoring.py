@@ -75,6 +75,44 @@ def case_metrics(images: torch.Tensor, data: EvalSet) -> list[dict[str, Any]]:
     return rows
 
 
+def false_hot_spots(
+    images: torch.Tensor, data: EvalSet, threshold: float = 1.0, exclude_voxels: int = 2
+) -> list[int]:
+    """Per case, the lesion-like hot spots of ``images`` that the truth does not have.
+
+    Counted with :func:`pet_dl.metrics.hot_spots`: local maxima where the 4 mm-ball mean is
+    more than ``threshold`` above that of the true activity blurred by the recipe's PSF
+    (``data.psf_fwhm_mm``), outside the true lesions dilated by ``exclude_voxels``. With
+    the default 1.0, a blob twice the local true activity: a lesion of contrast 2, the
+    weakest the brain phantoms hold.
+
+    Args:
+        images: ``(B, nx, ny, nz)`` Bq/mL, one per case of ``data``.
+        data: the cases (true activity and lesion labels).
+        threshold: relative excess that counts (1.0 = 100 % above the blurred truth).
+        exclude_voxels: dilation of the lesion mask, voxels, before it is left out.
+
+    Returns:
+        one count per case.
+
+    Raises:
+        ValueError: ``images`` do not match the targets.
+    """
+    from pet_dl import metrics
+    from pet_dl.forward_model import GaussianResolution
+
+    if tuple(images.shape) != tuple(data.target.shape):
+        raise ValueError(f"images {tuple(images.shape)} do not match the targets {tuple(data.target.shape)}")
+    reference = GaussianResolution(data.image, data.psf_fwhm_mm)(data.target)
+    spatial_dims = 2 if data.target.shape[-1] == 1 else 3
+    exclude = metrics.dilate_mask(data.lesion_mask, exclude_voxels, spatial_dims)
+    voxel = data.image.voxel_size_mm
+    return [
+        int(metrics.hot_spots(images[i], reference[i], voxel, exclude[i], threshold=threshold).sum())
+        for i in range(images.shape[0])
+    ]
+
+
 def aggregate(rows: list[dict[str, Any]], realisation: Sequence[int]) -> dict[str, tuple[float, float]]:
     """Mean over phantoms per realisation, then (mean, sample std) over realisations.
 

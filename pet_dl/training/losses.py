@@ -20,38 +20,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from pet_dl.metrics import dilate_mask
+
 ERRORS = ("l1", "mse", "smooth_l1")
-
-
-def dilate_mask(mask: torch.Tensor, dilation: int, spatial_dims: int) -> torch.Tensor:
-    """Binary dilation of ``mask > 0`` by a (2 ``dilation`` + 1)-voxel square / cube.
-
-    Args:
-        mask: ``(B, nx, ny, nz)`` labels or booleans (0 / False = background).
-        dilation: radius in voxels (0: no dilation).
-        spatial_dims: 2 (dilate in x, y only; ``nz`` is 1) or 3.
-
-    Returns:
-        ``(B, nx, ny, nz)`` bool.
-    """
-    if mask.dim() != 4:
-        raise ValueError(f"mask must be (B, nx, ny, nz), got shape {tuple(mask.shape)}")
-    if dilation < 0:
-        raise ValueError(f"dilation must be >= 0 voxels, got {dilation}")
-    if spatial_dims not in (2, 3):
-        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
-    m = mask > 0
-    if dilation == 0:
-        return m
-    k = 2 * dilation + 1
-    f = m.float()
-    if spatial_dims == 2:
-        # (B, nx, ny, nz) -> (B * nz, 1, nx, ny)
-        b, nx, ny, nz = f.shape
-        g = f.permute(0, 3, 1, 2).reshape(b * nz, 1, nx, ny)
-        g = F.max_pool2d(g, k, stride=1, padding=dilation)
-        return g.reshape(b, nz, nx, ny).permute(0, 2, 3, 1) > 0
-    return F.max_pool3d(f[:, None], k, stride=1, padding=dilation)[:, 0] > 0
 
 
 def lesion_weights(
