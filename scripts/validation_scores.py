@@ -105,15 +105,14 @@ def main() -> None:
     print(f"{ev.num_cases} phantoms, {n_lesions} lesions >= 8 mm, {prompts / 1e6:.2f} M prompts at full dose")
     print("NRMSE / SUVmean / SUVmax bias of lesions >= 8 mm (%), per dose factor")
     if args.osem:
-        cells = []
+        images = {}
         for f in FACTORS:
             iterations, fwhm = OSEM_CHOSEN[f]
-            x = gaussian_postfilter(osem_trajectory(ev.batch(f), iterations, 7)[-1], ev.image, fwhm)
-            rows = case_metrics(x, ev)
-            cells.append(f"f{f:g}: {summary(rows)}")
-            if args.hot_spots and f == 20.0:
-                hot = with_hot_spots(rows, x, ev)
-        print("OSEM (chosen)", " | ".join(cells), f"| {hot}" if args.hot_spots else "", flush=True)
+            images[f] = gaussian_postfilter(osem_trajectory(ev.batch(f), iterations, 7)[-1], ev.image, fwhm)
+        rows = {f: case_metrics(x, ev) for f, x in images.items()}
+        cells = [f"f{f:g}: {summary(r)}" for f, r in rows.items()]
+        hot = f" | {with_hot_spots(rows[20.0], images[20.0], ev)}" if args.hot_spots else ""
+        print("OSEM (chosen)", " | ".join(cells) + hot, flush=True)
     scored: list[tuple[str, list[dict]]] = []  # (label, factor-20 rows) per network
     for path in args.checkpoints:
         loaded = load_model(path, torch.device("cpu"))  # once; rebuilt per option set below
