@@ -15,6 +15,7 @@ from pet_dl.phantoms import (
     MU_WATER,
     SPHERE_DIAMETERS_MM,
     add_lesions,
+    brain_phantom,
     image_phantom,
     make_phantom,
 )
@@ -31,7 +32,13 @@ def _seeded(seed: int) -> torch.Generator:
 
 @pytest.mark.parametrize(
     ("name", "image"),
-    [("brain", BRAIN_2D), ("brain_folded", BRAIN_2D), ("torso", TORSO_2D), ("nema", NEMA_2D)],
+    [
+        ("brain", BRAIN_2D),
+        ("brain_folded", BRAIN_2D),
+        ("brain_varied", BRAIN_2D),
+        ("torso", TORSO_2D),
+        ("nema", NEMA_2D),
+    ],
 )
 def test_same_seed_same_phantom_and_different_seed_differs(name: str, image: ImageGeometry) -> None:
     a = make_phantom(name, image, _seeded(7))
@@ -270,3 +277,42 @@ def test_image_phantom_refuses_bad_input() -> None:
         image_phantom(activity, mu, source, image, tissue_levels={"a": 0.5, "b": 0.2})
     with pytest.raises(ValueError, match="no activity"):
         image_phantom(activity, mu, source, image, z_mm=100.0)
+
+
+def test_uptake_field_scales_only_the_brain_and_is_smooth() -> None:
+    image = ImageGeometry.centered((200, 230, 1), 1.0)
+    uniform_uptake = brain_phantom(image, _seeded(5))
+    varied = brain_phantom(image, _seeded(5), heterogeneity=0.2)
+    brain = torch.zeros_like(varied.tissue, dtype=torch.bool)
+    for name in ("grey_matter", "white_matter", "deep_grey", "cerebellum"):
+        if name in varied.tissues:
+            brain |= varied.tissue == varied.tissues[name]
+    # the field is drawn after the anatomy: same tissues, same activity outside the brain
+    assert torch.equal(varied.tissue, uniform_uptake.tissue)
+    assert torch.equal(varied.activity[~brain], uniform_uptake.activity[~brain])
+    gain = varied.activity[brain] / uniform_uptake.activity[brain]
+    assert float(gain.min()) >= 0.5 - 1e-6 and float(gain.max()) <= 1.5 + 1e-6
+    assert 0.08 < float(gain.std()) < 0.35  # about the asked 20 %
+    # smooth: the gain map changes by little from one 1 mm voxel to the next
+    full_gain = torch.where(brain, varied.activity / uniform_uptake.activity.clamp_min(1e-9), 0.0)
+    both = brain[1:, :, 0] & brain[:-1, :, 0]
+    step = (full_gain[1:, :, 0] - full_gain[:-1, :, 0]).abs()[both]
+    assert float(step.quantile(0.99)) < 0.05
+
+
+def test_varied_brains_vary_cortex_and_grey_white_ratio() -> None:
+    ratios, folded = [], []
+    for seed in range(12):
+        p = make_phantom("brain_varied", BRAIN_2D, _seeded(seed))
+        assert p.name == "brain_varied"
+        grey = p.activity[p.tissue == p.tissues["grey_matter"]].median()
+        white = p.activity[p.tissue == p.tissues["white_matter"]].median()
+        ratios.append(float(grey / white))
+        folded.append(p.extra["folded"])
+    assert min(ratios) < 3.2 and max(ratios) > 4.0  # the plain brain keeps 3.6-4.4
+    assert 0 < sum(folded) < 12  # both cortices occur
+
+
+def test_bad_heterogeneity_is_refused() -> None:
+    with pytest.raises(ValueError, match="heterogeneity"):
+        brain_phantom(BRAIN_2D, _seeded(1), heterogeneity=0.8)

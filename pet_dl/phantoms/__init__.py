@@ -1,6 +1,6 @@
 """Seeded digital phantoms (activity in Bq/mL, mu in 1/mm at 511 keV, lesion labels).
 
-``make_phantom("brain" | "brain_folded" | "torso" | "nema", image, generator)`` builds one
+``make_phantom("brain" | "brain_folded" | "brain_varied" | "torso" | "nema", image, generator)`` builds one
 on an :class:`~pet_dl.geometry.ImageGeometry`; :func:`add_lesions` inserts hot lesions;
 :func:`image_phantom` makes one from given activity and mu volumes (a real anatomy).
 See ``docs/phantoms.md``.
@@ -23,7 +23,7 @@ from pet_dl.phantoms.base import (
     Lesion,
     Phantom,
 )
-from pet_dl.phantoms.brain import brain_phantom
+from pet_dl.phantoms.brain import brain_phantom, varied_brain_phantom
 from pet_dl.phantoms.from_image import image_phantom
 from pet_dl.phantoms.lesions import add_lesions
 from pet_dl.phantoms.nema import SPHERE_DIAMETERS_MM, nema_phantom
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 PHANTOMS: dict[str, Callable[..., Phantom]] = {
     "brain": brain_phantom,
     "brain_folded": functools.partial(brain_phantom, cortex="folded"),
+    "brain_varied": varied_brain_phantom,
     "torso": torso_phantom,
     "nema": nema_phantom,
 }
@@ -43,7 +44,7 @@ PHANTOMS: dict[str, Callable[..., Phantom]] = {
 def make_phantom(
     name: str, image: ImageGeometry, generator: torch.Generator, **kwargs: Any
 ) -> Phantom:
-    """Build the phantom called ``name`` (``"brain"``, ``"brain_folded"``, ``"torso"``, ``"nema"``) on ``image``.
+    """Build the phantom called ``name`` (``"brain"``, ``"brain_folded"``, ``"brain_varied"``, ``"torso"``, ``"nema"``) on ``image``.
 
     Keyword arguments go to the phantom's function (e.g. ``grey_white_ratio``).
     """
@@ -72,4 +73,5 @@ __all__ = [
     "make_phantom",
     "nema_phantom",
     "torso_phantom",
+    "varied_brain_phantom",
 ]

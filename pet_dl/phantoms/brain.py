@@ -22,7 +22,7 @@ from pet_dl.phantoms.base import (
     seed_of,
     uniform,
 )
-from pet_dl.phantoms.cortex import folded_cortex
+from pet_dl.phantoms.cortex import folded_cortex, smooth_random_field
 from pet_dl.phantoms.shapes import box, ellipsoid
 
 if TYPE_CHECKING:
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 GREY_MATTER_BQML = 16000.0  # typical for 370 MBq FDG at 60 min
 GREY_WHITE_RATIO = 4.0
+BRAIN_TISSUES = ("grey_matter", "white_matter", "deep_grey", "cerebellum")
 
 
 def brain_phantom(
@@ -40,6 +41,7 @@ def brain_phantom(
     grey_white_ratio: float = GREY_WHITE_RATIO,
     supersampling: int = 4,
     cortex: str = "smooth",
+    heterogeneity: float = 0.0,
 ) -> Phantom:
     """A randomised FDG brain on ``image``.
 
@@ -58,6 +60,10 @@ def brain_phantom(
         supersampling: sub-samples per axis for partial-volume voxels.
         cortex: ``"smooth"`` (the default; the shipped model's training phantoms) or
             ``"folded"`` (make_phantom's ``"brain_folded"``).
+        heterogeneity: relative standard deviation of a smooth random uptake field
+            (wavelengths 15-60 mm, clipped to 0.5-1.5) that multiplies the activity of
+            grey and white matter, deep grey nuclei and cerebellum (0: uniform tissues;
+            drawn after everything else, so the rest of the phantom does not change).
 
     Returns:
         Phantom with tissues scalp, skull, csf, grey_matter, white_matter, deep_grey,
@@ -69,6 +75,8 @@ def brain_phantom(
         raise ValueError("grey_matter_bqml and grey_white_ratio must be positive")
     if cortex not in ("smooth", "folded"):
         raise ValueError(f"cortex must be 'smooth' or 'folded', got {cortex!r}")
+    if not 0.0 <= heterogeneity <= 0.5:
+        raise ValueError(f"heterogeneity must lie in [0, 0.5], got {heterogeneity}")
     g = generator
 
     def u(lo: float, hi: float) -> float:
@@ -148,6 +156,48 @@ def brain_phantom(
     cv.paint(
         ellipsoid(jit((0.0, -55.0, -48.0)), (45.0, 26.0, 18.0)), 0.75 * grey, MU_WATER, "cerebellum"
     )
+    if heterogeneity > 0:
+        _modulate_uptake(cv, heterogeneity, g)
     phantom = cv.to_phantom("brain" if cortex == "smooth" else "brain_folded", seed=seed_of(g))
     phantom.extra.update(grey_matter_bqml=grey, white_matter_bqml=white)
+    return phantom
+
+
+def _modulate_uptake(cv: Canvas, heterogeneity: float, generator: torch.Generator) -> None:
+    """Multiply the brain tissues' activity by ``1 + heterogeneity * field`` (clipped to 0.5-1.5)."""
+    image = cv.image
+    axes = [torch.as_tensor(image.voxel_centers(k), dtype=torch.float64) for k in range(3)]
+    points = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)  # (nx, ny, nz, 3) mm
+    field = smooth_random_field(generator, points, (15.0, 60.0))
+    gain = (1.0 + heterogeneity * field).clamp(0.5, 1.5)
+    brain = torch.zeros_like(cv.tissue, dtype=torch.bool)
+    for name in BRAIN_TISSUES:
+        if name in cv.tissues:
+            brain |= cv.tissue == cv.tissues[name]
+    cv.activity[brain] *= gain[brain]
+
+
+def varied_brain_phantom(
+    image: ImageGeometry, generator: torch.Generator, *, supersampling: int = 4
+) -> Phantom:
+    """A brain of wider variety than ``brain`` or ``brain_folded``: make_phantom's ``"brain_varied"``.
+
+    Per seed: a smooth or a folded cortex (even odds), a mean grey:white ratio drawn from
+    2.5-5 (instead of 4 +- 10 %) and a smooth random uptake field of 5-25 % relative
+    standard deviation on the brain's tissues (``heterogeneity``), so that no two regions
+    of one tissue need read alike. Training data for networks that should not snap every
+    brain onto two activity levels.
+
+    Returns:
+        as :func:`brain_phantom`, named ``"brain_varied"``.
+    """
+    cortex = "folded" if uniform(generator, 0.0, 1.0) < 0.5 else "smooth"
+    ratio = uniform(generator, 2.5, 5.0)
+    heterogeneity = uniform(generator, 0.05, 0.25)
+    phantom = brain_phantom(
+        image, generator, grey_white_ratio=ratio, supersampling=supersampling, cortex=cortex,
+        heterogeneity=heterogeneity,
+    )
+    phantom.name = "brain_varied"
+    phantom.extra.update(heterogeneity=heterogeneity, folded=float(cortex == "folded"))
     return phantom

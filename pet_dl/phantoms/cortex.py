@@ -46,6 +46,18 @@ class _Waves:
         return value.to(p.dtype), torch.linalg.vector_norm(grad, dim=-1).to(p.dtype)
 
 
+def smooth_random_field(
+    generator: torch.Generator, points: torch.Tensor, wavelength_mm: tuple[float, float]
+) -> torch.Tensor:
+    """A zero-mean, unit-variance random field at ``points`` ``(..., 3)`` mm, ``(...)`` float64.
+
+    The normalised sum of :data:`NUM_WAVES` plane waves with random directions, phases and
+    wavelengths in ``wavelength_mm``: smooth on scales shorter than the shortest wavelength.
+    """
+    waves = _Waves(generator, wavelength_mm)
+    return waves.value(points.to(torch.float64)) / math.sqrt(NUM_WAVES / 2.0)
+
+
 def folded_cortex(
     centre: tuple[float, float, float],
     semi_axes: tuple[float, float, float],

@@ -15,6 +15,7 @@ from pet_dl.phantoms.shapes import rasterize, sphere
 LESION_TISSUES: dict[str, tuple[str, ...]] = {
     "brain": ("grey_matter", "white_matter", "deep_grey", "cerebellum"),
     "brain_folded": ("grey_matter", "white_matter", "deep_grey", "cerebellum"),
+    "brain_varied": ("grey_matter", "white_matter", "deep_grey", "cerebellum"),
     "torso": ("soft_tissue", "liver", "lung", "spleen", "kidney"),
     "nema": ("background",),
 }
