@@ -19,6 +19,7 @@ from pet_dl.phantoms import add_lesions, make_phantom  # noqa: E402
 GRIDS = {
     "brain": ImageGeometry.centered((128, 128, 1), 2.0),
     "brain_folded": ImageGeometry.centered((128, 128, 1), 2.0),
+    "brain_varied": ImageGeometry.centered((128, 128, 1), 2.0),
     "torso": ImageGeometry.centered((128, 96, 1), 4.0),
     "nema": ImageGeometry.centered((160, 128, 1), 2.0),
 }
