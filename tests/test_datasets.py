@@ -84,7 +84,7 @@ def test_two_dataset_folders_read_as_one(tmp_path: Path) -> None:
     # two phantom families on one geometry (here: other seeds and more lesions) train
     # together; their train seeds are the union; another image grid is refused
     a = _tiny()
-    b = _tiny(splits={"train": {"seeds": [10, 12]}}, lesions={"count": [2, 2]})
+    b = _tiny(name="tiny_more_lesions", splits={"train": {"seeds": [10, 12]}}, lesions={"count": [2, 2]})
     generate_dataset(a, tmp_path / "a", splits=["train"])
     generate_dataset(b, tmp_path / "b", splits=["train"])
     one, two = PairedScanDataset(tmp_path / "a", "train"), PairedScanDataset(tmp_path / "b", "train")
@@ -99,6 +99,12 @@ def test_two_dataset_folders_read_as_one(tmp_path: Path) -> None:
 
     assert _hparams_train_seeds({"data_dir": [str(tmp_path / "a"), str(tmp_path / "b")]}) == [0, 1, 10, 11]
     assert _hparams_train_seeds({"data_dir": str(tmp_path / "a")}) == {"start": 0, "stop": 2}
+    # a model trained on both says so in its metadata (it named the first alone before)
+    from pet_dl.training.datamodule import PETDataModule
+
+    folders = [str(tmp_path / "a"), str(tmp_path / "b")]
+    assert PETDataModule(data_dir=folders).metadata()["dataset"] == f"{a['name']}+tiny_more_lesions"
+    assert PETDataModule(data_dir=folders[0]).metadata()["dataset"] == a["name"]
     other = _tiny(image={"shape": [32, 32, 1], "voxel_size_mm": [8.0, 8.0, 8.0]})
     generate_dataset(other, tmp_path / "c", splits=["train"])
     with pytest.raises(ValueError, match="'image'.*share"):

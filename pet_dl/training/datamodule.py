@@ -64,14 +64,19 @@ class PETDataModule(pl.LightningDataModule):
         return BatchGeometry(ds.sinogram, ds.image, ds.psf_fwhm_mm)
 
     def metadata(self) -> dict[str, Any]:
-        """Checkpoint metadata: geometry, reduction factors, initial-image settings."""
+        """Checkpoint metadata: geometry, reduction factors, initial-image settings.
+
+        ``dataset`` names the training recipe, or the recipes joined by ``+`` when
+        ``data_dir`` lists several folders.
+        """
         ds = self._dataset("train")
+        recipes = getattr(ds, "recipes", [ds.recipe])
         meta = self.geometry().metadata()
         meta.update(
             reduction_factors=list(self.hparams.reduction_factors or ds.reduction_factors),
             init_iterations=ds.init_iterations,
             init_subsets=ds.init_subsets,
-            dataset=ds.recipe.get("name", ""),
+            dataset="+".join(str(recipe.get("name", "")) for recipe in recipes),
         )
         return meta
 
