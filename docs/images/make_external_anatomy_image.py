@@ -4,8 +4,8 @@ Run from the repository root with the shared data (docs/results.md, "An anatomy 
 networks never saw"):
 
     PET_DL_TEST_DATA=../shared/data python docs/images/make_external_anatomy_image.py \
-        v12=outputs/brain2d_flip_nrmse2/pet_dl_2d.safetensors v14=pet_dl/assets/pet_dl_2d.safetensors \
-        v14-fold=outputs/brain2d_folded/pet_dl_2d.safetensors v15-mix=outputs/brain2d_mix/pet_dl_2d.safetensors
+        v14=outputs/brain2d_lesions/pet_dl_2d.safetensors v18-denselong=outputs/brain2d_dense_long/pet_dl_2d.safetensors \
+        "v20-mixdense (shipped)=pet_dl/assets/pet_dl_2d.safetensors" v21-mixvaried=outputs/brain2d_mix_varied/pet_dl_2d.safetensors
 
 Rows: two SIRF planes with lesions (seeds 0 and 1 of ``validation_scores.py --sirf-brain``)
 and one smooth test phantom; columns: the truth, OSEM at full dose and at 1/20 dose
