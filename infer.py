@@ -4,7 +4,10 @@
                     [--format nifti,dicom] [--device cpu|cuda] [--metadata side.json]
 
 Writes ``DIR/<scan name>.nii.gz`` (RAS affine from the scan's image grid) and
-``DIR/<scan name>_dicom/`` (PET Image Storage series, Bq/mL). Exit codes: 0 success,
+``DIR/<scan name>_dicom/`` (PET Image Storage series, Bq/mL). Each image is checked against
+its scan's data (:func:`pet_dl.inference.data_fit`): where it explains the counts much worse
+than OSEM does (an anatomy unlike the training phantoms, say), one ``warning: ...`` line on
+stderr says so; the images are still written (``--no-data-check`` skips it). Exit codes: 0 success,
 2 bad input (one line ``error: ...`` on stderr), 1 unexpected failure. Every output is
 written under a temporary name and renamed, so a failure leaves no partial file.
 """
@@ -63,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="bf16 autocast on CUDA (default: on for 3D scans on CUDA)",
+    )
+    parser.add_argument(
+        "--data-check",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="warn where the image fits the scan's data much worse than OSEM (default: on)",
     )
     return parser
 
@@ -153,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from pet_dl.errors import InvalidInputError
-    from pet_dl.inference import load_model, reconstruct, resolve_device
+    from pet_dl.inference import DATA_FIT_LIMIT, data_fit, load_model, reconstruct, resolve_device
     from pet_dl.io.scanfile import read_scan
 
     formats = parse_formats(args.format)
@@ -176,6 +185,16 @@ def run(args: argparse.Namespace) -> int:
             )
         image = reconstruct(scan, loaded, device=device, amp=args.amp)
         _write_outputs(args.out, name, image, scan, formats, label)
+        if args.data_check:
+            fit = data_fit(scan, image, device=device)
+            if fit.suspect:
+                print(
+                    f"warning: {name}: the image explains the measured counts {fit.ratio:.2f} x "
+                    f"worse than OSEM (Poisson deviance per bin {fit.deviance:.3f} against "
+                    f"{fit.osem_deviance:.3f}; limit {DATA_FIT_LIMIT}): the anatomy may be unlike "
+                    "the model's training phantoms; compare with python -m pet_dl recon",
+                    file=sys.stderr,
+                )
     return 0
 
 

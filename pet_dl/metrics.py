@@ -147,6 +147,30 @@ def nrmse(
     return _out(err / norm, batched)
 
 
+def poisson_deviance(expected: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Mean Poisson deviance per bin of measured ``counts`` against ``expected`` counts.
+
+    ``2 (ybar - y + y ln(y / ybar))`` averaged over the bins of each scan (the ``y ln y``
+    term is 0 where ``y = 0``): how well an image explains the data, about 1 per bin when
+    ``expected`` is the truth and the counts are many, less for images fitted to the noise
+    (ML-EM), more for images the data contradict.
+
+    Args:
+        expected: expected counts ``(B, *sino)`` (a forward projection, randoms and scatter
+            included), > 0 where ``counts`` > 0.
+        counts: measured counts, same shape.
+
+    Returns:
+        ``(B,)`` float64, dimensionless.
+    """
+    if expected.shape != counts.shape:
+        raise ValueError(f"expected {tuple(expected.shape)} and counts {tuple(counts.shape)} differ")
+    ybar = expected.double().clamp_min(1e-12)
+    y = counts.double()
+    log_term = torch.where(y > 0, y * torch.log(y.clamp_min(1e-12) / ybar), torch.zeros_like(y))
+    return (2.0 * (ybar - y + log_term)).flatten(1).mean(1)
+
+
 def nrmse_range(
     image: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor | None = None
 ) -> torch.Tensor:

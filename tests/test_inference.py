@@ -28,6 +28,14 @@ CONFIG: dict[str, Any] = {
 }
 
 
+def disk_with_hot_spot(image: ImageGeometry, spot_x: float = 0.3) -> torch.Tensor:
+    """``(nx, ny, 1)`` Bq/mL: a 1000 Bq/mL disk with a 3000 Bq/mL spot at ``x = spot_x``."""
+    x = torch.linspace(-1, 1, image.shape[0])
+    r2 = x[:, None] ** 2 + x[None, :] ** 2
+    spot = (x[:, None] - spot_x) ** 2 + x[None, :] ** 2 < 0.02
+    return ((r2 < 0.6) * 1000.0 + spot * 3000.0).unsqueeze(-1).float()
+
+
 def make_scan(
     generator: torch.Generator,
     sinogram: SinogramGeometry | None = None,
@@ -37,10 +45,7 @@ def make_scan(
     """A small 2D scan of a disk with a hot spot, Poisson counts (test scanner)."""
     sinogram = sinogram or SinogramGeometry.two_d(get_scanner("test"), num_radial=65)
     image = image or ImageGeometry.centered((24, 24, 1), (4.0, 4.0, 4.0))
-    x = torch.linspace(-1, 1, image.shape[0])
-    r2 = x[:, None] ** 2 + x[None, :] ** 2
-    activity = (r2 < 0.6) * 1000.0 + ((x[:, None] - 0.3) ** 2 + x[None, :] ** 2 < 0.02) * 3000.0
-    activity = activity.unsqueeze(-1).float()
+    activity = disk_with_hot_spot(image)
     mult = 0.5 + 0.5 * torch.rand(sinogram.shape, generator=generator)
     base = Scan(
         sinogram=sinogram,
@@ -400,3 +405,35 @@ def test_infer_accepts_a_lightning_ckpt(
     image, _ = load_nifti(out / "patient1.nii.gz")
     expected = reconstruct(scan, loaded, device="cpu")
     torch.testing.assert_close(torch.as_tensor(image).float(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_data_fit_accepts_the_truth_and_flags_an_image_the_data_contradict(
+    generator: torch.Generator,
+) -> None:
+    """The true activity explains the counts about as well as OSEM (ratio ~ 1); the same
+    disk with its hot spot on the other side (an anatomy error) is flagged."""
+    from pet_dl.inference import DATA_FIT_LIMIT, data_fit
+
+    scan = make_scan(generator)
+    truth = data_fit(scan, disk_with_hot_spot(scan.image), device="cpu")
+    assert 0.9 < truth.ratio < DATA_FIT_LIMIT and not truth.suspect
+    assert truth.deviance == pytest.approx(truth.ratio * truth.osem_deviance)
+    moved = data_fit(scan, disk_with_hot_spot(scan.image, spot_x=-0.3), device="cpu")
+    assert moved.ratio > 2.0 and moved.suspect
+    with pytest.raises(InvalidInputError, match="shape"):
+        data_fit(scan, torch.ones(4, 4, 1), device="cpu")
+
+
+def test_infer_cli_warns_when_the_image_contradicts_the_data(
+    tmp_path: Path, scan_files: tuple[Path, Path, Scan], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The fixture's network has random weights: its image does not explain the data. The
+    outputs are still written; one warning line names the scan; --no-data-check skips it."""
+    ckpt, scan_path, _ = scan_files
+    args = [str(scan_path), "--checkpoint", str(ckpt), "--device", "cpu", "--format", "nifti"]
+    assert _infer_module().main([*args, "--out", str(tmp_path / "a")]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "patient1" in warnings[0] and "worse than OSEM" in warnings[0]
+    assert (tmp_path / "a" / "patient1.nii.gz").is_file()
+    assert _infer_module().main([*args, "--out", str(tmp_path / "b"), "--no-data-check"]) == 0
+    assert "warning:" not in capsys.readouterr().err

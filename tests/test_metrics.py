@@ -15,6 +15,7 @@ from pet_dl.metrics import (
     nema_image_quality,
     nrmse,
     nrmse_range,
+    poisson_deviance,
     psnr,
     ssim,
     suv_factor,
@@ -212,3 +213,19 @@ def test_hot_spots_count_planted_blobs_outside_the_excluded_region() -> None:
     assert hot_spots(1.3 * reference, reference, voxel).sum() == 0
     with pytest.raises(ValueError, match="one shape"):
         hot_spots(image[:, :20], reference, voxel)
+
+
+def test_poisson_deviance_is_zero_at_the_data_and_one_per_bin_for_poisson_counts(
+    generator: torch.Generator,
+) -> None:
+    expected = 20.0 + 80.0 * torch.rand(2, 200, 500, generator=generator, dtype=torch.float64)
+    assert float(poisson_deviance(expected, expected).abs().max()) < 1e-12
+    counts = torch.poisson(expected, generator=generator)
+    deviance = poisson_deviance(expected, counts)
+    assert deviance.shape == (2,)
+    # E[D] = 1 + 1 / (6 ybar) + O(ybar^-2) per bin; 1e5 bins: +-0.01
+    assert torch.allclose(deviance, torch.full((2,), 1.003, dtype=torch.float64), atol=0.015)
+    # an image the data contradict: 20 % too much activity everywhere
+    assert bool((poisson_deviance(1.2 * expected, counts) > deviance + 1.0).all())
+    with pytest.raises(ValueError, match="differ"):
+        poisson_deviance(expected, counts[:1])
