@@ -21,10 +21,8 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
+from phantom_set import add_arguments, simulate  # noqa: E402
 
-from pet_dl.datasets import load_recipe  # noqa: E402
-from pet_dl.evaluate.data import simulate_eval_set  # noqa: E402
-from pet_dl.evaluate.external import sirf_brain_phantoms  # noqa: E402
 from pet_dl.evaluate.methods import network_reconstruction  # noqa: E402
 from pet_dl.inference import DATA_FIT_LIMIT, load_model  # noqa: E402
 from pet_dl.metrics import poisson_deviance  # noqa: E402
@@ -35,23 +33,15 @@ FACTORS = [1.0, 4.0, 10.0, 20.0, 50.0, 100.0]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("checkpoint", nargs="?", default=None, help="model file (default: shipped)")
-    parser.add_argument("--recipe", default="data/brain2d.yaml")
-    parser.add_argument("--first", type=int, default=101400, help="first phantom seed")
-    parser.add_argument("--phantoms", type=int, default=40)
-    parser.add_argument("--sirf-brain", metavar="DIR", help="phantoms from the SIRF brain in DIR")
+    add_arguments(parser, first=101400, phantoms=40)
     args = parser.parse_args()
-    recipe = load_recipe(args.recipe)
-    phantom_of = sirf_brain_phantoms(args.sirf_brain, recipe) if args.sirf_brain else None
-    seeds = list(range(args.first, args.first + args.phantoms))
-    ev = simulate_eval_set(recipe, seeds, 1, FACTORS, phantom_of=phantom_of)
+    ev, described = simulate(args, FACTORS)
     loaded = load_model(args.checkpoint, torch.device("cpu"))
     net = loaded.model.eval()
     iterations = int(loaded.config.get("init_iterations", 4))
     subsets = int(loaded.config.get("init_subsets", 7))
-    source = "SIRF brain" if args.sirf_brain else args.recipe
-    print(f"{len(seeds)} phantoms of {source} (seeds {seeds[0]}-{seeds[-1]}); network / OSEM "
-          f"{iterations} x {subsets} Poisson deviance per bin; limit {DATA_FIT_LIMIT}")
+    print(f"{described}; network / OSEM {iterations} x {subsets} Poisson deviance per bin; "
+          f"limit {DATA_FIT_LIMIT}")
     print("| factor | median | 95th percentile | max | above the limit |")
     print("|---|---:|---:|---:|---:|")
     for f in FACTORS:

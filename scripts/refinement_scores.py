@@ -18,10 +18,8 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
+from phantom_set import add_arguments, simulate  # noqa: E402
 
-from pet_dl.datasets import load_recipe  # noqa: E402
-from pet_dl.evaluate.data import simulate_eval_set  # noqa: E402
-from pet_dl.evaluate.external import sirf_brain_phantoms  # noqa: E402
 from pet_dl.evaluate.methods import network_reconstruction  # noqa: E402
 from pet_dl.inference import load_model  # noqa: E402
 from pet_dl.metrics import nrmse  # noqa: E402
@@ -35,19 +33,12 @@ FILTERS_MM = (0.0, 2.0, 4.0)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("checkpoint", nargs="?", default=None, help="model file (default: shipped)")
-    parser.add_argument("--recipe", default="data/brain2d.yaml")
-    parser.add_argument("--first", type=int, default=101400, help="first phantom seed")
-    parser.add_argument("--phantoms", type=int, default=16)
-    parser.add_argument("--sirf-brain", metavar="DIR", help="phantoms from the SIRF brain in DIR")
+    add_arguments(parser, first=101400, phantoms=16)
     args = parser.parse_args()
-    recipe = load_recipe(args.recipe)
-    phantom_of = sirf_brain_phantoms(args.sirf_brain, recipe) if args.sirf_brain else None
-    seeds = list(range(args.first, args.first + args.phantoms))
-    ev = simulate_eval_set(recipe, seeds, 1, FACTORS, phantom_of=phantom_of)
+    ev, described = simulate(args, FACTORS)
     net = load_model(args.checkpoint, torch.device("cpu")).model.eval()
     columns = [f"EM {k} / {fwhm:g} mm" for k in ITERATIONS for fwhm in FILTERS_MM]
-    print(f"{len(seeds)} phantoms; mean NRMSE (%)")
+    print(f"{described}; mean NRMSE (%)")
     print("| factor | network | " + " | ".join(columns) + " |")
     print("|---" * (2 + len(columns)) + "|")
     for f in FACTORS:
