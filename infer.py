@@ -162,7 +162,13 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from pet_dl.errors import InvalidInputError
-    from pet_dl.inference import DATA_FIT_LIMIT, data_fit, load_model, reconstruct, resolve_device
+    from pet_dl.inference import (
+        DATA_FIT_LIMIT,
+        load_model,
+        reconstruct,
+        reconstruct_and_check,
+        resolve_device,
+    )
     from pet_dl.io.scanfile import read_scan
 
     formats = parse_formats(args.format)
@@ -183,18 +189,19 @@ def run(args: argparse.Namespace) -> int:
             scan = dataclasses.replace(
                 scan, metadata=dataclasses.replace(scan.metadata, **overrides)
             )
-        image = reconstruct(scan, loaded, device=device, amp=args.amp)
-        _write_outputs(args.out, name, image, scan, formats, label)
         if args.data_check:
-            fit = data_fit(scan, image, device=device)
-            if fit.suspect:
-                print(
-                    f"warning: {name}: the image explains the measured counts {fit.ratio:.2f} x "
-                    f"worse than OSEM (Poisson deviance per bin {fit.deviance:.3f} against "
-                    f"{fit.osem_deviance:.3f}; limit {DATA_FIT_LIMIT}): the anatomy may be unlike "
-                    "the model's training phantoms; compare with python -m pet_dl recon",
-                    file=sys.stderr,
-                )
+            image, fit = reconstruct_and_check(scan, loaded, device=device, amp=args.amp)
+        else:
+            image, fit = reconstruct(scan, loaded, device=device, amp=args.amp), None
+        _write_outputs(args.out, name, image, scan, formats, label)
+        if fit is not None and fit.suspect:
+            print(
+                f"warning: {name}: the image explains the measured counts {fit.ratio:.2f} x "
+                f"worse than OSEM (Poisson deviance per bin {fit.deviance:.3f} against "
+                f"{fit.osem_deviance:.3f}; limit {DATA_FIT_LIMIT}): the anatomy may be unlike "
+                "the model's training phantoms; compare with python -m pet_dl recon",
+                file=sys.stderr,
+            )
     return 0
 
 

@@ -201,6 +201,7 @@ def reconstruct(
     checkpoint: str | os.PathLike[str] | LoadedModel | None = None,
     device: str | torch.device | None = None,
     amp: bool | None = None,
+    initial: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Reconstruct a scan with a trained network.
 
@@ -211,6 +212,9 @@ def reconstruct(
         device: ``"cpu"``, ``"cuda"`` or ``None`` (CUDA when available).
         amp: bf16 autocast on CUDA (lower memory for 3D); ``None``: on for 3D scans on
             CUDA, off otherwise. Ignored on CPU.
+        initial: the model's initial image ``(nx, ny, nz)`` Bq/mL when it is already at
+            hand (OSEM with the model's ``init_iterations`` x ``init_subsets``); ``None``:
+            the model computes it.
 
     Returns:
         The image ``(nx, ny, nz)`` in Bq/mL on the scan's image grid, float32, on CPU.
@@ -225,7 +229,7 @@ def reconstruct(
     loaded = load_model(checkpoint, dev)
     check_compatible(scan, loaded.metadata)
     use_amp = dev.type == "cuda" and (scan.image.shape[2] > 1 if amp is None else amp)
-    batch = scan_batch(scan, dev)
+    batch = scan_batch(scan, dev, initial)
     with torch.inference_mode(), torch.autocast(dev.type, torch.bfloat16, enabled=use_amp):
         image = loaded.model(batch)
     expected = (1, *scan.image.shape)
@@ -239,8 +243,11 @@ def reconstruct(
     return image
 
 
-def scan_batch(scan: Scan, device: torch.device | str = "cpu") -> ReconBatch:
-    """A one-scan :class:`~pet_dl.models.ReconBatch` of ``scan`` on ``device``."""
+def scan_batch(
+    scan: Scan, device: torch.device | str = "cpu", initial: torch.Tensor | None = None
+) -> ReconBatch:
+    """A one-scan :class:`~pet_dl.models.ReconBatch` of ``scan`` on ``device``, with the
+    initial image ``(nx, ny, nz)`` Bq/mL when given."""
     from pet_dl.models import ReconBatch
 
     return ReconBatch(
@@ -252,6 +259,7 @@ def scan_batch(scan: Scan, device: torch.device | str = "cpu") -> ReconBatch:
         sinogram=scan.sinogram,
         image=scan.image,
         psf_fwhm_mm=float(scan.psf_fwhm_mm),
+        initial=None if initial is None else initial.float().unsqueeze(0),
     ).to(device)
 
 
@@ -290,6 +298,7 @@ def data_fit(
     device: str | torch.device | None = None,
     iterations: int = 4,
     subsets: int = 7,
+    osem_image: torch.Tensor | None = None,
 ) -> DataFit:
     """The Poisson deviance of ``image`` on ``scan``'s data, against OSEM's.
 
@@ -298,6 +307,8 @@ def data_fit(
         image: its reconstruction ``(nx, ny, nz)`` in Bq/mL on the scan's grid.
         device: where to project (``None``: CUDA when available).
         iterations, subsets: the OSEM of the reference (the shipped model's initial image).
+        osem_image: that OSEM image ``(nx, ny, nz)`` when already computed
+            (:func:`reference_osem`).
 
     Returns:
         a :class:`DataFit`.
@@ -311,8 +322,49 @@ def data_fit(
         )
     batch = scan_batch(scan, resolve_device(device))
     model = batch.forward_model()
-    osem_image = initial_image(model, batch.prompts, iterations, subsets)
+    if osem_image is None:
+        osem = initial_image(model, batch.prompts, iterations, subsets)
+    else:
+        osem = osem_image.to(batch.device, torch.float32).unsqueeze(0)
     x = image.to(batch.device, torch.float32).unsqueeze(0)
     deviance = float(poisson_deviance(model(x), batch.prompts)[0])
-    osem_deviance = float(poisson_deviance(model(osem_image), batch.prompts)[0])
+    osem_deviance = float(poisson_deviance(model(osem), batch.prompts)[0])
     return DataFit(deviance, osem_deviance, deviance / max(osem_deviance, 1e-12))
+
+
+@torch.no_grad()
+def reference_osem(
+    scan: Scan, device: str | torch.device | None = None, iterations: int = 4, subsets: int = 7
+) -> torch.Tensor:
+    """OSEM of ``scan`` from a uniform image, ``(nx, ny, nz)`` Bq/mL, float32 on ``device``:
+    :func:`data_fit`'s reference and the shipped model's initial image."""
+    from pet_dl.models.batch import initial_image
+
+    batch = scan_batch(scan, resolve_device(device))
+    return initial_image(batch.forward_model(), batch.prompts, iterations, subsets)[0].float()
+
+
+def reconstruct_and_check(
+    scan: Scan,
+    checkpoint: str | os.PathLike[str] | LoadedModel | None = None,
+    device: str | torch.device | None = None,
+    amp: bool | None = None,
+) -> tuple[torch.Tensor, DataFit]:
+    """:func:`reconstruct` and :func:`data_fit` with their OSEM computed once.
+
+    The reference OSEM (4 x 7) is handed to the network as its initial image when the
+    network starts from the same OSEM (the shipped model does), so the check costs two
+    projections instead of a second reconstruction.
+
+    Returns:
+        ``(image (nx, ny, nz) Bq/mL on CPU, DataFit)``; raises as :func:`reconstruct`.
+    """
+    check_scan(scan)
+    dev = resolve_device(device)
+    loaded = load_model(checkpoint, dev)
+    check_compatible(scan, loaded.metadata)
+    osem = reference_osem(scan, dev)
+    model = loaded.model
+    same_start = (getattr(model, "init_iterations", None), getattr(model, "init_subsets", None)) == (4, 7)
+    image = reconstruct(scan, loaded, dev, amp, initial=osem if same_start else None)
+    return image, data_fit(scan, image, dev, osem_image=osem)

@@ -424,6 +424,25 @@ def test_data_fit_accepts_the_truth_and_flags_an_image_the_data_contradict(
         data_fit(scan, torch.ones(4, 4, 1), device="cpu")
 
 
+@pytest.mark.parametrize("init", [(4, 7), (2, 1)])
+def test_reconstruct_and_check_equals_the_two_steps(
+    tmp_path: Path, generator: torch.Generator, init: tuple[int, int]
+) -> None:
+    """One OSEM shared by the network's start (when it starts from the same 4 x 7 OSEM) and
+    the check: the same image and the same fit as reconstruct, then data_fit."""
+    from pet_dl.inference import data_fit, reconstruct_and_check
+
+    scan = make_scan(generator)
+    config = dict(CONFIG, initial_fusion_weight=0.5, init_iterations=init[0], init_subsets=init[1])
+    loaded = load_checkpoint(make_checkpoint(tmp_path, generator, scan, config))
+    image, fit = reconstruct_and_check(scan, loaded, device="cpu")
+    expected = reconstruct(scan, loaded, device="cpu")
+    torch.testing.assert_close(image, expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
+    two_step = data_fit(scan, expected, device="cpu")
+    assert fit.osem_deviance == pytest.approx(two_step.osem_deviance, rel=1e-6)
+    assert fit.ratio == pytest.approx(two_step.ratio, rel=1e-4)
+
+
 def test_infer_cli_warns_when_the_image_contradicts_the_data(
     tmp_path: Path, scan_files: tuple[Path, Path, Scan], capsys: pytest.CaptureFixture[str]
 ) -> None:

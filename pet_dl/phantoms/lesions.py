@@ -8,14 +8,15 @@ from collections.abc import Sequence
 import torch
 
 from pet_dl.phantoms.base import MU_SOFT_TISSUE, MU_SPONGY_BONE, Lesion, Phantom, uniform
+from pet_dl.phantoms.brain import BRAIN_TISSUES
 from pet_dl.phantoms.shapes import rasterize, sphere
 
 # Where lesions go by default, per phantom name (other phantoms: any tissue with activity
 # that is not bone).
 LESION_TISSUES: dict[str, tuple[str, ...]] = {
-    "brain": ("grey_matter", "white_matter", "deep_grey", "cerebellum"),
-    "brain_folded": ("grey_matter", "white_matter", "deep_grey", "cerebellum"),
-    "brain_varied": ("grey_matter", "white_matter", "deep_grey", "cerebellum"),
+    "brain": BRAIN_TISSUES,
+    "brain_folded": BRAIN_TISSUES,
+    "brain_varied": BRAIN_TISSUES,
     "torso": ("soft_tissue", "liver", "lung", "spleen", "kidney"),
     "nema": ("background",),
 }
