@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -26,7 +28,15 @@ from pet_dl.io.ct import (
 )
 from pet_dl.io.interfile import load_image, read_interfile_image, read_sinogram_header
 from pet_dl.io.nifti import load_nifti, save_nifti
-from pet_dl.io.scanfile import ScanFileError, read_scan, read_truth, write_scan
+from pet_dl.io.scanfile import (
+    MAX_SCAN_ELEMENTS_ENV,
+    ScanFileError,
+    ScanTooLargeError,
+    read_scan,
+    read_scan_bytes,
+    read_truth,
+    write_scan,
+)
 from pet_dl.scan import AcquisitionMetadata, Scan
 
 
@@ -343,6 +353,119 @@ def test_corrupt_scan_files_give_one_line_errors(
     with pytest.raises(ValueError, match="shape"):
         write_scan(tmp_path / "bad.h5", bad)
     assert not (tmp_path / "bad.h5").exists()
+
+
+def _replace_dataset(path: Path, name: str, **kwargs: object) -> None:
+    """Swap dataset ``name`` of a scan file for ``create_dataset(name, **kwargs)``."""
+    with h5py.File(path, "r+") as f:
+        del f[name]
+        f.create_dataset(name, **kwargs)
+
+
+def test_scan_datasets_are_checked_before_their_data_is_read(
+    tmp_path: Path, generator: torch.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scan = _scan(generator)
+    path = tmp_path / "scan.h5"
+    write_scan(path, scan)
+    size = int(np.prod(scan.sinogram.shape))
+    # the bytes of a file read like the file, and errors name the label, not a path
+    back = read_scan_bytes(path.read_bytes(), name="request body")
+    assert torch.equal(back.prompts, scan.prompts) and back.sinogram == scan.sinogram
+    with pytest.raises(ScanFileError, match="^request body: not a readable HDF5"):
+        read_scan_bytes(path.read_bytes()[:2000], name="request body")
+    with pytest.raises(ScanFileError, match="empty body"):
+        read_scan_bytes(b"")
+    # the cap counts elements of the declared geometry: one below the sinogram's is refused
+    assert read_scan(path, max_elements=size).prompts.shape == scan.prompts.shape
+    with pytest.raises(ScanTooLargeError, match=f"{size} elements.*cap of {size - 1}"):
+        read_scan(path, max_elements=size - 1)
+    monkeypatch.setenv(MAX_SCAN_ELEMENTS_ENV, str(size - 1))
+    with pytest.raises(ScanTooLargeError):
+        read_scan(path)
+    monkeypatch.setenv(MAX_SCAN_ELEMENTS_ENV, "lots")
+    with pytest.raises(PetDLError, match=MAX_SCAN_ELEMENTS_ENV):
+        read_scan(path)
+    monkeypatch.delenv(MAX_SCAN_ELEMENTS_ENV)
+    shape = tuple(scan.sinogram.shape)
+    cases = [
+        ("text", {"data": np.array(["x"] * size, dtype="S4").reshape(shape)}, "dtype"),
+        ("compound", {"shape": shape, "dtype": [("a", "f4"), ("b", "f4")]}, "dtype"),
+        ("wide", {"shape": shape, "dtype": "f16" if hasattr(np, "float128") else "c16"}, "dtype"),
+        ("flat", {"shape": (size,), "dtype": "f4"}, r"shape \(%d,\)" % size),
+        ("huge", {"shape": (2**15, 2**15), "dtype": "f4", "chunks": (512, 512)}, "shape"),
+        # a chunk may be larger than a resizable dataset: its decompression is capped too
+        (
+            "chunk",
+            {"shape": shape, "maxshape": (None,) * 3, "dtype": "f4", "chunks": (64, 64, 64)},
+            "a chunk of 'prompts'",
+        ),
+    ]
+    for name, kwargs, pattern in cases:
+        target = tmp_path / f"{name}.h5"
+        shutil.copy(path, target)
+        _replace_dataset(target, "prompts", **kwargs)
+        error = ScanTooLargeError if name == "chunk" else ScanFileError
+        with pytest.raises(error, match=pattern):
+            read_scan(target, max_elements=2**17)
+    shutil.copy(path, tmp_path / "group.h5")
+    with h5py.File(tmp_path / "group.h5", "r+") as f:
+        del f["additive"]
+        f.create_group("additive")
+    with pytest.raises(ScanFileError, match="'additive' is not a dataset"):
+        read_scan(tmp_path / "group.h5")
+    # other number types are converted to float32 without loss
+    shutil.copy(path, tmp_path / "f64.h5")
+    _replace_dataset(tmp_path / "f64.h5", "prompts", data=scan.prompts.double().numpy())
+    assert torch.equal(read_scan(tmp_path / "f64.h5").prompts, scan.prompts)
+    # truth arrays get the same checks
+    write_scan(tmp_path / "truth.h5", scan, truth={"mu": torch.zeros(scan.image.shape)})
+    _replace_dataset(tmp_path / "truth.h5", "truth/mu", shape=(2**20, 2**12), dtype="f4")
+    with pytest.raises(ScanFileError, match="'truth/mu' has shape"):
+        read_truth(tmp_path / "truth.h5")
+
+
+def test_a_small_file_declaring_a_huge_array_is_refused_without_allocating_it(
+    tmp_path: Path, generator: torch.Generator
+) -> None:
+    """A ~100 KB file whose prompts declare 4 GiB (never written: read as fill values),
+    and one whose geometry declares a sinogram of 2**30 elements: both refused, and the
+    reading process's peak resident memory grows by less than 64 MB."""
+    path = tmp_path / "bomb.h5"
+    write_scan(path, _scan(generator))
+    _replace_dataset(
+        path, "prompts", shape=(2**15, 2**15), dtype="f4", chunks=(1024, 1024), compression="gzip"
+    )
+    geometry = tmp_path / "geometry.h5"
+    write_scan(geometry, _scan(generator))
+    with h5py.File(geometry, "r+") as f:
+        import json
+
+        sino = json.loads(f["geometry"].attrs["sinogram_json"])
+        sino["scanner"].update(crystals_per_ring=2**16, blocks_per_ring=2**13)
+        sino["num_radial"] = 2**15  # 1 x 32768 views x 32768 bins = 2**30 elements
+        f["geometry"].attrs["sinogram_json"] = json.dumps(sino)
+    assert path.stat().st_size < 200_000
+    code = f"""
+import resource
+from pet_dl.io.scanfile import read_scan, ScanFileError, ScanTooLargeError
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+for p, kind in (({str(path)!r}, ScanFileError), ({str(geometry)!r}, ScanTooLargeError)):
+    try:
+        read_scan(p)
+    except kind as exc:
+        print(type(exc).__name__, exc)
+    else:
+        raise SystemExit("read")
+print("grew_kb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    out = run.stdout
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "'prompts' has shape (32768, 32768)" in out, out
+    assert "ScanTooLargeError" in out and "above the cap" in out, out
+    grew_kb = int(out.split("grew_kb")[1])
+    assert grew_kb < 64 * 1024, out
 
 
 def test_atomic_path_leaves_nothing_when_the_writer_raises(tmp_path: Path) -> None:

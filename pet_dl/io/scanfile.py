@@ -2,13 +2,15 @@
 
 The layout, units and the version rule are documented in ``docs/scan-format.md``.
 Writers are atomic (temporary name, then rename); readers check the version, every
-required key, shapes against the stored geometry and the values, and turn any failure
-into a one-line :class:`ScanFileError`.
+required key, each dataset's kind, dtype, shape and element count against the stored
+geometry and a cap (:data:`MAX_SCAN_ELEMENTS`) before reading a byte of its data, then the
+values, and turn any failure into a one-line :class:`ScanFileError`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import os
@@ -33,10 +35,88 @@ TRUTH_DATASETS = {
     "labels": ("", np.int32),
 }
 _COMPRESSION = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
+# Largest number of elements a reader accepts in one sinogram or image (and in one HDF5
+# chunk): 2**28 = 1 GiB per float32 dataset, enough for an mMR span-1 sinogram (4096 x 252 x
+# 252 = 260 M). The environment variable PET_DL_MAX_SCAN_ELEMENTS overrides it.
+MAX_SCAN_ELEMENTS = 2**28
+MAX_SCAN_ELEMENTS_ENV = "PET_DL_MAX_SCAN_ELEMENTS"
 
 
 class ScanFileError(PetDLError):
     """A scan file is missing, corrupt, truncated, of an unsupported version or inconsistent."""
+
+
+class ScanTooLargeError(ScanFileError):
+    """A scan file declares a sinogram, image or chunk above the element cap (HTTP 413)."""
+
+
+def max_scan_elements(max_elements: int | None = None) -> int:
+    """The element cap in force: ``max_elements``, else ``$PET_DL_MAX_SCAN_ELEMENTS``, else
+    :data:`MAX_SCAN_ELEMENTS`.
+
+    Raises:
+        InvalidInputError: the environment variable is not a positive integer.
+    """
+    if max_elements is not None:
+        return int(max_elements)
+    text = os.environ.get(MAX_SCAN_ELEMENTS_ENV, "").strip()
+    if not text:
+        return MAX_SCAN_ELEMENTS
+    from pet_dl.errors import InvalidInputError
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise InvalidInputError(f"{MAX_SCAN_ELEMENTS_ENV} must be a positive integer, got {text!r}")
+    return value
+
+
+def _check_size(what: str, shape: tuple[int, ...], cap: int, where: str) -> None:
+    """Refuse a declared ``shape`` of more than ``cap`` elements (nothing read yet)."""
+    count = math.prod(int(n) for n in shape)
+    if count > cap:
+        raise ScanTooLargeError(
+            f"{where}: {what} of shape {tuple(shape)} has {count} elements "
+            f"({count * 4 / 2**30:.3g} GiB as float32), above the cap of {cap} "
+            f"({MAX_SCAN_ELEMENTS_ENV})"
+        )
+
+
+def _checked_dataset(
+    group: Any, name: str, shape: tuple[int, ...], cap: int, where: str, label: str | None = None
+) -> Any:
+    """The HDF5 dataset ``group[name]`` after checking its kind, dtype, shape and chunking
+    against ``shape`` and ``cap``: nothing of its data has been read."""
+    import h5py
+
+    label = label or name
+    obj = _required(group, name, where)
+    if not isinstance(obj, h5py.Dataset):
+        raise ScanFileError(f"{where}: '{label}' is not a dataset")
+    dtype = obj.dtype
+    if dtype.kind not in "uif" or dtype.itemsize > 8 or dtype.shape:
+        raise ScanFileError(
+            f"{where}: '{label}' has dtype {dtype}, needs a number type "
+            "(float32 or uint32; other integer / float types of up to 8 bytes are converted)"
+        )
+    declared = tuple(int(n) for n in obj.shape or ())
+    if declared != tuple(shape):
+        raise ScanFileError(
+            f"{where}: '{label}' has shape {declared}, the geometry needs {tuple(shape)}"
+        )
+    if obj.chunks is not None:
+        _check_size(f"a chunk of '{label}'", tuple(obj.chunks), cap, where)
+    return obj
+
+
+def _read_float32(dataset: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """Read a checked dataset straight into a float32 array (no second copy)."""
+    out = np.empty(shape, dtype=np.float32)
+    if out.size:
+        dataset.read_direct(out)
+    return out
 
 
 def _numpy(t: torch.Tensor) -> np.ndarray:
@@ -177,19 +257,19 @@ def _scalar(value: Any) -> Any:
     return value
 
 
-def _open(path: Path) -> Any:
+def _open(source: Path | bytes, where: str) -> Any:
+    """Open a scan file (a path, or the bytes of one) and check its format and version."""
     import h5py
 
-    if not path.is_file():
-        raise ScanFileError(f"scan file {path}: no such file")
+    if isinstance(source, Path) and not source.is_file():
+        raise ScanFileError(f"{where}: no such file")
     try:
-        f = h5py.File(path, "r")
+        f = h5py.File(io.BytesIO(source) if isinstance(source, bytes) else source, "r")
     except OSError as exc:
         reason = str(exc).splitlines()[0] if str(exc) else "unreadable"
         raise ScanFileError(
-            f"scan file {path}: not a readable HDF5 file (truncated or corrupt): {reason}"
+            f"{where}: not a readable HDF5 file (truncated or corrupt): {reason}"
         ) from None
-    where = f"scan file {path}"
     fmt = _scalar(f.attrs.get("format"))
     version = _scalar(f.attrs.get("format_version"))
     if fmt != SCAN_FORMAT or version is None:
@@ -226,20 +306,47 @@ def _attr(obj: Any, key: str, where: str) -> Any:
     return _scalar(obj.attrs[key])
 
 
-def read_scan(path: str | os.PathLike[str]) -> Scan:
+def read_scan(path: str | os.PathLike[str], max_elements: int | None = None) -> Scan:
     """Read a scan file written by :func:`write_scan` (any 1.x version).
+
+    Before reading a byte of a dataset's data, its kind, dtype, shape (against the stored
+    geometry) and element count are checked, so a small file that declares a huge array
+    is refused without allocating it.
+
+    Args:
+        path: the ``.h5`` file.
+        max_elements: the largest sinogram / image / HDF5 chunk accepted, in elements
+            (default :func:`max_scan_elements`: ``$PET_DL_MAX_SCAN_ELEMENTS`` or 2**28).
 
     Returns:
         The :class:`Scan`, tensors float32 on the CPU.
 
     Raises:
         ScanFileError: missing, truncated or corrupt file, another major version, a
-            missing key, shapes that do not match the geometry, or invalid values
-            (NaN / Inf, negative counts or factors, calibration <= 0).
+            missing key, a dataset that is not a number array, shapes that do not match
+            the geometry, or invalid values (NaN / Inf, negative counts or factors,
+            calibration <= 0).
+        ScanTooLargeError: the geometry or a chunk is above ``max_elements``.
     """
     p = Path(path)
-    where = f"scan file {p}"
-    f = _open(p)
+    return _read_scan(p, f"scan file {p}", max_scan_elements(max_elements))
+
+
+def read_scan_bytes(data: bytes, name: str = "scan", max_elements: int | None = None) -> Scan:
+    """:func:`read_scan` of the bytes of a scan file (an HTTP request body, say).
+
+    Nothing is written to disk; error messages name ``name`` instead of a path.
+
+    Raises:
+        ScanFileError, ScanTooLargeError: as :func:`read_scan`.
+    """
+    if not isinstance(data, (bytes, bytearray)) or not data:
+        raise ScanFileError(f"{name}: empty body; send the bytes of a pet_dl scan file")
+    return _read_scan(bytes(data), name, max_scan_elements(max_elements))
+
+
+def _read_scan(source: Path | bytes, where: str, cap: int) -> Scan:
+    f = _open(source, where)
     try:
         with f:
             geometry = _required(f, "geometry", where)
@@ -253,18 +360,23 @@ def read_scan(path: str | os.PathLike[str]) -> Scan:
             except (ValueError, TypeError, KeyError) as exc:
                 raise ScanFileError(f"{where}: invalid geometry: {exc}") from None
             shape = tuple(sinogram.shape)
-            tensors = {}
-            for name in SINOGRAM_DATASETS:
-                array = np.asarray(_required(f, name, where)[()], dtype=np.float32)
-                _check_values(name, array, shape, where, ScanFileError)
-                tensors[name] = torch.from_numpy(array)
+            _check_size("the sinogram", shape, cap, where)
+            _check_size("the image", tuple(image.shape), cap, where)
+            datasets = {
+                name: _checked_dataset(f, name, shape, cap, where) for name in SINOGRAM_DATASETS
+            }
             calibration = float(_attr(f, "calibration", where))
             psf = float(_attr(f, "psf_fwhm_mm", where))
             _check_scalars(calibration, psf, where, ScanFileError)
             metadata = _read_metadata(_required(f, "metadata", where), where)
+            tensors = {}
+            for name, dataset in datasets.items():
+                array = _read_float32(dataset, shape)
+                _check_values(name, array, shape, where, ScanFileError)
+                tensors[name] = torch.from_numpy(array)
     except ScanFileError:
         raise
-    except (OSError, KeyError, RuntimeError) as exc:
+    except (OSError, KeyError, RuntimeError, TypeError, ValueError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ScanFileError(f"{where}: corrupt or truncated data: {reason}") from None
     return Scan(
@@ -293,7 +405,7 @@ def _read_metadata(group: Any, where: str) -> AcquisitionMetadata:
     return AcquisitionMetadata(**kwargs)
 
 
-def read_truth(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+def read_truth(path: str | os.PathLike[str], max_elements: int | None = None) -> dict[str, Any] | None:
     """The simulation truth stored with a scan, or None when the file has none.
 
     Returns:
@@ -303,11 +415,13 @@ def read_truth(path: str | os.PathLike[str]) -> dict[str, Any] | None:
 
     Raises:
         ScanFileError: as :func:`read_scan` for the file itself, or truth arrays whose
-            shape differs from the image grid.
+            kind, dtype or shape do not fit the image grid (checked before reading).
+        ScanTooLargeError: the image grid or a chunk is above ``max_elements``.
     """
     p = Path(path)
     where = f"scan file {p}"
-    f = _open(p)
+    cap = max_scan_elements(max_elements)
+    f = _open(p, where)
     try:
         with f:
             if "truth" not in f:
@@ -315,15 +429,15 @@ def read_truth(path: str | os.PathLike[str]) -> dict[str, Any] | None:
             image = ImageGeometry.from_dict(
                 json.loads(_attr(_required(f, "geometry", where), "image_json", where))
             )
+            _check_size("the image", tuple(image.shape), cap, where)
             g = f["truth"]
             out: dict[str, Any] = {}
             for key in TRUTH_DATASETS:
                 if key in g:
-                    array = np.asarray(g[key][()])
-                    if tuple(array.shape) != tuple(image.shape):
-                        raise ScanFileError(
-                            f"{where}: 'truth/{key}' has shape {array.shape}, image grid is {image.shape}"
-                        )
+                    dataset = _checked_dataset(
+                        g, key, tuple(image.shape), cap, where, label=f"truth/{key}"
+                    )
+                    array = np.asarray(dataset[()])
                     dtype = torch.int64 if key == "labels" else torch.float32
                     out[key] = torch.from_numpy(array).to(dtype)
             out["lesions"] = json.loads(_scalar(g.attrs.get("lesions_json", "[]")))
