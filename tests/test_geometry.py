@@ -75,9 +75,9 @@ def test_mmr_preset_matches_header_scanner_block(test_data: Path) -> None:
         int(h["number of crystals per block in transaxial direction"]),
         int(h["number of crystals per block in axial direction"]),
     )
-    # 56 blocks x (8 real + 1 gap crystal)
+    # 56 blocks x (1 gap + 8 real crystals): the gap is the first of each block
     gaps = s.is_gap_crystal()
-    assert int(gaps.sum()) == 56 and bool(gaps[8]) and not bool(gaps[:8].any())
+    assert int(gaps.sum()) == 56 and bool(gaps[0]) and bool(gaps[9]) and not bool(gaps[1:9].any())
     # STIR's "effective central bin size" = (radius + DOI) * pi / crystals per ring
     sino = SinogramGeometry(s, 344)
     r = sino.radial_positions_mm()
@@ -338,6 +338,21 @@ def test_bad_scanner_input() -> None:
         ScannerGeometry.from_dict({**base, "radius_mm": -1.0})
     with pytest.raises(TypeError, match="num_rings"):
         ScannerGeometry.from_dict({**base, "num_rings": 2.0})
+    with pytest.raises(ValueError, match="gap_position"):
+        ScannerGeometry.from_dict({**base, "gap_crystals_per_block": 1, "gap_position": "middle"})
+
+
+@pytest.mark.parametrize(("position", "gaps_in_block"), [("last", [6, 7]), ("first", [0, 1])])
+def test_gap_position(position: str, gaps_in_block: list[int]) -> None:
+    base = get_scanner("test").to_dict()
+    s = ScannerGeometry.from_dict({**base, "gap_crystals_per_block": 2, "gap_position": position})
+    gaps = s.is_gap_crystal()
+    expected = torch.tensor([i % 8 in gaps_in_block for i in range(112)])
+    assert torch.equal(gaps, expected)
+    # scan files written before the field existed read with the old default
+    old = s.to_dict()
+    del old["gap_position"]
+    assert ScannerGeometry.from_dict(old).gap_position == "last"
 
 
 # --------------------------------------------------------------------- image grid

@@ -54,7 +54,13 @@ class ScannerGeometry:
             includes the gap crystals, so ``blocks_per_ring * crystals_per_block[0] ==
             crystals_per_ring``. None: ``(crystals_per_ring // blocks_per_ring, 1)``.
         gap_crystals_per_block: virtual crystals per block (transaxial) that model the gap
-            between blocks; they are the last ones of each block and record no counts.
+            between blocks; they record no counts.
+        gap_position: where the virtual crystals sit in each block of crystal indices:
+            ``"last"`` (indices ``per_block - gap .. per_block - 1`` of each block) or
+            ``"first"`` (indices ``0 .. gap - 1``). The mMR's are first: with the
+            sinogram's crystal numbering (vendor view = view, vendor tangential bin =
+            radial bin) crystals ``0, 9, 18, ...`` record none of a real acquisition's
+            prompts.
         tof: TOF parameters, or None for a non-TOF scanner.
         sensitivity_cps_per_kbq: published NEMA NU-2 system sensitivity (counts/s per kBq
             in the 70 cm line source at the centre), used by the simulator for realistic
@@ -72,6 +78,7 @@ class ScannerGeometry:
     blocks_per_ring: int = 1
     crystals_per_block: tuple[int, int] | None = None
     gap_crystals_per_block: int = 0
+    gap_position: str = "last"
     tof: TOFParameters | None = None
     sensitivity_cps_per_kbq: float | None = None
     default_num_radial: int | None = None
@@ -115,6 +122,8 @@ class ScannerGeometry:
                 f"gap_crystals_per_block ({self.gap_crystals_per_block}) must be smaller than"
                 f" the transaxial crystals per block ({block[0]})"
             )
+        if self.gap_position not in ("first", "last"):
+            raise ValueError(f"gap_position must be 'first' or 'last', got {self.gap_position!r}")
         if isinstance(self.tof, dict):
             object.__setattr__(self, "tof", TOFParameters.from_dict(self.tof))
         if self.tof is not None and not isinstance(self.tof, TOFParameters):
@@ -173,6 +182,8 @@ class ScannerGeometry:
         """Bool mask ``(crystals_per_ring,)``: True for virtual gap crystals."""
         per_block = self.crystals_per_block[0]
         index_in_block = torch.arange(self.crystals_per_ring) % per_block
+        if self.gap_position == "first":
+            return index_in_block < self.gap_crystals_per_block
         return index_in_block >= per_block - self.gap_crystals_per_block
 
     def with_rings(self, num_rings: int) -> ScannerGeometry:
