@@ -2,8 +2,9 @@
 
 One argparse parser with a sub-command per module in :mod:`pet_dl.commands`. Errors a
 user can cause (:class:`pet_dl.errors.PetDLError`, ``ValueError`` from input checks, a
-missing input file) are printed as one line ``error: <message>`` on stderr with exit
-code 2; every command writes its outputs atomically, so a failed run leaves no file.
+missing input file, any ``OSError`` such as a read-only output folder or a full disk, and
+``MemoryError``) are printed as one line ``error: <message>`` on stderr with exit code 2;
+every command writes its outputs atomically, so a failed run leaves no file.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sys
 from collections.abc import Sequence
 from types import ModuleType
@@ -56,10 +58,17 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, ModuleType]]:
     return parser, modules
 
 
+# The temporary name of pet_dl.io.atomic (.NAME.tmp-1a2b3c4d.SUFFIX): reported as NAME.
+_ATOMIC_TMP = re.compile(r"(^|/)\.([^/]+?)\.tmp-[0-9a-f]{8}[^/]*$")
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip()
-    if isinstance(exc, FileNotFoundError) and exc.filename and exc.strerror:
-        text = f"{exc.filename}: {exc.strerror}"
+    if isinstance(exc, OSError) and exc.filename and exc.strerror:
+        name = _ATOMIC_TMP.sub(r"\1\2", str(exc.filename))
+        text = f"{name}: {exc.strerror}"
+    elif isinstance(exc, MemoryError):
+        text = f"out of memory{': ' + text if text else ''} (a smaller scan, or more memory)"
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return " ".join(lines) if lines else type(exc).__name__
 
@@ -81,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = getattr(args, "run", None) or modules[args.command].run
     try:
         return int(run(args) or 0)
-    except (PetDLError, ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+    except (PetDLError, ValueError, OSError, MemoryError) as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

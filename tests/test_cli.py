@@ -160,6 +160,42 @@ def test_recon_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert not any(".tmp" in p.name for p in tmp_path.iterdir())
 
 
+def test_recon_into_a_read_only_folder_and_out_of_memory_are_one_line_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import os
+
+    _, scan_path = _simulate(tmp_path)
+    capsys.readouterr()
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    if os.geteuid() == 0:  # root writes anywhere: the rename into the folder fails as it would
+        import pet_dl.io.atomic
+
+        def refuse(src: object, dst: object) -> None:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(src))
+
+        monkeypatch.setattr(pet_dl.io.atomic.os, "replace", refuse)
+    code = main(["recon", str(scan_path), "--iterations", "1", "--out", str(folder / "img.nii.gz")])
+    err = capsys.readouterr().err
+    assert code == 2 and err == f"error: {folder / 'img.nii.gz'}: {os.strerror(errno.EACCES)}\n"
+    monkeypatch.undo()
+    folder.chmod(0o755)
+    assert list(folder.iterdir()) == []  # the temporary file is gone too
+
+    import pet_dl.recon
+
+    def exhausted(*args: object, **kwargs: object) -> None:
+        raise MemoryError()
+
+    monkeypatch.setattr(pet_dl.recon, "reconstruct_scan", exhausted)
+    code = main(["recon", str(scan_path), "--out", str(tmp_path / "img.nii.gz")])
+    _assert_one_line_error(capsys, code, "out of memory")
+    assert not (tmp_path / "img.nii.gz").exists()
+
+
 def test_module_entry_point_help() -> None:
     done = subprocess.run([sys.executable, "-m", "pet_dl", "--help"], capture_output=True,
                           text=True, timeout=120)
