@@ -5,4 +5,4 @@ its heavy imports inside ``run`` so that ``--help`` is fast. :mod:`pet_dl.cli` f
 modules listed in :data:`COMMANDS` (a missing one is skipped).
 """
 
-COMMANDS: tuple[str, ...] = ("simulate", "recon", "evaluate", "dataset", "demo")
+COMMANDS: tuple[str, ...] = ("simulate", "recon", "evaluate", "dataset", "demo", "export")

@@ -500,3 +500,67 @@ def write_stir_sinogram(
     comment = {"sinogram": geometry.to_dict(), **(pet_dl or {})}
     atomic_write_text(header, stir_header_text(geometry, data_path.name, duration_s, comment))
     return header
+
+
+# ---------------------------------------------------------------------------- export
+EXPORT_FILES: tuple[str, ...] = ("prompts", "multiplicative", "additive")
+
+
+def export_scan_interfile(scan: Scan, out_dir: str | os.PathLike[str]) -> list[Path]:
+    """Write a scan as three STIR sinograms in ``out_dir``: ``prompts``, ``multiplicative``
+    and ``additive`` (``.hs`` + ``.s`` each).
+
+    ``prompts.hs`` carries the ``; pet_dl`` comment with the image grid, calibration,
+    PSF and metadata, so :func:`read_stir_sinogram` on it gives back an equal scan. The
+    files appear together: they are written to a temporary folder inside ``out_dir``
+    and moved in at the end (existing files of the same names are replaced).
+
+    Args:
+        scan: a non-TOF scan.
+        out_dir: an existing folder, or a new one whose parent exists.
+
+    Returns:
+        The six paths written.
+
+    Raises:
+        ValueError: a TOF scan; FileNotFoundError: the parent folder does not exist.
+    """
+    import dataclasses
+    import secrets
+    import shutil
+
+    out = Path(out_dir)
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"output folder {out.parent} does not exist")
+    if scan.sinogram.tof:
+        raise ValueError(
+            "STIR export of TOF sinograms is not supported (pet_dl writes non-TOF only)"
+        )
+    out.mkdir(exist_ok=True)
+    tmp = out / f".export-tmp-{secrets.token_hex(4)}"
+    tmp.mkdir()
+    try:
+        info = {
+            "image": scan.image.to_dict(),
+            "calibration": float(scan.calibration),
+            "psf_fwhm_mm": float(scan.psf_fwhm_mm),
+            "metadata": dataclasses.asdict(scan.metadata),
+            "multiplicative": "multiplicative.hs",
+            "additive": "additive.hs",
+        }
+        duration = scan.metadata.duration_s
+        write_stir_sinogram(
+            scan.prompts, scan.sinogram, tmp / "prompts.hs", duration_s=duration, pet_dl=info
+        )
+        for name in EXPORT_FILES[1:]:
+            write_stir_sinogram(
+                getattr(scan, name), scan.sinogram, tmp / f"{name}.hs", duration_s=duration
+            )
+        written = []
+        for name in EXPORT_FILES:
+            for suffix in (".s", ".hs"):
+                os.replace(tmp / f"{name}{suffix}", out / f"{name}{suffix}")
+                written.append(out / f"{name}{suffix}")
+        return written
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
