@@ -158,6 +158,21 @@ def _write_outputs(
 
 
 def run(args: argparse.Namespace) -> int:
+    """Reconstruct every scan of ``args``; raises on the first bad one, after removing the
+    output folders this run created while they are still empty."""
+    created = [p for p in (args.out, *args.out.parents) if not p.exists()]  # deepest first
+    try:
+        return _run(args)
+    except BaseException:
+        for folder in created:
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
+
+
+def _run(args: argparse.Namespace) -> int:
     """Reconstruct every scan of ``args``; raises on the first bad one."""
     from tqdm import tqdm
 
@@ -215,8 +230,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
-    except (PetDLError, ValueError, OSError) as exc:
+    except (PetDLError, ValueError, OSError, MemoryError) as exc:
         message = " ".join(str(exc).split()) or type(exc).__name__
+        if isinstance(exc, MemoryError):
+            message = f"out of memory: {exc}" if str(exc) else "out of memory"
         print(f"error: {message}", file=sys.stderr)
         return 2
     except Exception as exc:  # anything else is a bug: still one line, exit 1

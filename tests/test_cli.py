@@ -227,3 +227,30 @@ def test_simulate_can_make_a_scan_the_shipped_model_accepts(tmp_path: Path) -> N
                  "--voxel-size", "2.6", "--seed", "3", "--out", str(default)]) == 0
     with pytest.raises(ValueError, match="views"):
         check_compatible(read_scan(default), read_checkpoint_header(shipped_checkpoint())[1])
+
+
+def test_infer_leaves_no_output_folder_after_a_refusal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "pet_dl_infer_cli", Path(__file__).resolve().parents[1] / "infer.py"
+    )
+    assert spec is not None and spec.loader is not None
+    infer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(infer)
+    _, scan_path = _simulate(tmp_path)  # the test scanner: the shipped model refuses it
+    corrupt = tmp_path / "corrupt.h5"
+    corrupt.write_bytes(scan_path.read_bytes()[:2000])
+    capsys.readouterr()
+    for scan, words in ((scan_path, "model was trained for"), (corrupt, "truncated or corrupt")):
+        out = tmp_path / "new" / "deeper" / "out"
+        assert infer.main([str(scan), "--out", str(out), "--device", "cpu"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and words in err and err.count("\n") == 1, err
+        assert not (tmp_path / "new").exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    assert infer.main([str(corrupt), "--out", str(kept / "out"), "--device", "cpu"]) == 2
+    assert kept.is_dir() and list(kept.iterdir()) == []  # a folder that was there stays

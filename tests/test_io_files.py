@@ -488,3 +488,42 @@ def test_atomic_path_leaves_nothing_when_the_writer_raises(tmp_path: Path) -> No
         atomic_path(tmp_path / "no" / "x.h5"),
     ):
         pass
+
+
+# ----------------------------------------------------------------------------- DICOM folders
+def test_dicom_series_folder_has_mkdir_mode_and_a_failure_leaves_no_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import stat
+
+    pydicom = pytest.importorskip("pydicom")
+    from pet_dl.io.dicom import write_pet_series
+
+    geometry = ImageGeometry(shape=(4, 4, 3), voxel_size_mm=(1.0, 1.0, 2.0), origin_mm=(0, 0, 0))
+    metadata = AcquisitionMetadata(
+        duration_s=600.0, injection_time="2026-03-02T09:00:00", acquisition_start="2026-03-02T10:00:00"
+    )
+    old = os.umask(0o022)
+    try:
+        files = write_pet_series(tmp_path / "a" / "b" / "s", np.ones((4, 4, 3)), geometry, metadata)
+        assert stat.S_IMODE((tmp_path / "a" / "b" / "s").stat().st_mode) == 0o755
+        assert {stat.S_IMODE(f.stat().st_mode) for f in files} == {0o644}
+        os.umask(0o027)
+        write_pet_series(tmp_path / "t", np.ones((4, 4, 3)), geometry, metadata)
+        assert stat.S_IMODE((tmp_path / "t").stat().st_mode) == 0o750
+    finally:
+        os.umask(old)
+    calls = []
+
+    def fail_on_second(self: object, *args: object, **kwargs: object) -> None:
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return save_as(self, *args, **kwargs)
+
+    save_as = pydicom.Dataset.save_as
+    monkeypatch.setattr(pydicom.Dataset, "save_as", fail_on_second)
+    with pytest.raises(OSError, match="No space"):
+        write_pet_series(tmp_path / "new" / "deeper" / "s", np.ones((4, 4, 3)), geometry, metadata)
+    assert len(calls) == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["a", "t"]

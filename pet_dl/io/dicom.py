@@ -205,7 +205,9 @@ def write_pet_series(
     """Write a PET Image Storage series, one file per axial slice, atomically.
 
     The series is written into a temporary sibling folder and renamed to ``out_dir`` at
-    the end (an existing ``out_dir`` is replaced), so a failure leaves no partial series.
+    the end (an existing ``out_dir`` is replaced), so a failure leaves no partial series
+    (and no parent folder it created). The folder gets the mode ``mkdir`` would give it
+    (0755 under the usual umask 022), its files the umask's file mode (0644).
 
     Args:
         out_dir: folder to create (``<out_dir>/slice_0000.dcm`` ...).
@@ -252,8 +254,13 @@ def write_pet_series(
     code = _RADIONUCLIDE_CODES.get(nuclide)
 
     out = Path(out_dir)
+    created = [p for p in (out.parent, *out.parent.parents) if not p.exists()]  # deepest first
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    except BaseException:
+        _remove_empty(created)
+        raise
     try:
         names = []
         for k in range(nz):
@@ -350,11 +357,29 @@ def write_pet_series(
             name = f"slice_{k:04d}.dcm"
             ds.save_as(tmp / name, enforce_file_format=True)
             names.append(name)
+        os.chmod(tmp, _folder_mode())  # mkdtemp's 0700 -> what mkdir gives (0755)
         _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        _remove_empty(created)
         raise
     return [out / name for name in names]
+
+
+def _folder_mode() -> int:
+    """The mode ``mkdir`` gives a new folder: 0777 less the process umask (0755 for 022)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o777 & ~mask
+
+
+def _remove_empty(folders: Sequence[Path]) -> None:
+    """Remove the folders this writer created (deepest first) while they are empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def _frame_reference_time_ms(duration_s: float, half_life_s: float) -> float:
