@@ -206,7 +206,10 @@ def reconstruct(
     """Reconstruct a scan with a trained network.
 
     Args:
-        scan: the scan (prompts, multiplicative, additive, calibration, geometry).
+        scan: the scan (prompts, multiplicative, additive, calibration, geometry). A 3D
+            scan (several rings) given to a 2D model is rebinned to direct planes (SSRB),
+            reconstructed plane by plane and resampled onto its image grid
+            (:mod:`pet_dl.plane_inference`).
         checkpoint: a ``.safetensors`` path, an already loaded model (moved to
             ``device``), or ``None`` for the shipped 2D model.
         device: ``"cpu"``, ``"cuda"`` or ``None`` (CUDA when available).
@@ -227,6 +230,10 @@ def reconstruct(
     check_scan(scan)
     dev = resolve_device(device)
     loaded = load_model(checkpoint, dev)
+    from pet_dl.plane_inference import needs_rebinning, reconstruct_planes
+
+    if needs_rebinning(scan, loaded.metadata):  # 3D scan, 2D model: SSRB, plane by plane
+        return reconstruct_planes(scan, loaded, dev, amp, check=False)[0]
     check_compatible(scan, loaded.metadata)
     use_amp = dev.type == "cuda" and (scan.image.shape[2] > 1 if amp is None else amp)
     batch = scan_batch(scan, dev, initial)
@@ -362,6 +369,10 @@ def reconstruct_and_check(
     check_scan(scan)
     dev = resolve_device(device)
     loaded = load_model(checkpoint, dev)
+    from pet_dl.plane_inference import needs_rebinning, reconstruct_planes
+
+    if needs_rebinning(scan, loaded.metadata):  # the check per plane (PlaneFit: the worst)
+        return reconstruct_planes(scan, loaded, dev, amp, check=True)  # type: ignore[return-value]
     check_compatible(scan, loaded.metadata)
     osem = reference_osem(scan, dev)
     model = loaded.model
