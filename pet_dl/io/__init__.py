@@ -26,6 +26,7 @@ _EXPORTS = {
     "read_interfile_header": "interfile",
     "read_interfile_image": "interfile",
     "read_sinogram_header": "interfile",
+    "read_petsird": "petsird",
     "read_stir_geometry": "stir_sinogram",
     "read_stir_sinogram": "stir_sinogram",
     "write_stir_sinogram": "stir_sinogram",
