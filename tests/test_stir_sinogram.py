@@ -146,3 +146,33 @@ def test_reads_stir_scatter_cylinder(test_data: Path) -> None:
     raw = np.fromfile(test_data / "stir_reference" / "scatter_cylinder.s", dtype="<f4")
     assert raw.size == y.numel()
     assert np.array_equal(raw.reshape(32, 8, 35).transpose(1, 0, 2), scan.prompts.numpy())
+
+
+def test_written_mmr_header_matches_the_vendor_template(test_data: Path, tmp_path: Path) -> None:
+    """pet_dl's span-11 mMR header says what the shared STIR template says."""
+    from pet_dl.io.interfile import read_interfile_header, read_sinogram_header
+
+    template = test_data / "mmr_scanner" / "mMR_template_span11.hs"
+    geometry = SinogramGeometry(get_scanner("mmr"), num_radial=344, span=11)
+    (tmp_path / "m.hs").write_text(stir_header_text(geometry, "m.s"))
+    ours, theirs = read_sinogram_header(tmp_path / "m.hs"), read_sinogram_header(template)
+    for key in (
+        "num_segments",
+        "num_views",
+        "num_tangential",
+        "axial_per_segment",
+        "min_ring_difference",
+        "max_ring_difference",
+        "axis_labels",
+    ):
+        assert ours[key] == theirs[key], key
+    for key, value in theirs["scanner"].items():
+        assert (
+            ours["scanner"][key] == pytest.approx(value)
+            if key != "name"
+            else ours["scanner"][key] == value
+        )
+    raw_ours, raw_theirs = read_interfile_header(tmp_path / "m.hs"), read_interfile_header(template)
+    for key, value in raw_theirs.items():
+        if key.startswith("number of") and "per" in key:
+            assert raw_ours.get(key) == value, key

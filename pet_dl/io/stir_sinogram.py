@@ -49,6 +49,21 @@ from pet_dl.scan import AcquisitionMetadata, Scan
 #: Scanner type names STIR uses for pet_dl presets (lower case). STIR writes the first.
 STIR_SCANNER_NAMES: dict[str, tuple[str, ...]] = {"mmr": ("siemens mmr", "mmr")}
 
+#: STIR's own values for presets STIR knows (from the shared mMR templates).
+STIR_SCANNER_KEYS: dict[str, dict[str, Any]] = {
+    "mmr": {
+        "stir_name": "Siemens mMR",
+        "bin_cm": 0.208626,
+        "lines": {
+            "Number of blocks per bucket in transaxial direction": 1,
+            "Number of blocks per bucket in axial direction": 2,
+            "Number of detector layers": 1,
+            "Number of crystals per singles unit in axial direction": 16,
+            "Number of crystals per singles unit in transaxial direction": 9,
+        },
+    }
+}
+
 _COMMENT_KEY = "; pet_dl :="
 _TOLERANCE_MM = 0.05
 
@@ -57,7 +72,7 @@ _TOLERANCE_MM = 0.05
 def _preset_for(info: dict[str, Any]) -> ScannerGeometry | None:
     """The preset (possibly with fewer rings) whose name and parameters match the header."""
     sc = info["scanner"]
-    name = (sc.get("name") or "").strip().lower()
+    name = (sc.get("name") or "").strip().lower().removeprefix("pet_dl ")
     for preset in SCANNER_PRESETS:
         names = STIR_SCANNER_NAMES.get(preset, ()) + (preset,)
         if name not in names:
@@ -366,13 +381,21 @@ def _exported_scan(
 
 # ---------------------------------------------------------------------------- writing
 def _scanner_lines(scanner: ScannerGeometry, sinogram: SinogramGeometry) -> list[str]:
-    stir_names = STIR_SCANNER_NAMES.get(scanner.name)
-    name = "Siemens mMR" if stir_names else scanner.name
+    known = STIR_SCANNER_KEYS.get(scanner.name)
+    full = known is not None and get_scanner(scanner.name) == scanner
+    # STIR checks a scanner it knows against its own table: only the full preset is named so
+    if full:
+        name = known["stir_name"]
+    else:
+        name = f"pet_dl {scanner.name}" if scanner.name in SCANNER_PRESETS else scanner.name
     bin_cm = (
         sinogram.radial_bin_mm / 10
         if sinogram.arc_corrected
-        else (scanner.detector_radius_mm * math.pi / scanner.crystals_per_ring / 10)
+        else (known or {}).get(
+            "bin_cm", scanner.detector_radius_mm * math.pi / scanner.crystals_per_ring / 10
+        )
     )
+    extra = [f"{key} := {value}" for key, value in (known or {}).get("lines", {}).items()]
     return [
         "Scanner parameters:=",
         f"Scanner type := {name}",
@@ -387,6 +410,7 @@ def _scanner_lines(scanner: ScannerGeometry, sinogram: SinogramGeometry) -> list
         f"Default number of arc-corrected bins := {scanner.default_num_radial or sinogram.num_radial}",
         f"Number of crystals per block in axial direction := {scanner.crystals_per_block[1]}",
         f"Number of crystals per block in transaxial direction := {scanner.crystals_per_block[0]}",
+        *extra,
         "end scanner parameters:=",
     ]
 
