@@ -27,6 +27,23 @@ if ! command -v torch-model-archiver >/dev/null; then
     echo "error: torch-model-archiver not found; pip install 'pet_dl[serve]'" >&2
     exit 2
 fi
+# Load the checkpoint (as the server's handler will) before packing it: a file that does
+# not load is refused here, not by a worker that would restart forever.
+if ! "$PYTHON" - "$CHECKPOINT" <<'PY'
+import sys
+
+try:
+    from pet_dl.io.checkpoint import load_checkpoint
+
+    load_checkpoint(sys.argv[1], map_location="cpu")
+except Exception as exc:  # any failure: one line, exit 2
+    message = " ".join(str(exc).split()) or type(exc).__name__
+    print(f"error: checkpoint {sys.argv[1]} does not load: {message}", file=sys.stderr)
+    sys.exit(2)
+PY
+then
+    exit 2
+fi
 VERSION="$("$PYTHON" -c 'import pet_dl; print(pet_dl.__version__)' 2>/dev/null || echo 0.0.0)"
 mkdir -p "$STORE"
 torch-model-archiver \

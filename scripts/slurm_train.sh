@@ -20,7 +20,8 @@ export WANDB_MODE=${WANDB_MODE:-offline}   # `wandb sync outputs/...` later, or 
 export NCCL_ASYNC_ERROR_HANDLING=1
 
 mkdir -p outputs
-# Resume automatically from the last checkpoint when the job is requeued.
+# Resume automatically from the last checkpoint when the job is requeued (the config's
+# trainer.default_root_dir/checkpoints: outputs/brain3d/ for configs/brain3d_gpu.yaml).
 LAST=$(dirname "$CONFIG")/../outputs/$(basename "$CONFIG" .yaml | sed 's/_gpu$//')/checkpoints/last.ckpt
 RESUME=()
 if [[ -f "$LAST" ]]; then RESUME=(--ckpt_path "$LAST"); fi

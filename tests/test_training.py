@@ -352,25 +352,71 @@ def test_missing_init_weights_is_one_line_and_exit_2(tmp_path: Path, capsys: pyt
     assert not any("Traceback" in line for line in err)
 
 
-@pytest.mark.parametrize("name", [
-    "smoke_cpu", "post_unet2d", "brain2d", "brain2d_long", "brain2d_unshared", "brain2d_unshared_long",
-    "brain2d_mse", "brain2d_mse_unshared", "brain2d_flip", "brain2d_flip_smoothl1", "brain2d_flip_lowlr",
-    "brain2d_flip_nrmse", "brain2d_flip_nrmse3", "brain2d_flip_nrmse2", "brain2d_flip_nrmse3_l3", "brain2d_nrmse2_long", "brain2d_nrmse2_max",
-    "brain3d_gpu", "body3d_gpu", "post_unet_brain3d_gpu", "post_unet_body3d_gpu", "brain2d_os7", "brain2d_os7_l2", "brain2d_deep4", "brain2d_deep5",
-])
-def test_shipped_configs_parse(name: str, capsys: pytest.CaptureFixture) -> None:
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+def test_configs_folder_is_found() -> None:
+    """The parametrised config tests below see the shipped chain, not an empty folder."""
+    names = {p.stem for p in CONFIGS}
+    assert {"base", "smoke_cpu", "post_unet2d", "brain2d_mix_dense2", "evaluate2d"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_every_config_loads(path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Every file in configs/ has a one-line header and loads: a training config through
+    train.py on top of configs/base.yaml (its network also builds), an evaluation config
+    through ``load_eval_config``, and base.yaml is train.py's base."""
     import yaml
 
+    from pet_dl.evaluate import load_eval_config
     from pet_dl.models import build_model
-    from pet_dl.training.cli import main
+    from pet_dl.training.cli import BASE_CONFIG, main
 
-    path = Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml"
+    lines = path.read_text().splitlines()
+    assert lines[0].startswith("# ") and not lines[1].startswith("#"), "one header line"
+    data = yaml.safe_load(path.read_text())
+    if "networks" in data:
+        assert load_eval_config(path)["networks"]
+        return
+    if "model" not in data:
+        assert path == BASE_CONFIG
+        return
     with pytest.raises(SystemExit) as exc:
         main(["fit", "--config", str(path), "--print_config"])
     assert exc.value.code == 0, capsys.readouterr().err
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["model"]["network"] == yaml.safe_load(path.read_text())["model"]["network"]
+    assert printed["model"]["network"] == data["model"]["network"]
+    base = yaml.safe_load(BASE_CONFIG.read_text())["trainer"]
+    assert printed["trainer"]["max_epochs"] == data["trainer"].get("max_epochs", base["max_epochs"])
     build_model(printed["model"]["network"])  # the network part is valid too
+
+
+def test_run_paths_follow_the_run_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A config on top of base.yaml gets its logger, checkpoint folder and export path from
+    trainer.default_root_dir; a path the config gives is kept."""
+    from types import SimpleNamespace
+
+    import pet_dl.training.export as export_module_file
+    from pet_dl.training.cli import main
+    from pet_dl.training.export import ExportCallback
+
+    root = Path(__file__).resolve().parents[1]
+    run = tmp_path / "brain2d_mix_dense2"
+    cli = main(["--config", str(root / "configs" / "brain2d_mix_dense2.yaml"),
+                "--trainer.default_root_dir", str(run), "--model.init_weights", "null"], run=False)
+    assert Path(cli.trainer.checkpoint_callback.dirpath) == run.resolve() / "checkpoints"
+    assert Path(cli.trainer.logger.save_dir) == run
+    assert cli.config.trainer.logger.init_args.name == run.name  # the wandb run name
+    export = next(c for c in cli.trainer.callbacks if isinstance(c, ExportCallback))
+    written: list[Path] = []
+    monkeypatch.setattr(export_module_file, "export_module", lambda module, path, command: written.append(path))
+    export.on_fit_end(SimpleNamespace(is_global_zero=True, default_root_dir=str(run)), cli.model)
+    assert written == [run / "pet_dl_2d.safetensors"]
+
+    cli = main(["--config", str(root / "configs" / "post_unet2d.yaml"),
+                "--trainer.default_root_dir", str(run)], run=False)
+    export = next(c for c in cli.trainer.callbacks if isinstance(c, ExportCallback))
+    assert export.path == "outputs/post_unet2d/post_unet2d.safetensors"
 
 
 @pytest.mark.parametrize("name", ["brain3d_gpu", "body3d_gpu"])

@@ -31,7 +31,7 @@ from pet_dl.evaluate.methods import network_reconstruction, osem_trajectory  # n
 from pet_dl.inference import load_model  # noqa: E402
 from pet_dl.recon.filters import gaussian_postfilter  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments" / "scripts"))
 from validation_scores import OSEM_CHOSEN  # noqa: E402  (OSEM chosen on validation)
 
 

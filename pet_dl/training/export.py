@@ -227,16 +227,18 @@ class ExportCallback(pl.Callback):
     """Export the network to ``path`` (safetensors) when ``fit`` ends (rank 0 only).
 
     Args:
-        path: output ``.safetensors`` file.
+        path: output ``.safetensors`` file; ``None``: ``pet_dl_2d.safetensors`` in the
+            trainer's ``default_root_dir`` (the run folder).
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str | None = None) -> None:
         self.path = path
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero and isinstance(pl_module, ReconModule):
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            export_module(pl_module, self.path, "python " + shlex.join(sys.argv))
+            path = Path(self.path or Path(trainer.default_root_dir) / "pet_dl_2d.safetensors")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            export_module(pl_module, path, "python " + shlex.join(sys.argv))
 
 
 def main(argv: list[str] | None = None) -> int:

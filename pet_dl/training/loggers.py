@@ -13,11 +13,13 @@ class PetWandbLogger(WandbLogger):
 
     Args:
         project: wandb project name.
-        save_dir: local folder for run files.
+        save_dir: local folder for run files (``None``: ``outputs``; ``train.py`` sets the
+            run folder, :func:`pet_dl.training.cli.fill_run_paths`).
         **kwargs: passed to :class:`lightning.pytorch.loggers.WandbLogger`.
     """
 
-    def __init__(self, project: str = "pet_dl", save_dir: str = "outputs", **kwargs: Any) -> None:
+    def __init__(self, project: str = "pet_dl", save_dir: str | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("mode", os.environ.get("WANDB_MODE", "offline"))
+        save_dir = save_dir or "outputs"
         os.makedirs(save_dir, exist_ok=True)
         super().__init__(project=project, save_dir=save_dir, **kwargs)

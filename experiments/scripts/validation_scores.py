@@ -1,0 +1,140 @@
+"""Validation scores that chose the shipped model (docs/results.md, "Experiments").
+
+    python experiments/scripts/validation_scores.py [CHECKPOINT ...] [--first 100000 --phantoms 32]
+        [--data-subsets 1 2 3 7] [--flip-ensemble none 0 1 01] [--osem]
+        [--sirf-brain $PET_DL_TEST_DATA/sirf_phantoms/brain] [--hot-spots]
+
+For each checkpoint (default: the shipped model) prints, per dose factor, the mean NRMSE
+and the SUVmean / SUVmax bias of the lesions >= 8 mm pooled over the phantoms (%), then
+the NRMSE averaged over the factors (the choice rule's tie-break, docs/results.md), on
+phantoms simulated from ``data/brain2d.yaml`` with seeds ``first .. first + phantoms - 1``
+(default: the 8 validation seeds and 24 more of no split), one noise realisation.
+``--data-subsets`` rescores each network with those ``UnrolledEM.data_subsets`` (not
+retrained); ``--flip-ensemble`` likewise with each UNet's output averaged over flips along
+those spatial axes (``none``, ``0`` = x, ``1`` = y, ``01`` = both; the network's
+``flip_ensemble``); ``--osem`` adds OSEM with the parameters chosen on validation. With
+several networks, the last lines give each one's factor-20 differences from the first
+network, paired on the same phantoms and lesions (points, ± 1.96 standard errors).
+``--hot-spots`` adds, at factor 20, the false hot spots per image
+(:func:`pet_dl.evaluate.scoring.false_hot_spots`: blobs twice the local true activity,
+outside the lesions) to each line and to the paired differences.
+
+``--sirf-brain DIR`` scores on an anatomy no network has seen instead: the BrainWeb-based
+SIRF brain, one of its axial planes 8-14 per seed, with the recipe's random lesions
+(:func:`pet_dl.evaluate.external.sirf_brain_phantoms`); same scanner, counts and noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+
+from pet_dl.datasets import load_recipe  # noqa: E402
+from pet_dl.evaluate.data import EvalSet, simulate_eval_set  # noqa: E402
+from pet_dl.evaluate.external import sirf_brain_phantoms  # noqa: E402
+from pet_dl.evaluate.methods import network_reconstruction, osem_trajectory  # noqa: E402
+from pet_dl.evaluate.report import Z95  # noqa: E402
+from pet_dl.evaluate.scoring import case_metrics, false_hot_spots, paired_difference  # noqa: E402
+from pet_dl.inference import load_model  # noqa: E402
+from pet_dl.recon.filters import gaussian_postfilter  # noqa: E402
+
+FACTORS = [1.0, 4.0, 10.0, 20.0, 50.0, 100.0]
+# OSEM (iterations x 7 subsets, post-filter FWHM mm) chosen on validation, docs/results.md
+OSEM_CHOSEN = {1.0: (15, 2.0), 4.0: (10, 4.0), 10.0: (6, 4.0), 20.0: (4, 4.0), 50.0: (4, 6.0), 100.0: (2, 6.0)}
+
+
+def summary(rows: list[dict]) -> str:
+    """``NRMSE / SUVmean / SUVmax`` (%, lesions >= 8 mm pooled over the cases)."""
+    nrmse = sum(r["nrmse"] for r in rows) / len(rows)
+    means = [b for r in rows for b in r["suvmean_bias_ge8"]]
+    maxes = [b for r in rows for b in r["suvmax_bias_ge8"]]
+    lesions = f"{100 * sum(means) / len(means):+.1f} / {100 * sum(maxes) / len(maxes):+.1f}" if means else "- / -"
+    return f"{100 * nrmse:.1f} / {lesions}"
+
+
+def paired_summary(rows: list[dict], reference: list[dict]) -> str:
+    """``rows`` minus ``reference`` on the same cases (± 1.96 standard errors of
+    :func:`pet_dl.evaluate.scoring.paired_difference`): NRMSE over the phantoms, SUVmean /
+    SUVmax bias over the lesions >= 8 mm (each lesion its own unit), in points; false hot
+    spots per image over the phantoms when the rows have ``hot_spots``."""
+
+    def interval(a: list[float], b: list[float], scale: float = 100.0) -> str:
+        mean, sem = paired_difference(a, b, list(range(len(a))))
+        return f"{scale * mean:+.2f} ± {scale * Z95 * sem:.2f}"
+
+    text = f"NRMSE {interval([r['nrmse'] for r in rows], [q['nrmse'] for q in reference])}"
+    for key, name in (("suvmean_bias_ge8", "SUVmean"), ("suvmax_bias_ge8", "SUVmax")):
+        a = [x for r in rows for x in r[key]]
+        if a:
+            text += f", {name} {interval(a, [x for q in reference for x in q[key]])}"
+    if "hot_spots" in rows[0] and "hot_spots" in reference[0]:
+        text += f", hot spots per image {interval([r['hot_spots'] for r in rows], [q['hot_spots'] for q in reference], 1.0)}"
+    return text
+
+
+def with_hot_spots(rows: list[dict], images: torch.Tensor, ev: EvalSet) -> str:
+    """Add each case's false hot spots to ``rows`` (in place); the mean per image, as text."""
+    for row, count in zip(rows, false_hot_spots(images, ev)):
+        row["hot_spots"] = count
+    return f"f20 hot spots {sum(r['hot_spots'] for r in rows) / len(rows):.2f} per image"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoints", nargs="*", default=[None], help="model files (default: shipped)")
+    parser.add_argument("--recipe", default="data/brain2d.yaml")
+    parser.add_argument("--first", type=int, default=100000, help="first phantom seed")
+    parser.add_argument("--phantoms", type=int, default=32)
+    parser.add_argument("--data-subsets", type=int, nargs="+", default=None)
+    parser.add_argument("--flip-ensemble", nargs="+", default=None, metavar="AXES",
+                        help="rescore with these flip axes: none, 0, 1, 01")
+    parser.add_argument("--osem", action="store_true", help="also score OSEM (chosen parameters)")
+    parser.add_argument("--sirf-brain", metavar="DIR", help="phantoms from the SIRF brain in DIR")
+    parser.add_argument("--hot-spots", action="store_true", help="also count false hot spots at factor 20")
+    args = parser.parse_args()
+    recipe = load_recipe(args.recipe)
+    phantom_of = sirf_brain_phantoms(args.sirf_brain, recipe) if args.sirf_brain else None
+    ev = simulate_eval_set(recipe, list(range(args.first, args.first + args.phantoms)), 1, FACTORS,
+                           phantom_of=phantom_of)
+    n_lesions = sum(1 for d in ev.lesion_diameters for v in d.values() if v >= 8)
+    prompts = float(ev.prompts[1.0].flatten(1).sum(1).mean())
+    print(f"{ev.num_cases} phantoms, {n_lesions} lesions >= 8 mm, {prompts / 1e6:.2f} M prompts at full dose")
+    print("NRMSE / SUVmean / SUVmax bias of lesions >= 8 mm (%), per dose factor")
+    if args.osem:
+        images = {}
+        for f in FACTORS:
+            iterations, fwhm = OSEM_CHOSEN[f]
+            images[f] = gaussian_postfilter(osem_trajectory(ev.batch(f), iterations, 7)[-1], ev.image, fwhm)
+        rows = {f: case_metrics(x, ev) for f, x in images.items()}
+        cells = [f"f{f:g}: {summary(r)}" for f, r in rows.items()]
+        hot = f" | {with_hot_spots(rows[20.0], images[20.0], ev)}" if args.hot_spots else ""
+        print("OSEM (chosen)", " | ".join(cells) + hot, flush=True)
+    scored: list[tuple[str, list[dict]]] = []  # (label, factor-20 rows) per network
+    for path in args.checkpoints:
+        loaded = load_model(path, torch.device("cpu"))  # once; rebuilt per option set below
+        for subsets in args.data_subsets or [None]:
+            for flips in args.flip_ensemble or [None]:
+                options: dict = {}  # rescored with these network options (same weights)
+                if subsets is not None:
+                    options["data_subsets"] = subsets
+                if flips is not None:
+                    options["flip_ensemble"] = [] if flips == "none" else [int(a) for a in flips]
+                net = loaded.with_network_options(options).model
+                label = (path or "shipped") + "".join(f" ({k} {v})" for k, v in options.items())
+                images = {f: network_reconstruction(net, ev.batch(f)) for f in FACTORS}
+                rows = {f: case_metrics(x, ev) for f, x in images.items()}
+                cells = [f"f{f:g}: {summary(r)}" for f, r in rows.items()]
+                mean = sum(sum(x["nrmse"] for x in r) / len(r) for r in rows.values()) / len(rows)
+                hot = f" | {with_hot_spots(rows[20.0], images[20.0], ev)}" if args.hot_spots else ""
+                print(label, " | ".join(cells), f"| mean NRMSE {100 * mean:.2f}{hot}", flush=True)
+                scored.append((label, rows[20.0]))
+    for label, rows in scored[1:]:
+        print(f"f20 {label} - {scored[0][0]}: {paired_summary(rows, scored[0][1])}")
+
+
+if __name__ == "__main__":
+    main()
