@@ -7,6 +7,7 @@ import argparse
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -189,3 +190,62 @@ def test_dicom_in_other_units_is_refused(
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "BQML" in err[0]
+
+
+def _write_ct_slice(path: Path, centre_lps: np.ndarray, disk_lps: np.ndarray) -> None:
+    """One axial CT slice of 200 x 200 pixels of 2 mm centred on ``centre_lps``: a water
+    disk (0 HU, radius 40 mm) at ``disk_lps`` in air (-1000 HU)."""
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    n, step = 200, 2.0
+    origin = centre_lps - np.array([(n - 1) / 2 * step, (n - 1) / 2 * step, 0.0])
+    x = origin[0] + step * np.arange(n)  # along a row (columns)
+    y = origin[1] + step * np.arange(n)  # down the rows
+    inside = (x[None, :] - disk_lps[0]) ** 2 + (y[:, None] - disk_lps[1]) ** 2 <= 40.0**2
+    hu = np.where(inside, 0, -1000).astype(np.int16)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.SeriesInstanceUID = "CT", generate_uid()
+    ds.Rows = ds.Columns = n
+    ds.PixelSpacing = [step, step]
+    ds.SliceThickness = 3.0
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.ImagePositionPatient = [float(v) for v in origin]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    ds.RescaleSlope, ds.RescaleIntercept = 1.0, 0.0
+    ds.KVP = 120
+    ds.PixelData = hu.tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_ct_mu_is_resampled_and_moves_with_the_activity(test_data: Path, tmp_path: Path) -> None:
+    """A CT slice in the PET slice's patient coordinates, water disk 50 mm to the patient's
+    left (LPS +x, RAS -x) of the PET grid's centre: after recentring, water at x = -50 mm,
+    air at x = +100 mm on the activity's grid."""
+    from pet_dl.io.dicom import read_pet_series
+
+    _, grid, _ = read_pet_series(test_data / ACRIN)
+    centre_ras = np.array(
+        [o + (n - 1) / 2 * v for o, n, v in zip(grid.origin_mm, grid.shape, grid.voxel_size_mm)]
+    )
+    centre_lps = centre_ras * np.array([-1.0, -1.0, 1.0])
+    _write_ct_slice(tmp_path / "ct.dcm", centre_lps, centre_lps + np.array([50.0, 0.0, 0.0]))
+    _, mu, image, _, _ = load_inputs(_args(test_data / ACRIN, tmp_path / "ct.dcm"))
+    assert mu.shape == image.shape
+
+    def at(x_mm: float) -> float:
+        i = int(round((x_mm - image.origin_mm[0]) / image.voxel_size_mm[0]))
+        j = int(round((0.0 - image.origin_mm[1]) / image.voxel_size_mm[1]))
+        return float(mu[i, j, 0])
+
+    assert at(-50.0) == pytest.approx(0.0096, rel=0.05)
+    assert at(100.0) == pytest.approx(0.0, abs=1e-6)
+    assert at(50.0) == pytest.approx(0.0, abs=1e-6)  # not mirrored
