@@ -66,3 +66,32 @@ def test_loading_the_shipped_model_does_not_import_monai() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+@pytest.mark.parametrize("sigma", [0.1, 0.7, 1.3, 2.9])
+def test_gaussian_kernel_is_monais(sigma: float) -> None:
+    from monai.networks.layers.convutils import gaussian_1d
+
+    from pet_dl.recon.filters import gaussian_erf_kernel
+
+    expected = gaussian_1d(torch.tensor(sigma), truncated=4.0, approx="erf", normalize=True)
+    torch.testing.assert_close(gaussian_erf_kernel(sigma), expected, rtol=0, atol=0)
+
+
+def test_postfilter_is_monais_separable_filtering(generator: torch.Generator) -> None:
+    from monai.networks.layers.convutils import gaussian_1d
+    from monai.networks.layers.simplelayers import separable_filtering
+
+    from pet_dl.geometry import ImageGeometry
+    from pet_dl.recon.filters import FWHM_PER_SIGMA, gaussian_postfilter
+
+    grid = ImageGeometry.centered((11, 9, 7), (2.0, 2.5, 3.0))
+    x = torch.rand(2, *grid.shape, generator=generator, dtype=torch.float64)
+    fwhm = (5.0, 0.0, 7.0)  # one axis left alone
+    kernels = [
+        gaussian_1d(torch.tensor(f / FWHM_PER_SIGMA / v), truncated=4.0, approx="erf", normalize=True)
+        if f > 0 else torch.ones(1)
+        for f, v in zip(fwhm, grid.voxel_size_mm)
+    ]
+    expected = separable_filtering(x.reshape(2, 1, *grid.shape), [k.double() for k in kernels])
+    torch.testing.assert_close(gaussian_postfilter(x, grid, fwhm), expected.reshape(x.shape))

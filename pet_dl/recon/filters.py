@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
+from torch.nn import functional as F
 
 from pet_dl.forward_model import fwhm_per_axis
 
@@ -34,9 +35,6 @@ def gaussian_postfilter(
     Returns:
         The filtered image, same shape, dtype and units as ``x``.
     """
-    from monai.networks.layers.convutils import gaussian_1d
-    from monai.networks.layers.simplelayers import separable_filtering
-
     fwhm = fwhm_per_axis(fwhm_mm)
     if x.ndim < 3 or tuple(x.shape[-3:]) != tuple(image.shape):
         raise ValueError(
@@ -49,12 +47,25 @@ def gaussian_postfilter(
         return x
     batch = x.shape[:-3]
     flat = x.reshape((-1, 1, *x.shape[-3:]))
-    kernels = []
-    for k in range(3):
-        if k in axes:
-            sigma = fwhm[k] / FWHM_PER_SIGMA / image.voxel_size_mm[k]
-            kernels.append(gaussian_1d(torch.tensor(sigma), truncated=4.0, approx="erf", normalize=True))
-        else:
-            kernels.append(torch.ones(1))
-    out = separable_filtering(flat, [kk.to(dtype=x.dtype, device=x.device) for kk in kernels])
+    out = flat
+    for k in axes:  # axis by axis, zero padding (MONAI's separable_filtering, same order)
+        sigma = fwhm[k] / FWHM_PER_SIGMA / image.voxel_size_mm[k]
+        kernel = gaussian_erf_kernel(sigma).to(dtype=x.dtype, device=x.device)
+        shape = [1, 1, 1, 1, 1]
+        shape[k + 2] = -1
+        padding = [0, 0, 0]
+        padding[k] = (kernel.numel() - 1) // 2
+        out = F.conv3d(out, kernel.reshape(shape), padding=tuple(padding))
     return out.reshape((*batch, *x.shape[-3:]))
+
+
+def gaussian_erf_kernel(sigma_voxels: float, truncated: float = 4.0) -> torch.Tensor:
+    """MONAI's ``gaussian_1d(sigma, truncated, approx="erf", normalize=True)`` (float32), without
+    importing MONAI (1.5 s): the Gaussian integrated over each voxel, ``2 tail + 1`` taps
+    with ``tail = int(max(sigma * truncated, 0.5) + 0.5)``, normalised to sum 1."""
+    sigma = torch.tensor(float(sigma_voxels), dtype=torch.float32)
+    tail = int(max(float(sigma) * truncated, 0.5) + 0.5)
+    t = torch.arange(-tail, tail + 1, dtype=torch.float32)
+    scale = 0.70710678 / sigma.abs()
+    out = (0.5 * ((scale * (t + 0.5)).erf() - (scale * (t - 0.5)).erf())).clamp(min=0)
+    return out / out.sum()
