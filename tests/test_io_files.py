@@ -392,7 +392,7 @@ def test_scan_datasets_are_checked_before_their_data_is_read(
         ("text", {"data": np.array(["x"] * size, dtype="S4").reshape(shape)}, "dtype"),
         ("compound", {"shape": shape, "dtype": [("a", "f4"), ("b", "f4")]}, "dtype"),
         ("wide", {"shape": shape, "dtype": "f16" if hasattr(np, "float128") else "c16"}, "dtype"),
-        ("flat", {"shape": (size,), "dtype": "f4"}, r"shape \(%d,\)" % size),
+        ("flat", {"shape": (size,), "dtype": "f4"}, rf"shape \({size},\)"),
         ("huge", {"shape": (2**15, 2**15), "dtype": "f4", "chunks": (512, 512)}, "shape"),
         # a chunk may be larger than a resizable dataset: its decompression is capped too
         (
@@ -502,7 +502,9 @@ def test_dicom_series_folder_has_mkdir_mode_and_a_failure_leaves_no_folder(
 
     geometry = ImageGeometry(shape=(4, 4, 3), voxel_size_mm=(1.0, 1.0, 2.0), origin_mm=(0, 0, 0))
     metadata = AcquisitionMetadata(
-        duration_s=600.0, injection_time="2026-03-02T09:00:00", acquisition_start="2026-03-02T10:00:00"
+        duration_s=600.0,
+        injection_time="2026-03-02T09:00:00",
+        acquisition_start="2026-03-02T10:00:00",
     )
     old = os.umask(0o022)
     try:

@@ -405,7 +405,9 @@ def _read_metadata(group: Any, where: str) -> AcquisitionMetadata:
     return AcquisitionMetadata(**kwargs)
 
 
-def read_truth(path: str | os.PathLike[str], max_elements: int | None = None) -> dict[str, Any] | None:
+def read_truth(
+    path: str | os.PathLike[str], max_elements: int | None = None
+) -> dict[str, Any] | None:
     """The simulation truth stored with a scan, or None when the file has none.
 
     Returns:
