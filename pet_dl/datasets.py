@@ -123,13 +123,30 @@ def load_recipe(recipe: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str,
     if not factors or any(float(f) < 1 for f in factors):
         raise ValueError(f"reduction_factors must be numbers >= 1, got {factors}")
     ranges = []
+    subject_of: dict[str, str] = {}
     for split, spec in r["splits"].items():
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; use {SPLITS}")
+        unknown = sorted(set(spec) - {"seeds", "subjects"})
+        if unknown:
+            raise ValueError(f"split {split!r}: unknown key(s) {unknown}; valid: seeds, subjects")
         lo, hi = (int(v) for v in spec["seeds"])
         if not 0 <= lo < hi:
             raise ValueError(f"split {split!r}: seeds must be [start, stop) with 0 <= start < stop")
+        subjects = spec.get("subjects")
+        if subjects is not None:
+            if not subjects or not all(isinstance(s, str) for s in subjects):
+                raise ValueError(f"split {split!r}: subjects must be a non-empty list of strings (quoted: '04')")
+            for s in subjects:
+                if s in subject_of:
+                    raise ValueError(
+                        f"subject {s!r} is listed in split {subject_of[s]!r} and again in {split!r}: "
+                        "each subject belongs to one split"
+                    )
+                subject_of[s] = split
         ranges.append((lo, hi, split))
+    if subject_of and not all("subjects" in spec for spec in r["splits"].values()):
+        raise ValueError("either every split names its subjects or none does")
     ranges.sort()
     for (_, hi, a), (lo, _, b) in zip(ranges, ranges[1:]):
         if lo < hi:
@@ -213,7 +230,43 @@ def phantom_of_seed(recipe: Mapping[str, Any], seed: int, image: ImageGeometry |
     if image is None:
         image = recipe_geometry(recipe)[1]
     g = torch.Generator().manual_seed(int(seed))
-    return add_recipe_lesions(recipe, phantoms.make_phantom(recipe["phantom"], image, g), g)
+    kwargs = {}
+    subject = subject_of_seed(recipe, seed)
+    if subject is not None:
+        kwargs["subject"] = subject
+    return add_recipe_lesions(recipe, phantoms.make_phantom(recipe["phantom"], image, g, **kwargs), g)
+
+
+def subject_of_seed(recipe: Mapping[str, Any], seed: int) -> str | None:
+    """The anatomy (subject) of phantom ``seed`` in a recipe whose splits name subjects.
+
+    Seed ``s`` of a split with subjects ``[a, b, c]`` and seeds ``[lo, hi)`` is subject
+    ``subjects[(s - lo) % 3]``: every subject gets every ``len(subjects)``-th seed, so the
+    phantoms of one subject differ only in what the seed draws (uptake, pose, slice, lesions).
+
+    Returns:
+        None when the recipe's splits name no subjects (synthetic anatomies).
+
+    Raises:
+        ValueError: the splits name subjects but no split holds ``seed``.
+    """
+    splits = recipe.get("splits") or {}
+    if not any("subjects" in spec for spec in splits.values()):
+        return None
+    for spec in splits.values():
+        lo, hi = (int(v) for v in spec["seeds"])
+        if lo <= int(seed) < hi:
+            subjects = spec["subjects"]
+            return str(subjects[(int(seed) - lo) % len(subjects)])
+    raise ValueError(
+        f"seed {seed} is in no split of recipe {recipe.get('name')!r}: its subjects are given per split"
+    )
+
+
+def recipe_subjects(recipe: Mapping[str, Any], split: str) -> list[str]:
+    """The subjects of ``split`` (empty for a recipe of synthetic anatomies)."""
+    spec = (recipe.get("splits") or {}).get(split) or {}
+    return [str(s) for s in spec.get("subjects") or ()]
 
 
 def add_recipe_lesions(

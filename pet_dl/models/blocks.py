@@ -55,11 +55,60 @@ def image_scale(initial: torch.Tensor, sensitivity: torch.Tensor) -> torch.Tenso
     return mean.clamp_min(1e-12).view(-1, 1, 1, 1)
 
 
+def count_density(
+    prompts: torch.Tensor, additive: torch.Tensor, initial: torch.Tensor,
+    voxel_size_mm: tuple[float, float, float],
+) -> torch.Tensor:
+    """Net counts per mL of the imaged object, measured from the scan itself.
+
+    The count level that sets a reconstruction's noise: the estimated trues (prompts less
+    the additive randoms + scatter expectation, summed over the sinogram) divided by the
+    volume of the object, which is the support of the initial image after a 5-voxel box
+    filter (voxels above 10 % of its maximum). It needs no dose metadata, so a real scan
+    gets the same treatment as a simulated one.
+
+    Args:
+        prompts, additive: ``(B, *sino)`` counts.
+        initial: ``(B, nx, ny, nz)`` initial image (any unit; only its support is used).
+        voxel_size_mm: the image grid's voxel size, mm.
+
+    Returns:
+        ``(B,)`` counts per mL (float32, positive).
+    """
+    trues = (prompts.float() - additive.float()).flatten(1).sum(1).clamp_min(1.0)
+    x = initial.float().clamp_min(0.0)
+    if x.shape[-1] == 1:  # 2D: one plane
+        smooth = F.avg_pool2d(x[..., 0].unsqueeze(1), 5, stride=1, padding=2, count_include_pad=False)
+    else:
+        smooth = F.avg_pool3d(x.unsqueeze(1), 5, stride=1, padding=2, count_include_pad=False)
+    peak = smooth.flatten(1).amax(1).clamp_min(1e-30)
+    support = (smooth.flatten(1) > 0.1 * peak[:, None]).sum(1).clamp_min(1)
+    voxel_ml = float(voxel_size_mm[0]) * float(voxel_size_mm[1]) * float(voxel_size_mm[2]) / 1000.0
+    return trues / (support.float() * voxel_ml)
+
+
+def count_level(
+    prompts: torch.Tensor, additive: torch.Tensor, initial: torch.Tensor,
+    voxel_size_mm: tuple[float, float, float], reference_density: float,
+) -> torch.Tensor:
+    """The scan's count level relative to a full-dose reference, ``(B,)`` in [1e-3, 10].
+
+    :func:`count_density` divided by ``reference_density`` (the median full-dose density of a
+    model's training scans): about the dose fraction for scans like the training ones, and
+    the right conditioning for a scan of unknown dose (a real acquisition, a short frame).
+    """
+    if reference_density <= 0:
+        raise ValueError(f"reference_density must be positive, got {reference_density}")
+    density = count_density(prompts, additive, initial, voxel_size_mm)
+    return (density / float(reference_density)).clamp(1e-3, 10.0)
+
+
 def dose_channel(dose_fraction: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """A constant channel holding ``log(dose_fraction) / log(100)`` (0 at full dose, -1 at 1/100).
 
     Args:
-        dose_fraction: ``(B,)`` in (0, 1].
+        dose_fraction: ``(B,)`` positive: the dose fraction, or a measured count level
+            (:func:`count_level`, which may exceed 1).
         like: channel-first tensor ``(B, C, *spatial)`` whose layout the result copies.
 
     Returns:

@@ -39,6 +39,7 @@ class LearnedPrimalDual(ReconNetwork):
         width, depth: size of each per-iteration convolution stack.
         init_iterations, init_subsets: OSEM of the initial image when the batch has none.
         checkpointing: recompute each iteration in the backward pass.
+        count_reference: see :class:`~pet_dl.models.base.ReconNetwork` (count-level conditioning).
     """
 
     def __init__(
@@ -52,8 +53,11 @@ class LearnedPrimalDual(ReconNetwork):
         init_iterations: int = 10,
         init_subsets: int = 1,
         checkpointing: bool = False,
+        count_reference: float | None = None,
     ) -> None:
-        super().__init__(spatial_dims, init_iterations, init_subsets, checkpointing)
+        super().__init__(
+            spatial_dims, init_iterations, init_subsets, checkpointing, count_reference
+        )
         if num_iterations < 1:
             raise ValueError(f"num_iterations must be >= 1, got {num_iterations}")
         self.num_iterations = num_iterations
@@ -98,7 +102,7 @@ class LearnedPrimalDual(ReconNetwork):
 
     def forward(self, batch: ReconBatch) -> torch.Tensor:
         """Reconstruct ``batch``: returns ``(B, nx, ny, nz)`` in Bq/mL."""
-        model, prompts, sens, x0, scale = self.start(batch)
+        model, prompts, sens, x0, scale, dose = self.start(batch)
         b = batch.batch_size
         with torch.autocast(device_type=prompts.device.type, enabled=False):
             sens_mean = sens.flatten(1).mean(1).clamp_min(1e-12).view(-1, 1, 1, 1)
@@ -106,7 +110,7 @@ class LearnedPrimalDual(ReconNetwork):
         y_n = self._sino_channels(prompts / y_scale)
         u = to_channels(x0 / scale, self.spatial_dims).repeat(1, self.num_primal, *([1] * self.spatial_dims))
         h = torch.zeros(b, self.num_dual, *y_n.shape[2:], device=u.device, dtype=u.dtype)
-        args = (y_n, y_scale, scale, sens_mean, batch.dose_fraction, model)
+        args = (y_n, y_scale, scale, sens_mean, dose, model)
         for k in range(self.num_iterations):
             if self.checkpointing and torch.is_grad_enabled():
                 u, h = checkpoint(self._iteration, k, u, h, *args, use_reentrant=False)

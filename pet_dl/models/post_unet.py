@@ -28,6 +28,7 @@ class PostUNet(ReconNetwork):
         init_iterations, init_subsets: OSEM of the initial image when the batch has none.
         checkpointing: accepted for a uniform interface (one network: no per-iteration
             checkpointing; the UNet is checkpointed as a whole when set).
+        count_reference: see :class:`~pet_dl.models.base.ReconNetwork` (count-level conditioning).
         flip_ensemble: spatial axes (0 = x, 1 = y, 2 = z) over whose flips the UNet's
             output is averaged (:func:`pet_dl.models.blocks.flip_averaged`).
     """
@@ -41,9 +42,12 @@ class PostUNet(ReconNetwork):
         init_iterations: int = 10,
         init_subsets: int = 1,
         checkpointing: bool = False,
+        count_reference: float | None = None,
         flip_ensemble: tuple[int, ...] = (),
     ) -> None:
-        super().__init__(spatial_dims, init_iterations, init_subsets, checkpointing)
+        super().__init__(
+            spatial_dims, init_iterations, init_subsets, checkpointing, count_reference
+        )
         self.net = PaddedUNet(
             spatial_dims, 2, 1, channels, strides, num_res_units, flip_axes=flip_ensemble
         )
@@ -53,7 +57,7 @@ class PostUNet(ReconNetwork):
         start = self.start(batch)
         scale = start.scale
         u = to_channels(start.initial / scale, self.spatial_dims)
-        inp = torch.cat([u, dose_channel(batch.dose_fraction, u)], dim=1)
+        inp = torch.cat([u, dose_channel(start.dose, u)], dim=1)
         if self.checkpointing and torch.is_grad_enabled():
             from torch.utils.checkpoint import checkpoint
 

@@ -76,6 +76,7 @@ class UnrolledEM(ReconNetwork):
         init_iterations, init_subsets: OSEM of the initial image when the batch has none.
         initial_fusion_weight: starting value of ``softplus^-1(beta_k)``.
         checkpointing: recompute each iteration in the backward pass (saves memory).
+        count_reference: see :class:`~pet_dl.models.base.ReconNetwork` (count-level conditioning).
         data_subsets: view subsets of each iteration's data step: 1 is one MLEM update
             (FBSEM), ``S > 1`` one OSEM pass of ``S`` updates (faster data fidelity for
             the same projections). The parameters do not depend on it, so a network can
@@ -99,11 +100,14 @@ class UnrolledEM(ReconNetwork):
         init_subsets: int = 1,
         initial_fusion_weight: float = 0.0,
         checkpointing: bool = False,
+        count_reference: float | None = None,
         norm: str | None = "instance",
         data_subsets: int = 1,
         flip_ensemble: tuple[int, ...] = (),
     ) -> None:
-        super().__init__(spatial_dims, init_iterations, init_subsets, checkpointing)
+        super().__init__(
+            spatial_dims, init_iterations, init_subsets, checkpointing, count_reference
+        )
         if num_iterations < 1:
             raise ValueError(f"num_iterations must be >= 1, got {num_iterations}")
         if data_subsets < 1:
@@ -145,16 +149,16 @@ class UnrolledEM(ReconNetwork):
 
     def forward(self, batch: ReconBatch) -> torch.Tensor:
         """Reconstruct ``batch``: returns ``(B, nx, ny, nz)`` in Bq/mL."""
-        model, prompts, sens, x0, scale = self.start(batch)
+        model, prompts, sens, x0, scale, dose = self.start(batch)
         with torch.autocast(device_type=prompts.device.type, enabled=False):
             subsets = OrderedSubsets.of_scan(model, prompts, self.data_subsets)
         u = x0 / scale
         for k in range(self.num_iterations):
             if self.checkpointing and torch.is_grad_enabled():
                 u = checkpoint(
-                    self._iteration, k, u, subsets, sens, scale, batch.dose_fraction,
+                    self._iteration, k, u, subsets, sens, scale, dose,
                     use_reentrant=False,
                 )
             else:
-                u = self._iteration(k, u, subsets, sens, scale, batch.dose_fraction)
+                u = self._iteration(k, u, subsets, sens, scale, dose)
         return u * scale

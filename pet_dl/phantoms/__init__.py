@@ -1,6 +1,6 @@
 """Seeded digital phantoms (activity in Bq/mL, mu in 1/mm at 511 keV, lesion labels).
 
-``make_phantom("brain" | "brain_folded" | "brain_varied" | "torso" | "nema", image, generator)`` builds one
+``make_phantom("brain" | "brain_folded" | "brain_varied" | "brainweb" | "torso" | "nema", image, generator)`` builds one
 on an :class:`~pet_dl.geometry.ImageGeometry`; :func:`add_lesions` inserts hot lesions;
 :func:`image_phantom` makes one from given activity and mu volumes (a real anatomy).
 See ``docs/phantoms.md``.
@@ -24,6 +24,7 @@ from pet_dl.phantoms.base import (
     Phantom,
 )
 from pet_dl.phantoms.brain import brain_phantom, varied_brain_phantom
+from pet_dl.phantoms.brainweb import BRAINWEB_SUBJECTS, brainweb_phantom
 from pet_dl.phantoms.from_image import image_phantom
 from pet_dl.phantoms.lesions import add_lesions
 from pet_dl.phantoms.nema import SPHERE_DIAMETERS_MM, nema_phantom
@@ -36,6 +37,7 @@ PHANTOMS: dict[str, Callable[..., Phantom]] = {
     "brain": brain_phantom,
     "brain_folded": functools.partial(brain_phantom, cortex="folded"),
     "brain_varied": varied_brain_phantom,
+    "brainweb": brainweb_phantom,
     "torso": torso_phantom,
     "nema": nema_phantom,
 }
@@ -44,9 +46,10 @@ PHANTOMS: dict[str, Callable[..., Phantom]] = {
 def make_phantom(
     name: str, image: ImageGeometry, generator: torch.Generator, **kwargs: Any
 ) -> Phantom:
-    """Build the phantom called ``name`` (``"brain"``, ``"brain_folded"``, ``"brain_varied"``, ``"torso"``, ``"nema"``) on ``image``.
+    """Build the phantom called ``name`` (``"brain"``, ``"brain_folded"``, ``"brain_varied"``, ``"brainweb"``, ``"torso"``, ``"nema"``) on ``image``.
 
-    Keyword arguments go to the phantom's function (e.g. ``grey_white_ratio``).
+    Keyword arguments go to the phantom's function (e.g. ``grey_white_ratio``; ``"brainweb"``
+    needs ``subject``, a real anatomy: :mod:`pet_dl.phantoms.brainweb`).
     """
     try:
         build = PHANTOMS[name]
@@ -58,6 +61,7 @@ def make_phantom(
 
 
 __all__ = [
+    "BRAINWEB_SUBJECTS",
     "MU_BONE",
     "MU_LUNG",
     "MU_SOFT_TISSUE",
@@ -69,6 +73,7 @@ __all__ = [
     "Phantom",
     "add_lesions",
     "brain_phantom",
+    "brainweb_phantom",
     "image_phantom",
     "make_phantom",
     "nema_phantom",

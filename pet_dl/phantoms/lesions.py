@@ -9,6 +9,7 @@ import torch
 
 from pet_dl.phantoms.base import MU_SOFT_TISSUE, MU_SPONGY_BONE, Lesion, Phantom, uniform
 from pet_dl.phantoms.brain import BRAIN_TISSUES
+from pet_dl.phantoms.brainweb import BRAIN_TISSUES as BRAINWEB_BRAIN_TISSUES
 from pet_dl.phantoms.shapes import rasterize, sphere
 
 # Where lesions go by default, per phantom name (other phantoms: any tissue with activity
@@ -17,6 +18,7 @@ LESION_TISSUES: dict[str, tuple[str, ...]] = {
     "brain": BRAIN_TISSUES,
     "brain_folded": BRAIN_TISSUES,
     "brain_varied": BRAIN_TISSUES,
+    "brainweb": BRAINWEB_BRAIN_TISSUES,
     "torso": ("soft_tissue", "liver", "lung", "spleen", "kidney"),
     "nema": ("background",),
 }
@@ -44,6 +46,7 @@ def add_lesions(
     tissues: Sequence[str] | None = None,
     max_attempts: int = 2000,
     supersampling: int = 4,
+    allow_fewer: bool = False,
 ) -> Phantom:
     """A copy of ``phantom`` with ``n`` hot spherical lesions added.
 
@@ -62,6 +65,8 @@ def add_lesions(
         generator: seeded torch generator (required).
         tissues: names of the tissues (``phantom.tissues``) that may hold lesions.
         max_attempts: placement attempts before giving up.
+        allow_fewer: after ``max_attempts``, keep the lesions placed so far instead of
+            raising (real anatomies: a slice near the vertex may have room for none).
         supersampling: sub-samples per axis for partial-volume voxels.
 
     Returns:
@@ -113,6 +118,8 @@ def add_lesions(
     while placed < n:
         attempts += 1
         if attempts > max_attempts:
+            if allow_fewer:
+                break
             raise ValueError(
                 f"could place only {placed} of {n} lesions of {dmin}-{dmax} mm in the "
                 f"{phantom.name} phantom; use fewer or smaller lesions"
