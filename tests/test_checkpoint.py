@@ -156,3 +156,26 @@ def test_model_card(tmp_path: Path, generator: torch.Generator) -> None:
     assert "unrolled_em" in card and "[4, 10, 20]" in card and "test" in card
     config, metadata = read_checkpoint_header(path)
     assert config == CONFIG and metadata["training_command"] in card
+
+
+def test_model_version_is_saved_and_read_back(tmp_path: Path, generator: torch.Generator) -> None:
+    """save_checkpoint records model_version; the header, LoadedModel and the model card read
+    it back; a file without one reads None; a copy keeps its source's unless given another."""
+    from pet_dl.io.checkpoint import model_version
+
+    model = _random_model(generator)
+    path = save_checkpoint(tmp_path / "v.safetensors", model, CONFIG, METADATA, model_version="v99-test")
+    assert model_version(read_checkpoint_header(path)[1]) == "v99-test"
+    loaded = load_checkpoint(path)
+    assert loaded.model_version == "v99-test"
+    assert "- model version: v99-test" in write_model_card(tmp_path / "card.md", path).read_text()
+    copy = save_checkpoint(tmp_path / "c.safetensors", loaded.model, loaded.config, loaded.metadata)
+    assert load_checkpoint(copy).model_version == "v99-test"
+    renamed = save_checkpoint(tmp_path / "r.safetensors", model, CONFIG, loaded.metadata, model_version="v100")
+    assert load_checkpoint(renamed).model_version == "v100"
+
+    plain = save_checkpoint(tmp_path / "p.safetensors", model, CONFIG, METADATA)
+    assert load_checkpoint(plain).model_version is None
+    assert "- model version: not recorded" in write_model_card(tmp_path / "p.md", plain).read_text()
+    with pytest.raises(CheckpointError, match="model_version"):
+        save_checkpoint(tmp_path / "e.safetensors", model, CONFIG, METADATA, model_version=" ")

@@ -230,6 +230,12 @@ def test_export_switches_on_the_flip_ensemble_with_the_same_weights(tmp_path: Pa
     by_hand = 0.5 * (reg(x) + reg(x.flip(2)).flip(2))
     assert torch.allclose(loaded.model.regularisers[0](x), by_hand, rtol=1e-5, atol=1e-6)
     assert export_main([str(src), str(tmp_path / "bad.safetensors"), "--flip-ensemble", "2"]) == 2
+    stamped = tmp_path / "stamped.safetensors"
+    assert export_main([str(src), str(stamped), "--model-version", "v99-test"]) == 0  # weights kept
+    assert load_checkpoint(stamped).model_version == "v99-test"
+    for (key, a), b in zip(load_checkpoint(src).model.state_dict().items(),
+                           load_checkpoint(stamped).model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), key
     assert not (tmp_path / "bad.safetensors").exists()
     with pytest.raises(SystemExit):
         export_main([str(src), str(tmp_path / "x.safetensors")])  # nothing to change
@@ -408,10 +414,11 @@ def test_run_paths_follow_the_run_folder(tmp_path: Path, monkeypatch: pytest.Mon
     assert Path(cli.trainer.logger.save_dir) == run
     assert cli.config.trainer.logger.init_args.name == run.name  # the wandb run name
     export = next(c for c in cli.trainer.callbacks if isinstance(c, ExportCallback))
-    written: list[Path] = []
-    monkeypatch.setattr(export_module_file, "export_module", lambda module, path, command: written.append(path))
+    written: list[tuple[Path, str | None]] = []
+    monkeypatch.setattr(export_module_file, "export_module",
+                        lambda module, path, command, model_version=None: written.append((path, model_version)))
     export.on_fit_end(SimpleNamespace(is_global_zero=True, default_root_dir=str(run)), cli.model)
-    assert written == [run / "pet_dl_2d.safetensors"]
+    assert written == [(run / "pet_dl_2d.safetensors", run.name)]  # the run folder names the weights
 
     cli = main(["--config", str(root / "configs" / "post_unet2d.yaml"),
                 "--trainer.default_root_dir", str(run)], run=False)

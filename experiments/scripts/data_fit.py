@@ -1,4 +1,4 @@
-"""How well a network's images explain the measured data, against OSEM's (docs/results.md).
+"""How well a network's images explain the measured data, against OSEM's (docs/experiments.md).
 
     python experiments/scripts/data_fit.py [CHECKPOINT] [--first 101400 --phantoms 40]
         [--recipe data/brain2d.yaml] [--sirf-brain $PET_DL_TEST_DATA/sirf_phantoms/brain]

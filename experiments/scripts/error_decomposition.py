@@ -1,4 +1,4 @@
-"""Bias / noise split of a network's error on held-out phantoms (docs/results.md).
+"""Bias / noise split of a network's error on held-out phantoms (docs/experiments.md).
 
     python experiments/scripts/error_decomposition.py [CHECKPOINT ...] [--phantoms 8] [--realisations 4]
 

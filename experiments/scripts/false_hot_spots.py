@@ -6,7 +6,7 @@ On the test phantoms of ``data/brain2d.yaml`` (lesions never used in training), 
 with :func:`pet_dl.evaluate.scoring.false_hot_spots` the places where an image's 4 mm-ball mean is more
 than 50 % above that of the truth blurred by the scanner's PSF, outside the true lesions
 (dilated by 2 voxels), for OSEM with the parameters chosen on validation
-(docs/results.md), the shipped model and any other checkpoints, at full dose and factor
+(docs/experiments.md), the shipped model and any other checkpoints, at full dose and factor
 20. Prints a markdown table: mean hot spots per image and the share of images with any.
 """
 

@@ -7,7 +7,7 @@ truth blurred by the PSF: this prints that image's SUVmean / SUVmax bias (%, ± 
 standard errors over lesions) per diameter bin of :func:`pet_dl.evaluate.bias_by_size`,
 for the first ``--phantoms`` test phantoms of ``data/brain2d.yaml`` (no noise, no
 reconstruction), at the recipe's PSF FWHM or the ones given. Beside the ``evaluate``
-tables (docs/results.md, "The factor-20 targets on 200 test phantoms") it tells how much of
+tables (docs/experiments.md, "The factor-20 targets on 200 test phantoms") it tells how much of
 a method's lesion bias is partial volume that only resolution recovery can undo.
 """
 

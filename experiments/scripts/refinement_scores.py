@@ -1,4 +1,4 @@
-"""NRMSE of a network's images refined by a few OSEM iterations from them (docs/results.md).
+"""NRMSE of a network's images refined by a few OSEM iterations from them (docs/experiments.md).
 
     python experiments/scripts/refinement_scores.py [CHECKPOINT] [--recipe data/brain2d.yaml]
         [--first 101400 --phantoms 16] [--sirf-brain $PET_DL_TEST_DATA/sirf_phantoms/brain]

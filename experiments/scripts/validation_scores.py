@@ -1,4 +1,4 @@
-"""Validation scores that chose the shipped model (docs/results.md, "Experiments").
+"""Validation scores that chose the shipped model (docs/experiments.md, "Experiments").
 
     python experiments/scripts/validation_scores.py [CHECKPOINT ...] [--first 100000 --phantoms 32]
         [--data-subsets 1 2 3 7] [--flip-ensemble none 0 1 01] [--osem]
@@ -6,7 +6,7 @@
 
 For each checkpoint (default: the shipped model) prints, per dose factor, the mean NRMSE
 and the SUVmean / SUVmax bias of the lesions >= 8 mm pooled over the phantoms (%), then
-the NRMSE averaged over the factors (the choice rule's tie-break, docs/results.md), on
+the NRMSE averaged over the factors (the choice rule's tie-break, docs/experiments.md), on
 phantoms simulated from ``data/brain2d.yaml`` with seeds ``first .. first + phantoms - 1``
 (default: the 8 validation seeds and 24 more of no split), one noise realisation.
 ``--data-subsets`` rescores each network with those ``UnrolledEM.data_subsets`` (not
@@ -43,7 +43,7 @@ from pet_dl.inference import load_model  # noqa: E402
 from pet_dl.recon.filters import gaussian_postfilter  # noqa: E402
 
 FACTORS = [1.0, 4.0, 10.0, 20.0, 50.0, 100.0]
-# OSEM (iterations x 7 subsets, post-filter FWHM mm) chosen on validation, docs/results.md
+# OSEM (iterations x 7 subsets, post-filter FWHM mm) chosen on validation, docs/experiments.md
 OSEM_CHOSEN = {1.0: (15, 2.0), 4.0: (10, 4.0), 10.0: (6, 4.0), 20.0: (4, 4.0), 50.0: (4, 6.0), 100.0: (2, 6.0)}
 
 

@@ -6,6 +6,8 @@ resolved model config (``build_model``'s input) and of the training metadata:
 - ``"sinogram"``: :meth:`SinogramGeometry.to_dict` of the training geometry,
 - ``"image"``: :meth:`ImageGeometry.to_dict` of the training image grid,
 - ``"reduction_factors"``: dose reduction factors seen in training (e.g. ``[4, 10, 20]``),
+- ``"model_version"``: the name of this set of weights (e.g. ``"v20-mixdense"``; files
+  written before the field have none),
 - ``"pet_dl_version"`` (filled in when absent), ``"training_command"``, free extras.
 
 Loading parses JSON and raw tensors only: nothing is unpickled, so a checkpoint cannot
@@ -54,6 +56,11 @@ class LoadedModel:
     metadata: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
 
+    @property
+    def model_version(self) -> str | None:
+        """The weights' ``metadata["model_version"]``; None for files written before it."""
+        return model_version(self.metadata)
+
     def with_network_options(self, options: Mapping[str, Any]) -> LoadedModel:
         """The same weights in a network rebuilt with ``options`` set in its config.
 
@@ -79,6 +86,12 @@ class LoadedModel:
         return LoadedModel(model.to(device).eval(), config, dict(self.metadata), self.path)
 
 
+def model_version(metadata: Mapping[str, Any]) -> str | None:
+    """The model version recorded in checkpoint ``metadata``, or None when there is none."""
+    version = metadata.get("model_version")
+    return str(version) if version else None
+
+
 def _atomic_target(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -99,6 +112,7 @@ def save_checkpoint(
     config: Mapping[str, Any],
     metadata: Mapping[str, Any],
     weights_dtype: torch.dtype | None = None,
+    model_version: str | None = None,
 ) -> Path:
     """Write ``model``'s weights, ``config`` and ``metadata`` to one ``.safetensors`` file.
 
@@ -114,6 +128,8 @@ def save_checkpoint(
         weights_dtype: store floating-point weights in this dtype (``torch.float16``:
             half the file; :func:`load_checkpoint` loads them into the model's float32
             parameters) and record it as ``metadata["weights_dtype"]``; ``None``: as they are.
+        model_version: recorded as ``metadata["model_version"]`` (read back by
+            :func:`model_version`); ``None``: ``metadata``'s own, if any.
 
     Returns:
         The written path.
@@ -126,6 +142,10 @@ def save_checkpoint(
         raise CheckpointError("checkpoint config needs a 'name' (the model registry key)")
     meta = dict(metadata)
     meta.setdefault("pet_dl_version", __version__)
+    if model_version is not None:
+        if not str(model_version).strip():
+            raise CheckpointError("model_version must not be empty")
+        meta["model_version"] = str(model_version)
     if weights_dtype is not None:
         if not weights_dtype.is_floating_point:
             raise CheckpointError(f"weights_dtype must be a floating-point dtype, got {weights_dtype}")
@@ -323,6 +343,7 @@ def write_model_card(
         "## Facts",
         "",
         f"- file: `{ckpt.name}`, {ckpt.stat().st_size} bytes, sha256 `{digest}`",
+        f"- model version: {model_version(metadata) or 'not recorded'}",
         f"- architecture: `{config.get('name')}`",
         f"- pet_dl version: {metadata.get('pet_dl_version', 'unknown')}",
         f"- trained for scanner: {scanner_name or 'unknown'}",

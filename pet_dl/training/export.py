@@ -7,6 +7,9 @@ network (:func:`with_network_options`; the input may then also be a ``.safetenso
 ``--float16`` stores the weights as float16 (half the file, loaded into float32
 parameters; the shipped model scores the same to every printed digit, docs/training.md).
 
+``--model-version NAME`` records the weights' name (``metadata["model_version"]``; the
+:class:`ExportCallback` uses the run folder's name).
+
 Besides the geometry, the metadata records ``train_seeds``: the recipe's train phantom
 seed range as :func:`pet_dl.datasets.seeds_to_json` writes it (``{"start", "stop"}``),
 so that ``python -m pet_dl evaluate`` refuses a test set that overlaps it.
@@ -112,6 +115,7 @@ def export_module(
     path: str | Path,
     training_command: str = "",
     train_seeds: range | Mapping[str, int] | list[int] | None = None,
+    model_version: str | None = None,
 ) -> Path:
     """Write ``module``'s network, resolved config and training geometry to ``path``.
 
@@ -122,6 +126,7 @@ def export_module(
         train_seeds: the training phantom seeds (a ``range``, ``{"start", "stop"}`` or a
             list); default: ``geometry_metadata["train_seeds"]``, else the recipe of the
             train dataset of the module's trainer's data module.
+        model_version: the weights' name, recorded in the metadata (``None``: none).
 
     Returns:
         ``path``.
@@ -143,7 +148,7 @@ def export_module(
         train_seeds=train_seeds, find_train_seeds=find_train_seeds,
     )
     module.net.eval()
-    return save_checkpoint(path, module.net, config, meta)
+    return save_checkpoint(path, module.net, config, meta, model_version=model_version)
 
 
 def export_lightning_checkpoint(
@@ -153,6 +158,7 @@ def export_lightning_checkpoint(
     train_seeds: range | Mapping[str, int] | list[int] | None = None,
     network_options: Mapping[str, Any] | None = None,
     weights_dtype: torch.dtype | None = None,
+    model_version: str | None = None,
 ) -> Path:
     """Export a Lightning ``.ckpt`` of a :class:`ReconModule` without unpickling code.
 
@@ -163,7 +169,7 @@ def export_lightning_checkpoint(
     named by the saved data-module hyper-parameters (``recipe`` or ``data_dir``, read
     relative to the working folder). ``network_options`` are set in the exported network
     config (parameter-free ones such as ``flip_ensemble``; the weights must still fit);
-    ``weights_dtype`` as in :func:`pet_dl.io.checkpoint.save_checkpoint`.
+    ``weights_dtype`` and ``model_version`` as in :func:`pet_dl.io.checkpoint.save_checkpoint`.
 
     Returns:
         ``out``.
@@ -183,6 +189,8 @@ def export_lightning_checkpoint(
         find_train_seeds=lambda: _hparams_train_seeds(ckpt_data.get("datamodule_hyper_parameters") or {}),
     )
     config.update(network_options or {})
+    if model_version is not None:
+        meta["model_version"] = model_version
     return convert_lightning_checkpoint(
         ckpt, out, config=config, metadata=meta, prefix="net.", weights_dtype=weights_dtype
     )
@@ -194,6 +202,7 @@ def with_network_options(
     options: Mapping[str, Any],
     training_command: str = "",
     weights_dtype: torch.dtype | None = None,
+    model_version: str | None = None,
 ) -> Path:
     """Copy a pet_dl ``.safetensors`` checkpoint with network options changed, weights kept
     (:meth:`pet_dl.io.checkpoint.LoadedModel.with_network_options`).
@@ -204,6 +213,7 @@ def with_network_options(
         training_command: appended to the recorded training command (``"; "``-joined).
         weights_dtype: store the weights in this dtype (``torch.float16``: half the file,
             :func:`pet_dl.io.checkpoint.save_checkpoint`); ``None``: float32.
+        model_version: a new model version for the copy; ``None``: the source's.
 
     Returns:
         ``out``.
@@ -220,7 +230,7 @@ def with_network_options(
     if training_command:
         meta["training_command"] = "; ".join(c for c in (meta.get("training_command"), training_command) if c)
     meta.pop("weights_dtype", None)  # set again by save_checkpoint when still stored so
-    return save_checkpoint(out, loaded.model, loaded.config, meta, weights_dtype)
+    return save_checkpoint(out, loaded.model, loaded.config, meta, weights_dtype, model_version)
 
 
 class ExportCallback(pl.Callback):
@@ -229,20 +239,24 @@ class ExportCallback(pl.Callback):
     Args:
         path: output ``.safetensors`` file; ``None``: ``pet_dl_2d.safetensors`` in the
             trainer's ``default_root_dir`` (the run folder).
+        model_version: recorded in the metadata; ``None``: the run folder's name (e.g.
+            ``brain2d_mix_dense2``).
     """
 
-    def __init__(self, path: str | None = None) -> None:
+    def __init__(self, path: str | None = None, model_version: str | None = None) -> None:
         self.path = path
+        self.model_version = model_version
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero and isinstance(pl_module, ReconModule):
             path = Path(self.path or Path(trainer.default_root_dir) / "pet_dl_2d.safetensors")
             path.parent.mkdir(parents=True, exist_ok=True)
-            export_module(pl_module, path, "python " + shlex.join(sys.argv))
+            version = self.model_version or Path(trainer.default_root_dir).resolve().name
+            export_module(pl_module, path, "python " + shlex.join(sys.argv), model_version=version)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m pet_dl.training.export CKPT OUT [--train-seeds START STOP] [--flip-ensemble AXIS ...] [--float16]``.
+    """``python -m pet_dl.training.export CKPT OUT [--train-seeds START STOP] [--flip-ensemble AXIS ...] [--float16] [--model-version NAME]``.
 
     Prints the path; a bad input is one ``error:`` line and exit code 2.
     """
@@ -263,13 +277,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--float16", action="store_true",
                         help="store the weights as float16 (half the file; loaded as float32)")
+    parser.add_argument("--model-version", default=None, metavar="NAME",
+                        help="the weights' name, recorded in the metadata (default: the input's, if any)")
     args = parser.parse_args(argv)
     seeds = None if args.train_seeds is None else range(*args.train_seeds)
     if seeds is not None and (seeds.start < 0 or not seeds):
         parser.error(f"--train-seeds needs 0 <= START < STOP, got {args.train_seeds}")
     from_safetensors = args.ckpt.endswith(".safetensors")
-    if from_safetensors and (seeds is not None or (args.flip_ensemble is None and not args.float16)):
-        parser.error("a .safetensors input takes --flip-ensemble and/or --float16, and no --train-seeds")
+    if from_safetensors and (
+        seeds is not None or (args.flip_ensemble is None and not args.float16 and args.model_version is None)
+    ):
+        parser.error("a .safetensors input takes --flip-ensemble, --float16 and/or --model-version, "
+                     "and no --train-seeds")
     options = {} if args.flip_ensemble is None else {"flip_ensemble": args.flip_ensemble}
     dtype = torch.float16 if args.float16 else None
     command = args.training_command
@@ -278,9 +297,10 @@ def main(argv: list[str] | None = None) -> int:
         command = export if from_safetensors else "; ".join(c for c in (command, export) if c)
     try:
         if from_safetensors:
-            out = with_network_options(args.ckpt, args.out, options, command, dtype)
+            out = with_network_options(args.ckpt, args.out, options, command, dtype, args.model_version)
         else:
-            out = export_lightning_checkpoint(args.ckpt, args.out, command, seeds, options, dtype)
+            out = export_lightning_checkpoint(args.ckpt, args.out, command, seeds, options, dtype,
+                                              args.model_version)
     except (PetDLError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
