@@ -25,13 +25,15 @@ chunk size, never on the file size (a clinical file is gigabytes).
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from pet_dl.geometry import SinogramGeometry
 from pet_dl.io import ImageFileError
 
 #: Words read per chunk by default (4 Mi words = 16 MiB).
@@ -259,3 +261,474 @@ class PetlinkLayout:
         z = rest // self.num_views
         ring_a, ring_b = self.sinogram_rings()
         return ring_a[z], ring_b[z], v, t
+
+
+# ---------------------------------------------------------------------- header
+@dataclass(frozen=True)
+class ListmodeHeader:
+    """What pet_dl uses from a PETLINK Interfile listmode header (``.l.hdr``).
+
+    Attributes:
+        header_path: the header file.
+        data_path: the listmode data file (``name of data file``, next to the header).
+        data_offset_bytes: bytes before the first record.
+        layout: the span-1 sinogram the bin addresses point into.
+        tag_interval_ms: time between time tags, ms.
+        duration_s: ``image duration (sec)`` of the whole acquisition (None: absent).
+        study_start: acquisition start, ISO 8601 (``%study date`` + ``%study time``).
+        isotope: e.g. ``"F-18"``; half_life_s: its half-life, s; branching_factor.
+        tracer: ``radiopharmaceutical``.
+        injected_activity_bq: ``tracer activity at time of injection (Bq)``.
+        injection_time: ISO 8601 (``%tracer injection date`` + ``time``).
+        energy_window_kev: (lower, upper) level, keV.
+        raw: every key of the header (normalised as in
+            :func:`pet_dl.io.interfile.read_interfile_header`).
+    """
+
+    header_path: Path
+    data_path: Path
+    data_offset_bytes: int
+    layout: PetlinkLayout
+    tag_interval_ms: float = 1.0
+    duration_s: float | None = None
+    study_start: str | None = None
+    isotope: str | None = None
+    half_life_s: float | None = None
+    branching_factor: float | None = None
+    tracer: str | None = None
+    injected_activity_bq: float | None = None
+    injection_time: str | None = None
+    energy_window_kev: tuple[float, float] | None = None
+    raw: dict[str, str] | None = None
+
+
+def _iso(date: str | None, time: str | None) -> str | None:
+    if not date or not time:
+        return None
+    parts = date.replace("-", ":").split(":")
+    clock = time.split(":")
+    if len(parts) != 3 or len(clock) < 3:
+        return None
+    try:
+        y, mo, d = (int(x) for x in parts)
+        h, mi, s = int(clock[0]), int(clock[1]), int(float(clock[2]))
+    except ValueError:
+        return None
+    return f"{y:04d}-{mo:02d}-{d:02d}T{h:02d}:{mi:02d}:{s:02d}"
+
+
+def _find_key(raw: dict[str, str], prefix: str) -> str | None:
+    """The value of the first key that starts with ``prefix`` (keys carry units and
+    time zones in brackets, e.g. ``%study time (hh:mm:ss gmt+00:00)``)."""
+    for key, value in raw.items():
+        if key.lstrip("%").startswith(prefix):
+            return value
+    return None
+
+
+def _float(raw: dict[str, str], prefix: str) -> float | None:
+    value = _find_key(raw, prefix)
+    try:
+        return float(value) if value not in (None, "") else None
+    except ValueError:
+        return None
+
+
+def find_listmode_header(path: str | os.PathLike[str]) -> Path:
+    """The Interfile header of a listmode input.
+
+    ``path`` may be the header itself (``.l.hdr``, ``.hdr``, ``.hdr.STIR``, anything whose
+    first line is ``!INTERFILE``) or the data file ``X.l``: then ``X.l.hdr``, ``X.hdr``
+    and any header in the same folder whose ``name of data file`` is ``X.l`` are tried.
+
+    Raises:
+        ListmodeError: no header found.
+    """
+    from pet_dl.io.interfile import read_interfile_header
+
+    p = Path(path)
+    if not p.exists():
+        raise ListmodeError(f"{p}: no such file")
+    with open(p, "rb") as f:
+        if f.read(10).lstrip().upper().startswith(b"!INTERFILE"):
+            return p
+    for candidate in (p.with_name(p.name + ".hdr"), p.with_suffix(".hdr")):
+        if candidate.is_file():
+            return candidate
+    for candidate in sorted(p.parent.iterdir()):
+        if candidate == p or not candidate.is_file() or candidate.stat().st_size > 1 << 20:
+            continue
+        if ".hdr" not in candidate.name.lower():
+            continue
+        try:
+            raw = read_interfile_header(candidate)
+        except Exception:  # noqa: BLE001 - any unreadable candidate is just not it
+            continue
+        name = raw.get("name of data file", "")
+        if Path(name).name == p.name:
+            return candidate
+    raise ListmodeError(
+        f"{p}: no listmode header found (tried {p.name}.hdr and the headers next to it whose"
+        " 'name of data file' is this file); pass the .l.hdr file"
+    )
+
+
+def read_listmode_header(path: str | os.PathLike[str]) -> ListmodeHeader:
+    """Read a PETLINK listmode header (or find it from the data file, see
+    :func:`find_listmode_header`).
+
+    Raises:
+        ListmodeError: no header, a missing data file, a layout this reader does not
+            handle (not 32-bit words, axial compression other than 1).
+    """
+    from pet_dl.io.interfile import read_interfile_header
+
+    hp = find_listmode_header(path)
+    try:
+        raw = read_interfile_header(hp)
+    except ImageFileError as exc:
+        raise ListmodeError(str(exc)) from None
+    name = raw.get("name of data file")
+    if not name:
+        raise ListmodeError(f"listmode header {hp}: missing 'name of data file'")
+    data = hp.parent / Path(name.replace("\\", "/")).name
+    if Path(path).resolve() != hp.resolve() and not data.is_file():
+        data = Path(path)
+    if not data.is_file():
+        raise ListmodeError(f"listmode header {hp}: data file {data} not found")
+    space = _find_key(raw, "sms-mi header name space")
+    fmt = raw.get("data format", "")
+    if (space is not None and "petlink" not in space.lower()) or (
+        fmt and "coincidencelist" not in fmt.replace(" ", "").lower()
+    ):
+        raise ListmodeError(
+            f"{hp}: not a PETLINK listmode header (header name space {space!r}, data format"
+            f" {fmt!r})"
+        )
+    bits = _find_key(raw, "lm event and tag words format")
+    if bits is not None and bits.strip() not in ("32", "32 bit"):
+        raise ListmodeError(
+            f"listmode header {hp}: {bits}-bit event words; pet_dl reads PETLINK 32-bit listmode"
+        )
+    compression = _float(raw, "axial compression")
+    if compression is not None and int(compression) != 1:
+        raise ListmodeError(
+            f"listmode header {hp}: axial compression {int(compression)}; pet_dl reads"
+            " uncompressed (span 1) PETLINK listmode"
+        )
+
+    def _int(prefix: str, default: int) -> int:
+        value = _float(raw, prefix)
+        return int(value) if value is not None else default
+
+    layout = PetlinkLayout(
+        num_rings=_int("number of rings", 64),
+        num_views=_int("number of views", 252),
+        num_projections=_int("number of projections", 344),
+        max_ring_difference=_int("maximum ring difference", 60),
+    )
+    lower = _float(raw, "energy window lower level")
+    upper = _float(raw, "energy window upper level")
+    return ListmodeHeader(
+        header_path=hp,
+        data_path=data,
+        data_offset_bytes=_int("data offset in bytes", 0),
+        layout=layout,
+        tag_interval_ms=_float(raw, "timing tagwords interval") or 1.0,
+        duration_s=_float(raw, "image duration"),
+        study_start=_iso(_find_key(raw, "study date"), _find_key(raw, "study time")),
+        isotope=raw.get("isotope name") or None,
+        half_life_s=_float(raw, "isotope gamma halflife"),
+        branching_factor=_float(raw, "isotope branching factor"),
+        tracer=raw.get("radiopharmaceutical") or None,
+        injected_activity_bq=_float(raw, "tracer activity at time of injection"),
+        injection_time=_iso(
+            _find_key(raw, "tracer injection date"), _find_key(raw, "tracer injection time")
+        ),
+        energy_window_kev=(lower, upper) if lower is not None and upper is not None else None,
+        raw=raw,
+    )
+
+
+# ---------------------------------------------------------------------- histogramming
+def target_ring_pairs(
+    sinogram: SinogramGeometry, layout: PetlinkLayout
+) -> list[list[tuple[int, int]]]:
+    """The vendor ring pairs ``(ring_a, ring_b)`` that each plane of ``sinogram`` collects.
+
+    A 3D sinogram of the listmode's scanner (same rings) collects the pairs of
+    :meth:`SinogramGeometry.plane_ring_pairs` (pairs beyond the listmode's maximum ring
+    difference are dropped); a one-ring (2D) sinogram collects *all* recorded pairs into
+    its one direct plane (single-slice rebinning of the whole axial field of view, so
+    no count is lost).
+
+    Raises:
+        ListmodeError: the sinogram does not fit the listmode's scanner.
+    """
+    rings = sinogram.scanner.num_rings
+    ring_a, ring_b = layout.sinogram_rings()
+    if rings == 1:
+        return [list(zip(ring_a.tolist(), ring_b.tolist(), strict=True))]
+    if rings != layout.num_rings:
+        raise ListmodeError(
+            f"sinogram of {rings} rings for a listmode of {layout.num_rings} rings: use the"
+            " scanner's rings or one ring (2D)"
+        )
+    mrd = layout.max_ring_difference
+    return [[(a, b) for a, b in plane if abs(b - a) <= mrd] for plane in sinogram.plane_ring_pairs()]
+
+
+def _check_target(sinogram: SinogramGeometry, layout: PetlinkLayout) -> None:
+    sc = sinogram.scanner
+    if sinogram.arc_corrected or sinogram.tof:
+        raise ListmodeError("listmode histogramming needs a non-arc-corrected, non-TOF sinogram")
+    if sc.crystals_per_ring != 2 * layout.num_views:
+        raise ListmodeError(
+            f"sinogram scanner has {sc.crystals_per_ring} crystals per ring; the listmode has"
+            f" {2 * layout.num_views} ({layout.num_views} views)"
+        )
+    if sinogram.num_radial > layout.num_projections:
+        raise ListmodeError(
+            f"sinogram has {sinogram.num_radial} radial bins; the listmode records"
+            f" {layout.num_projections}"
+        )
+
+
+def bin_index_tables(
+    sinogram: SinogramGeometry, layout: PetlinkLayout
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Lookup tables from vendor coordinates to the flat bin index of ``sinogram``.
+
+    Returns:
+        ``plane_of`` int64 ``(num_sinograms,)`` (vendor sinogram -> plane, -1: dropped),
+        ``view_of`` int64 ``(num_views,)`` (vendor view -> stored view, view mashing),
+        ``radial_of`` int64 ``(num_projections,)`` (vendor tangential bin -> radial
+        index, centred; -1 outside a smaller sinogram).
+    """
+    _check_target(sinogram, layout)
+    ring_a, ring_b = layout.sinogram_rings()
+    lut = np.full((layout.num_rings, layout.num_rings), -1, dtype=np.int64)
+    for p, pairs in enumerate(target_ring_pairs(sinogram, layout)):
+        for a, b in pairs:
+            lut[a, b] = p
+    plane_of = lut[ring_a, ring_b]
+    view_of = np.arange(layout.num_views, dtype=np.int64) // sinogram.view_mashing
+    r = np.arange(layout.num_projections) - layout.num_projections // 2 + sinogram.num_radial // 2
+    radial_of = np.where((r >= 0) & (r < sinogram.num_radial), r, -1).astype(np.int64)
+    return plane_of, view_of, radial_of
+
+
+@dataclass
+class ListmodeHistogram:
+    """Prompts and delayeds of one time frame, histogrammed.
+
+    Attributes:
+        prompts: counts per bin, int64 ``sinogram.shape`` (numpy).
+        delayeds: delayed counts per bin, int64 ``sinogram.shape``.
+        delayed_singles: delayed events per detector (fan sums), int64
+            ``(num_rings, 2 * num_views)``: each delayed adds 1 to both its crystals.
+        frame_start_s: start of the frame (first time tag in it), s.
+        duration_s: frame duration (number of time tags in it x tag interval), s.
+        num_prompts, num_delayeds: events in the frame (before any cropping).
+        dropped_prompts: prompts of the frame outside the sinogram (radial range,
+            ring difference): ``num_prompts - prompts.sum()``.
+    """
+
+    prompts: np.ndarray
+    delayeds: np.ndarray
+    delayed_singles: np.ndarray
+    frame_start_s: float
+    duration_s: float
+    num_prompts: int
+    num_delayeds: int
+    dropped_prompts: int
+
+
+class _Accumulator:
+    """Adds flat bin indices into a count array, by bincount when the array is small
+    and by sorted unique counts otherwise (memory set by the chunk, not the sinogram)."""
+
+    def __init__(self, size: int) -> None:
+        self.counts = np.zeros(size, dtype=np.int64 if size <= 1 << 27 else np.int32)
+
+    def add(self, index: np.ndarray) -> None:
+        if index.size == 0:
+            return
+        if self.counts.size <= 8 * index.size:
+            self.counts += np.bincount(index, minlength=self.counts.size).astype(self.counts.dtype)
+        else:
+            uniq, n = np.unique(index, return_counts=True)
+            self.counts[uniq] += n.astype(self.counts.dtype)
+
+
+def histogram_listmode(
+    source: str | os.PathLike[str] | ListmodeHeader,
+    sinogram: SinogramGeometry,
+    frame_start_s: float = 0.0,
+    frame_duration_s: float | None = None,
+    chunk_words: int = DEFAULT_CHUNK_WORDS,
+    progress: bool = False,
+) -> ListmodeHistogram:
+    """Histogram one time frame of a PETLINK 32-bit listmode file into ``sinogram``.
+
+    The file is streamed in chunks of ``chunk_words`` records (memory: the chunk and the
+    output sinograms, independent of the file size). An event belongs to the frame when
+    the last time tag before it, ``T`` (ms), satisfies ``start <= T < start + duration``
+    (events before the first tag count as ``T = 0``).
+
+    Args:
+        source: the listmode data file, its header, or a read :class:`ListmodeHeader`.
+        sinogram: target layout: the listmode's scanner (mMR preset) in span 1, 11, ...,
+            or one ring (``SinogramGeometry.two_d``: all ring pairs rebinned into one
+            direct plane); non-arc-corrected, non-TOF, up to the vendor's 344 radial
+            bins (centred crop), any view mashing.
+        frame_start_s: frame start after the acquisition start, s.
+        frame_duration_s: frame length, s (None: to the end of the file).
+        chunk_words: records per chunk.
+        progress: tqdm progress bar on stderr.
+
+    Returns:
+        :class:`ListmodeHistogram`; its ``duration_s`` is the frame length covered by
+        time tags (shorter than asked when the file ends earlier).
+
+    Raises:
+        ListmodeError: unreadable input, a sinogram that does not fit, a frame with no
+            time tag (it starts after the end of the file).
+    """
+    header = source if isinstance(source, ListmodeHeader) else read_listmode_header(source)
+    layout = header.layout
+    if not (frame_start_s >= 0) or (frame_duration_s is not None and not frame_duration_s > 0):
+        raise ValueError(
+            f"frame start must be >= 0 s and duration > 0 s, got {frame_start_s}, {frame_duration_s}"
+        )
+    plane_of, view_of, radial_of = bin_index_tables(sinogram, layout)
+    nv, nr = sinogram.num_views, sinogram.num_radial
+    start_ms = frame_start_s * 1000.0
+    end_ms = math.inf if frame_duration_s is None else start_ms + frame_duration_s * 1000.0
+    prompts = _Accumulator(sinogram.num_bins)
+    delayeds = _Accumulator(sinogram.num_bins)
+    n_det = 2 * layout.num_views
+    singles = np.zeros(layout.num_rings * n_det, dtype=np.int64)
+    num_prompts = num_delayeds = tags = 0
+    first_tag: int | None = None
+    ring_a_of, ring_b_of = layout.sinogram_rings()
+    for chunk in iter_listmode(
+        header.data_path, chunk_words, header.data_offset_bytes, progress=progress
+    ):
+        tt = chunk.time_tags_ms * header.tag_interval_ms
+        in_frame = (tt >= start_ms) & (tt < end_ms)
+        if in_frame.any():
+            tags += int(in_frame.sum())
+            if first_tag is None:
+                first_tag = int(tt[in_frame][0])
+        elif tt.size and tt[0] >= end_ms:
+            break
+        for kind, address, times in (
+            ("p", chunk.prompts, chunk.prompt_times_ms),
+            ("d", chunk.delayeds, chunk.delayed_times_ms),
+        ):
+            t_ms = np.maximum(times, 0) * header.tag_interval_ms
+            keep = (t_ms >= start_ms) & (t_ms < end_ms)
+            address = address[keep]
+            if address.size == 0:
+                continue
+            rest, t = np.divmod(address, layout.num_projections)
+            z, v = np.divmod(rest, layout.num_views)
+            if address.size and int(z.max()) >= plane_of.size:
+                layout.decode(address)  # raises with the message
+            plane, view, radial = plane_of[z], view_of[v], radial_of[t]
+            ok = (plane >= 0) & (radial >= 0)
+            flat = (plane[ok] * nv + view[ok]) * nr + radial[ok]
+            if kind == "p":
+                num_prompts += address.size
+                prompts.add(flat)
+            else:
+                num_delayeds += address.size
+                delayeds.add(flat)
+                k = t - layout.num_projections // 2
+                ca = (v + np.floor_divide(k, 2)) % n_det
+                cb = (v + n_det // 2 - np.floor_divide(k + 1, 2)) % n_det
+                singles += np.bincount(ring_a_of[z] * n_det + ca, minlength=singles.size)
+                singles += np.bincount(ring_b_of[z] * n_det + cb, minlength=singles.size)
+    if tags == 0:
+        raise ListmodeError(
+            f"listmode {header.data_path.name}: no time tag in the frame starting at"
+            f" {frame_start_s} s; the file is shorter"
+        )
+    p = prompts.counts.reshape(sinogram.shape)
+    return ListmodeHistogram(
+        prompts=p,
+        delayeds=delayeds.counts.reshape(sinogram.shape),
+        delayed_singles=singles.reshape(layout.num_rings, n_det),
+        frame_start_s=(first_tag or 0) / 1000.0,
+        duration_s=tags * header.tag_interval_ms / 1000.0,
+        num_prompts=num_prompts,
+        num_delayeds=num_delayeds,
+        dropped_prompts=num_prompts - int(p.sum()),
+    )
+
+
+def lor_tables(
+    sinogram: SinogramGeometry, layout: PetlinkLayout
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Crystals, vendor tangential bin and unmashed view of every (view, member, radial).
+
+    Returns:
+        ``ca``, ``cb``: int64 ``(num_views, view_mashing, num_radial)`` crystals of the
+        LOR start and end; ``t``: int64 ``(num_radial,)`` vendor tangential bin;
+        ``u``: int64 ``(num_views, view_mashing)`` unmashed view.
+    """
+    n_det = 2 * layout.num_views
+    u = np.arange(sinogram.num_views)[:, None] * sinogram.view_mashing + np.arange(
+        sinogram.view_mashing
+    )
+    k = np.arange(sinogram.num_radial) - sinogram.num_radial // 2
+    t = k + layout.num_projections // 2
+    ca = (u[..., None] + np.floor_divide(k, 2)) % n_det
+    cb = (u[..., None] + n_det // 2 - np.floor_divide(k + 1, 2)) % n_det
+    return ca, cb, t, u
+
+
+def sum_over_lors(
+    sinogram: SinogramGeometry,
+    layout: PetlinkLayout,
+    crystal_values: np.ndarray,
+    pair_weight: Callable[[int, int], np.ndarray | float] | None = None,
+    bin_weight: np.ndarray | None = None,
+    progress: bool = False,
+    desc: str = "LORs",
+) -> np.ndarray:
+    """Sum a per-LOR quantity over the span-1 LORs of every bin of ``sinogram``.
+
+    The quantity of the LOR from crystal ``ca`` of ring ``ra`` to crystal ``cb`` of ring
+    ``rb`` is ``crystal_values[ra, ca] * crystal_values[rb, cb] * pair_weight(ra, rb)
+    * bin_weight``; a bin sums its ring pairs (:func:`target_ring_pairs`) and member views.
+
+    Args:
+        crystal_values: float ``(num_rings, 2 * num_views)`` per detector.
+        pair_weight: ``(ra, rb) ->`` a float or a float ``(num_radial,)`` array (None: 1).
+        bin_weight: float ``(num_views, view_mashing, num_radial)`` (None: 1).
+
+    Returns:
+        float64 ``sinogram.shape``.
+    """
+    ca, cb, _, _ = lor_tables(sinogram, layout)
+    planes = target_ring_pairs(sinogram, layout)
+    out = np.zeros(sinogram.shape, dtype=np.float64)
+    iterator: Iterable[list[tuple[int, int]]] = planes
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(planes, desc=desc, leave=False)
+    values = np.asarray(crystal_values, dtype=np.float64)
+    for p, pairs in enumerate(iterator):
+        acc = np.zeros(ca.shape, dtype=np.float64)
+        for ra, rb in pairs:
+            term = values[ra][ca] * values[rb][cb]
+            if pair_weight is not None:
+                term *= pair_weight(ra, rb)
+            acc += term
+        if bin_weight is not None:
+            acc *= bin_weight
+        out[p] = acc.sum(axis=1)
+    return out
