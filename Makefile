@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 export OMP_WAIT_POLICY ?= PASSIVE
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-slow test-all lint bench mar clean
+.PHONY: venv demo demo-real test test-slow test-all lint bench mar clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m pet_dl demo --out demo_out
+
+# a real Siemens mMR listmode (shared data: PET_DL_TEST_DATA) imported and reconstructed
+demo-real: $(STAMP)
+	@test -n "$(PET_DL_TEST_DATA)" || { echo "error: set PET_DL_TEST_DATA to the shared data folder" >&2; exit 2; }
+	$(BIN)/python -m pet_dl.demo_real --data "$(PET_DL_TEST_DATA)/mmr_scanner" --out demo_real_out
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" -q
@@ -46,4 +51,4 @@ mar: $(STAMP)
 	VENV=$(VENV) scripts/build_mar.sh
 
 clean:
-	rm -rf $(VENV) demo_out model_store
+	rm -rf $(VENV) demo_out demo_real_out model_store

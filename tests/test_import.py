@@ -208,3 +208,17 @@ def test_import_real_listmode_2d(test_data: Path, tmp_path: Path, capsys) -> Non
     from pet_dl.simulate import calibration_per_second
 
     assert scan.calibration == pytest.approx(calibration_per_second(mmr_sinogram("1")) * 0.3)
+
+
+@pytest.mark.slow
+def test_demo_real_writes_its_report(test_data: Path, tmp_path: Path) -> None:
+    from pet_dl.demo_real import run_demo_real
+
+    d = _mmr(test_data)
+    result = run_demo_real(d / "small_listmode_file.l", tmp_path, norm=d / "norm.n.hdr", network=False)
+    for name in ("scan_real.h5", "osem.nii.gz", "real_images.png", "real_sinograms.png", "report.md"):
+        assert (tmp_path / name).is_file()
+    assert result["prompts"] == 218_881 and result["delayeds"] == 35_320
+    assert 0.0 < result["randoms_fraction"] < 0.35
+    assert result["images"]["OSEM"]["mean_bqml"] > 0
+    assert "218,881" in (tmp_path / "report.md").read_text()
