@@ -69,6 +69,8 @@ def load_model(
     ``checkpoint``: a ``.safetensors`` file, a Lightning ``.ckpt`` (read with
     ``torch.load(weights_only=True)``), a :class:`LoadedModel`, or ``None`` (shipped model).
     """
+    from pet_dl.models import build_model
+
     if isinstance(checkpoint, LoadedModel):
         checkpoint.model.to(device).eval()
         return checkpoint
@@ -79,11 +81,11 @@ def load_model(
         from pet_dl.io.checkpoint import convert_lightning_checkpoint
 
         with tempfile.TemporaryDirectory(prefix="pet_dl_ckpt_") as tmp:
-            converted = convert_lightning_checkpoint(path, Path(tmp) / "model.safetensors")
-            loaded = load_checkpoint(converted, map_location=device)
+            converted = convert_lightning_checkpoint(path, Path(tmp) / "model.safetensors", builder=build_model)
+            loaded = load_checkpoint(converted, map_location=device, builder=build_model)
         loaded.path = path
         return loaded
-    return load_checkpoint(path, map_location=device)
+    return load_checkpoint(path, map_location=device, builder=build_model)
 
 
 def check_scan(scan: Scan) -> None:

@@ -34,8 +34,9 @@ import sys
 
 try:
     from pet_dl.io.checkpoint import load_checkpoint
+    from pet_dl.models import build_model
 
-    load_checkpoint(sys.argv[1], map_location="cpu")
+    load_checkpoint(sys.argv[1], map_location="cpu", builder=build_model)
 except Exception as exc:  # any failure: one line, exit 2
     message = " ".join(str(exc).split()) or type(exc).__name__
     print(f"error: checkpoint {sys.argv[1]} does not load: {message}", file=sys.stderr)

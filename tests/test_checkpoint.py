@@ -47,7 +47,7 @@ def _random_model(generator: torch.Generator, config: dict[str, Any] = CONFIG) -
 def test_round_trip_is_exact(tmp_path: Path, generator: torch.Generator) -> None:
     model = _random_model(generator)
     path = save_checkpoint(tmp_path / "m.safetensors", model, CONFIG, METADATA)
-    loaded = load_checkpoint(path)
+    loaded = load_checkpoint(path, builder=build_model)
     assert loaded.config == CONFIG
     assert loaded.metadata["reduction_factors"] == [4, 10, 20]
     assert loaded.metadata["pet_dl_version"]
@@ -65,11 +65,11 @@ def test_weights_of_another_architecture_are_refused(
     wider = dict(CONFIG, channels=[8, 16])
     path = save_checkpoint(tmp_path / "m.safetensors", _random_model(generator, wider), CONFIG, {})
     with pytest.raises(CheckpointError, match="shape"):
-        load_checkpoint(path)
+        load_checkpoint(path, builder=build_model)
     deeper = dict(CONFIG, num_iterations=3, share_weights=False)
     path = save_checkpoint(tmp_path / "d.safetensors", _random_model(generator, deeper), CONFIG, {})
     with pytest.raises(CheckpointError, match="unexpected"):
-        load_checkpoint(path)
+        load_checkpoint(path, builder=build_model)
 
 
 def test_corrupt_truncated_and_foreign_files(tmp_path: Path, generator: torch.Generator) -> None:
@@ -77,17 +77,17 @@ def test_corrupt_truncated_and_foreign_files(tmp_path: Path, generator: torch.Ge
     data = path.read_bytes()
     (tmp_path / "t.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError):
-        load_checkpoint(tmp_path / "t.safetensors")
+        load_checkpoint(tmp_path / "t.safetensors", builder=build_model)
     (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 64)
     with pytest.raises(CheckpointError, match="not a readable"):
-        load_checkpoint(tmp_path / "junk.safetensors")
+        load_checkpoint(tmp_path / "junk.safetensors", builder=build_model)
     with pytest.raises(CheckpointError, match="does not exist"):
-        load_checkpoint(tmp_path / "missing.safetensors")
+        load_checkpoint(tmp_path / "missing.safetensors", builder=build_model)
     from safetensors.torch import save_file
 
     save_file({"w": torch.zeros(2)}, str(tmp_path / "plain.safetensors"))
     with pytest.raises(CheckpointError, match="not a pet_dl checkpoint"):
-        load_checkpoint(tmp_path / "plain.safetensors")
+        load_checkpoint(tmp_path / "plain.safetensors", builder=build_model)
 
 
 def test_nan_weights_are_refused(tmp_path: Path, generator: torch.Generator) -> None:
@@ -96,7 +96,7 @@ def test_nan_weights_are_refused(tmp_path: Path, generator: torch.Generator) -> 
         next(iter(model.parameters())).view(-1)[0] = float("nan")
     path = save_checkpoint(tmp_path / "m.safetensors", model, CONFIG, {})
     with pytest.raises(CheckpointError, match="NaN"):
-        load_checkpoint(path)
+        load_checkpoint(path, builder=build_model)
 
 
 class _Payload:
@@ -115,10 +115,10 @@ def test_pickled_code_is_never_run(tmp_path: Path, generator: torch.Generator) -
     evil = {"state_dict": state, "hyper_parameters": {"model": CONFIG}, "x": _Payload(marker)}
     torch.save(evil, tmp_path / "evil.ckpt")
     with pytest.raises(CheckpointError, match="weights only"):
-        convert_lightning_checkpoint(tmp_path / "evil.ckpt", tmp_path / "out.safetensors")
+        convert_lightning_checkpoint(tmp_path / "evil.ckpt", tmp_path / "out.safetensors", builder=build_model)
     (tmp_path / "evil.safetensors").write_bytes(pickle.dumps(_Payload(marker)))
     with pytest.raises(CheckpointError):
-        load_checkpoint(tmp_path / "evil.safetensors")
+        load_checkpoint(tmp_path / "evil.safetensors", builder=build_model)
     assert not marker.exists()
     assert not (tmp_path / "out.safetensors").exists()
 
@@ -137,15 +137,15 @@ def test_lightning_conversion(tmp_path: Path, generator: torch.Generator, style:
     else:
         ckpt["hyper_parameters"]["metadata"] = METADATA
     torch.save(ckpt, tmp_path / "last.ckpt")
-    out = convert_lightning_checkpoint(tmp_path / "last.ckpt", tmp_path / "m.safetensors")
-    loaded = load_checkpoint(out)
+    out = convert_lightning_checkpoint(tmp_path / "last.ckpt", tmp_path / "m.safetensors", builder=build_model)
+    loaded = load_checkpoint(out, builder=build_model)
     for name, value in model.state_dict().items():
         assert torch.equal(loaded.model.state_dict()[name], value)
     assert loaded.config == CONFIG
     assert loaded.metadata["image"] == METADATA["image"]
     with pytest.raises(CheckpointError, match="prefix"):
         convert_lightning_checkpoint(
-            tmp_path / "last.ckpt", tmp_path / "x.safetensors", prefix="xx."
+            tmp_path / "last.ckpt", tmp_path / "x.safetensors", prefix="xx.", builder=build_model
         )
 
 
@@ -166,16 +166,40 @@ def test_model_version_is_saved_and_read_back(tmp_path: Path, generator: torch.G
     model = _random_model(generator)
     path = save_checkpoint(tmp_path / "v.safetensors", model, CONFIG, METADATA, model_version="v99-test")
     assert model_version(read_checkpoint_header(path)[1]) == "v99-test"
-    loaded = load_checkpoint(path)
+    loaded = load_checkpoint(path, builder=build_model)
     assert loaded.model_version == "v99-test"
     assert "- model version: v99-test" in write_model_card(tmp_path / "card.md", path).read_text()
     copy = save_checkpoint(tmp_path / "c.safetensors", loaded.model, loaded.config, loaded.metadata)
-    assert load_checkpoint(copy).model_version == "v99-test"
+    assert load_checkpoint(copy, builder=build_model).model_version == "v99-test"
     renamed = save_checkpoint(tmp_path / "r.safetensors", model, CONFIG, loaded.metadata, model_version="v100")
-    assert load_checkpoint(renamed).model_version == "v100"
+    assert load_checkpoint(renamed, builder=build_model).model_version == "v100"
 
     plain = save_checkpoint(tmp_path / "p.safetensors", model, CONFIG, METADATA)
-    assert load_checkpoint(plain).model_version is None
+    assert load_checkpoint(plain, builder=build_model).model_version is None
     assert "- model version: not recorded" in write_model_card(tmp_path / "p.md", plain).read_text()
     with pytest.raises(CheckpointError, match="model_version"):
         save_checkpoint(tmp_path / "e.safetensors", model, CONFIG, METADATA, model_version=" ")
+
+
+def test_the_given_builder_builds_the_network(tmp_path: Path, generator: torch.Generator) -> None:
+    """io.checkpoint knows no network: load_checkpoint calls the builder it is given with the
+    stored config, with_network_options reuses it, and a builder that refuses is one error."""
+    calls: list[dict[str, Any]] = []
+
+    def builder(config: dict[str, Any]) -> torch.nn.Module:
+        calls.append(dict(config))
+        return build_model(config)
+
+    path = save_checkpoint(tmp_path / "m.safetensors", _random_model(generator), CONFIG, METADATA)
+    loaded = load_checkpoint(path, builder=builder)
+    assert calls == [CONFIG]
+    loaded.with_network_options({"flip_ensemble": [0]})
+    assert calls[-1] == {**CONFIG, "flip_ensemble": [0]}
+
+    def refuse(config: dict[str, Any]) -> torch.nn.Module:
+        raise ValueError("no such network here")
+
+    with pytest.raises(CheckpointError, match="no such network here"):
+        load_checkpoint(path, builder=refuse)
+    with pytest.raises(TypeError, match="builder"):
+        load_checkpoint(path)  # type: ignore[call-arg]

@@ -473,7 +473,7 @@ def test_exported_checkpoints_carry_train_seeds_and_evaluate_refuses_them(
     fit_export = tmp_path / "fit.safetensors"
     ckpt_export = export_lightning_checkpoint(tmp_path / "last.ckpt", tmp_path / "ckpt.safetensors")
     for path in (fit_export, ckpt_export):
-        assert load_checkpoint(path).metadata["train_seeds"] == {"start": 0, "stop": 4}
+        assert load_checkpoint(path, builder=build_model).metadata["train_seeds"] == {"start": 0, "stop": 4}
     # a .ckpt trained from shards: the seeds come from the shards' recipe
     from pet_dl.datasets import generate_dataset
 
@@ -485,21 +485,21 @@ def test_exported_checkpoints_carry_train_seeds_and_evaluate_refuses_them(
     raw["datamodule_hyper_parameters"] = {"data_dir": str(tmp_path / "shards"), "recipe": None}
     torch.save(raw, tmp_path / "shards.ckpt")
     from_shards = export_lightning_checkpoint(tmp_path / "shards.ckpt", tmp_path / "s.safetensors")
-    assert load_checkpoint(from_shards).metadata["train_seeds"] == {"start": 7, "stop": 9}
+    assert load_checkpoint(from_shards, builder=build_model).metadata["train_seeds"] == {"start": 7, "stop": 9}
     raw["datamodule_hyper_parameters"] = {"data_dir": str(tmp_path / "gone"), "recipe": None}
     torch.save(raw, tmp_path / "gone.ckpt")
     with pytest.warns(UserWarning, match="no shards"), pytest.warns(UserWarning, match="seeds are unknown"):
         gone = export_lightning_checkpoint(tmp_path / "gone.ckpt", tmp_path / "g.safetensors")
-    assert "train_seeds" not in load_checkpoint(gone).metadata
+    assert "train_seeds" not in load_checkpoint(gone, builder=build_model).metadata
     override = tmp_path / "o.safetensors"  # the command line can name the seeds
     assert export_main([str(tmp_path / "last.ckpt"), str(override), "--train-seeds", "10", "30"]) == 0
-    assert load_checkpoint(override).metadata["train_seeds"] == {"start": 10, "stop": 30}
+    assert load_checkpoint(override, builder=build_model).metadata["train_seeds"] == {"start": 10, "stop": 30}
     flipped = tmp_path / "f.safetensors"  # and switch on the flip ensemble in the same export
     assert export_main([str(tmp_path / "last.ckpt"), str(flipped), "--flip-ensemble", "0"]) == 0
-    flipped_model = load_checkpoint(flipped)
+    flipped_model = load_checkpoint(flipped, builder=build_model)
     assert flipped_model.config["flip_ensemble"] == [0]
     assert "--flip-ensemble 0" in flipped_model.metadata["training_command"]
-    for (name, a), b in zip(load_checkpoint(override).model.state_dict().items(),
+    for (name, a), b in zip(load_checkpoint(override, builder=build_model).model.state_dict().items(),
                             flipped_model.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
     with pytest.raises(SystemExit):
@@ -534,9 +534,9 @@ def test_export_without_known_seeds_warns(tmp_path: Path, recipe: dict) -> None:
     module.geometry_metadata = {"sinogram": sinogram.to_dict(), "image": image.to_dict()}
     with pytest.warns(UserWarning, match="train_seeds"):
         path = export_module(module, tmp_path / "a.safetensors")
-    assert "train_seeds" not in load_checkpoint(path).metadata
+    assert "train_seeds" not in load_checkpoint(path, builder=build_model).metadata
     path = export_module(module, tmp_path / "b.safetensors", train_seeds=[7, 3, 7])
-    assert load_checkpoint(path).metadata["train_seeds"] == [3, 7]
+    assert load_checkpoint(path, builder=build_model).metadata["train_seeds"] == [3, 7]
     module.geometry_metadata["train_seeds"] = [1, "x"]
     with pytest.raises(ValueError, match="phantom seeds must be"):
         export_module(module, tmp_path / "c.safetensors")

@@ -107,7 +107,7 @@ def test_result_is_in_bq_per_ml(tmp_path: Path, generator: torch.Generator) -> N
     """Doubling the calibration (counts per Bq/mL) with the same counts halves the image."""
     scan = make_scan(generator)
     loaded = load_checkpoint(
-        make_checkpoint(tmp_path, generator, scan, dict(CONFIG, initial_fusion_weight=0.5))
+        make_checkpoint(tmp_path, generator, scan, dict(CONFIG, initial_fusion_weight=0.5)), builder=build_model
     )
     a = reconstruct(scan, loaded, device="cpu")
     b = reconstruct(replace(scan, calibration=2.0 * scan.calibration), loaded, device="cpu")
@@ -392,7 +392,7 @@ def test_infer_accepts_a_lightning_ckpt(
     from pet_dl.io.nifti import load_nifti
 
     ckpt, scan_path, scan = scan_files
-    loaded = load_checkpoint(ckpt)
+    loaded = load_checkpoint(ckpt, builder=build_model)
     lightning = {
         "state_dict": {f"net.{k}": v for k, v in loaded.model.state_dict().items()},
         "hyper_parameters": {"network": loaded.config},
@@ -434,7 +434,7 @@ def test_reconstruct_and_check_equals_the_two_steps(
 
     scan = make_scan(generator)
     config = dict(CONFIG, initial_fusion_weight=0.5, init_iterations=init[0], init_subsets=init[1])
-    loaded = load_checkpoint(make_checkpoint(tmp_path, generator, scan, config))
+    loaded = load_checkpoint(make_checkpoint(tmp_path, generator, scan, config), builder=build_model)
     image, fit = reconstruct_and_check(scan, loaded, device="cpu")
     expected = reconstruct(scan, loaded, device="cpu")
     torch.testing.assert_close(image, expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))

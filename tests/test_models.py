@@ -252,7 +252,7 @@ def test_checkpoint_round_trip_gives_same_outputs(tmp_path, generator: torch.Gen
     with torch.no_grad():
         net.fusion_weight.uniform_(-1, 1, generator=generator)
     path = save_checkpoint(tmp_path / "m.safetensors", net, config, {"image": batch.image.to_dict()})
-    loaded = load_checkpoint(path)
+    loaded = load_checkpoint(path, builder=build_model)
     net.eval()
     loaded.model.eval()
     with torch.no_grad():

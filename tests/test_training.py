@@ -148,13 +148,14 @@ def test_two_process_ddp_ranks_see_different_data(tmp_path: Path) -> None:
 
 def test_export_round_trip(tmp_path: Path) -> None:
     from pet_dl.io.checkpoint import load_checkpoint
+    from pet_dl.models import build_model
 
     pl.seed_everything(0, verbose=False)
     dm = MatrixDataModule()
     module = ReconModule(NETWORK)
     _trainer(tmp_path, max_steps=2).fit(module, dm)
     path = export_module(module, tmp_path / "net.safetensors", "pytest")
-    loaded = load_checkpoint(path)
+    loaded = load_checkpoint(path, builder=build_model)
     assert loaded.metadata["image"] == dm.image.to_dict()
     assert loaded.metadata["training_command"] == "pytest"
     batch = next(iter(dm.val_dataloader()))
@@ -178,6 +179,7 @@ def test_float16_export_halves_the_file_and_keeps_the_reconstruction(tmp_path: P
     """``--float16`` stores every weight rounded to float16 (loaded back as float32): the
     file is about half, the metadata says so, and the image moves by float16 rounding only."""
     from pet_dl.io.checkpoint import load_checkpoint
+    from pet_dl.models import build_model
     from pet_dl.training import to_recon_batch
     from pet_dl.training.export import main
 
@@ -188,7 +190,7 @@ def test_float16_export_halves_the_file_and_keeps_the_reconstruction(tmp_path: P
     full = export_module(module, tmp_path / "net.safetensors", "pytest")
     half = tmp_path / "half.safetensors"
     assert main([str(full), str(half), "--float16"]) == 0
-    a, b = load_checkpoint(full), load_checkpoint(half)
+    a, b = load_checkpoint(full, builder=build_model), load_checkpoint(half, builder=build_model)
     assert b.metadata["weights_dtype"] == "float16" and "weights_dtype" not in a.metadata
     assert "--float16" in b.metadata["training_command"] and b.config == a.config
     assert 0.45 < half.stat().st_size / full.stat().st_size < 0.6
@@ -219,7 +221,7 @@ def test_export_switches_on_the_flip_ensemble_with_the_same_weights(tmp_path: Pa
     src = save_checkpoint(tmp_path / "plain.safetensors", plain, config, meta)
     out = tmp_path / "flip.safetensors"
     assert export_main([str(src), str(out), "--flip-ensemble", "0"]) == 0
-    loaded = load_checkpoint(out)
+    loaded = load_checkpoint(out, builder=build_model)
     assert loaded.config == {**config, "flip_ensemble": [0]}
     assert loaded.metadata["image"] == {"shape": [8, 8, 1]}
     assert loaded.metadata["training_command"].startswith("fit; python -m pet_dl.training.export ")
@@ -232,9 +234,9 @@ def test_export_switches_on_the_flip_ensemble_with_the_same_weights(tmp_path: Pa
     assert export_main([str(src), str(tmp_path / "bad.safetensors"), "--flip-ensemble", "2"]) == 2
     stamped = tmp_path / "stamped.safetensors"
     assert export_main([str(src), str(stamped), "--model-version", "v99-test"]) == 0  # weights kept
-    assert load_checkpoint(stamped).model_version == "v99-test"
-    for (key, a), b in zip(load_checkpoint(src).model.state_dict().items(),
-                           load_checkpoint(stamped).model.state_dict().values(), strict=True):
+    assert load_checkpoint(stamped, builder=build_model).model_version == "v99-test"
+    for (key, a), b in zip(load_checkpoint(src, builder=build_model).model.state_dict().items(),
+                           load_checkpoint(stamped, builder=build_model).model.state_dict().values(), strict=True):
         assert torch.equal(a, b), key
     assert not (tmp_path / "bad.safetensors").exists()
     with pytest.raises(SystemExit):

@@ -98,13 +98,13 @@ def load_networks(
             unreadable ``train_seeds``.
     """
     from pet_dl.datasets import psf_of_recipe, recipe_geometry, seeds_from_json
-    from pet_dl.inference import shipped_checkpoint
-    from pet_dl.io.checkpoint import load_checkpoint
+    from pet_dl.io.checkpoint import load_checkpoint, shipped_checkpoint
+    from pet_dl.models import build_model
 
     sinogram, image = recipe_geometry(recipe)
     nets = {}
     for name, path in paths.items():
-        loaded = load_checkpoint(shipped_checkpoint() if path == "shipped" else path)
+        loaded = load_checkpoint(shipped_checkpoint() if path == "shipped" else path, builder=build_model)
         meta = loaded.metadata
         for key, want in (("sinogram", sinogram.to_dict()), ("image", image.to_dict())):
             if key in meta and _plain(meta[key]) != _plain(want):

@@ -2,6 +2,7 @@
 
 from .image import ImageGeometry
 from .presets import SCANNER_PRESETS, get_scanner
+from .resample import resample_to_grid
 from .scanner import ScannerGeometry
 from .sinogram import SinogramGeometry
 from .tof import TOFParameters
@@ -13,4 +14,5 @@ __all__ = [
     "SinogramGeometry",
     "TOFParameters",
     "get_scanner",
+    "resample_to_grid",
 ]

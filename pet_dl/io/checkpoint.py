@@ -11,7 +11,10 @@ resolved model config (``build_model``'s input) and of the training metadata:
 - ``"pet_dl_version"`` (filled in when absent), ``"training_command"``, free extras.
 
 Loading parses JSON and raw tensors only: nothing is unpickled, so a checkpoint cannot
-run code. Lightning ``.ckpt`` files are converted with ``torch.load(weights_only=True)``.
+run code. This module knows no network: :func:`load_checkpoint` and
+:func:`convert_lightning_checkpoint` take the model builder (``config -> nn.Module``,
+normally :func:`pet_dl.models.build_model`) as an argument, so the file format sits below
+the models in the layering (``docs/architecture.md``). Lightning ``.ckpt`` files are converted with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -49,32 +52,42 @@ class LoadedModel:
         config: the resolved model config (``build_model`` input).
         metadata: training metadata (geometry dicts, reduction factors, version, ...).
         path: the file it came from (None when built in memory).
+        builder: the ``config -> nn.Module`` that built ``model`` (used again by
+            :meth:`with_network_options`).
     """
 
     model: nn.Module
     config: dict[str, Any]
     metadata: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    builder: Callable[[Mapping[str, Any]], nn.Module] | None = None
 
     @property
     def model_version(self) -> str | None:
         """The weights' ``metadata["model_version"]``; None for files written before it."""
         return model_version(self.metadata)
 
-    def with_network_options(self, options: Mapping[str, Any]) -> LoadedModel:
+    def with_network_options(
+        self, options: Mapping[str, Any], builder: Callable[[Mapping[str, Any]], nn.Module] | None = None
+    ) -> LoadedModel:
         """The same weights in a network rebuilt with ``options`` set in its config.
 
         For options that no parameter depends on (``flip_ensemble``, ``data_subsets``,
         ``checkpointing``); the model stays on its device, in eval mode.
 
+        Args:
+            options: config entries to set.
+            builder: ``config -> nn.Module``; default: the one that built this model.
+
         Raises:
-            CheckpointError: the options change the network's parameters.
+            CheckpointError: the options change the network's parameters, or no builder.
             ValueError: an option the network does not take, or a bad value.
         """
-        from pet_dl.models import build_model
-
+        builder = builder or self.builder
+        if builder is None:
+            raise CheckpointError("with_network_options needs the model builder (builder=)")
         config = {**self.config, **options}
-        model = build_model(config)
+        model = builder(config)
         try:
             model.load_state_dict(self.model.state_dict())
         except RuntimeError as err:
@@ -83,7 +96,25 @@ class LoadedModel:
                 f"{self.path or 'the model'}: options {dict(options)} change its parameters: {first}"
             ) from None
         device = next(self.model.parameters(), torch.empty(0)).device
-        return LoadedModel(model.to(device).eval(), config, dict(self.metadata), self.path)
+        return LoadedModel(model.to(device).eval(), config, dict(self.metadata), self.path, builder)
+
+
+#: File name of the shipped 2D model in ``pet_dl/assets``.
+SHIPPED_MODEL = "pet_dl_2d.safetensors"
+
+
+def shipped_checkpoint() -> Path:
+    """Path of the shipped 2D model (``pet_dl/assets/pet_dl_2d.safetensors``).
+
+    Raises:
+        CheckpointError: the file is not installed.
+    """
+    from importlib import resources
+
+    path = Path(str(resources.files("pet_dl").joinpath("assets", SHIPPED_MODEL)))
+    if not path.is_file():
+        raise CheckpointError(f"the shipped model {SHIPPED_MODEL} is not installed; pass a checkpoint explicitly")
+    return path
 
 
 def model_version(metadata: Mapping[str, Any]) -> str | None:
@@ -201,14 +232,16 @@ def read_checkpoint_header(path: str | os.PathLike[str]) -> tuple[dict[str, Any]
 def load_checkpoint(
     path: str | os.PathLike[str],
     map_location: str | torch.device = "cpu",
-    builder: Callable[[Mapping[str, Any]], nn.Module] | None = None,
+    *,
+    builder: Callable[[Mapping[str, Any]], nn.Module],
 ) -> LoadedModel:
     """Rebuild the network of a checkpoint and load its weights (nothing is unpickled).
 
     Args:
         path: a file written by :func:`save_checkpoint`.
         map_location: device for the weights and the model.
-        builder: ``config -> nn.Module``; default :func:`pet_dl.models.build_model`.
+        builder: ``config -> nn.Module``, normally :func:`pet_dl.models.build_model`
+            (``pet_dl.inference.load_model`` passes it for you).
 
     Returns:
         A :class:`LoadedModel` in eval mode on ``map_location``.
@@ -221,8 +254,6 @@ def load_checkpoint(
 
     p = Path(path)
     config, metadata = read_checkpoint_header(p)
-    if builder is None:
-        from pet_dl.models import build_model as builder
     try:
         model = builder(config)
     except (TypeError, ValueError) as exc:
@@ -250,7 +281,7 @@ def load_checkpoint(
             raise CheckpointError(f"{p}: weight {key!r} has NaN or Inf values")
     model.load_state_dict(tensors, strict=True)
     model.to(map_location).eval()
-    return LoadedModel(model=model, config=config, metadata=metadata, path=p)
+    return LoadedModel(model=model, config=config, metadata=metadata, path=p, builder=builder)
 
 
 def convert_lightning_checkpoint(
@@ -259,7 +290,8 @@ def convert_lightning_checkpoint(
     config: Mapping[str, Any] | None = None,
     metadata: Mapping[str, Any] | None = None,
     prefix: str | None = None,
-    builder: Callable[[Mapping[str, Any]], nn.Module] | None = None,
+    *,
+    builder: Callable[[Mapping[str, Any]], nn.Module],
     weights_dtype: torch.dtype | None = None,
 ) -> Path:
     """Convert a Lightning ``.ckpt`` to a pet_dl ``.safetensors`` checkpoint.
@@ -308,8 +340,6 @@ def convert_lightning_checkpoint(
     }
     if not state:
         raise CheckpointError(f"{p} has no weights under the prefix {prefix!r}")
-    if builder is None:
-        from pet_dl.models import build_model as builder
     try:
         model = builder(config)
         model.load_state_dict(state, strict=True)

@@ -13,8 +13,7 @@ from collections.abc import Mapping
 
 import torch
 
-from pet_dl.geometry import ImageGeometry
-from pet_dl.io.ct import resample_to_grid
+from pet_dl.geometry import ImageGeometry, resample_to_grid
 from pet_dl.phantoms.base import Phantom
 
 
@@ -31,7 +30,7 @@ def image_phantom(
 ) -> Phantom:
     """A :class:`Phantom` on ``image`` from activity and mu volumes on ``source``.
 
-    Both volumes are resampled with :func:`pet_dl.io.ct.resample_to_grid` (box-filtered
+    Both volumes are resampled with :func:`pet_dl.geometry.resample_to_grid` (box-filtered
     where the target voxels are at least twice as large, then trilinear), after the source
     is shifted along z by ``-z_mm``, so that the source plane at ``z = z_mm`` lands on the
     target's ``z = 0`` (a 2D grid: the slice to simulate). Voxels are classed by resampled

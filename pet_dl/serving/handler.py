@@ -46,6 +46,7 @@ from pet_dl.errors import PetDLError
 from pet_dl.inference import data_check_warning, reconstruct_and_check, resolve_device
 from pet_dl.io.checkpoint import LoadedModel, load_checkpoint
 from pet_dl.io.scanfile import ScanTooLargeError, max_scan_elements, read_scan_bytes
+from pet_dl.models import build_model
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ class PetReconHandler(BaseHandler):
             else:
                 self.device = resolve_device("cpu")
             path = find_checkpoint(model_dir, self.manifest)
-            self.loaded = load_checkpoint(path, map_location=self.device)
+            self.loaded = load_checkpoint(path, map_location=self.device, builder=build_model)
             self.model = self.loaded.model
             self.max_elements = scan_element_cap(self.loaded.metadata)
             logger.info("pet_dl model %s loaded on %s", path.name, self.device)

@@ -53,10 +53,11 @@ def compare(checkpoint: str | Path, root: str | Path, split: str = "test", batch
     """Rows ``{factor, n, nrmse_net, nrmse_osem, nrmse_osem_filtered, fwhm, psnr_*}``."""
     from pet_dl import metrics
     from pet_dl.io.checkpoint import load_checkpoint
+    from pet_dl.models import build_model
     from pet_dl.recon import gaussian_postfilter
     from pet_dl.training.batching import to_recon_batch
 
-    net = load_checkpoint(checkpoint).model.eval()
+    net = load_checkpoint(checkpoint, builder=build_model).model.eval()
     fwhm = best_postfilter(root, batch_size)
     ds, loader = _batches(root, split, batch_size)
     acc: dict[int, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))

@@ -180,6 +180,7 @@ def export_lightning_checkpoint(
     import torch
 
     from pet_dl.io.checkpoint import convert_lightning_checkpoint
+    from pet_dl.models import build_model
 
     ckpt_data = torch.load(str(ckpt), map_location="cpu", weights_only=True)
     config, meta = _checkpoint_contents(
@@ -192,7 +193,8 @@ def export_lightning_checkpoint(
     if model_version is not None:
         meta["model_version"] = model_version
     return convert_lightning_checkpoint(
-        ckpt, out, config=config, metadata=meta, prefix="net.", weights_dtype=weights_dtype
+        ckpt, out, config=config, metadata=meta, prefix="net.", builder=build_model,
+        weights_dtype=weights_dtype,
     )
 
 
@@ -224,8 +226,9 @@ def with_network_options(
         ValueError: an option the network does not take, or a bad value.
     """
     from pet_dl.io.checkpoint import load_checkpoint, save_checkpoint
+    from pet_dl.models import build_model
 
-    loaded = load_checkpoint(src).with_network_options(options)
+    loaded = load_checkpoint(src, builder=build_model).with_network_options(options)
     meta = loaded.metadata
     if training_command:
         meta["training_command"] = "; ".join(c for c in (meta.get("training_command"), training_command) if c)

@@ -98,9 +98,9 @@ class ReconModule(pl.LightningModule):
 
     def _load_weights(self, path: str) -> None:
         from pet_dl.io.checkpoint import load_checkpoint
-        from pet_dl.models import PostUNet, UnrolledEM
+        from pet_dl.models import PostUNet, UnrolledEM, build_model
 
-        loaded = load_checkpoint(path)
+        loaded = load_checkpoint(path, builder=build_model)
         if isinstance(loaded.model, PostUNet) and isinstance(self.net, UnrolledEM):
             # warm start of an unrolled network: every regulariser from the trained
             # post-reconstruction UNet (same input [u, dose], same residual output)
