@@ -94,7 +94,7 @@ class SinogramProjector(LinearOperator):
         end = self.lor_end.reshape(-1, 3).to(device=like.device, dtype=like.dtype)
         return start, end
 
-    def _apply(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         from pet_dl.projector import joseph_forward, joseph_forward_tof
 
         start, end = self._lors(x)
@@ -202,7 +202,7 @@ class GaussianResolution(LinearOperator):
             self.register_buffer(f"kernel{axis}", k, persistent=False)  # float64
             self._axes.append(axis)
 
-    def _apply(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         batch = x.shape[:-3]
         out = x.reshape(-1, 1, *self.in_shape)
         for axis in self._axes:
@@ -216,7 +216,7 @@ class GaussianResolution(LinearOperator):
         return out.reshape(*batch, *self.in_shape)
 
     def _adjoint(self, y: torch.Tensor) -> torch.Tensor:
-        return self._apply_operator(y)
+        return self._forward(y)
 
     def extra_repr(self) -> str:
         return f"shape={self.in_shape}, fwhm_mm={self.fwhm_mm}"

@@ -1,7 +1,7 @@
 """Linear operators as ``nn.Module``s: shapes, adjoints, composition, norms.
 
 A :class:`LinearOperator` maps tensors of shape ``(*batch, *in_shape)`` to
-``(*batch, *out_shape)``. Subclasses implement ``_apply`` and ``_adjoint``; the public
+``(*batch, *out_shape)``. Subclasses implement ``_forward`` and ``_adjoint``; the public
 :meth:`LinearOperator.forward` and :meth:`LinearOperator.adjoint` check shapes first.
 The adjoint is the plain Euclidean transpose (voxel sizes and bin widths live inside the
 operator, not in the inner product). Operators hold no state that ``forward`` changes;
@@ -43,35 +43,22 @@ def _check_tensor(x: object, expected: tuple[int, ...], where: str) -> torch.Ten
 class LinearOperator(nn.Module):
     """A linear map with declared input and output shapes and an exact adjoint.
 
-    Subclasses implement ``_apply(x)`` and ``_adjoint(y)`` on tensors whose trailing
-    dimensions are already checked. (``nn.Module`` also has an ``_apply(fn)``, used by
-    ``.to()``; a subclass's ``_apply`` is stored as ``_apply_operator`` when the class is
-    created, and ``_apply`` dispatches on its argument, so both keep working.)
+    Subclasses implement ``_forward(x)`` and ``_adjoint(y)`` on tensors whose trailing
+    dimensions are already checked (not ``_apply``: that is ``nn.Module``'s hook behind
+    ``.to()``).
 
     Args:
         in_shape: shape of one input (without batch dimensions).
         out_shape: shape of one output (without batch dimensions).
     """
 
-    def __init_subclass__(cls, **kwargs: object) -> None:
-        super().__init_subclass__(**kwargs)
-        own = cls.__dict__.get("_apply")
-        if own is not None and own is not LinearOperator.__dict__["_apply"]:
-            cls._apply_operator = own  # type: ignore[attr-defined]
-            cls._apply = LinearOperator.__dict__["_apply"]  # type: ignore[method-assign]
-
     def __init__(self, in_shape: Sequence[int], out_shape: Sequence[int]) -> None:
         super().__init__()
         self.in_shape: tuple[int, ...] = tuple(int(s) for s in in_shape)
         self.out_shape: tuple[int, ...] = tuple(int(s) for s in out_shape)
 
-    def _apply(self, arg, *args, **kwargs):  # type: ignore[override]  # noqa: ANN001, ANN202
-        if isinstance(arg, torch.Tensor):
-            return self._apply_operator(arg)
-        return super()._apply(arg, *args, **kwargs)  # nn.Module: .to(), .double(), ...
-
-    def _apply_operator(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError(f"{type(self).__name__} does not implement _apply")
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} does not implement _forward")
 
     def _adjoint(self, y: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} does not implement _adjoint")
@@ -79,7 +66,7 @@ class LinearOperator(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the operator: ``(*batch, *in_shape) -> (*batch, *out_shape)``."""
         _check_tensor(x, self.in_shape, f"{type(self).__name__}.forward")
-        return self._apply_operator(x)
+        return self._forward(x)
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
         """Apply the adjoint: ``(*batch, *out_shape) -> (*batch, *in_shape)``."""
@@ -152,7 +139,7 @@ class AdjointOperator(LinearOperator):
         super().__init__(op.out_shape, op.in_shape)
         self.op = op
 
-    def _apply(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.op.adjoint(x)
 
     def _adjoint(self, y: torch.Tensor) -> torch.Tensor:
@@ -181,7 +168,7 @@ class CompositeOperator(LinearOperator):
         self.outer = outer
         self.inner = inner
 
-    def _apply(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.outer(self.inner(x))
 
     def _adjoint(self, y: torch.Tensor) -> torch.Tensor:
@@ -215,7 +202,7 @@ class MatrixOperator(LinearOperator):
         super().__init__(in_shape, out_shape)
         self.register_buffer("matrix", matrix)
 
-    def _apply(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         batch = x.shape[: x.dim() - len(self.in_shape)]
         y = x.reshape(*batch, -1) @ self.matrix.T
         return y.reshape(*batch, *self.out_shape)
@@ -263,7 +250,7 @@ class DiagonalOperator(LinearOperator):
             )
         return x * self.weight
 
-    def _apply(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._multiply(x)
 
     def _adjoint(self, y: torch.Tensor) -> torch.Tensor:

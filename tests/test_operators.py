@@ -137,3 +137,17 @@ def test_base_class_requires_implementations() -> None:
 
     with pytest.raises(NotImplementedError):
         Empty((2,), (2,))(torch.zeros(2))
+
+
+def test_operator_hooks_leave_nn_module_apply_alone(generator: torch.Generator) -> None:
+    """Subclasses implement _forward/_adjoint; nn.Module._apply (behind .to()) is not touched,
+    so moving an operator to another dtype moves its buffers and it still applies."""
+    from torch import nn
+
+    for cls in (MatrixOperator, DiagonalOperator, CompositeOperator):
+        assert cls._apply is nn.Module._apply
+    a = torch.rand(3, 4, generator=generator)
+    op = MatrixOperator(a).to(torch.float64)
+    x = torch.rand(4, generator=generator, dtype=torch.float64)
+    torch.testing.assert_close(op(x), a.double() @ x)
+    torch.testing.assert_close(op.adjoint(op(x)), a.double().T @ (a.double() @ x))
