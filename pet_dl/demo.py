@@ -44,8 +44,8 @@ class DemoSettings:
     psf_fwhm_mm: float = 4.5
     crystal_efficiency_sigma: float = 0.05
     dose_fraction: float = 0.05
-    iterations: int = 4
-    subsets: int = 7
+    num_iterations: int = 4
+    num_subsets: int = 7
     postfilter_fwhm_mm: float = 4.0
     seed: int = DEMO_SEED
 
@@ -143,8 +143,8 @@ def _tables(rows: list[dict[str, Any]], settings: DemoSettings, notes: list[str]
         f"{round(1 / settings.dose_fraction)} dose",
         "",
         f"Phantom seed {settings.seed}; {settings.image_shape[0]}x{settings.image_shape[1]} "
-        f"voxels of {settings.voxel_size_mm} mm; OSEM {settings.iterations} iterations x "
-        f"{settings.subsets} subsets, post-filter {settings.postfilter_fwhm_mm} mm FWHM.",
+        f"voxels of {settings.voxel_size_mm} mm; OSEM {settings.num_iterations} iterations x "
+        f"{settings.num_subsets} subsets, post-filter {settings.postfilter_fwhm_mm} mm FWHM.",
         "Metrics against the true activity over the whole image: PSNR (peak = max of the "
         "truth), SSIM (MONAI, 11x11 Gaussian window), NRMSE = ||x - truth|| / ||truth||, "
         "NRMSE-range = RMSE / (max - min of the truth).",
@@ -239,7 +239,7 @@ def run_demo(
 
     methods: list[tuple[str, Callable[[Any], torch.Tensor]]] = [
         ("OSEM", lambda sc: reconstruct_scan(
-            sc, "osem", iterations=s.iterations, subsets=s.subsets,
+            sc, "osem", num_iterations=s.num_iterations, num_subsets=s.num_subsets,
             postfilter_fwhm_mm=s.postfilter_fwhm_mm,
         )),
     ]

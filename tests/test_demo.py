@@ -18,7 +18,7 @@ def test_demo_writes_readable_outputs_and_full_dose_wins(tmp_path: Path) -> None
     from pet_dl.io.scanfile import read_scan
 
     settings = DemoSettings(image_shape=(48, 48, 1), voxel_size_mm=5.2, view_mashing=4,
-                            iterations=3, subsets=3)
+                            num_iterations=3, num_subsets=3)
     result = run_demo(tmp_path / "demo", settings, network=False)
     names = {p.name for p in result.files}
     assert {"truth.nii.gz", "osem_full.nii.gz", "osem_dose20.nii.gz", "scan_full.h5",
@@ -83,11 +83,11 @@ def test_demo_adds_network_columns_when_a_model_is_installed(tmp_path: Path, mon
 
     def fake_network(scan, checkpoint, device):  # stands in for pet_dl.inference.reconstruct
         calls.append((float(scan.metadata.dose_fraction), checkpoint, device))
-        return reconstruct_scan(scan, "osem", iterations=2, subsets=3, postfilter_fwhm_mm=10.0)
+        return reconstruct_scan(scan, "osem", num_iterations=2, num_subsets=3, postfilter_fwhm_mm=10.0)
 
     monkeypatch.setattr(demo, "_network", lambda: (fake_network, ""))
     settings = DemoSettings(image_shape=(48, 48, 1), voxel_size_mm=5.2, view_mashing=4,
-                            iterations=2, subsets=3)
+                            num_iterations=2, num_subsets=3)
     result = run_demo(tmp_path, settings)
     assert calls == [(1.0, None, "cpu"), (0.05, None, "cpu")]  # the shipped model, both doses
     assert [(r["method"], r["dose"]) for r in result.rows] == [

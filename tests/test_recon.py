@@ -325,7 +325,7 @@ def test_nema_contrast_recovery_rises_with_iterations() -> None:
     background = body & (labels == 0)
     cr = []
     for iterations in (1, 3, 10):
-        x = reconstruct_scan(scan, "osem", iterations=iterations, subsets=4)
+        x = reconstruct_scan(scan, "osem", num_iterations=iterations, num_subsets=4)
         res = nema_image_quality(x, labels, background, image.voxel_size_mm, activity_ratio=4.0)
         cr.append([r.contrast_recovery for r in res])
     for sphere in range(3):
@@ -344,9 +344,9 @@ def test_reconstruct_scan_is_in_bqml_at_any_dose(generator: torch.Generator) -> 
     for fraction in (1.0, 0.1):
         scan = _scan_of(image, activity, mu, calibration=5e-2 * fraction, generator=generator)
         for algorithm, kw in (
-            ("osem", {"iterations": 6}),
-            ("mlem", {"iterations": 60}),
-            ("map", {"iterations": 6, "beta": 1e-3 * fraction}),
+            ("osem", {"num_iterations": 6}),
+            ("mlem", {"num_iterations": 60}),
+            ("map", {"num_iterations": 6, "beta": 1e-3 * fraction}),
         ):
             x = reconstruct_scan(scan, algorithm, postfilter_fwhm_mm=6.0, **kw)
             assert x.shape == image.shape and x.dtype == torch.float32
@@ -363,7 +363,7 @@ def test_reconstruct_scan_rejects_bad_parameters() -> None:
     with pytest.raises(ValueError, match="algorithm"):
         reconstruct_scan(scan, "fbp")
     with pytest.raises(ValueError, match="views"):
-        reconstruct_scan(scan, "osem", subsets=1000)
+        reconstruct_scan(scan, "osem", num_subsets=1000)
     with pytest.raises(ValueError, match="beta"):
         reconstruct_scan(scan, "osem", beta=1.0)
 

@@ -80,8 +80,8 @@ def run(args: argparse.Namespace) -> int:
     image = reconstruct_scan(
         scan,
         args.algorithm,
-        iterations=args.iterations,
-        subsets=1 if args.algorithm == "mlem" else args.subsets,
+        num_iterations=args.iterations,
+        num_subsets=1 if args.algorithm == "mlem" else args.subsets,
         beta=args.beta or 0.0,
         gamma=args.gamma,
         postfilter_fwhm_mm=args.postfilter_fwhm,

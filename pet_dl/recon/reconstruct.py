@@ -19,8 +19,8 @@ ALGORITHMS: tuple[str, ...] = ("mlem", "osem", "map")
 def reconstruct_scan(
     scan: Scan,
     algorithm: str = "osem",
-    iterations: int = 4,
-    subsets: int = 12,
+    num_iterations: int = 4,
+    num_subsets: int = 12,
     beta: float = 0.0,
     gamma: float = 2.0,
     postfilter_fwhm_mm: float = 0.0,
@@ -36,9 +36,9 @@ def reconstruct_scan(
         scan: the scan (prompts, multiplicative and additive terms, geometry).
         algorithm: ``"mlem"``, ``"osem"`` or ``"map"`` (MAP-EM with the relative
             difference prior, see :func:`pet_dl.recon.map_rdp`).
-        iterations: full iterations.
-        subsets: view subsets for ``"osem"`` and ``"map"`` (ignored by ``"mlem"``); must
-            divide into the number of views at least once (``subsets <= num_views``).
+        num_iterations: full iterations.
+        num_subsets: view subsets for ``"osem"`` and ``"map"`` (ignored by ``"mlem"``); must
+            divide into the number of views at least once (``num_subsets <= num_views``).
         beta: prior strength for ``"map"`` (counts per Bq/mL), >= 0.
         gamma: RDP edge-preservation parameter for ``"map"``.
         postfilter_fwhm_mm: Gaussian post-filter FWHM in mm (0: none).
@@ -50,25 +50,25 @@ def reconstruct_scan(
     """
     if algorithm not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
-        raise ValueError(f"iterations must be a positive int, got {iterations!r}")
-    if isinstance(subsets, bool) or not isinstance(subsets, int) or subsets < 1:
-        raise ValueError(f"subsets must be a positive int, got {subsets!r}")
+    if isinstance(num_iterations, bool) or not isinstance(num_iterations, int) or num_iterations < 1:
+        raise ValueError(f"num_iterations must be a positive int, got {num_iterations!r}")
+    if isinstance(num_subsets, bool) or not isinstance(num_subsets, int) or num_subsets < 1:
+        raise ValueError(f"num_subsets must be a positive int, got {num_subsets!r}")
     num_views = scan.sinogram.num_views
-    if algorithm != "mlem" and subsets > num_views:
-        raise ValueError(f"subsets ({subsets}) cannot exceed the number of views ({num_views})")
+    if algorithm != "mlem" and num_subsets > num_views:
+        raise ValueError(f"num_subsets ({num_subsets}) cannot exceed the number of views ({num_views})")
     if algorithm != "map" and beta != 0:
         raise ValueError(f"beta is only used by algorithm 'map' (got beta={beta} with {algorithm!r})")
     model = scan.forward_model(device)
     y = scan.prompts.to(device=device, dtype=torch.float32)
     with torch.no_grad():
         if algorithm == "mlem":
-            x = mlem(model, y, iterations, progress=progress)
+            x = mlem(model, y, num_iterations, progress=progress)
         elif algorithm == "osem":
-            x = osem(model, y, iterations, subsets, progress=progress)
+            x = osem(model, y, num_iterations, num_subsets, progress=progress)
         else:
             x = map_rdp(
-                model, y, beta, gamma=gamma, num_iterations=iterations, num_subsets=subsets,
+                model, y, beta, gamma=gamma, num_iterations=num_iterations, num_subsets=num_subsets,
                 voxel_size_mm=scan.image.voxel_size_mm, progress=progress,
             )
         if postfilter_fwhm_mm:
