@@ -86,6 +86,7 @@ def score_row(method: str, factor: float, params: str, images: torch.Tensor, dat
     # per case, for comparisons paired over the same phantoms and noise (report.py)
     row["case_seed"] = list(data.case_seed)
     row["case_nrmse"] = [c["nrmse"] for c in cases]
+    row["case_hot_spots"] = [c["hot_spots"] for c in cases]
     # per case, (diameter mm, SUVmean bias, SUVmax bias) of each lesion: bias by lesion size
     row["case_lesions"] = [
         [list(t) for t in zip(c["lesion_diameter_mm"], c["suvmean_bias"], c["suvmax_bias"])] for c in cases

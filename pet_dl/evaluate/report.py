@@ -15,6 +15,7 @@ _HEADERS = {
     "psnr": "PSNR (dB)", "ssim": "SSIM", "nrmse": "NRMSE (%)",
     "suvmean_bias": "SUVmean bias (%)", "suvmax_bias": "SUVmax bias (%)",
     "suvmean_bias_ge8": "SUVmean bias >=8 mm (%)", "suvmax_bias_ge8": "SUVmax bias >=8 mm (%)",
+    "hot_spots": "false hot spots / image",
 }
 
 
@@ -25,7 +26,7 @@ def _fmt(key: str, mean: float, std: float | None) -> str:
     if key in _PERCENT:
         scale, spec = 100.0, ("+.1f" if "bias" in key else ".2f")
     else:
-        scale, spec = 1.0, (".2f" if key == "psnr" else ".3f")
+        scale, spec = 1.0, (".2f" if key in ("psnr", "hot_spots") else ".3f")
     text = f"{scale * mean:{spec}}"
     return text if std is None else f"{text} ± {scale * std:{spec.lstrip('+')}}"
 
@@ -72,7 +73,8 @@ def uncertainty_markdown(results: EvalResults, reference: tuple[str, float | Non
     Per factor x method: NRMSE and the lesion >= 8 mm SUVmean / SUVmax biases ± 1.96
     standard errors over phantoms / lesions (:func:`pet_dl.evaluate.scoring.sampling_error`),
     and the NRMSE difference to the ``reference`` rows paired over the same phantoms and
-    noise realisations (:func:`pet_dl.evaluate.scoring.paired_difference`). ``reference``
+    noise realisations (:func:`pet_dl.evaluate.scoring.paired_difference`); false hot spots
+    per image and their paired difference to OSEM at the row's own factor. ``reference``
     is ``(method, factor)``: that one row, or with factor ``None`` the method's row at each
     row's own factor; ``None``: :data:`PAIRED_REFERENCE` (OSEM at full dose), the column
     showing ``n/a`` when the results have no such row (e.g. networks only). A target such as "NRMSE at or
@@ -93,18 +95,28 @@ def uncertainty_markdown(results: EvalResults, reference: tuple[str, float | Non
     where = "the same factor" if factor is None else ("full dose" if factor == 1.0 else f"factor {factor:g}")
     lines = [
         f"| factor | method | NRMSE (%) | NRMSE - {method} at {where} (%, paired) "
-        f"| SUVmean bias >={LARGE_LESION_MM:g} mm (%) | SUVmax bias >={LARGE_LESION_MM:g} mm (%) |",
-        "|---|---|---|---|---|---|",
+        f"| SUVmean bias >={LARGE_LESION_MM:g} mm (%) | SUVmax bias >={LARGE_LESION_MM:g} mm (%) "
+        "| false hot spots / image | hot spots - OSEM at the same factor (paired) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in results.rows:
         ref = by_key.get((method, row["factor"] if factor is None else factor))
         diff = "n/a"
         if ref is not None and "case_nrmse" in row and "case_nrmse" in ref and row["case_seed"] == ref["case_seed"]:
             diff = _interval(*paired_difference(row["case_nrmse"], ref["case_nrmse"], row["case_seed"]), 2, True)
+        osem = by_key.get(("OSEM", row["factor"]))
+        hot_diff = "n/a"
+        if osem is not None and "case_hot_spots" in row and "case_hot_spots" in osem and row["case_seed"] == osem["case_seed"]:
+            mean, sem = paired_difference(row["case_hot_spots"], osem["case_hot_spots"], row["case_seed"])
+            hot_diff = "n/a" if math.isnan(sem) else f"{mean:+.2f} ± {Z95 * sem:.2f}"
+        hot = row.get("hot_spots", math.nan)
+        hot_sem = row.get("hot_spots_sem", math.nan)
         cells = [
             _interval(row["nrmse"], row.get("nrmse_sem", math.nan), 2), diff,
             _interval(row["suvmean_bias_ge8"], row.get("suvmean_bias_ge8_sem", math.nan), signed=True),
             _interval(row["suvmax_bias_ge8"], row.get("suvmax_bias_ge8_sem", math.nan), signed=True),
+            "n/a" if math.isnan(hot) or math.isnan(hot_sem) else f"{hot:.2f} ± {Z95 * hot_sem:.2f}",
+            hot_diff,
         ]
         lines.append(f"| {factor_label(row['factor'])} | {row['method']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

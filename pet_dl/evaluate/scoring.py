@@ -31,11 +31,14 @@ from pet_dl.evaluate.data import EvalSet
 #: Lesions at least this large (diameter, mm) are reported separately.
 LARGE_LESION_MM = 8.0
 #: The scores of every table row (lesion biases relative: 0.05 = +5 %).
-METRICS = ("psnr", "ssim", "nrmse", "suvmean_bias", "suvmax_bias", "suvmean_bias_ge8", "suvmax_bias_ge8")
+METRICS = (
+    "psnr", "ssim", "nrmse", "suvmean_bias", "suvmax_bias", "suvmean_bias_ge8", "suvmax_bias_ge8",
+    "hot_spots",
+)
 
 
 def case_metrics(images: torch.Tensor, data: EvalSet) -> list[dict[str, Any]]:
-    """Per-case PSNR (dB), SSIM, NRMSE and lesion SUVmean / SUVmax biases.
+    """Per-case PSNR (dB), SSIM, NRMSE, lesion SUVmean / SUVmax biases and false hot spots.
 
     Args:
         images: ``(B, nx, ny, nz)`` Bq/mL, one per case of ``data``.
@@ -58,9 +61,13 @@ def case_metrics(images: torch.Tensor, data: EvalSet) -> list[dict[str, Any]]:
     psnr = metrics.psnr(images, data.target)
     ssim = metrics.ssim(images, data.target)
     nrmse = metrics.nrmse(images, data.target)
+    hot = false_hot_spots(images, data)
     rows = []
     for i in range(images.shape[0]):
-        row: dict[str, Any] = {"psnr": float(psnr[i]), "ssim": float(ssim[i]), "nrmse": float(nrmse[i])}
+        row: dict[str, Any] = {
+            "psnr": float(psnr[i]), "ssim": float(ssim[i]), "nrmse": float(nrmse[i]),
+            "hot_spots": float(hot[i]),
+        }
         for key in ("suvmean_bias", "suvmax_bias", "suvmean_bias_ge8", "suvmax_bias_ge8", "lesion_diameter_mm"):
             row[key] = []
         if bool(data.lesion_mask[i].any()):
@@ -133,7 +140,7 @@ def aggregate(rows: list[dict[str, Any]], realisation: Sequence[int]) -> dict[st
             vals: list[float] = []
             for row, rr in zip(rows, realisation):
                 if rr == r:
-                    v = row[key]
+                    v = row.get(key, [])  # [] : a metric the row lacks (older results)
                     vals.extend(v if isinstance(v, list) else [v])
             per_real.append(sum(vals) / len(vals) if vals else math.nan)
         t = torch.tensor(per_real, dtype=torch.float64)
@@ -175,7 +182,7 @@ def sampling_error(rows: list[dict[str, Any]], case_seed: Sequence[int]) -> dict
         metric of :data:`METRICS` -> standard error, in the metric's units (NaN with
         fewer than 2 units, e.g. no lesion).
     """
-    return {key: _sem(_unit_means([row[key] for row in rows], case_seed)) for key in METRICS}
+    return {key: _sem(_unit_means([row.get(key, []) for row in rows], case_seed)) for key in METRICS}
 
 
 def paired_difference(
