@@ -50,6 +50,20 @@ class LinearOperator(nn.Module):
     Args:
         in_shape: shape of one input (without batch dimensions).
         out_shape: shape of one output (without batch dimensions).
+
+    Example (a dense matrix as an operator; ``T`` is the adjoint as an operator)::
+
+        >>> import torch
+        >>> from pet_dl.operators import MatrixOperator
+        >>> op = MatrixOperator(torch.tensor([[1.0, 2.0], [0.0, 1.0], [3.0, 0.0]]))
+        >>> op.in_shape, op.out_shape
+        ((2,), (3,))
+        >>> op(torch.tensor([1.0, 1.0]))
+        tensor([3., 1., 3.])
+        >>> op.adjoint(torch.ones(3))
+        tensor([4., 3.])
+        >>> op.T(torch.ones(3))
+        tensor([4., 3.])
     """
 
     def __init__(self, in_shape: Sequence[int], out_shape: Sequence[int]) -> None:

@@ -21,6 +21,17 @@ class ImageGeometry:
     ``(i, j, k)`` has its centre at ``origin_mm + (i, j, k) * voxel_size_mm`` (mm), so
     ``origin_mm`` is the centre of voxel ``(0, 0, 0)``. A 2D image is ``(nx, ny, 1)`` in
     the plane z = 0.
+
+    Example::
+
+        >>> from pet_dl.geometry import ImageGeometry
+        >>> grid = ImageGeometry.centered((4, 4, 1), (2.0, 2.0, 2.0))
+        >>> grid
+        ImageGeometry(shape=(4, 4, 1), voxel_size_mm=(2.0, 2.0, 2.0), origin_mm=(-3.0, -3.0, 0.0))
+        >>> grid.voxel_centers(0)
+        array([-3., -1.,  1.,  3.])
+        >>> grid.affine()[:3, 3]   # NIfTI RAS+: voxel index -> world mm
+        array([-3., -3.,  0.])
     """
 
     shape: tuple[int, int, int]

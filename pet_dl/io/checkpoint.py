@@ -14,7 +14,24 @@ Loading parses JSON and raw tensors only: nothing is unpickled, so a checkpoint 
 run code. This module knows no network: :func:`load_checkpoint` and
 :func:`convert_lightning_checkpoint` take the model builder (``config -> nn.Module``,
 normally :func:`pet_dl.models.build_model`) as an argument, so the file format sits below
-the models in the layering (``docs/architecture.md``). Lightning ``.ckpt`` files are converted with ``torch.load(weights_only=True)``.
+the models in the layering (``docs/architecture.md``). Lightning ``.ckpt`` files are
+converted with ``torch.load(weights_only=True)``.
+
+A round trip with a toy builder (pet_dl's networks use :func:`pet_dl.models.build_model`)::
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import torch
+    >>> from pet_dl.io.checkpoint import load_checkpoint, save_checkpoint
+    >>> def build(config):
+    ...     return torch.nn.Linear(config["inputs"], 1)
+    >>> config = {"name": "linear", "inputs": 3}
+    >>> path = Path(tempfile.mkdtemp()) / "linear.safetensors"
+    >>> _ = save_checkpoint(path, build(config), config, {"reduction_factors": [4, 20]},
+    ...                     model_version="v1")
+    >>> loaded = load_checkpoint(path, builder=build)
+    >>> loaded.model_version, loaded.config["inputs"], loaded.metadata["reduction_factors"]
+    ('v1', 3, [4, 20])
 """
 
 from __future__ import annotations
