@@ -1,5 +1,6 @@
 """Train a learned reconstruction: ``python train.py fit --config configs/<name>.yaml``.
 
+The config is read on top of ``configs/base.yaml``; ``--print_config`` shows the result.
 Resume with ``--ckpt_path <file.ckpt>``; see ``docs/training.md``.
 """
 
