@@ -680,3 +680,28 @@ def test_lesion_max_loss_is_the_absolute_suvmax_bias_and_acts_on_the_hottest_vox
         both.compute_loss(p, target)
     with pytest.raises(ValueError, match="lesion_max_weight"):
         ReconModule(NETWORK, lesion_max_weight=-1.0)
+
+
+def test_shipped_models_recorded_command_rebuilds_its_network(capsys: pytest.CaptureFixture) -> None:
+    """The training command in the shipped model's metadata still runs through train.py (on
+    top of configs/base.yaml) and resolves to the network and training data of that file."""
+    import shlex
+
+    import yaml
+
+    from pet_dl.io.checkpoint import read_checkpoint_header, shipped_checkpoint
+    from pet_dl.training.cli import main
+
+    root = Path(__file__).resolve().parents[1]
+    config, metadata = read_checkpoint_header(shipped_checkpoint())
+    argv = shlex.split(metadata["training_command"].split(";")[0])
+    assert argv[:3] == ["python", "train.py", "fit"]
+    args = [str(root / a) if a.endswith(".yaml") else a for a in argv[3:]]
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", *args, "--print_config"])
+    assert exc.value.code == 0, capsys.readouterr().err
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["network"] == config
+    folders = printed["data"]["data_dir"]
+    folders = folders if isinstance(folders, list) else [folders]
+    assert "+".join(Path(f).name for f in folders) == metadata["dataset"]
