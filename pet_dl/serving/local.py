@@ -183,6 +183,15 @@ def write_config(
     path.write_text("\n".join(lines) + "\n")
 
 
+def _shipped_properties() -> dict[str, str]:
+    pairs = [
+        line.split("=", 1)
+        for line in CONFIG.read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    ]
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
 @contextlib.contextmanager
 def local_server(
     model_store: str | os.PathLike[str],
@@ -210,6 +219,10 @@ def local_server(
     work.mkdir(parents=True, exist_ok=True)
     ports = tuple(free_ports(3))
     overrides = dict(config or {})
+    # The frontend puts the workers' sockets in java.io.tmpdir (/tmp/.ts.sock.9000 by
+    # default, whatever TMPDIR says): give each server its own, so two can run at once.
+    vmargs = overrides.get("vmargs", _shipped_properties().get("vmargs")) or ""
+    overrides["vmargs"] = f"{vmargs} -Djava.io.tmpdir={work.resolve()}".strip()
     if token_auth:
         overrides["disable_token_authorization"] = None
     write_config(work / "config.properties", ports, overrides)  # type: ignore[arg-type]
