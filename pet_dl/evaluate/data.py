@@ -39,7 +39,7 @@ class EvalSet:
         multiplicative: ``(B, *sino)`` attenuation x normalisation, dimensionless.
         target: ``(B, nx, ny, nz)`` true activity, Bq/mL.
         lesion_mask: ``(B, nx, ny, nz)`` int64 labels (0 background).
-        lesion_diameters: per case, label -> diameter in mm.
+        lesion_diameters: per case, label -> diameter in mm of each hot lesion (contrast > 1).
         case_seed, case_realisation: phantom seed and noise realisation of each case.
         projector: optional explicit projector (tests); else the Joseph projector.
     """
@@ -178,7 +178,9 @@ def simulate_eval_set(
                     f"phantom of seed {seed} has shape {tuple(phantom.activity.shape)}, the "
                     f"recipe's image grid {geometry[1].shape}"
                 )
-        diameters = {int(les.label): float(les.diameter_mm) for les in phantom.lesions}
+        # SUV biases are read on hot lesions; a cold one (contrast < 1) stays in the mask, so
+        # no hot spot is counted on it, but its relative 'SUV bias' would mean nothing
+        diameters = {int(les.label): float(les.diameter_mm) for les in phantom.lesions if les.contrast > 1.0}
         for k in range(realisations):
             g = torch.Generator().manual_seed((int(seed) + 1) * 1_000_003 + k)
             full = simulate_full_dose(recipe, phantom, int(seed), g, geometry)

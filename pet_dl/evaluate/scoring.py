@@ -72,7 +72,9 @@ def case_metrics(images: torch.Tensor, data: EvalSet) -> list[dict[str, Any]]:
             row[key] = []
         if bool(data.lesion_mask[i].any()):
             for les in metrics.lesion_bias(images[i], data.target[i], data.lesion_mask[i], data.image.voxel_size_mm):
-                diameter = data.lesion_diameters[i].get(les.label, 0.0)
+                if les.label not in data.lesion_diameters[i]:
+                    continue  # a cold lesion: no SUV bias
+                diameter = data.lesion_diameters[i][les.label]
                 row["lesion_diameter_mm"].append(diameter)
                 large = diameter >= LARGE_LESION_MM
                 for suffix in ("", "_ge8") if large else ("",):
