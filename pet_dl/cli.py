@@ -73,6 +73,12 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(lines) if lines else type(exc).__name__
 
 
+def _out_of_memory(exc: RuntimeError) -> bool:
+    """torch's CPU allocator ("can't allocate memory") or CUDA's ("out of memory")."""
+    text = str(exc)
+    return "can't allocate memory" in text or "out of memory" in text.lower()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (0 ok, 2 bad input, 130 interrupted).
 
@@ -92,6 +98,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(run(args) or 0)
     except (PetDLError, ValueError, OSError, MemoryError) as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    except RuntimeError as exc:  # torch's allocators report running out of memory so
+        if not _out_of_memory(exc):
+            raise
+        print(f"error: {_one_line(MemoryError(_one_line(exc)))}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

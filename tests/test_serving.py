@@ -149,6 +149,26 @@ def _bad_bodies(scan_path: Path, tmp: Path, generator: torch.Generator) -> dict[
     }
 
 
+def test_handler_answers_out_of_memory_with_507(monkeypatch: pytest.MonkeyPatch) -> None:
+    handler = pytest.importorskip("pet_dl.serving.handler", reason="needs the serve extra")
+    from ts.utils.util import PredictionException
+
+    def exhausted(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes")
+
+    def bug(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("an internal error")
+
+    worker = handler.PetReconHandler()
+    monkeypatch.setattr(handler, "reconstruct_and_check", exhausted)
+    with pytest.raises(PredictionException) as info:
+        worker.inference([object()])
+    assert info.value.error_code == 507 and "out of memory" in info.value.message
+    monkeypatch.setattr(handler, "reconstruct_and_check", bug)
+    with pytest.raises(RuntimeError, match="internal"):  # TorchServe answers 503
+        worker.inference([object()])
+
+
 @pytest.fixture
 def archive(tmp_path: Path, generator: torch.Generator) -> dict[str, Any]:
     """A model archive of a small checkpoint (scripts/build_mar.sh) and a scan it serves."""

@@ -182,6 +182,10 @@ class PetReconHandler(BaseHandler):
                 out.append((scan, *reconstruct_and_check(scan, self.loaded, device=self.device)))
             except (PetDLError, ValueError) as exc:
                 raise PredictionException(_one_line(exc), 400) from exc
+            except RuntimeError as exc:  # torch's allocators: CPU "can't allocate memory"
+                if "can't allocate memory" in str(exc) or "out of memory" in str(exc).lower():
+                    raise PredictionException(f"out of memory: {_one_line(exc)}", 507) from exc
+                raise
         return out
 
     def postprocess(self, data: list[Any]) -> list[bytes]:
