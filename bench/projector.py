@@ -7,7 +7,10 @@ Cases:
   (c) TOF: Siemens Vision preset (33 TOF bins), span 19, into 440 x 440 x 159 of 1.65 x 1.65 x 1.65 mm.
 
 On CPU, (b) and (c) time a subset of views and extrapolate to the full sinogram
-(labelled "extrapolated"). Times are the best of ``--repeats`` runs after one warm-up.
+(labelled "extrapolated"). (b) and (c) use the forward model's path (factored sinogram
+LORs, ``pet_dl.projector.sinogram_forward``); (c) also times the same LORs without TOF,
+and prints the TOF / non-TOF ratio. Times are the best of ``--repeats`` runs after one
+warm-up.
 
 Usage: python bench/projector.py [--device cuda] [--cases abc] [--views 6] [--repeats 3]
 """
@@ -29,10 +32,11 @@ import torch  # noqa: E402
 
 from pet_dl.geometry import SinogramGeometry, get_scanner
 from pet_dl.projector import (  # noqa: E402
+    SinogramLORs,
     joseph_back,
-    joseph_back_tof,
     joseph_forward,
-    joseph_forward_tof,
+    sinogram_back,
+    sinogram_forward,
 )
 
 
@@ -137,39 +141,39 @@ def case_3d(
     device: torch.device, repeats: int, views: int | None,
 ) -> None:
     subset = _views_subset(sino.num_views, views)
-    start, end = sino.lor_endpoints(dtype=torch.float32, device=device, views=subset)
+    # the forward model's path: factored LORs (views' xy, planes' z), validated once
+    lors_parts = SinogramLORs.from_geometry(sino, subset, dtype=torch.float64).to(device)
     origin = tuple(-(n - 1) * v / 2 for n, v in zip(shape, voxel))
     g = torch.Generator().manual_seed(0)
     image = torch.rand(shape, generator=g).to(device)
-    tof = sino.scanner.tof if sino.tof else None
-    if tof is None:
-        def fwd() -> torch.Tensor:
-            return joseph_forward(image, start, end, origin, voxel)
-
-        def back(y: torch.Tensor) -> torch.Tensor:
-            return joseph_back(y, start, end, shape, origin, voxel)
-    else:
-        def fwd() -> torch.Tensor:
-            return joseph_forward_tof(image, start, end, origin, voxel, tof)
-
-        def back(y: torch.Tensor) -> torch.Tensor:
-            return joseph_back_tof(y, start, end, shape, origin, voxel, tof)
-
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    y = fwd()
-    t_f = best_time(fwd, repeats, device)
-    t_b = best_time(lambda: back(y), repeats, device)
-    timed_views = start.shape[1]
+    timed_views = lors_parts.shape[1]
     scale = sino.num_views / timed_views
-    lors = start.shape[0] * start.shape[1] * start.shape[2]
-    note = "full sinogram" if scale == 1 else f"{timed_views} of {sino.num_views} views timed, extrapolated x{scale:.1f}"
-    if device.type == "cuda":
-        note += f"; peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB"
+    lors = lors_parts.num_lors
     print(f"\n### {title}\n")
     print(f"sinogram {tuple(sino.shape)}, image {shape} of {voxel} mm, float32\n")
     print(HEADER)
-    print(row(f"pet_dl ({device.type})", t_f * scale, t_b * scale, int(lors * scale), note))
+    times = {}
+    # TOF cases are timed beside the same LORs without TOF (the ratio is the TOF cost)
+    for tof in ([None, sino.scanner.tof] if sino.tof else [None]):
+        def fwd(tof=tof) -> torch.Tensor:  # noqa: ANN001
+            return sinogram_forward(image, lors_parts, origin, voxel, tof)
+
+        def back(y: torch.Tensor, tof=tof) -> torch.Tensor:  # noqa: ANN001
+            return sinogram_back(y, lors_parts, shape, origin, voxel, tof)
+
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        y = fwd()
+        t_f = best_time(fwd, repeats, device)
+        t_b = best_time(lambda y=y: back(y), repeats, device)
+        times[tof is not None] = t_f + t_b
+        note = "full sinogram" if scale == 1 else f"{timed_views} of {sino.num_views} views timed, extrapolated x{scale:.1f}"
+        if device.type == "cuda":
+            note += f"; peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB"
+        name = f"pet_dl ({device.type}){f', TOF {tof.num_bins} bins' if tof is not None else ', non-TOF'}"
+        print(row(name, t_f * scale, t_b * scale, int(lors * scale), note))
+    if len(times) == 2:
+        print(f"\nTOF / non-TOF (forward + back, same LORs, same run): {times[True] / times[False]:.2f}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,5 +1,8 @@
 """Triton GPU kernels: CUDA vs CPU agreement (``gpu``), and the kernels run by the Triton
-interpreter on CPU tensors against the numba kernels (``slow``, needs triton installed)."""
+interpreter on CPU tensors against the numba kernels (``slow``, needs triton installed),
+including float32 LORs that end exactly on a sample plane (the t = 1 sample is kept) and
+33-bin TOF (the kernels loop over the bins within reach only). ``bench/gpu_check.sh``
+runs this file and the GPU benchmarks on a machine with a GPU."""
 
 from __future__ import annotations
 
@@ -45,23 +48,42 @@ import torch
 from pet_dl.projector import numba_kernels as nk, triton_kernels as tk
 from pet_dl.projector._checks import Geometry, TOFKernel
 g = torch.Generator().manual_seed(5)
+shape = (10, 9, 6)
+origin, vs = (-9.0, -8.0, -5.5), (2.0, 2.0, 2.2)
+# LORs that end exactly on a sample plane inside the image, where float32 gives t = 1 + 1.2e-7
+# at that plane: the t = 1 sample must be kept (found by a search; float32-exact values)
+ps = torch.tensor([[25.40328025817871, 0.9145245552062988, -1.996882438659668],
+                   [55.911983489990234, -3.0696659088134766, 2.1562438011169434],
+                   [56.01731491088867, -5.880515098571777, 2.27085542678833],
+                   [63.7193717956543, 3.1530752182006836, -0.25260353088378906]], dtype=torch.float64)
+pe = torch.tensor([[5.0, -5.1062493324279785, -1.8824577331542969],
+                   [1.0, 3.3886642456054688, -3.0520009994506836],
+                   [-1.0, -5.692119598388672, 3.9971799850463867],
+                   [5.0, 2.621281623840332, -3.76045560836792]], dtype=torch.float64)
+x = torch.rand(1, *shape, generator=g, dtype=torch.float64)
+for dt in (torch.float32, torch.float64):
+    geom = Geometry(shape, origin, vs)
+    a = tk.forward(x.to(dt), ps.to(dt), pe.to(dt), geom, None)
+    b = nk.forward(x.to(dt), ps.to(dt), pe.to(dt), geom, None)
+    err = float(((a - b).abs() / b.abs()).max())
+    print("plane-end", dt, err)
+    assert err < 1e-5, err
 p = torch.randn(2, 400, 3, generator=g, dtype=torch.float64)
 p = 25.0 * p / p.norm(dim=-1, keepdim=True)
-shape = (10, 9, 6)
-worst = {}
 for dt, tol in ((torch.float64, 1e-12), (torch.float32, 2e-5)):
     for name, tof, lm in (("plain", None, False), ("tof", TOFKernel(7, 5.0, 4.0, 1.0, 3.0), False),
+                          ("tof33", TOFKernel(33, 2.0, 3.0, -0.5, 3.0), False),
                           ("listmode", TOFKernel(7, 5.0, 4.0, 1.0, 3.0), True)):
-        geom = Geometry(shape, (-9.0, -8.0, -5.5), (2.0, 2.0, 2.2), tof, lm)
+        geom = Geometry(shape, origin, (2.0, 2.0, 2.2), tof, lm)
         s, e = p[0].to(dt), p[1].to(dt)
-        x = torch.rand(2, *shape, generator=g, dtype=dt)
-        bins = torch.randint(0, 7, (400,), generator=g) if lm else None
-        a, b = tk.forward(x, s, e, geom, bins), nk.forward(x, s, e, geom, bins)
+        xx = torch.rand(2, *shape, generator=g, dtype=dt)
+        bins = torch.randint(0, tof.num_bins if tof else 1, (400,), generator=g) if lm else None
+        a, b = tk.forward(xx, s, e, geom, bins), nk.forward(xx, s, e, geom, bins)
         y = torch.rand(a.shape, generator=g, dtype=dt)
         c, d = tk.back(y, s, e, geom, bins), nk.back(y, s, e, geom, bins)
         err = max(float((a - b).abs().max() / b.abs().max()), float((c - d).abs().max() / d.abs().max()))
-        assert err < tol, (dt, name, err)
         print(dt, name, err)
+        assert err < tol, (dt, name, err)
 print("OK")
 """
 
@@ -120,3 +142,25 @@ def test_cuda_adjointness_and_gradient(dtype: torch.dtype, tol: float, generator
     assert float((lhs - rhs).abs() / lhs.abs()) <= tol
     (ax * y).sum().backward()
     assert torch.allclose(x.grad, aty, rtol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("tof", [False, True])
+def test_cuda_sinogram_projector_matches_cpu(tof: bool, generator: torch.Generator) -> None:
+    """The factored sinogram path (plane blocks of endpoints for Triton) against numba."""
+    from pet_dl.geometry import ImageGeometry, SinogramGeometry, get_scanner
+    from pet_dl.projector import SinogramLORs, sinogram_back, sinogram_forward
+
+    scanner = get_scanner("vision").with_rings(4)
+    sino = SinogramGeometry(scanner, num_radial=64, tof=tof)
+    image = ImageGeometry.centered((40, 40, 4), (4.0, 4.0, 3.3))
+    lors = SinogramLORs.from_geometry(sino, torch.arange(0, sino.num_views, 19))
+    t = scanner.tof if tof else None
+    x = torch.rand(image.shape, generator=generator)
+    cpu = sinogram_forward(x, lors, image.origin_mm, image.voxel_size_mm, t)
+    gpu = sinogram_forward(x.cuda(), lors.to("cuda"), image.origin_mm, image.voxel_size_mm, t)
+    assert _close(gpu, cpu, 1e-4)
+    y = torch.rand(cpu.shape, generator=generator)
+    back_cpu = sinogram_back(y, lors, image.shape, image.origin_mm, image.voxel_size_mm, t)
+    back_gpu = sinogram_back(y.cuda(), lors.to("cuda"), image.shape, image.origin_mm, image.voxel_size_mm, t)
+    assert _close(back_gpu, back_cpu, 1e-4)

@@ -6,8 +6,21 @@ float64). Forward projection runs one LOR per loop iteration (``prange``); backp
 splits the LORs into contiguous blocks, one per thread, each with its own image buffer,
 and sums the buffers at the end (no races, deterministic for a given thread count).
 
-Called with the flat tensors of :mod:`pet_dl.projector._checks`: image ``(B, n0, n1, n2)``,
-values ``(B, N)`` or ``(B, N, K)``, endpoints ``(N, 3)`` mm, ``tof_bin`` ``(N,)`` int64.
+LOR endpoints come in one of two forms, read (and cast to float64) inside the kernels,
+never copied:
+
+- flat: ``start``, ``end`` ``(N, 3)`` mm (:mod:`pet_dl.projector._checks`);
+- factored (a sinogram, :class:`pet_dl.projector.factored.SinogramLORs`): LOR
+  ``n = p * Q + q`` runs from ``(xy_start[q], z_start[p])`` to ``(xy_end[q], z_end[p])``,
+  ``xy`` ``(Q, 2)`` with ``Q = views x radial bins``, ``z`` ``(P,)``.
+
+TOF kernels evaluate the Gaussian's erf once per bin edge and sample (adjacent bins share
+an edge), before the batch loop, and only for the bins within reach of the sample. For
+float32 data the erf comes from a cubic Hermite table (error ~1e-9, below float32's
+resolution, and several times cheaper than libm's); float64 data use libm's erf.
+
+Called with images ``(B, n0, n1, n2)``, values ``(B, N)`` or ``(B, N, K)``, ``tof_bin``
+``(N,)`` int64.
 """
 
 from __future__ import annotations
@@ -24,6 +37,36 @@ from pet_dl.projector._checks import Geometry
 
 # Backprojection buffers (threads x batch x voxels) are capped at this many bytes.
 _MAX_BUFFER_BYTES = 2 << 30
+
+# erf table for float32 TOF: cubic Hermite on nodes i / _ERF_STEPS, 0 <= x < _ERF_MAX
+# (erf(6) = 1 - 2e-17). Interpolation error <= h^4 / 384 * max |4th derivative| ~ 1e-9,
+# far below float32's resolution; float64 projections call libm's erf instead.
+_ERF_STEPS = 64
+_ERF_MAX = 6.0
+
+
+def _erf_table() -> np.ndarray:
+    x = np.arange(int(_ERF_MAX * _ERF_STEPS) + 2) / _ERF_STEPS
+    value = np.array([math.erf(v) for v in x])
+    slope = 2.0 / math.sqrt(math.pi) * np.exp(-x * x) / _ERF_STEPS  # d erf / d node index
+    return np.ascontiguousarray(np.stack([value, slope], axis=1))
+
+
+_ERF_TABLE = _erf_table()
+
+
+@njit(cache=True, inline="always")
+def _endpoints(n, start, end, zs, ze, vr):  # noqa: ANN001, ANN202
+    """Endpoints of LOR ``n`` as two float64 3-tuples (flat when ``vr == 0``, else factored)."""
+    if vr > 0:
+        p = n // vr
+        q = n - p * vr
+        s = (np.float64(start[q, 0]), np.float64(start[q, 1]), np.float64(zs[p]))
+        e = (np.float64(end[q, 0]), np.float64(end[q, 1]), np.float64(ze[p]))
+        return s, e
+    s = (np.float64(start[n, 0]), np.float64(start[n, 1]), np.float64(start[n, 2]))
+    e = (np.float64(end[n, 0]), np.float64(end[n, 1]), np.float64(end[n, 2]))
+    return s, e
 
 
 @njit(cache=True, inline="always")
@@ -78,22 +121,63 @@ def _setup(s, e, origin, vs, shape):  # noqa: ANN001, ANN202
 
 
 @njit(cache=True, inline="always")
-def _tof_weight(diff, bw, scale, reach):  # noqa: ANN001, ANN202
+def _erf(x, table):  # noqa: ANN001, ANN202
+    """erf(x): libm's when ``table`` has no rows, else the cubic Hermite table (float32 path)."""
+    if table.shape[0] == 0:
+        return math.erf(x)
+    a = abs(x) * _ERF_STEPS
+    i = int(a)
+    if i >= table.shape[0] - 1:
+        return 1.0 if x > 0 else -1.0
+    t = a - i
+    s = 1.0 - t
+    v = (1.0 + 2.0 * t) * s * s * table[i, 0] + t * s * s * table[i, 1]
+    v += t * t * (3.0 - 2.0 * t) * table[i + 1, 0] - t * t * s * table[i + 1, 1]
+    return v if x >= 0 else -v
+
+
+@njit(cache=True, inline="always")
+def _tof_weight(diff, bw, scale, reach, table):  # noqa: ANN001, ANN202
     """Gaussian integrated over a bin whose centre is ``diff`` mm from the sample."""
     if abs(diff) > reach:
         return 0.0
-    return 0.5 * (math.erf((diff + 0.5 * bw) * scale) - math.erf((diff - 0.5 * bw) * scale))
+    return 0.5 * (_erf((diff + 0.5 * bw) * scale, table) - _erf((diff - 0.5 * bw) * scale, table))
+
+
+@njit(cache=True, inline="always")
+def _tof_weights(dist, tw, num_bins, bw, scale, off, reach, half_k, table):  # noqa: ANN001, ANN202
+    """TOF weights of the bins within reach of a sample ``dist`` mm from the LOR midpoint.
+
+    Writes bins ``k_lo .. k_hi`` of ``tw`` and returns ``(k_lo, k_hi)`` (empty when
+    ``k_lo > k_hi``). Bin ``k`` gets ``0.5 (erf((dist - lo_k) s) - erf((dist - hi_k) s))``
+    with ``hi_k = lo_{k+1}``: one erf per edge, shared by the two bins beside it.
+    """
+    k_lo = max(0, int(math.floor((dist - reach - off) / bw + half_k)))
+    k_hi = min(num_bins - 1, int(math.ceil((dist + reach - off) / bw + half_k)))
+    # the bins with |dist - centre| <= reach exactly (the same test as _tof_weight)
+    while k_lo <= k_hi and abs(dist - ((k_lo - half_k) * bw + off)) > reach:
+        k_lo += 1
+    while k_hi >= k_lo and abs(dist - ((k_hi - half_k) * bw + off)) > reach:
+        k_hi -= 1
+    if k_lo > k_hi:
+        return k_lo, k_hi
+    lower = (k_lo - half_k) * bw + off - 0.5 * bw  # lower edge of bin k_lo, mm
+    e_prev = _erf((dist - lower) * scale, table)
+    for k in range(k_lo, k_hi + 1):
+        e_next = _erf((dist - (lower + (k - k_lo + 1) * bw)) * scale, table)
+        tw[k] = 0.5 * (e_prev - e_next)
+        e_prev = e_next
+    return k_lo, k_hi
 
 
 @njit(parallel=True, cache=True)
-def _forward_plain(image, shape, start, end, origin, vs, out):  # noqa: ANN001, ANN202
+def _forward_plain(image, shape, start, end, zs, ze, vr, num, origin, vs, out):  # noqa: ANN001, ANN202
     """Non-TOF projection of ``image (B, n0 n1 n2)`` (flat) into ``out (B, N)``; the hot path."""
     nb = image.shape[0]
     strides = (shape[1] * shape[2], shape[2], 1)
-    for n in prange(start.shape[0]):
-        ax, k1, k2, i_lo, i_hi, weight, length, t0, dt, u1_0, du1, u2_0, du2 = _setup(
-            start[n], end[n], origin, vs, shape
-        )
+    for n in prange(num):
+        s, e = _endpoints(n, start, end, zs, ze, vr)
+        ax, k1, k2, i_lo, i_hi, weight, length, t0, dt, u1_0, du1, u2_0, du2 = _setup(s, e, origin, vs, shape)
         n1, n2 = shape[k1], shape[k2]
         sa, s1, s2 = strides[ax], strides[k1], strides[k2]
         for b in range(nb):
@@ -126,18 +210,16 @@ def _forward_plain(image, shape, start, end, origin, vs, out):  # noqa: ANN001, 
 
 
 @njit(parallel=True, cache=True)
-def _back_plain(values, shape, start, end, origin, vs, buf):  # noqa: ANN001, ANN202
+def _back_plain(values, shape, start, end, zs, ze, vr, num, origin, vs, buf):  # noqa: ANN001, ANN202
     """Adjoint of :func:`_forward_plain` into ``buf (num_blocks, B, n0 n1 n2)``."""
     nb = values.shape[0]
     strides = (shape[1] * shape[2], shape[2], 1)
-    num = start.shape[0]
     blocks = buf.shape[0]
     for blk in prange(blocks):
         img = buf[blk]
         for n in range(blk * num // blocks, (blk + 1) * num // blocks):
-            ax, k1, k2, i_lo, i_hi, weight, length, t0, dt, u1_0, du1, u2_0, du2 = _setup(
-                start[n], end[n], origin, vs, shape
-            )
+            s, e = _endpoints(n, start, end, zs, ze, vr)
+            ax, k1, k2, i_lo, i_hi, weight, length, t0, dt, u1_0, du1, u2_0, du2 = _setup(s, e, origin, vs, shape)
             n1, n2 = shape[k1], shape[k2]
             sa, s1, s2 = strides[ax], strides[k1], strides[k2]
             for b in range(nb):
@@ -169,11 +251,12 @@ def _back_plain(values, shape, start, end, origin, vs, buf):  # noqa: ANN001, AN
 
 
 @njit(parallel=True, cache=True)
-def _forward(image, shape, start, end, origin, vs, out, tof_bin, tof, mode):  # noqa: ANN001, ANN202
-    """Project ``image (B, n0 n1 n2)`` (flat) into ``out (B, N, K)``.
+def _forward(image, shape, start, end, zs, ze, vr, num, origin, vs, out, tof_bin, tof, mode, table):  # noqa: ANN001, ANN202
+    """TOF projection of ``image (B, n0 n1 n2)`` (flat) into ``out (B, N, K)``.
 
-    ``mode`` 0: non-TOF, 1: TOF sinogram, 2: TOF listmode (K = 1 but in mode 1).
-    ``tof`` = (num_bins, bin_width, sigma, center_offset, num_sigmas), float64 (5,).
+    ``mode`` 1: TOF sinogram, 2: TOF listmode (``out (B, N, 1)``, bin ``tof_bin[n]``).
+    ``tof`` = (num_bins, bin_width, sigma, center_offset, num_sigmas), float64 (5,);
+    ``table``: :data:`_ERF_TABLE` (tabulated erf) or an empty ``(0, 2)`` array (libm erf).
     """
     nb = image.shape[0]
     strides = (shape[1] * shape[2], shape[2], 1)
@@ -182,55 +265,56 @@ def _forward(image, shape, start, end, origin, vs, out, tof_bin, tof, mode):  # 
     reach = tof[4] * sigma + 0.5 * bw
     scale = 1.0 / (math.sqrt(2.0) * sigma) if sigma > 0 else 0.0
     half_k = 0.5 * (num_bins - 1)
-    for n in prange(start.shape[0]):
-        ax, k1, k2, i_lo, i_hi, weight, length, t0, dt, u1_0, du1, u2_0, du2 = _setup(
-            start[n], end[n], origin, vs, shape
-        )
+    for n in prange(num):
+        tw = np.empty(num_bins)
+        s, e = _endpoints(n, start, end, zs, ze, vr)
+        ax, k1, k2, i_lo, i_hi, weight, length, t0, dt, u1_0, du1, u2_0, du2 = _setup(s, e, origin, vs, shape)
         n1, n2 = shape[k1], shape[k2]
         sa, s1, s2 = strides[ax], strides[k1], strides[k2]
+        lm_centre = (tof_bin[n] - half_k) * bw + off if mode == 2 else 0.0
         for i in range(i_lo, i_hi + 1):
             u1 = u1_0 + i * du1
             u2 = u2_0 + i * du2
-            f1 = math.floor(u1)
-            f2 = math.floor(u2)
-            b1 = u1 - f1
-            b2 = u2 - f2
-            j1 = int(f1)
-            j2 = int(f2)
+            j1 = int(u1 + 1.0) - 1
+            j2 = int(u2 + 1.0) - 1
+            b1 = u1 - j1
+            b2 = u2 - j2
             ok1lo, ok1hi = j1 >= 0, j1 + 1 < n1 and b1 != 0.0
             ok2lo, ok2hi = j2 >= 0, j2 + 1 < n2 and b2 != 0.0
-            w00 = (1.0 - b1) * (1.0 - b2)
-            w10 = b1 * (1.0 - b2)
-            w01 = (1.0 - b1) * b2
-            w11 = b1 * b2
             base = i * sa + j1 * s1 + j2 * s2
+            dist = (t0 + i * dt - 0.5) * length
+            if mode == 2:
+                w_lm = _tof_weight(dist - lm_centre, bw, scale, reach, table) * weight
+                if w_lm == 0.0:
+                    continue
+                k_lo, k_hi = 0, -1
+            else:
+                k_lo, k_hi = _tof_weights(dist, tw, num_bins, bw, scale, off, reach, half_k, table)
+                if k_lo > k_hi:
+                    continue
+                w_lm = 0.0
             for b in range(nb):
-                img = image[b]
                 acc = 0.0
                 if ok1lo and ok2lo:
-                    acc += w00 * img[base]
+                    acc += (1.0 - b1) * (1.0 - b2) * image[b, base]
                 if ok1hi and ok2lo:
-                    acc += w10 * img[base + s1]
+                    acc += b1 * (1.0 - b2) * image[b, base + s1]
                 if ok1lo and ok2hi:
-                    acc += w01 * img[base + s2]
+                    acc += (1.0 - b1) * b2 * image[b, base + s2]
                 if ok1hi and ok2hi:
-                    acc += w11 * img[base + s1 + s2]
-                acc *= weight
-                if mode == 0:
-                    out[b, n, 0] += acc
-                elif acc != 0.0:
-                    dist = (t0 + i * dt - 0.5) * length
-                    if mode == 2:
-                        out[b, n, 0] += acc * _tof_weight(dist - ((tof_bin[n] - half_k) * bw + off), bw, scale, reach)
-                    else:
-                        k_lo = max(0, int(math.floor((dist - reach - off) / bw + half_k)))
-                        k_hi = min(num_bins - 1, int(math.ceil((dist + reach - off) / bw + half_k)))
-                        for k in range(k_lo, k_hi + 1):
-                            out[b, n, k] += acc * _tof_weight(dist - ((k - half_k) * bw + off), bw, scale, reach)
+                    acc += b1 * b2 * image[b, base + s1 + s2]
+                if acc == 0.0:
+                    continue
+                if mode == 2:
+                    out[b, n, 0] += acc * w_lm
+                else:
+                    acc *= weight
+                    for k in range(k_lo, k_hi + 1):
+                        out[b, n, k] += acc * tw[k]
 
 
 @njit(parallel=True, cache=True)
-def _back(values, shape, start, end, origin, vs, buf, tof_bin, tof, mode):  # noqa: ANN001, ANN202
+def _back(values, shape, start, end, zs, ze, vr, num, origin, vs, buf, tof_bin, tof, mode, table):  # noqa: ANN001, ANN202
     """Adjoint of :func:`_forward` into ``buf (num_blocks, B, n0 n1 n2)`` (summed by the caller)."""
     nb = values.shape[0]
     strides = (shape[1] * shape[2], shape[2], 1)
@@ -239,41 +323,44 @@ def _back(values, shape, start, end, origin, vs, buf, tof_bin, tof, mode):  # no
     reach = tof[4] * sigma + 0.5 * bw
     scale = 1.0 / (math.sqrt(2.0) * sigma) if sigma > 0 else 0.0
     half_k = 0.5 * (num_bins - 1)
-    num = start.shape[0]
     blocks = buf.shape[0]
     for blk in prange(blocks):
         img_buf = buf[blk]
+        tw = np.empty(num_bins)
         for n in range(blk * num // blocks, (blk + 1) * num // blocks):
-            ax, k1, k2, i_lo, i_hi, weight, length, t0, dt, u1_0, du1, u2_0, du2 = _setup(
-                start[n], end[n], origin, vs, shape
-            )
+            s, e = _endpoints(n, start, end, zs, ze, vr)
+            ax, k1, k2, i_lo, i_hi, weight, length, t0, dt, u1_0, du1, u2_0, du2 = _setup(s, e, origin, vs, shape)
             n1, n2 = shape[k1], shape[k2]
             sa, s1, s2 = strides[ax], strides[k1], strides[k2]
+            lm_centre = (tof_bin[n] - half_k) * bw + off if mode == 2 else 0.0
             for i in range(i_lo, i_hi + 1):
                 u1 = u1_0 + i * du1
                 u2 = u2_0 + i * du2
-                f1 = math.floor(u1)
-                f2 = math.floor(u2)
-                b1 = u1 - f1
-                b2 = u2 - f2
-                j1 = int(f1)
-                j2 = int(f2)
+                j1 = int(u1 + 1.0) - 1
+                j2 = int(u2 + 1.0) - 1
+                b1 = u1 - j1
+                b2 = u2 - j2
                 ok1lo, ok1hi = j1 >= 0, j1 + 1 < n1 and b1 != 0.0
                 ok2lo, ok2hi = j2 >= 0, j2 + 1 < n2 and b2 != 0.0
                 base = i * sa + j1 * s1 + j2 * s2
                 dist = (t0 + i * dt - 0.5) * length
+                if mode == 2:
+                    w_lm = _tof_weight(dist - lm_centre, bw, scale, reach, table) * weight
+                    if w_lm == 0.0:
+                        continue
+                    k_lo, k_hi = 0, -1
+                else:
+                    k_lo, k_hi = _tof_weights(dist, tw, num_bins, bw, scale, off, reach, half_k, table)
+                    if k_lo > k_hi:
+                        continue
+                    w_lm = 0.0
                 for b in range(nb):
-                    if mode == 0:
-                        val = values[b, n, 0] * weight
-                    elif mode == 2:
-                        diff = dist - ((tof_bin[n] - half_k) * bw + off)
-                        val = values[b, n, 0] * weight * _tof_weight(diff, bw, scale, reach)
+                    if mode == 2:
+                        val = values[b, n, 0] * w_lm
                     else:
-                        k_lo = max(0, int(math.floor((dist - reach - off) / bw + half_k)))
-                        k_hi = min(num_bins - 1, int(math.ceil((dist + reach - off) / bw + half_k)))
                         val = 0.0
                         for k in range(k_lo, k_hi + 1):
-                            val += values[b, n, k] * _tof_weight(dist - ((k - half_k) * bw + off), bw, scale, reach)
+                            val += values[b, n, k] * tw[k]
                         val *= weight
                     if val == 0.0:
                         continue
@@ -295,16 +382,20 @@ def _tof_array(geom: Geometry) -> np.ndarray:
     return np.array([t.num_bins, t.bin_width, t.sigma, t.center_offset, t.num_sigmas])
 
 
+_NO_TABLE = np.zeros((0, 2))
+
+
+def _table(dtype: torch.dtype) -> np.ndarray:
+    """The erf table for float32 data, none (libm's erf) for float64."""
+    return _ERF_TABLE if dtype == torch.float32 else _NO_TABLE
+
+
 def _mode(geom: Geometry) -> int:
     return 0 if geom.tof is None else (2 if geom.listmode else 1)
 
 
 def _np(t: Tensor) -> np.ndarray:
     return t.detach().contiguous().numpy()
-
-
-def _lors(start: Tensor, end: Tensor) -> tuple[np.ndarray, np.ndarray]:
-    return _np(start.to(torch.float64)), _np(end.to(torch.float64))
 
 
 def _bins(tof_bin: Tensor | None) -> np.ndarray:
@@ -315,37 +406,79 @@ def _grid(geom: Geometry) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.array(geom.image_shape, dtype=np.int64), np.array(geom.origin), np.array(geom.voxel_size)
 
 
-def forward(image: Tensor, start: Tensor, end: Tensor, geom: Geometry, tof_bin: Tensor | None = None) -> Tensor:
-    """Project ``image (B, n0, n1, n2)`` -> ``(B, N)`` or ``(B, N, K)`` (TOF sinogram)."""
-    batch, num = image.shape[0], start.shape[0]
+# (start, end, z_start, z_end, vr, num): the kernels' LOR arguments, flat or factored
+_LORArgs = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int]
+
+
+def _flat(start: Tensor, end: Tensor) -> _LORArgs:
+    dummy = np.zeros(1, dtype=np.float64)
+    s, e = _np(start), _np(end)
+    return s, e, dummy, dummy, 0, s.shape[0]
+
+
+def _factored(xy_start: Tensor, xy_end: Tensor, z_start: Tensor, z_end: Tensor) -> _LORArgs:
+    xs, xe = _np(xy_start).reshape(-1, 2), _np(xy_end).reshape(-1, 2)
+    zs, ze = _np(z_start), _np(z_end)
+    return xs, xe, zs, ze, xs.shape[0], xs.shape[0] * zs.shape[0]
+
+
+def _run_forward(image: Tensor, lors: _LORArgs, geom: Geometry, tof_bin: Tensor | None) -> Tensor:
+    batch, num = image.shape[0], lors[5]
     mode = _mode(geom)
     out = torch.zeros((batch, num, geom.tof.num_bins if mode == 1 else 1), dtype=image.dtype)
     if num:
         shape, origin, vs = _grid(geom)
-        s, e = _lors(start, end)
         flat = _np(image).reshape(batch, -1)
         if mode == 0:
-            _forward_plain(flat, shape, s, e, origin, vs, out.numpy()[:, :, 0])
+            _forward_plain(flat, shape, *lors, origin, vs, out.numpy()[:, :, 0])
         else:
-            _forward(flat, shape, s, e, origin, vs, out.numpy(), _bins(tof_bin), _tof_array(geom), mode)
+            _forward(flat, shape, *lors, origin, vs, out.numpy(), _bins(tof_bin), _tof_array(geom), mode,
+                     _table(image.dtype))
     return out if mode == 1 else out[:, :, 0]
 
 
-def back(values: Tensor, start: Tensor, end: Tensor, geom: Geometry, tof_bin: Tensor | None = None) -> Tensor:
-    """Adjoint of :func:`forward`: values ``(B, N[, K])`` -> image ``(B, n0, n1, n2)``."""
-    batch, num = values.shape[0], start.shape[0]
+def _run_back(values: Tensor, lors: _LORArgs, geom: Geometry, tof_bin: Tensor | None) -> Tensor:
+    batch, num = values.shape[0], lors[5]
     mode = _mode(geom)
     image_bytes = batch * math.prod(geom.image_shape) * values.element_size()
     blocks = max(1, min(numba.get_num_threads(), num, _MAX_BUFFER_BYTES // max(1, image_bytes)))
     buf = torch.zeros((blocks, batch, math.prod(geom.image_shape)), dtype=values.dtype)
     if num:
         shape, origin, vs = _grid(geom)
-        s, e = _lors(start, end)
         vals = _np(values)
         if mode == 0:
-            _back_plain(vals, shape, s, e, origin, vs, buf.numpy())
+            _back_plain(vals.reshape(batch, num), shape, *lors, origin, vs, buf.numpy())
         else:
             vals = vals.reshape(batch, num, -1)
-            _back(vals, shape, s, e, origin, vs, buf.numpy(), _bins(tof_bin), _tof_array(geom), mode)
+            _back(vals, shape, *lors, origin, vs, buf.numpy(), _bins(tof_bin), _tof_array(geom), mode,
+                  _table(values.dtype))
     out = buf[0] if blocks == 1 else buf.sum(0)
     return out.reshape(batch, *geom.image_shape)
+
+
+def forward(image: Tensor, start: Tensor, end: Tensor, geom: Geometry, tof_bin: Tensor | None = None) -> Tensor:
+    """Project ``image (B, n0, n1, n2)`` -> ``(B, N)`` or ``(B, N, K)`` (TOF sinogram)."""
+    return _run_forward(image, _flat(start, end), geom, tof_bin)
+
+
+def back(values: Tensor, start: Tensor, end: Tensor, geom: Geometry, tof_bin: Tensor | None = None) -> Tensor:
+    """Adjoint of :func:`forward`: values ``(B, N[, K])`` -> image ``(B, n0, n1, n2)``."""
+    return _run_back(values, _flat(start, end), geom, tof_bin)
+
+
+def forward_factored(
+    image: Tensor, xy_start: Tensor, xy_end: Tensor, z_start: Tensor, z_end: Tensor, geom: Geometry
+) -> Tensor:
+    """Project ``image (B, n0, n1, n2)`` along factored sinogram LORs -> ``(B, P Q[, K])``.
+
+    ``xy_start``, ``xy_end``: ``(..., 2)`` mm, ``Q`` rows once flattened; ``z_start``,
+    ``z_end``: ``(P,)`` mm (any float dtype; read as float64 in the kernel).
+    """
+    return _run_forward(image, _factored(xy_start, xy_end, z_start, z_end), geom, None)
+
+
+def back_factored(
+    values: Tensor, xy_start: Tensor, xy_end: Tensor, z_start: Tensor, z_end: Tensor, geom: Geometry
+) -> Tensor:
+    """Adjoint of :func:`forward_factored`: ``(B, P Q[, K])`` -> ``(B, n0, n1, n2)``."""
+    return _run_back(values, _factored(xy_start, xy_end, z_start, z_end), geom, None)
