@@ -13,6 +13,7 @@ forward model, so no rescaling is needed.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,9 @@ def add_parser(subparsers: Any) -> None:
                    help="Gaussian post-filter FWHM, mm (0: none)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (cpu)")
     p.add_argument("--out", type=Path, required=True, help="output image (.nii or .nii.gz)")
+    p.add_argument("--sensitivity-cache", type=Path, default=os.environ.get("PET_DL_SENSITIVITY_CACHE"),
+                   help="folder that keeps subset sensitivity images between runs, keyed by geometry,"
+                        " normalisation and attenuation (default $PET_DL_SENSITIVITY_CACHE; unset: none)")
     p.set_defaults(run=run)
 
 
@@ -87,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         postfilter_fwhm_mm=args.postfilter_fwhm,
         progress=sys.stderr.isatty(),
         device=args.device,
+        sensitivity_cache=args.sensitivity_cache,
     )
     save_nifti(args.out, image, scan.image, units="Bq/mL")
     print(

@@ -11,12 +11,15 @@ is in Bq/mL with no rescaling.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
+
+from pet_dl.recon.sensitivity import subset_sensitivities
 
 if TYPE_CHECKING:
     from pet_dl.forward_model import PETForwardModel
@@ -180,6 +183,7 @@ def osem(
     x0: torch.Tensor | None = None,
     progress: bool = False,
     callback: Callable[[int, torch.Tensor], None] | None = None,
+    sensitivity_cache: str | os.PathLike[str] | None = None,
 ) -> torch.Tensor:
     """Ordered-subsets EM (Hudson-Larkin) with subsets of interleaved views.
 
@@ -196,13 +200,16 @@ def osem(
         progress: show a tqdm progress bar (one step per sub-iteration).
         callback: called as ``callback(k, x)`` after full iteration ``k`` (1-based) with
             the current image; for images along the iterations without re-running.
+        sensitivity_cache: directory for the subset sensitivity images (read when a
+            file for this geometry, normalisation and attenuation exists, else written;
+            :mod:`pet_dl.recon.sensitivity`); None: computed, not stored.
 
     Returns:
         ``(*batch, nx, ny, nz)`` image in Bq/mL, non-negative.
     """
     _check_iterations(num_iterations, num_subsets)
     _check_data(y)
-    subsets = OrderedSubsets.of_scan(model, y, num_subsets)
+    subsets = OrderedSubsets.of_scan(model, y, num_subsets, cache_dir=sensitivity_cache)
     x = _initial(x0, model, y, subsets.total_sensitivity)
     with tqdm(
         total=num_iterations * num_subsets, desc="OSEM" if num_subsets > 1 else "MLEM",
@@ -239,9 +246,19 @@ class OrderedSubsets:
     keep: list[torch.Tensor | None]
 
     @classmethod
-    def of_scan(cls, model: PETForwardModel, y: torch.Tensor, num_subsets: int) -> OrderedSubsets:
-        """Split ``model`` and its counts ``y (*batch, *sino)`` into ``num_subsets`` view subsets."""
-        models, sens = subset_models_and_sensitivities(model, num_subsets)
+    def of_scan(
+        cls,
+        model: PETForwardModel,
+        y: torch.Tensor,
+        num_subsets: int,
+        cache_dir: str | os.PathLike[str] | None = None,
+    ) -> OrderedSubsets:
+        """Split ``model`` and its counts ``y (*batch, *sino)`` into ``num_subsets`` view subsets.
+
+        The subsets' data are strided views of ``y`` (no copies); ``cache_dir``: see
+        :func:`subset_models_and_sensitivities`.
+        """
+        models, sens = subset_models_and_sensitivities(model, num_subsets, cache_dir)
         data = [y] if num_subsets == 1 else [model.subset_data(y, k, num_subsets) for k in range(num_subsets)]
         total = _total_sensitivity(sens)
         keep = [(s <= 0) & (total > 0) for s in sens]
@@ -265,13 +282,19 @@ class OrderedSubsets:
 
 
 def subset_models_and_sensitivities(
-    model: PETForwardModel, num_subsets: int
+    model: PETForwardModel, num_subsets: int, cache_dir: str | os.PathLike[str] | None = None
 ) -> tuple[list[PETForwardModel], list[torch.Tensor]]:
     """The subset forward models and their sensitivity images, computed once.
+
+    The sensitivities take one pass (each subset backprojects its own bins once, one
+    backprojection of the sinogram in all); the full model's sensitivity is set to their
+    sum (:func:`pet_dl.recon.sensitivity.subset_sensitivities`).
 
     Args:
         model: the full forward model.
         num_subsets: number of interleaved view subsets (1: the model itself).
+        cache_dir: directory of cached sensitivity images keyed by geometry,
+            normalisation and attenuation (None: no cache).
 
     Returns:
         ``(models, sensitivities)``: ``num_subsets`` models and images
@@ -280,9 +303,7 @@ def subset_models_and_sensitivities(
     models = [model] if num_subsets == 1 else list(model.subsets(num_subsets))
     if len(models) != num_subsets:
         raise ValueError(f"model.subsets({num_subsets}) returned {len(models)} subsets")
-    with torch.no_grad():
-        sens = [m.sensitivity().detach() for m in models]
-    return models, sens
+    return models, subset_sensitivities(model, models, cache_dir)
 
 
 def _total_sensitivity(subset_sens: list[torch.Tensor]) -> torch.Tensor:

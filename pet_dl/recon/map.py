@@ -20,6 +20,7 @@ MAP estimate.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -55,6 +56,7 @@ def map_rdp(
     voxel_size_mm: Sequence[float] = (1.0, 1.0, 1.0),
     x0: torch.Tensor | None = None,
     progress: bool = False,
+    sensitivity_cache: str | os.PathLike[str] | None = None,
 ) -> torch.Tensor:
     """MAP-EM with the relative difference prior (De Pierro's modified EM, ordered subsets).
 
@@ -72,6 +74,8 @@ def map_rdp(
         voxel_size_mm: voxel size, for the neighbour weights.
         x0: start image ``(*batch, nx, ny, nz)`` Bq/mL; default: uniform, matched to counts.
         progress: show a tqdm progress bar.
+        sensitivity_cache: directory of cached subset sensitivities (see
+            :func:`pet_dl.recon.osem`); None: not stored.
 
     Returns:
         ``(*batch, nx, ny, nz)`` image in Bq/mL, non-negative.
@@ -82,7 +86,7 @@ def map_rdp(
         raise ValueError(f"gamma must be >= 0, got {gamma}")
     _check_iterations(num_iterations, num_subsets)
     _check_data(y)
-    subsets = OrderedSubsets.of_scan(model, y, num_subsets)
+    subsets = OrderedSubsets.of_scan(model, y, num_subsets, cache_dir=sensitivity_cache)
     total_sens = subsets.total_sensitivity
     x = _initial(x0, model, y, total_sens)
     if eps is None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 import torch
 
-from pet_dl.recon.em import mlem, osem
+from pet_dl.recon.em import osem
 from pet_dl.recon.filters import gaussian_postfilter
 from pet_dl.recon.map import map_rdp
 
@@ -26,6 +27,7 @@ def reconstruct_scan(
     postfilter_fwhm_mm: float = 0.0,
     progress: bool = False,
     device: torch.device | str | None = None,
+    sensitivity_cache: str | os.PathLike[str] | None = None,
 ) -> torch.Tensor:
     """Reconstruct a scan on its own image grid.
 
@@ -44,6 +46,10 @@ def reconstruct_scan(
         postfilter_fwhm_mm: Gaussian post-filter FWHM in mm (0: none).
         progress: show a progress bar.
         device: where to compute (default: CPU).
+        sensitivity_cache: directory of cached subset sensitivity images, keyed by
+            geometry, normalisation and attenuation (:mod:`pet_dl.recon.sensitivity`);
+            a later run on the same scanner setup and attenuation reads them instead of
+            backprojecting. None: not stored.
 
     Returns:
         ``(nx, ny, nz)`` float32 image in Bq/mL on ``scan.image`` (on the CPU).
@@ -63,13 +69,14 @@ def reconstruct_scan(
     y = scan.prompts.to(device=device, dtype=torch.float32)
     with torch.no_grad():
         if algorithm == "mlem":
-            x = mlem(model, y, num_iterations, progress=progress)
+            x = osem(model, y, num_iterations, 1, progress=progress, sensitivity_cache=sensitivity_cache)
         elif algorithm == "osem":
-            x = osem(model, y, num_iterations, num_subsets, progress=progress)
+            x = osem(model, y, num_iterations, num_subsets, progress=progress, sensitivity_cache=sensitivity_cache)
         else:
             x = map_rdp(
                 model, y, beta, gamma=gamma, num_iterations=num_iterations, num_subsets=num_subsets,
                 voxel_size_mm=scan.image.voxel_size_mm, progress=progress,
+                sensitivity_cache=sensitivity_cache,
             )
         if postfilter_fwhm_mm:
             x = gaussian_postfilter(x, scan.image, postfilter_fwhm_mm)

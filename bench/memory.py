@@ -1,0 +1,117 @@
+"""Peak memory of 3D mMR span-11 OSEM setup and of simulating a 3D mMR scan (CPU).
+
+    python bench/memory.py setup --grid native      # OSEM setup, 344 x 344 x 127
+    python bench/memory.py simulate --grid small    # simulate_scan, 128 x 128 x 32
+    PYTHONPATH=/path/to/older/checkout python bench/memory.py ...   # the same, older code
+
+``setup``: the full 3D mMR span-11 sinogram (837 x 252 x 344 = 72.6 M bins); attenuation
+of a 200 mm water cylinder (one forward projection), synthetic Poisson counts and a flat
+background, ``model.subsets(21)``, the sensitivity images of ``--sensitivities`` subsets
+(default all 21: one backprojection in all) and one OSEM sub-iteration. ``simulate``:
+``pet_dl.simulate.simulate_scan`` of a uniform water cylinder. Prints one markdown row:
+peak resident set of the process (``ru_maxrss``: torch's allocator is invisible to
+tracemalloc), wall and CPU seconds of each stage. Uses only calls that older versions
+of pet_dl also have, so the same script measures before and after a change.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import resource  # noqa: E402
+import time  # noqa: E402
+
+import torch  # noqa: E402
+
+GRIDS = {"native": ((344, 344, 127), (2.08626, 2.08626, 2.03125)), "small": ((128, 128, 32), (4.0, 4.0, 4.0))}
+
+
+def _peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+class Clock:
+    """Wall and CPU seconds per named stage."""
+
+    def __init__(self) -> None:
+        self.stages: list[str] = []
+        self._t = (time.perf_counter(), time.process_time())
+
+    def lap(self, name: str) -> None:
+        now = (time.perf_counter(), time.process_time())
+        self.stages.append(f"{name} {now[0] - self._t[0]:.0f} s ({now[1] - self._t[1]:.0f} s CPU)")
+        self._t = now
+
+
+def _cylinder(image) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
+    centres = [torch.as_tensor(image.voxel_centers(k), dtype=torch.float32) for k in range(3)]
+    r2 = centres[0][:, None, None] ** 2 + centres[1][None, :, None] ** 2
+    inside = (r2 <= 100.0**2) & (centres[2].abs()[None, None, :] <= 120.0)
+    return (5000.0 * inside).float(), (0.0096 * inside).float()
+
+
+def run_setup(image, sensitivities: int, subsets: int) -> Clock:  # noqa: ANN001
+    from pet_dl.forward_model import PETForwardModel, SinogramProjector, attenuation_factors
+    from pet_dl.geometry import SinogramGeometry, get_scanner
+    from pet_dl.recon.em import em_update
+
+    clock = Clock()
+    sino = SinogramGeometry(get_scanner("mmr"), num_radial=344, span=11, max_ring_difference=60)
+    _, mu = _cylinder(image)
+    projector = SinogramProjector(sino, image)
+    mult = attenuation_factors(mu, sino, image)
+    clock.lap("attenuation")
+    additive = torch.full(sino.shape, 0.5)
+    y = torch.poisson(torch.full(sino.shape, 5.0), generator=torch.Generator().manual_seed(0))
+    model = PETForwardModel(projector, mult, additive, calibration=1e-3)
+    models = model.subsets(subsets)
+    clock.lap("subset models")
+    sens = [m.sensitivity() for m in models[:sensitivities]]
+    clock.lap(f"{sensitivities} sensitivities")
+    x = torch.ones(image.shape)
+    x = em_update(x, models[0], model.subset_data(y, 0, subsets), sens[0])
+    clock.lap("1 sub-iteration")
+    return clock
+
+
+def run_simulate(image) -> Clock:  # noqa: ANN001
+    from pet_dl.geometry import SinogramGeometry, get_scanner
+    from pet_dl.simulate import simulate_scan
+
+    clock = Clock()
+    sino = SinogramGeometry(get_scanner("mmr"), num_radial=344, span=11, max_ring_difference=60)
+    activity, mu = _cylinder(image)
+    scan = simulate_scan(activity, mu, sino, image, duration_s=600.0)
+    clock.lap("simulate_scan")
+    assert scan.prompts.shape == sino.shape
+    return clock
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("case", choices=["setup", "simulate"])
+    parser.add_argument("--grid", choices=sorted(GRIDS), default="native")
+    parser.add_argument("--subsets", type=int, default=21)
+    parser.add_argument("--sensitivities", type=int, default=None, help="subset sensitivities computed (all)")
+    parser.add_argument("--label", default="", help="first column (e.g. before / after)")
+    args = parser.parse_args()
+    from pet_dl.geometry import ImageGeometry
+
+    shape, voxel = GRIDS[args.grid]
+    image = ImageGeometry.centered(shape, voxel)
+    if args.case == "setup":
+        clock = run_setup(image, args.sensitivities or args.subsets, args.subsets)
+    else:
+        clock = run_simulate(image)
+    import pet_dl
+
+    where = os.path.dirname(os.path.dirname(pet_dl.__file__))
+    print(f"| {args.label} | {args.case} | {'x'.join(map(str, shape))} | {_peak_mib():.0f} | "
+          f"{'; '.join(clock.stages)} | {where} |")
+
+
+if __name__ == "__main__":
+    main()
