@@ -179,6 +179,10 @@ def test_import_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert err.startswith("error:") and "unknown input type" in err and err.count("\n") == 1
     assert main(["import", str(tmp_path / "missing.l"), "--out", str(tmp_path / "s.h5")]) == 2
     assert "no such file" in capsys.readouterr().err
+    lm = tmp_path / "acq.l"
+    lm.write_bytes(b"\0" * 8)
+    assert main(["import", str(lm), "--scatter", "--out", str(tmp_path / "s.h5")]) == 2
+    assert "--scatter needs --mu-map and --span 2d" in capsys.readouterr().err
     with pytest.raises(InvalidInputError, match="lacks"):
         _reader("pet_dl.io.no_such_reader", "read", "PETSIRD")
     assert not (tmp_path / "s.h5").exists()

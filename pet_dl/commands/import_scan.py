@@ -83,6 +83,9 @@ def add_parser(subparsers: Any) -> None:
                     help="voxel size, mm: one value or three (4.1725 4.1725 2.03125)")
     lm.add_argument("--psf-fwhm", type=_non_negative, default=0.0,
                     help="image-space resolution model stored in the scan, mm (0)")
+    lm.add_argument("--scatter", action="store_true",
+                    help="estimate scatter: single-scatter simulation of a first OSEM image, "
+                         "tail-fitted (needs --mu-map and --span 2d)")
     p.set_defaults(run=run)
 
 
@@ -135,7 +138,7 @@ def _check_args(args: argparse.Namespace, kind: str) -> None:
         given = [opt for opt, value in (
             ("--norm", args.norm), ("--mu-map", args.mu_map),
             ("--frame-duration", args.frame_duration), ("--image-shape", args.image_shape),
-            ("--voxel-size", args.voxel_size),
+            ("--voxel-size", args.voxel_size), ("--scatter", args.scatter or None),
         ) if value is not None]
         if given or args.frame_start or args.span != "11":
             raise InvalidInputError(
@@ -152,6 +155,8 @@ def _check_args(args: argparse.Namespace, kind: str) -> None:
         raise InvalidInputError(f"--view-mashing must divide 252, got {args.view_mashing}")
     if args.voxel_size is not None and len(args.voxel_size) not in (1, 3):
         raise InvalidInputError(f"--voxel-size takes one or three values, got {len(args.voxel_size)}")
+    if args.scatter and (args.mu_map is None or args.span != "2d"):
+        raise InvalidInputError("--scatter needs --mu-map and --span 2d (3D scatter: not yet)")
     if args.image_shape is not None and min(args.image_shape) < 1:
         raise InvalidInputError(f"--image-shape must be positive, got {args.image_shape}")
 
@@ -172,13 +177,15 @@ def _import_listmode(args: argparse.Namespace) -> tuple[Any, str]:
         mu_units={"auto": "auto", "per-cm": "1/cm", "per-mm": "1/mm"}[args.mu_units],
         frame_start_s=args.frame_start, frame_duration_s=args.frame_duration,
         num_radial=args.num_radial, view_mashing=args.view_mashing, image=image,
-        psf_fwhm_mm=args.psf_fwhm, progress=sys.stderr.isatty(),
+        psf_fwhm_mm=args.psf_fwhm, scatter=args.scatter, progress=sys.stderr.isatty(),
     )
     text = (
         f"{report.prompts:,} prompts, {report.delayeds:,} delayeds in {report.duration_s:g} s"
         f" from {report.frame_start_s:g} s; randoms {100 * report.randoms_fraction:.1f} % of"
         f" the prompts"
     )
+    if report.scatter:
+        text += f"; scatter {100 * report.scatter_fraction:.1f} % of prompts - randoms"
     if report.prompts_kept != report.prompts:
         text += f"; {report.prompts - report.prompts_kept:,} prompts outside the sinogram"
     if report.notes:
