@@ -4,10 +4,14 @@
                     [--format nifti,dicom] [--device cpu|cuda] [--metadata side.json]
 
 Writes ``DIR/<scan name>.nii.gz`` (RAS affine from the scan's image grid) and
-``DIR/<scan name>_dicom/`` (PET Image Storage series, Bq/mL). Each image is checked against
-its scan's data (:func:`pet_dl.inference.data_fit`): where it explains the counts much worse
-than OSEM does (an anatomy unlike the training phantoms, say), one ``warning: ...`` line on
-stderr says so; the images are still written (``--no-data-check`` skips it). Exit codes: 0 success,
+``DIR/<scan name>_dicom/`` (PET Image Storage series, Bq/mL). A 3D scan (several rings) given to
+a 2D model is rebinned to its direct planes (SSRB), reconstructed plane by plane and written
+as one volume on the scan's image grid (docs/inference.md). Each image is checked against
+its scan's data (:func:`pet_dl.inference.reconstruct_and_check`): the data-consistency map
+``DIR/<scan name>_consistency.nii.gz`` (z, noise SDs; positive where the image has more
+activity than the counts support) is written beside it, and where regions are flagged, or
+the whole image explains the counts much worse than OSEM does, one ``warning: ...`` line on
+stderr names their count; the images are still written (``--no-data-check`` skips it). Exit codes: 0 success,
 2 bad input (one line ``error: ...`` on stderr), 1 unexpected failure. Every output is
 written under a temporary name and renamed, so a failure leaves no partial file.
 """
@@ -71,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-check",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="warn where the image fits the scan's data much worse than OSEM (default: on)",
+        help="write <scan>_consistency.nii.gz and warn where the image has more activity than "
+        "the counts support, or fits them much worse than OSEM (default: on)",
     )
     return parser
 
@@ -125,14 +130,21 @@ def scan_name(path: Path) -> str:
 
 
 def _write_outputs(
-    out_dir: Path, name: str, image: Any, scan: Any, formats: tuple[str, ...], checkpoint: str
+    out_dir: Path, name: str, image: Any, scan: Any, formats: tuple[str, ...], checkpoint: str,
+    consistency: Any = None,
 ) -> list[Path]:
-    """Write the requested outputs of one scan; on failure remove what this scan wrote."""
+    """Write the requested outputs of one scan (and ``<name>_consistency.nii.gz``, the
+    data-consistency map's z ``(nx, ny, nz)``, when given); on failure remove what this
+    scan wrote."""
     from pet_dl.io.dicom import write_pet_series
     from pet_dl.io.nifti import save_nifti
 
     written: list[Path] = []
     try:
+        if consistency is not None:
+            path = out_dir / f"{name}_consistency.nii.gz"
+            save_nifti(path, consistency.z, scan.image, units="z (noise SD)")
+            written.append(path)
         if "nifti" in formats:
             path = out_dir / f"{name}.nii.gz"
             save_nifti(path, image, scan.image)
@@ -178,7 +190,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from pet_dl.errors import InvalidInputError
     from pet_dl.inference import (
-        DATA_FIT_LIMIT,
+        data_check_warning,
         load_model,
         reconstruct,
         reconstruct_and_check,
@@ -208,15 +220,11 @@ def _run(args: argparse.Namespace) -> int:
             image, fit = reconstruct_and_check(scan, loaded, device=device, amp=args.amp)
         else:
             image, fit = reconstruct(scan, loaded, device=device, amp=args.amp), None
-        _write_outputs(args.out, name, image, scan, formats, label)
-        if fit is not None and fit.suspect:
-            print(
-                f"warning: {name}: the image explains the measured counts {fit.ratio:.2f} x "
-                f"worse than OSEM (Poisson deviance per bin {fit.deviance:.3f} against "
-                f"{fit.osem_deviance:.3f}; limit {DATA_FIT_LIMIT}): the anatomy may be unlike "
-                "the model's training phantoms; compare with python -m pet_dl recon",
-                file=sys.stderr,
-            )
+        consistency = None if fit is None else fit.consistency
+        _write_outputs(args.out, name, image, scan, formats, label, consistency)
+        line = None if fit is None else data_check_warning(name, fit)
+        if line:
+            print(line, file=sys.stderr)
     return 0
 
 
