@@ -2,13 +2,16 @@
 
     python bench/memory.py setup --grid native      # OSEM setup, 344 x 344 x 127
     python bench/memory.py simulate --grid small    # simulate_scan, 128 x 128 x 32
+    python bench/memory.py build                    # model + 21 subsets, no projection
     PYTHONPATH=/path/to/older/checkout python bench/memory.py ...   # the same, older code
 
 ``setup``: the full 3D mMR span-11 sinogram (837 x 252 x 344 = 72.6 M bins); attenuation
 of a 200 mm water cylinder (one forward projection), synthetic Poisson counts and a flat
 background, ``model.subsets(21)``, the sensitivity images of ``--sensitivities`` subsets
 (default all 21: one backprojection in all) and one OSEM sub-iteration. ``simulate``:
-``pet_dl.simulate.simulate_scan`` of a uniform water cylinder. Prints one markdown row:
+``pet_dl.simulate.simulate_scan`` of a uniform water cylinder. ``build``: the projector,
+a model with sinogram-sized multiplicative (ones) and additive terms, and its 21 subset
+models: what is held before the first projection. Prints one markdown row:
 peak resident set of the process (``ru_maxrss``: torch's allocator is invisible to
 tracemalloc), wall and CPU seconds of each stage. Uses only calls that older versions
 of pet_dl also have, so the same script measures before and after a change.
@@ -77,6 +80,23 @@ def run_setup(image, sensitivities: int, subsets: int) -> Clock:  # noqa: ANN001
     return clock
 
 
+def run_build(subsets: int) -> Clock:
+    """What is in memory before the first projection: the 3D projector and a forward
+    model with sinogram-sized terms (ones, no projection needed), and its subset models."""
+    from pet_dl.forward_model import PETForwardModel, SinogramProjector
+    from pet_dl.geometry import ImageGeometry, SinogramGeometry, get_scanner
+
+    clock = Clock()
+    sino = SinogramGeometry(get_scanner("mmr"), num_radial=344, span=11, max_ring_difference=60)
+    shape, voxel = GRIDS["native"]
+    projector = SinogramProjector(sino, ImageGeometry.centered(shape, voxel))
+    model = PETForwardModel(projector, torch.ones(sino.shape), torch.full(sino.shape, 0.5), calibration=1e-3)
+    clock.lap("projector + model")
+    model.subsets(subsets)
+    clock.lap(f"{subsets} subset models")
+    return clock
+
+
 def run_simulate(image) -> Clock:  # noqa: ANN001
     from pet_dl.geometry import SinogramGeometry, get_scanner
     from pet_dl.simulate import simulate_scan
@@ -92,7 +112,7 @@ def run_simulate(image) -> Clock:  # noqa: ANN001
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("case", choices=["setup", "simulate"])
+    parser.add_argument("case", choices=["setup", "simulate", "build"])
     parser.add_argument("--grid", choices=sorted(GRIDS), default="native")
     parser.add_argument("--subsets", type=int, default=21)
     parser.add_argument("--sensitivities", type=int, default=None, help="subset sensitivities computed (all)")
@@ -104,6 +124,8 @@ def main() -> None:
     image = ImageGeometry.centered(shape, voxel)
     if args.case == "setup":
         clock = run_setup(image, args.sensitivities or args.subsets, args.subsets)
+    elif args.case == "build":
+        clock = run_build(args.subsets)
     else:
         clock = run_simulate(image)
     import pet_dl
