@@ -3,6 +3,8 @@
     python bench/infer.py                      # 2D mMR slice on CPU
     python bench/infer.py --serve              # + one TorchServe request (needs java, serve extra)
     python bench/infer.py --device cuda --3d   # 3D mMR (span 11) on a GPU
+    python bench/infer.py --startup [--before DIR]   # infer.py start-up split (2D, CPU)
+    python bench/infer.py --rebinned [--rings 64]    # 3D mMR span 11 through the 2D model
 
 Uses the shipped model when it exists and the geometry fits, otherwise an untrained
 network of the same architecture (latency does not depend on the weights). Prints a
@@ -225,13 +227,206 @@ def bench_serve(scan_file: Path, checkpoint: Path, work: Path, repeats: int) -> 
             pass
 
 
+# ----------------------------------------------------------------------------- start-up
+# Run in a fresh interpreter inside a source tree (this one, or --before DIR: an older
+# checkout): PREPARE writes a 2D scan of the shipped model's own geometry and a copy of the
+# model whose metadata is that tree's geometry dict; SPLIT then times, from the first
+# statement, what infer.py does: imports, model load, read + reconstruct + data check, write.
+_PREPARE = """
+import sys, torch
+from pet_dl.geometry import ImageGeometry, SinogramGeometry
+from pet_dl.inference import load_model
+from pet_dl.io.checkpoint import save_checkpoint
+from pet_dl.io.scanfile import write_scan
+from pet_dl.simulate import simulate_scan
+work = sys.argv[1]
+loaded = load_model(None, torch.device("cpu"))
+meta = dict(loaded.metadata)
+sino = SinogramGeometry.from_dict(meta["sinogram"])
+image = ImageGeometry.from_dict(meta["image"])
+meta["sinogram"] = sino.to_dict()  # this tree's dict of the same geometry
+save_checkpoint(work + "/model.safetensors", loaded.model, loaded.config, meta)
+n = image.shape[0]
+x = torch.linspace(-1, 1, n)
+disk = ((x[:, None] ** 2 + x[None, :] ** 2) < 0.5).float()[..., None]
+spot = (((x[:, None] - 0.3) ** 2 + x[None, :] ** 2) < 0.01).float()[..., None]
+scan = simulate_scan(disk * 5000 + spot * 15000, disk * 0.0096, sino, image, duration_s=600.0,
+                     psf_fwhm_mm=float(meta.get("psf_fwhm_mm", 4.5)))
+write_scan(work + "/scan.h5", scan)
+"""
+_SPLIT = """
+import time
+t0 = time.perf_counter()
+import json, sys
+from pathlib import Path
+import infer
+from pet_dl.inference import load_model, reconstruct_and_check, resolve_device
+from pet_dl.io.scanfile import read_scan
+t1 = time.perf_counter()
+work = Path(sys.argv[1])
+device = resolve_device("cpu")
+loaded = load_model(work / "model.safetensors", device)
+t2 = time.perf_counter()
+scan = read_scan(work / "scan.h5")
+image = reconstruct_and_check(scan, loaded, device=device)[0]
+t3 = time.perf_counter()
+out = work / "out"
+out.mkdir(exist_ok=True)
+infer._write_outputs(out, "scan", image, scan, ("nifti", "dicom"), "bench")
+t4 = time.perf_counter()
+print(json.dumps([t1 - t0, t2 - t1, t3 - t2, t4 - t3]))
+"""
+
+
+def _checked(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess:
+    """Run ``cmd``; on failure raise with the last lines of its stderr."""
+    out = subprocess.run(cmd, capture_output=True, text=True, **kwargs)  # type: ignore[call-overload]
+    if out.returncode:
+        raise RuntimeError(f"{cmd[:3]} failed ({out.returncode}): {out.stderr[-2000:]}")
+    return out
+
+
+def _child_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def bench_startup(tree: Path, work: Path, repeats: int) -> dict[str, float]:
+    """Medians over ``repeats`` fresh processes (after one warm-up run each) of infer.py's
+    phases in ``tree``, and of ``python infer.py`` end to end (wall and CPU seconds)."""
+    import json
+    import statistics
+
+    env = dict(os.environ, PYTHONPATH=str(tree), OMP_WAIT_POLICY="PASSIVE")
+    py = sys.executable
+    _checked([py, "-c", _PREPARE, str(work)], cwd=tree, env=env)
+    cmd = [py, "infer.py", str(work / "scan.h5"), "--checkpoint", str(work / "model.safetensors"),
+           "--out", str(work / "cli")]
+    _checked(cmd, cwd=tree, env=env)  # warm-up: numba's cache, the file cache
+    splits, walls, cpus = [], [], []
+    for _ in range(repeats):
+        out = _checked([py, "-c", _SPLIT, str(work)], cwd=tree, env=env)
+        splits.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        cpu0, t0 = _child_cpu_s(), time.perf_counter()
+        _checked(cmd, cwd=tree, env=env)
+        walls.append(time.perf_counter() - t0)
+        cpus.append(_child_cpu_s() - cpu0)
+    names = ("imports", "model load", "reconstruction + check", "writing")
+    row = {n: statistics.median(s[i] for s in splits) for i, n in enumerate(names)}
+    row["infer.py wall"] = statistics.median(walls)
+    row["infer.py CPU"] = statistics.median(cpus)
+    return row
+
+
+def startup_main(before: Path | None, repeats: int) -> int:
+    """Print the start-up split of this tree (and of ``before``) as a Markdown table."""
+    trees = [("before", before)] if before is not None else []
+    trees.append(("this tree", ROOT))
+    rows = []
+    for label, tree in trees:
+        with tempfile.TemporaryDirectory() as tmp:
+            rows.append((label, bench_startup(tree.resolve(), Path(tmp), repeats)))
+    names = list(rows[0][1])
+    print(f"| tree | {' | '.join(n + ' (s)' for n in names)} |")
+    print("|---" * (len(names) + 1) + "|")
+    for label, row in rows:
+        print(f"| {label} | {' | '.join(f'{row[n]:.2f}' for n in names)} |")
+    print(f"\n2D shipped-model scan on CPU ({os.cpu_count()} threads), medians of {repeats} fresh "
+          f"processes after one warm-up; load average {os.getloadavg()[0]:.1f}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- 3D, rebinned
+def rebinned_main(rings: int, native: bool) -> int:
+    """A simulated mMR span-11 scan (``rings`` rings) through ``infer.py`` with the shipped 2D
+    model: seconds of simulation (not part of inference), then infer.py end to end in a
+    fresh process, with SSRB and the plane reconstructions timed on their own."""
+    from dataclasses import replace
+
+    from pet_dl.geometry import ImageGeometry, SinogramGeometry
+    from pet_dl.inference import load_model
+    from pet_dl.io.checkpoint import save_checkpoint
+    from pet_dl.io.scanfile import write_scan
+    from pet_dl.rebin import ssrb
+    from pet_dl.scan import AcquisitionMetadata, Scan
+    from pet_dl.simulate import simulate_scan
+
+    loaded = load_model(None, torch.device("cpu"))
+    meta = dict(loaded.metadata)
+    two_d = SinogramGeometry.from_dict(meta["sinogram"])
+    meta["sinogram"] = two_d.to_dict()  # this version's dict of the same geometry
+    scanner = replace(two_d.scanner, num_rings=rings)
+    if native:  # the vendor's layout: 344 bins, 252 views
+        sino = SinogramGeometry(scanner, num_radial=344, span=11)
+    else:  # the model's transaxial layout, every ring
+        sino = SinogramGeometry(scanner, num_radial=two_d.num_radial, span=11,
+                                view_mashing=two_d.view_mashing)
+    image = ImageGeometry.centered((96, 96, 2 * rings - 1), (2.6, 2.6, scanner.ring_spacing_mm / 2))
+    nx, ny, nz = image.shape
+    x = torch.linspace(-1, 1, nx)
+    r2 = x[:, None] ** 2 + x[None, :] ** 2
+    z = torch.linspace(-1, 1, nz)
+    act = ((r2 < 0.5).float() * 8000.0)[..., None] * (1 + (z.abs() < 0.3).float())
+    spot = (((x[:, None] - 0.3) ** 2 + x[None, :] ** 2) < 0.01).float()[..., None] * 20000.0
+    act = act + spot * (z.abs() < 0.1).float()
+    mu = ((r2 < 0.5).float() * 0.0096)[..., None].expand(nx, ny, nz).contiguous()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        t0 = time.perf_counter()
+        scan = simulate_scan(act, mu, sino, image, duration_s=600.0, psf_fwhm_mm=4.5,
+                             crystal_efficiency_sigma=0.05)
+        write_scan(work / "scan.h5", scan)
+        t_sim = time.perf_counter() - t0
+        ckpt = save_checkpoint(work / "model.safetensors", loaded.model, loaded.config, meta)
+        t0 = time.perf_counter()
+        rebinned = ssrb(scan, two_d.num_radial, two_d.view_mashing)
+        t_ssrb = time.perf_counter() - t0
+        del rebinned, scan
+        # SSRB's own cost on a whole native mMR sinogram (837 x 252 x 344; zeros: same work)
+        full = SinogramGeometry(replace(scanner, num_rings=64), num_radial=344, span=11)
+        zeros = torch.zeros(full.shape)
+        big = Scan(full, image, zeros, zeros, zeros, 1.0, 0.0, AcquisitionMetadata(600.0))
+        cpu0 = time.process_time()
+        ssrb(big, two_d.num_radial, two_d.view_mashing)
+        t_full = time.process_time() - cpu0
+        del big, zeros
+        cpu0, t0 = _child_cpu_s(), time.perf_counter()
+        subprocess.run(
+            [sys.executable, str(ROOT / "infer.py"), str(work / "scan.h5"), "--checkpoint", str(ckpt),
+             "--out", str(work / "out")],
+            check=True, env=dict(os.environ, OMP_WAIT_POLICY="PASSIVE"),
+        )
+        wall, cpu = time.perf_counter() - t0, _child_cpu_s() - cpu0
+    print("| scan | sinogram | image | simulate + write (s) | SSRB alone (s) | infer.py wall (s) "
+          "| infer.py CPU (s) | peak RSS of infer.py (MB) | SSRB of a whole native mMR, CPU (s) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
+    print(f"| mMR {rings} rings span 11 | {tuple(sino.shape)} | {image.shape} | {t_sim:.0f} "
+          f"| {t_ssrb:.1f} | {wall:.1f} | {cpu:.1f} | {rss:.0f} | {t_full:.1f} |")
+    print(f"\nCPU ({os.cpu_count()} threads), load average {os.getloadavg()[0]:.1f}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--3d", dest="three_d", action="store_true", help="3D mMR span 11")
     parser.add_argument("--serve", action="store_true", help="also time one TorchServe request")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--startup", action="store_true",
+                        help="infer.py's start-up split on a 2D scan (fresh processes)")
+    parser.add_argument("--before", type=Path, default=None,
+                        help="with --startup: an older source tree to time side by side")
+    parser.add_argument("--rebinned", action="store_true",
+                        help="a simulated 3D mMR span-11 scan through infer.py and the 2D model")
+    parser.add_argument("--rings", type=int, default=64, help="with --rebinned: mMR rings kept")
+    parser.add_argument("--native", action="store_true",
+                        help="with --rebinned: the vendor's 344 bins x 252 views (else the model's)")
     args = parser.parse_args()
+    if args.startup:
+        return startup_main(args.before, args.repeats)
+    if args.rebinned:
+        return rebinned_main(args.rings, args.native)
     from pet_dl.io.scanfile import write_scan
 
     generator = torch.Generator().manual_seed(0)
