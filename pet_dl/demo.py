@@ -1,10 +1,13 @@
 """The demo job (``make demo``, ``python -m pet_dl demo --out DIR``) as a library function.
 
-A held-out 2D brain phantom is simulated on the Siemens mMR (one direct plane) at full
-dose and at 1/20 dose (binomial thinning of the same acquisition), reconstructed with
-OSEM and, when the shipped network and :func:`pet_dl.inference.reconstruct` are
-installed, with the network. The geometry and simulation settings are those of the
-shipped model's training data (``data/brain2d.yaml``), so the network applies as is.
+A held-out 2D brain is simulated on the Siemens mMR (one direct plane) at full dose and
+at 1/20 dose (binomial thinning of the same acquisition), reconstructed with OSEM and,
+when the shipped network and :func:`pet_dl.inference.reconstruct` are installed, with the
+network. The brain is a slice of BrainWeb subject 04, a test subject the shipped model was
+never trained on, with two hot lesions, when the BrainWeb files are found
+(``PET_DL_BRAINWEB`` or ``PET_DL_TEST_DATA``); else the synthetic ``brain`` phantom, with a
+note saying so. The geometry and simulation settings are those of the shipped model's
+training data (``data/brainweb2d.yaml``), so the network applies as is.
 
 Outputs in the folder: the two scan files, one NIfTI per image (Bq/mL), the measured
 sinograms as a picture (``sinograms.png``), a side-by-side PNG of the images
@@ -25,8 +28,10 @@ from typing import Any
 
 import torch
 
-#: Seed of the demo phantom: the first seed of brain2d's test split (never trained on).
+#: Seed of the demo phantom: the first seed of brainweb2d's test split (never trained on).
 DEMO_SEED = 200000
+#: The demo's BrainWeb subject: a test subject of data/brainweb2d.yaml.
+DEMO_SUBJECT = "04"
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,7 @@ class DemoSettings:
     num_subsets: int = 7
     postfilter_fwhm_mm: float = 4.0
     seed: int = DEMO_SEED
+    phantom: str = "auto"  # "brainweb" (subject DEMO_SUBJECT), "brain" (synthetic) or "auto"
 
 
 @dataclass
@@ -68,6 +74,31 @@ class DemoResult:
     rows: list[dict[str, Any]] = field(default_factory=list)
     images: dict[str, torch.Tensor] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+
+
+def _demo_phantom(s: DemoSettings, image: Any, generator: torch.Generator, notes: list[str]) -> Any:
+    """The demo's phantom: a BrainWeb test subject with two lesions, or the synthetic brain.
+
+    ``s.phantom="auto"`` takes BrainWeb when its files are found and says in ``notes`` when
+    they are not; ``"brainweb"`` requires them (ValueError naming the variable).
+    """
+    from pet_dl.phantoms import add_lesions, make_phantom
+    from pet_dl.phantoms.brainweb import brainweb_dir, brainweb_phantom
+
+    if s.phantom not in ("auto", "brainweb", "brain"):
+        raise ValueError(f"phantom must be 'auto', 'brainweb' or 'brain', got {s.phantom!r}")
+    if s.phantom != "brain":
+        try:
+            brainweb_dir()
+        except ValueError as err:
+            if s.phantom == "brainweb":
+                raise
+            notes.append(f"synthetic brain phantom shown ({err})")
+        else:
+            phantom = brainweb_phantom(image, generator, subject=DEMO_SUBJECT, slice_position=0.55)
+            notes.append(f"BrainWeb subject {DEMO_SUBJECT}, never trained on, with two hot lesions")
+            return add_lesions(phantom, 2, (10.0, 16.0), 3.0, generator)
+    return make_phantom("brain", image, generator)
 
 
 def _network() -> tuple[Callable[..., torch.Tensor] | None, str]:
@@ -186,7 +217,6 @@ def run_demo(
     from pet_dl.io.nifti import save_nifti
     from pet_dl.io.scanfile import write_scan
     from pet_dl.metrics import nrmse, nrmse_range, psnr, ssim
-    from pet_dl.phantoms import make_phantom
     from pet_dl.recon import reconstruct_scan
     from pet_dl.scan import AcquisitionMetadata
     from pet_dl.simulate import simulate_scan, thin_scan
@@ -213,14 +243,14 @@ def run_demo(
         get_scanner(s.scanner), num_radial=s.num_radial, view_mashing=s.view_mashing
     )
     generator = torch.Generator().manual_seed(s.seed)
-    phantom = make_phantom("brain", image, generator)
-    say(f"simulating {s.scanner} 2D scan {sinogram.shape} of a {image.shape} brain phantom")
+    phantom = _demo_phantom(s, image, generator, result.notes)
+    say(f"simulating {s.scanner} 2D scan {sinogram.shape} of a {image.shape} {phantom.name} phantom")
     full = simulate_scan(
         phantom.activity, phantom.mu, sinogram, image, duration_s=s.duration_s,
         scatter_fraction=s.scatter_fraction, randoms_fraction=s.randoms_fraction,
         psf_fwhm_mm=s.psf_fwhm_mm, crystal_efficiency_sigma=s.crystal_efficiency_sigma,
         generator=generator,
-        metadata=AcquisitionMetadata(duration_s=s.duration_s, phantom="brain", seed=s.seed),
+        metadata=AcquisitionMetadata(duration_s=s.duration_s, phantom=phantom.name, seed=s.seed),
     )
     low = thin_scan(full, s.dose_fraction, generator, kind="dose")
     truth = phantom.activity.float()
