@@ -163,7 +163,7 @@ def test_infer_writes_the_map_and_one_warning_line(
     --no-data-check writes neither. The network's image is replaced by the truth with a
     false blob (the network itself is not under test here), so the map must flag it."""
     from pet_dl import inference
-    from pet_dl.io.checkpoint import load_checkpoint, save_checkpoint
+    from pet_dl.io.checkpoint import save_checkpoint
     from pet_dl.io.nifti import load_nifti
     from pet_dl.io.scanfile import write_scan
     from pet_dl.models import build_model
@@ -182,7 +182,7 @@ def test_infer_writes_the_map_and_one_warning_line(
     args = [str(tmp_path / "p1.h5"), "--checkpoint", str(ckpt), "--device", "cpu", "--format", "nifti"]
     assert _infer_module().main([*args, "--out", str(tmp_path / "a")]) == 0
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
-    image, fit = inference.reconstruct_and_check(scan, load_checkpoint(ckpt), device="cpu")
+    image, fit = inference.reconstruct_and_check(scan, inference.load_model(ckpt, torch.device("cpu")), device="cpu")
     maps = fit.consistency
     assert isinstance(maps, ConsistencyMap) and maps.count >= 1
     assert math.dist(maps.regions[0].centre_mm[:2], (-15.0, 9.0)) < 5.0
@@ -226,7 +226,7 @@ def test_handler_response_carries_the_count(
     import zipfile
 
     from pet_dl import inference
-    from pet_dl.io.checkpoint import load_checkpoint, save_checkpoint
+    from pet_dl.io.checkpoint import save_checkpoint
     from pet_dl.io.nifti import load_nifti
     from pet_dl.models import build_model
     from pet_dl.serving import handler as serving
@@ -238,7 +238,8 @@ def test_handler_response_carries_the_count(
               "strides": [2], "init_iterations": 2}
     torch.manual_seed(0)
     meta = {"sinogram": scan.sinogram.to_dict(), "image": scan.image.to_dict()}
-    loaded = load_checkpoint(save_checkpoint(tmp_path / "m.safetensors", build_model(config), config, meta))
+    path = save_checkpoint(tmp_path / "m.safetensors", build_model(config), config, meta)
+    loaded = inference.load_model(path, torch.device("cpu"))
     monkeypatch.setattr(inference, "reconstruct", lambda *a, **k: planted.clone())
     _, fit = inference.reconstruct_and_check(scan, loaded, device="cpu")
     assert fit.consistency is not None and fit.consistency.count >= 1

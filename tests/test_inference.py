@@ -255,8 +255,10 @@ def test_infer_cli_writes_nifti_and_dicom(
     assert _infer_module().main(cmd[2:]) == 0
     assert sorted(p.name for p in out.iterdir()) == [
         "patient1.nii.gz",
+        "patient1_consistency.nii.gz",  # the data check's map (tests/test_consistency.py)
         "patient1_dicom",
         "patient2.nii.gz",
+        "patient2_consistency.nii.gz",
         "patient2_dicom",
     ]
     expected = reconstruct(read_scan(scan_path), ckpt, device="cpu")

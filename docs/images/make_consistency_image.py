@@ -22,13 +22,20 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from pet_dl.datasets import load_recipe, phantom_of_seed, simulate_full_dose  # noqa: E402
-from pet_dl.inference import check_consistency, load_model, reference_osem, scan_batch  # noqa: E402
+from pet_dl.inference import (  # noqa: E402
+    DataFit,
+    check_consistency,
+    data_check_warning,
+    load_model,
+    reference_osem,
+    scan_batch,
+)
 from pet_dl.recon.filters import gaussian_postfilter  # noqa: E402
 from pet_dl.simulate import thin_scan  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED = 101650
-BLOB_INDEX = (60, 48)
+BLOB_INDEX = (30, 40)
 
 
 def blob(grid, centre_mm: tuple[float, float], fwhm_mm: float, peak: float) -> torch.Tensor:
@@ -81,6 +88,7 @@ def main(out: Path = Path(__file__).parent / "consistency_map.png") -> None:
     fig.savefig(out, dpi=70)
     print(f"wrote {out}: network {own.count} regions, with the blob {flagged.count}; "
           f"peak z {flagged.max_z:.1f}")
+    print(data_check_warning("brain_1_20", DataFit(1.0, 1.0, 1.0, consistency=flagged)))
 
 
 if __name__ == "__main__":
