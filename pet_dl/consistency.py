@@ -10,24 +10,29 @@ attenuation x normalisation x projector x PSF):
    variance 1 at every count level where ``x`` is the truth;
 2. its sensitivity-weighted mean over the lines of response through each voxel,
    ``A^T r / A^T 1``, smoothed by a Gaussian of the scanner's resolution (the scan's PSF
-   FWHM): a matched filter for blobs of about 1 cm;
+   FWHM), less its local background (a Gaussian of :data:`BACKGROUND_FWHM_MM`): broad
+   disagreements (a global scale, OSEM's slow convergence) are not local hot spots;
 3. divided by the standard deviation that map has when ``r`` is pure unit-variance noise
    (Monte-Carlo with :data:`NULL_SAMPLES` random-sign sinograms through the same steps,
    seeded, so the map is deterministic), and negated:
 
-   ``z = -G(A^T r / A^T 1) / sd_null``
+   ``z = -HP(G(A^T r / A^T 1)) / sd_null``
 
 ``z`` is in standard deviations of the noise; positive where the image has more activity
 than the measured counts support (a false hot spot), negative where it has less (a lesion
 it missed). The noise scale does not change with the count level, so one threshold,
-:data:`CONSISTENCY_THRESHOLD`, serves every dose. Flagged regions are the connected
-components of ``z > threshold`` (:func:`find_regions`).
+:data:`CONSISTENCY_THRESHOLD`, serves every dose. Flagged regions (:func:`find_regions`)
+are the connected components of ``z > threshold`` inside the object
+(:func:`object_support`) where the relative excess (:func:`relative_excess`: how much the
+expected counts on the lines through a voxel exceed the measured ones) is above
+:data:`MIN_RELATIVE_EXCESS`; at full dose tiny real disagreements are significant, and
+this floor keeps them out.
 
-A reference image (the OSEM the shipped network starts from) is optional: the map of
-the reference is returned beside it for comparison, but the flags are the image's own.
-Subtracting the reference's map was measured and rejected (docs/inference.md,
-"Data-consistency map"): where the network recovers a true lesion better than 4 x 7 OSEM
-does, the difference reads as excess activity.
+A reference image (the OSEM the shipped network starts from) is optional: it gives the
+object's support, and its map is returned beside the image's for comparison, but the flags
+are the image's own. Subtracting the reference's map was measured and rejected
+(docs/inference.md, "Data-consistency map"): where the network is closer to the truth than
+4 x 7 OSEM, the difference reads as a disagreement.
 
 Layer: above the forward model and ``recon`` (it uses their operators and filters),
 below ``inference``; tensors only, no file formats.
@@ -214,7 +219,7 @@ def excess_z(
     image: ImageGeometry, fwhm_mm: float, scale: torch.Tensor | None = None,
     background_fwhm_mm: float = BACKGROUND_FWHM_MM,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The z map of step 1-3 of the module docstring, for one scan or a batch.
+    """The z map of steps 1-3 of the module docstring, for one scan or a batch.
 
     Args:
         model: forward model ``x (B?, nx, ny, nz) -> ybar (B?, *sino)`` of the scan(s).
