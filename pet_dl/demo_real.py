@@ -128,7 +128,7 @@ def run_demo_real(
     stats: dict[str, dict[str, float]] = {}
     t0 = time.perf_counter()
     say("OSEM 4 x 7")
-    images["OSEM"] = reconstruct_scan(scan, "osem", iterations=4, subsets=7, postfilter_fwhm_mm=4.0)
+    images["OSEM"] = reconstruct_scan(scan, "osem", num_iterations=4, num_subsets=7, postfilter_fwhm_mm=4.0)
     stats["OSEM"] = {"seconds": time.perf_counter() - t0}
     if net is not None:
         t0 = time.perf_counter()
