@@ -205,9 +205,18 @@ def null_scale(
     sens = model.sensitivity()
     g = torch.Generator().manual_seed(int(seed))
     total = torch.zeros_like(sens, dtype=torch.float32)
-    for _ in range(samples):
-        signs = torch.randint(0, 2, tuple(valid.shape), generator=g).to(valid.device) * 2.0 - 1.0
-        total += _mean_over_lors(model, signs * valid, sens, image, fwhm_mm, background_fwhm_mm) ** 2
+    if model.batch_size in (None, 1):  # one scan: all samples in one back-projection
+        sino = tuple(valid.shape[-len(model.out_shape):])
+        signs = torch.randint(0, 2, (samples, *sino), generator=g).to(valid.device) * 2.0 - 1.0
+        means = _mean_over_lors(
+            model, signs * valid.reshape(sino), sens.reshape(image.shape), image, fwhm_mm,
+            background_fwhm_mm,
+        )
+        total += (means**2).sum(0).reshape(total.shape)
+    else:
+        for _ in range(samples):
+            signs = torch.randint(0, 2, tuple(valid.shape), generator=g).to(valid.device) * 2.0 - 1.0
+            total += _mean_over_lors(model, signs * valid, sens, image, fwhm_mm, background_fwhm_mm) ** 2
     variance = gaussian_postfilter(total / samples, image, NULL_SMOOTHING_MM)
     floor = 1e-12 + 1e-6 * float(variance.max())
     return variance.clamp_min(floor).sqrt()
