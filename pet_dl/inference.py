@@ -20,31 +20,24 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from pet_dl.errors import GeometryError, InvalidInputError
-from pet_dl.io.checkpoint import CheckpointError, LoadedModel, load_checkpoint
+from pet_dl.io.checkpoint import (  # noqa: F401  (SHIPPED_MODEL, shipped_checkpoint: also from here)
+    SHIPPED_MODEL,
+    CheckpointError,
+    LoadedModel,
+    load_checkpoint,
+    shipped_checkpoint,
+)
 
 if TYPE_CHECKING:
     from pet_dl.consistency import ConsistencyMap
     from pet_dl.models import ReconBatch
     from pet_dl.scan import Scan
-
-SHIPPED_MODEL = "pet_dl_2d.safetensors"
-
-
-def shipped_checkpoint() -> Path:
-    """Path of the shipped 2D model (``pet_dl/assets/pet_dl_2d.safetensors``)."""
-    path = Path(str(resources.files("pet_dl").joinpath("assets", SHIPPED_MODEL)))
-    if not path.is_file():
-        raise CheckpointError(
-            f"the shipped model {SHIPPED_MODEL} is not installed; pass a checkpoint explicitly"
-        )
-    return path
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
