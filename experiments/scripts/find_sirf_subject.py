@@ -8,7 +8,7 @@ anterior-posterior flips, the subject's white-matter fraction is averaged over t
 normalised cross-correlations of the brain planes are summed over planes before the
 maximum over shifts is taken, so a subject must match all planes at once.
 
-    PET_DL_TEST_DATA=../shared/data python experiments/find_sirf_subject.py
+    PET_DL_TEST_DATA=../shared/data python experiments/scripts/find_sirf_subject.py
 """
 
 from __future__ import annotations
