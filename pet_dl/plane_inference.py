@@ -22,7 +22,14 @@ import torch
 from pet_dl.errors import InvalidInputError
 from pet_dl.geometry import ImageGeometry, SinogramGeometry
 from pet_dl.inference import DataFit, check_compatible
-from pet_dl.rebin import direct_planes_geometry, plane_geometry, plane_scan, ssrb, stack_planes
+from pet_dl.rebin import (
+    direct_planes_geometry,
+    plane_geometry,
+    plane_scan,
+    relayout_2d,
+    ssrb,
+    stack_planes,
+)
 
 if TYPE_CHECKING:
     from pet_dl.io.checkpoint import LoadedModel
@@ -47,11 +54,26 @@ class PlaneFit(DataFit):
 
 
 def needs_rebinning(scan: Scan, metadata: dict[str, Any]) -> bool:
-    """True when ``scan`` has several rings and the model was trained on a single ring."""
+    """True when a model trained on a single ring must take ``scan`` through this module.
+
+    That is a scan with several rings (rebinned to direct planes), and a one-ring scan of
+    the same scanner on another transaxial layout (the native 344 radial bins and 252
+    views of ``python -m pet_dl simulate --scanner mmr``, say: cropped and mashed onto the
+    model's) or another image grid (reconstructed on the model's, resampled onto the
+    scan's). A scan of another scanner is left to the model's geometry check.
+    """
     trained = metadata.get("sinogram")
-    if scan.sinogram.scanner.num_rings < 2 or not isinstance(trained, dict):
+    if not isinstance(trained, dict) or int(trained.get("scanner", {}).get("num_rings", 0)) != 1:
         return False
-    return int(trained.get("scanner", {}).get("num_rings", 0)) == 1
+    sino = scan.sinogram
+    if sino.scanner.num_rings >= 2:
+        return True
+    if sino.scanner.name != trained.get("scanner", {}).get("name") or sino.tof or sino.arc_corrected:
+        return False
+    layout = (sino.num_radial, sino.view_mashing)
+    if layout != (int(trained.get("num_radial", -1)), int(trained.get("view_mashing", 1))):
+        return int(trained.get("view_mashing", 1)) % sino.view_mashing == 0
+    return isinstance(metadata.get("image"), dict) and scan.image.to_dict() != metadata["image"]
 
 
 def _plane_batch(stack: Scan, device: torch.device, initial: torch.Tensor | None) -> ReconBatch:
@@ -107,10 +129,15 @@ def reconstruct_planes(
         raise InvalidInputError(f"plane batch must be >= 1, got {batch}")
     trained = SinogramGeometry.from_dict(loaded.metadata["sinogram"])
     image2d = ImageGeometry.from_dict(loaded.metadata["image"])
-    target = direct_planes_geometry(scan.sinogram, trained.num_radial, trained.view_mashing)
-    # the model's own check, on the 2D layout every plane will have: nothing is relaxed
-    check_compatible(replace(scan, sinogram=plane_geometry(target), image=image2d), loaded.metadata)
-    rebinned = ssrb(scan, trained.num_radial, trained.view_mashing)
+    if scan.sinogram.scanner.num_rings >= 2:
+        target = direct_planes_geometry(scan.sinogram, trained.num_radial, trained.view_mashing)
+        # the model's own check, on the 2D layout every plane will have: nothing is relaxed
+        check_compatible(replace(scan, sinogram=plane_geometry(target), image=image2d), loaded.metadata)
+        rebinned = ssrb(scan, trained.num_radial, trained.view_mashing)
+    else:  # a 2D scan on another layout or image grid: brought to the model's
+        rebinned = relayout_2d(scan, trained.num_radial, trained.view_mashing)
+        target = rebinned.sinogram
+        check_compatible(replace(rebinned, image=image2d), loaded.metadata)
     model = loaded.model
     same_start = (getattr(model, "init_iterations", None), getattr(model, "init_subsets", None)) == (4, 7)
     use_amp = device.type == "cuda" and bool(amp)

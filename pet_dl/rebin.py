@@ -155,6 +155,41 @@ def ssrb(
     return replace(scan, sinogram=target, **{k: v.float() for k, v in out.items()})
 
 
+def relayout_2d(scan: Scan, num_radial: int, view_mashing: int) -> Scan:
+    """A one-ring (2D) scan on another transaxial layout of its scanner.
+
+    The radial bins the two layouts share are kept (centred as everywhere; bins beyond the
+    scan's are empty, with zero multiplicative factors), and views are mashed by
+    ``view_mashing / scan's``: prompts, additive and multiplicative terms summed over the
+    mashed views, as :func:`ssrb` does, so the expected counts of every kept bin stay those
+    of the forward model on the new layout. The native mMR 2D scan (252 views x 344 bins)
+    becomes the shipped model's 126 x 128 this way.
+
+    Raises:
+        GeometryError: the scan has several rings, or ``view_mashing`` is not a multiple of
+            the scan's.
+    """
+    sino = scan.sinogram
+    if sino.scanner.num_rings != 1:
+        raise GeometryError("relayout_2d needs a one-ring scan (rebin a 3D scan with ssrb)")
+    if view_mashing % sino.view_mashing:
+        raise GeometryError(f"view_mashing {view_mashing} is not a multiple of the scan's {sino.view_mashing}")
+    f = view_mashing // sino.view_mashing
+    target = replace(sino, num_radial=num_radial, view_mashing=view_mashing, tof=False)
+    r_src, r_dst, count = _radial_window(sino.num_radial, num_radial)
+    out = {}
+    for name in ("prompts", "multiplicative", "additive"):
+        t = getattr(scan, name)
+        if sino.tof:
+            t = t.sum(-1)
+        t = t[..., r_src : r_src + count].double()
+        t = t.reshape(t.shape[0], target.num_views, f, count).sum(2)
+        o = torch.zeros(target.shape, dtype=torch.float64)
+        o[..., r_dst : r_dst + count] = t
+        out[name] = o.float()
+    return replace(scan, sinogram=target, **out)
+
+
 def plane_scan(rebinned: Scan, planes: slice | int, image: ImageGeometry) -> Scan:
     """Planes of a rebinned scan as 2D scans: one ring at z = 0 on the 2D grid ``image``.
 
