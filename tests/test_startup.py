@@ -1,6 +1,5 @@
-"""infer.py's start-up path without MONAI, sympy or nibabel: pet_dl.models.unet (MONAI's UNet
-and Convolution), the Gaussian post-filter and the NIfTI writer, each checked against the
-library it replaces."""
+"""infer.py's start-up path: no training framework, and the Gaussian post-filter (in torch,
+without importing MONAI's filtering) checked against MONAI's; NIfTI round trips."""
 
 from __future__ import annotations
 
@@ -11,64 +10,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from pet_dl.models.unet import Convolution, UNet
 
-CASES = [
-    # spatial_dims, channels, strides, num_res_units, norm, size
-    (2, (32, 64, 128), (2, 2), 2, "instance", 24),  # the shipped model's UNet
-    (2, (4, 8), (2,), 1, None, 12),
-    (2, (4, 8, 16, 16), (2, 2, 1), 0, "batch", 16),
-    (3, (4, 8, 16), (2, 2), 2, "instance", 8),
-    (1, (3, 6), (2,), 0, None, 10),
-]
-
-
-@pytest.mark.parametrize("dims, channels, strides, res, norm, size", CASES)
-def test_unet_has_monais_weights_and_outputs(
-    dims: int, channels: tuple[int, ...], strides: tuple[int, ...], res: int, norm: str | None,
-    size: int, generator: torch.Generator,
-) -> None:
-    from monai.networks.nets import UNet as MonaiUNet
-
-    torch.manual_seed(0)  # MONAI layers initialise from the global generator
-    ref = MonaiUNet(dims, 2, 1, channels, strides, num_res_units=res, norm=norm).eval()
-    ours = UNet(dims, 2, 1, channels, strides, num_res_units=res, norm=norm).eval()
-    theirs = {k: v.shape for k, v in ref.state_dict().items()}
-    assert {k: v.shape for k, v in ours.state_dict().items()} == theirs
-    with torch.no_grad():  # random weights, PReLU slopes included, so every path counts
-        for p in ref.parameters():
-            p.copy_(0.3 * torch.randn(p.shape, generator=generator))
-    ours.load_state_dict(ref.state_dict(), strict=True)
-    x = torch.randn(3, 2, *([size] * dims), generator=generator)
-    with torch.no_grad():
-        torch.testing.assert_close(ours(x), ref(x), rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize("conv_only", [False, True])
-def test_convolution_block_matches_monai(conv_only: bool, generator: torch.Generator) -> None:
-    from monai.networks.blocks import Convolution as MonaiConvolution
-
-    ref = MonaiConvolution(2, 3, 5, kernel_size=3, act="PRELU", norm=None, conv_only=conv_only)
-    ours = Convolution(2, 3, 5, norm=None, conv_only=conv_only)
-    with torch.no_grad():
-        for p in ref.parameters():
-            p.copy_(torch.randn(p.shape, generator=generator))
-    ours.load_state_dict(ref.state_dict(), strict=True)
-    x = torch.randn(2, 3, 9, 7, generator=generator)
-    with torch.no_grad():
-        torch.testing.assert_close(ours(x), ref(x))
-
-
-def test_loading_the_shipped_model_does_not_import_monai() -> None:
+def test_loading_the_shipped_model_does_not_import_lightning() -> None:
+    """Inference needs no training framework (the network itself is MONAI's UNet)."""
     code = (
         "import sys, torch\n"
         "from pet_dl.inference import load_model\n"
         "load_model(None, torch.device('cpu'))\n"
-        "bad = sorted(m for m in ('monai', 'lightning', 'matplotlib', 'pydicom', 'nibabel') if m in sys.modules)\n"
-        "print(','.join(bad))\n"
+        "print('lightning' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == ""
+    assert out.stdout.strip() == "False"
 
 
 @pytest.mark.parametrize("sigma", [0.1, 0.7, 1.3, 2.9])

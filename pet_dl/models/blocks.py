@@ -180,7 +180,7 @@ class PaddedUNet(nn.Module):
         flip_axes: Sequence[int] = (),
     ) -> None:
         super().__init__()
-        from pet_dl.models.unet import UNet  # MONAI's, without importing MONAI (1.5 s)
+        from monai.networks.nets import UNet
 
         if len(strides) != len(channels) - 1:
             raise ValueError(
@@ -227,14 +227,14 @@ class ConvStack(nn.Module):
         self, spatial_dims: int, in_channels: int, out_channels: int, width: int = 32, depth: int = 3
     ) -> None:
         super().__init__()
-        from pet_dl.models.unet import Convolution
+        from monai.networks.blocks import Convolution
 
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
         layers: list[nn.Module] = []
         c = in_channels
         for _ in range(depth - 1):
-            layers.append(Convolution(spatial_dims, c, width, kernel_size=3, norm=None))
+            layers.append(Convolution(spatial_dims, c, width, kernel_size=3, act="PRELU", norm=None))
             c = width
         layers.append(
             Convolution(spatial_dims, c, out_channels, kernel_size=3, conv_only=True)
