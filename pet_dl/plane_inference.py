@@ -70,9 +70,10 @@ def needs_rebinning(scan: Scan, metadata: dict[str, Any]) -> bool:
         return True
     if sino.scanner.name != trained.get("scanner", {}).get("name") or sino.tof or sino.arc_corrected:
         return False
-    layout = (sino.num_radial, sino.view_mashing)
-    if layout != (int(trained.get("num_radial", -1)), int(trained.get("view_mashing", 1))):
-        return int(trained.get("view_mashing", 1)) % sino.view_mashing == 0
+    radial, mashing = int(trained.get("num_radial", -1)), int(trained.get("view_mashing", 1))
+    if (sino.num_radial, sino.view_mashing) != (radial, mashing):
+        # only when the scan covers the model's radial bins and its views mash onto the model's
+        return sino.num_radial >= radial and mashing % sino.view_mashing == 0
     return isinstance(metadata.get("image"), dict) and scan.image.to_dict() != metadata["image"]
 
 
