@@ -138,8 +138,12 @@ def _png(path: Path, panels: list[tuple[str, torch.Tensor]], vmax: float) -> Non
         fig.savefig(tmp, format="png")
 
 
-def _sinogram_png(path: Path, scans: list[tuple[str, Any]]) -> None:
-    """Prompts of each scan's central plane as views x radial bins, counts per bin."""
+def sinogram_png(path: Path, panels: list[tuple[str, torch.Tensor]]) -> None:
+    """Each sinogram's central plane as views x radial bins (counts per bin), titled with its total.
+
+    Args:
+        panels: ``(title, sinogram (planes, views, radial))`` per panel, counts.
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -147,13 +151,12 @@ def _sinogram_png(path: Path, scans: list[tuple[str, Any]]) -> None:
 
     from pet_dl.io.atomic import atomic_path
 
-    fig = Figure(figsize=(3.6 * len(scans), 3.4), dpi=100)
-    for k, (title, scan) in enumerate(scans):
-        prompts = scan.prompts
-        plane = prompts[prompts.shape[0] // 2].numpy()  # (views, radial)
-        ax = fig.add_subplot(1, len(scans), k + 1)
+    fig = Figure(figsize=(3.7 * len(panels), 3.4), dpi=100)
+    for k, (title, sino) in enumerate(panels):
+        plane = sino[sino.shape[0] // 2].numpy()  # (views, radial)
+        ax = fig.add_subplot(1, len(panels), k + 1)
         shown = ax.imshow(plane, cmap="magma", aspect="auto", interpolation="nearest")
-        ax.set_title(f"{title}: {float(prompts.sum()):.3g} prompts", fontsize=9)
+        ax.set_title(f"{title}: {float(sino.sum()):,.0f} counts", fontsize=9)
         ax.set_xlabel("radial bin")
         ax.set_ylabel("view")
         fig.colorbar(shown, ax=ax, label="counts per bin")
@@ -264,7 +267,7 @@ def run_demo(
     save_nifti(path, truth, image)
     result.files.append(path)
     path = out / "sinograms.png"
-    _sinogram_png(path, [("full dose", full), (f"{_dose_label(s.dose_fraction)} dose", low)])
+    sinogram_png(path, [("full dose", full.prompts), (f"{_dose_label(s.dose_fraction)} dose", low.prompts)])
     result.files.append(path)
 
     methods: list[tuple[str, Callable[[Any], torch.Tensor]]] = [

@@ -49,27 +49,6 @@ def _images_png(path: Path, panels: list[tuple[str, torch.Tensor]]) -> None:
         fig.savefig(tmp, format="png")
 
 
-def _sinograms_png(path: Path, scan: Any) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
-
-    from pet_dl.io.atomic import atomic_path
-
-    fig = Figure(figsize=(7.4, 3.4), dpi=100)
-    for k, (title, data) in enumerate((("prompts", scan.prompts), ("randoms estimate", scan.additive))):
-        ax = fig.add_subplot(1, 2, k + 1)
-        shown = ax.imshow(data[0].numpy(), cmap="magma", aspect="auto", interpolation="nearest")
-        ax.set_title(f"{title}: {float(data.sum()):,.0f}", fontsize=9)
-        ax.set_xlabel("radial bin")
-        ax.set_ylabel("view")
-        fig.colorbar(shown, ax=ax, label="counts per bin")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-
-
 def run_demo_real(
     listmode: str | Path,
     out_dir: str | Path,
@@ -94,7 +73,7 @@ def run_demo_real(
         ``duration_s``, and per method ``{name: {"mean_bqml", "max_bqml", "seconds"}}``
         under ``"images"``.
     """
-    from pet_dl.demo import _network
+    from pet_dl.demo import _network, sinogram_png
     from pet_dl.importing import import_listmode
     from pet_dl.io.atomic import atomic_path
     from pet_dl.io.nifti import save_nifti
@@ -115,7 +94,7 @@ def run_demo_real(
         view_mashing=VIEW_MASHING, image=image, psf_fwhm_mm=PSF_MM, progress=progress,
     )
     write_scan(out / "scan_real.h5", scan)
-    _sinograms_png(out / "real_sinograms.png", scan)
+    sinogram_png(out / "real_sinograms.png", [("prompts", scan.prompts), ("randoms estimate", scan.additive)])
     notes = list(report.notes)
     if mu_map is None:
         notes.append("no mu-map given: images are not attenuation corrected")
