@@ -4,7 +4,7 @@ VENV ?= .venv
 # torch is installed first through this variable; the default is the build that the CI
 # machine has on local disk. For a CUDA machine: make TORCH_SPEC="torch==2.5.1" ...
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= dev,serve
+EXTRAS ?= dev,serve,petsird
 BIN := $(VENV)/bin
 # torch's and numba's OpenMP threads spin against each other on small machines unless
 # idle threads sleep (2D OSEM iterations went from 0.24 s to several s without this).

@@ -204,7 +204,7 @@ def test_read_petsird_histograms_every_event(tmp_path: Path) -> None:
 def test_read_petsird_efficiencies_match_the_package(tmp_path: Path) -> None:
     """multiplicative = sum over energy-bin pairs of petsird.helpers.get_detection_efficiency
     (without the calibration factor), on a few bins; modules out of coincidence give 0."""
-    import petsird
+    petsird = pytest.importorskip("petsird", reason="the optional 'petsird' package is not installed")
     from petsird.helpers import get_detection_efficiency
 
     from pet_dl.io.petsird import read_petsird
