@@ -1,8 +1,8 @@
 """TOF cost of the numba kernels: TOF (Siemens Vision, 33 bins) against non-TOF on the same LORs.
 
     python bench/tof_kernels.py                   # this checkout's kernels
-    git show <commit>:pet_dl/projector/numba_kernels.py > /tmp/old_kernels.py
-    python bench/tof_kernels.py --old /tmp/old_kernels.py   # and an older version, same run
+    git show <commit>:pet_dl/projector/numba_kernels.py > old_kernels.py
+    python bench/tof_kernels.py --old old_kernels.py   # and an older version, same run
 
 Cases: "2D" = one ring, 440 x 440 x 1 image of 1.65 mm (fits in cache: the kernel's own
 cost), every 4th of the 380 views x 520 radial bins; "3D" = span 19, 440 x 440 x 159, one

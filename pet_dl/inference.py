@@ -137,13 +137,6 @@ def _first_difference(a: Any, b: Any, prefix: str = "") -> tuple[str, Any, Any] 
     return None if a == b else (prefix, a, b)
 
 
-def _without_gap_position(sinogram: Any) -> Any:
-    if isinstance(sinogram, dict) and isinstance(sinogram.get("scanner"), dict):
-        scanner = {k: v for k, v in sinogram["scanner"].items() if k != "gap_position"}
-        return {**sinogram, "scanner": scanner}
-    return sinogram
-
-
 def check_compatible(scan: Scan, metadata: dict[str, Any]) -> None:
     """Raise :class:`GeometryError` unless ``scan`` matches the training geometry.
 
@@ -182,11 +175,10 @@ def check_compatible(scan: Scan, metadata: dict[str, Any]) -> None:
                 f"scan is {'TOF' if sino.tof else 'non-TOF'}, "
                 f"model was trained on {'TOF' if trained.tof else 'non-TOF'} data"
             )
-    # where the gap crystals sit in a block (ScannerGeometry.gap_position) is part of the
-    # scan's own multiplicative factors, not of the network: models trained before the
-    # mMR's gap position was corrected (gap last) still read scans with the gap first
+    from pet_dl.geometry import network_geometry_key
+
     diff = _first_difference(
-        _without_gap_position(_plain(sino.to_dict())), _without_gap_position(_plain(trained_sino))
+        network_geometry_key(_plain(sino.to_dict())), network_geometry_key(_plain(trained_sino))
     )
     if diff:
         key, a, b = diff

@@ -76,16 +76,6 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
-def _geometry_key(geometry: Any) -> Any:
-    """A geometry dict without the scanner's ``gap_position``: where the gap crystals sit is
-    part of each scan's multiplicative factors, not of a network (models trained before the
-    mMR's gap position was corrected are scored on scans with the gap first)."""
-    if isinstance(geometry, dict) and isinstance(geometry.get("scanner"), dict):
-        scanner = {k: v for k, v in geometry["scanner"].items() if k != "gap_position"}
-        return {**geometry, "scanner": scanner}
-    return geometry
-
-
 def load_networks(
     paths: Mapping[str, str], recipe: Mapping[str, Any], held_out_seeds: Sequence[int]
 ) -> dict[str, nn.Module]:
@@ -108,6 +98,7 @@ def load_networks(
             unreadable ``train_seeds``.
     """
     from pet_dl.datasets import psf_of_recipe, recipe_geometry, seeds_from_json
+    from pet_dl.geometry import network_geometry_key
     from pet_dl.io.checkpoint import load_checkpoint, shipped_checkpoint
     from pet_dl.models import build_model
 
@@ -117,7 +108,7 @@ def load_networks(
         loaded = load_checkpoint(shipped_checkpoint() if path == "shipped" else path, builder=build_model)
         meta = loaded.metadata
         for key, want in (("sinogram", sinogram.to_dict()), ("image", image.to_dict())):
-            if key in meta and _geometry_key(_plain(meta[key])) != _geometry_key(_plain(want)):
+            if key in meta and network_geometry_key(_plain(meta[key])) != network_geometry_key(_plain(want)):
                 raise ValueError(f"network {name!r} ({path}) was trained on another {key} geometry than the recipe's")
         psf = meta.get("psf_fwhm_mm")
         if psf is not None and not math.isclose(float(psf), psf_of_recipe(recipe), abs_tol=1e-6):

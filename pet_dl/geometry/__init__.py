@@ -4,7 +4,7 @@ from .image import ImageGeometry
 from .presets import SCANNER_PRESETS, get_scanner
 from .resample import resample_to_grid
 from .scanner import ScannerGeometry
-from .sinogram import SinogramGeometry
+from .sinogram import SinogramGeometry, network_geometry_key
 from .tof import TOFParameters
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "ImageGeometry",
     "ScannerGeometry",
     "SinogramGeometry",
+    "network_geometry_key",
     "TOFParameters",
     "get_scanner",
     "resample_to_grid",

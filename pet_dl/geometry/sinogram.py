@@ -393,3 +393,17 @@ class SinogramGeometry:
         d = dict(d)
         d["scanner"] = ScannerGeometry.from_dict(d["scanner"])
         return cls(**d)
+
+
+def network_geometry_key(geometry: Any) -> Any:
+    """A geometry dict (``to_dict()`` form) without what a network does not depend on.
+
+    Where the gap crystals sit in a block (``ScannerGeometry.gap_position``) is part of each
+    scan's multiplicative factors, not of a trained network: models trained before the mMR's
+    gap position was corrected (gap last) read scans with the gap first. Compare
+    ``network_geometry_key(a) == network_geometry_key(b)`` to check a scan against a model.
+    """
+    if isinstance(geometry, dict) and isinstance(geometry.get("scanner"), dict):
+        scanner = {k: v for k, v in geometry["scanner"].items() if k != "gap_position"}
+        return {**geometry, "scanner": scanner}
+    return geometry

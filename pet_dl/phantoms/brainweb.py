@@ -22,6 +22,7 @@ white matter). The labels are read once per subject into a cache of ``.npy`` fil
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from pathlib import Path
@@ -167,8 +168,11 @@ def _rotation(angles_deg: tuple[float, float, float]) -> torch.Tensor:
     return (rz @ ry @ rx).to(torch.float64)
 
 
-def _brain_extent(labels: np.ndarray, origin: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """In-plane centre of the head (mm, ``(2,)``) and the brain's axial extent (mm)."""
+@functools.lru_cache(maxsize=len(BRAINWEB_SUBJECTS))
+def _brain_extent(subject: str, directory: str | None) -> tuple[np.ndarray, float, float]:
+    """In-plane centre of the head (mm, ``(2,)``) and the brain's axial extent (mm), of one
+    subject: a pass over its whole label volume, done once per process."""
+    labels, origin = brainweb_labels(subject, directory)
     head = labels > 0
     xs = np.nonzero(head.any(axis=(1, 2)))[0]
     ys = np.nonzero(head.any(axis=(0, 2)))[0]
@@ -262,7 +266,7 @@ def brainweb_phantom(
         angles, scale, shift = (0.0, 0.0, 0.0), 1.0, torch.zeros(3, dtype=torch.float64)
     position = uniform(g, *SLICE_RANGE) if slice_position is None else float(slice_position)
 
-    centre_xy, z_lo, z_hi = _brain_extent(labels, origin)
+    centre_xy, z_lo, z_hi = _brain_extent(subject, None if directory is None else str(directory))
     anchor = torch.tensor([centre_xy[0], centre_xy[1], z_lo + position * (z_hi - z_lo)], dtype=torch.float64)
     shape = tuple(int(n) for n in image.shape)
     vs = torch.tensor([float(v) for v in image.voxel_size_mm], dtype=torch.float64)

@@ -219,7 +219,7 @@ def local_server(
     work.mkdir(parents=True, exist_ok=True)
     ports = tuple(free_ports(3))
     overrides = dict(config or {})
-    # The frontend puts the workers' sockets in java.io.tmpdir (/tmp/.ts.sock.9000 by
+    # The frontend puts the workers' sockets in java.io.tmpdir (.ts.sock.9000 in the system temp folder by
     # default, whatever TMPDIR says): give each server its own, so two can run at once.
     vmargs = overrides.get("vmargs", _shipped_properties().get("vmargs")) or ""
     overrides["vmargs"] = f"{vmargs} -Djava.io.tmpdir={work.resolve()}".strip()
