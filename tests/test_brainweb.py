@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from pet_dl.datasets import load_recipe, phantom_of_seed, recipe_subjects, subject_of_seed
 from pet_dl.geometry import ImageGeometry
 from pet_dl.models.blocks import count_density, count_level
 from pet_dl.phantoms import MU_BONE, make_phantom
@@ -19,6 +18,7 @@ from pet_dl.phantoms.brainweb import (
     brainweb_labels,
     brainweb_phantom,
 )
+from pet_dl.recipes import load_recipe, phantom_of_seed, recipe_subjects, subject_of_seed
 
 SLICE = ImageGeometry.centered((96, 96, 1), (2.6, 2.6, 2.6))
 

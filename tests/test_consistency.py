@@ -114,8 +114,9 @@ def test_planted_blob_in_the_shipped_network_at_1_20_dose() -> None:
     5 mm of its centre, where the network's own image has no region. (In white matter, at
     a quarter of grey matter's activity, such a blob reaches z ~ 2-4 at 1/20 dose: see
     docs/inference.md for the detection rates.)"""
-    from pet_dl.datasets import load_recipe, phantom_of_seed, simulate_full_dose
+    from pet_dl.datasets import simulate_full_dose
     from pet_dl.inference import check_consistency, load_model, reference_osem, scan_batch
+    from pet_dl.recipes import load_recipe, phantom_of_seed
     from pet_dl.recon.filters import gaussian_postfilter
     from pet_dl.simulate import thin_scan
 

@@ -7,17 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pet_dl.datasets import (
-    OnTheFlyDataset,
-    PairedScanDataset,
-    generate_dataset,
-    load_recipe,
-    phantom_of_seed,
-    seeds_from_json,
-    seeds_to_json,
-    simulate_phantom,
-    split_seeds,
-)
+from pet_dl.datasets import OnTheFlyDataset, PairedScanDataset, generate_dataset, simulate_phantom
+from pet_dl.recipes import load_recipe, phantom_of_seed, seeds_from_json, seeds_to_json, split_seeds
 
 ROOT = Path(__file__).resolve().parents[1]
 

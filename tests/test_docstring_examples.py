@@ -16,6 +16,7 @@ MODULES = [
     "pet_dl.operators",  # a linear operator, its adjoint and transpose
     "pet_dl.geometry.image",  # an image grid, its voxel centres and affine
     "pet_dl.io.checkpoint",  # save and load weights with a model builder and a model version
+    "pet_dl.recipes",  # a recipe checked, the seeds of a split and their JSON form
 ]
 
 

@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from pet_dl import evaluate as ev
-from pet_dl.datasets import load_recipe
 from pet_dl.metrics import dilate_mask
 from pet_dl.models import build_model
+from pet_dl.recipes import load_recipe
 from pet_dl.recon import gaussian_postfilter
 
 RECIPE = Path(__file__).resolve().parents[1] / "data" / "tiny.yaml"
@@ -65,9 +65,9 @@ def test_simulated_set_is_consistent(test_set: ev.EvalSet) -> None:
 def test_phantoms_from_a_function_replace_the_recipe_ones(recipe: dict) -> None:
     # an external anatomy (here a uniform disc through image_phantom): its activity is the
     # target, and twice the activity gives twice the trues on the same scanner
-    from pet_dl.datasets import recipe_geometry
     from pet_dl.geometry import ImageGeometry
     from pet_dl.phantoms import MU_WATER, image_phantom
+    from pet_dl.recipes import recipe_geometry
 
     image = recipe_geometry(recipe)[1]
     source = ImageGeometry.centered((60, 60, 1), 1.0)
@@ -358,8 +358,8 @@ def test_refuses_test_phantoms_seen_in_training(
     with pytest.raises(ValueError, match="overlaps the validation"):
         ev.evaluate(test_set, test_set, {}, SETTINGS)
     # a checkpoint that records its training seeds is refused on those phantoms
-    from pet_dl.datasets import recipe_geometry
     from pet_dl.io.checkpoint import save_checkpoint
+    from pet_dl.recipes import recipe_geometry
 
     sinogram, image = recipe_geometry(recipe)
     net = _tiny_unet(recipe)
@@ -372,8 +372,8 @@ def test_refuses_test_phantoms_seen_in_training(
 
 
 def test_refuses_a_checkpoint_of_another_geometry(recipe: dict, tmp_path: Path) -> None:
-    from pet_dl.datasets import recipe_geometry
     from pet_dl.io.checkpoint import save_checkpoint
+    from pet_dl.recipes import recipe_geometry
 
     sinogram, image = recipe_geometry(load_recipe(RECIPE.parent / "brain2d.yaml"))
     config = {"name": "post_unet", "spatial_dims": 2, "channels": [4, 8], "strides": [2]}
@@ -411,8 +411,8 @@ def test_command_line_quick_run_writes_outputs(tmp_path: Path) -> None:
         "settings: {osem_subsets: 4, osem_iterations: [1, 2], postfilter_fwhm_mm: [0, 7],"
         " map_betas: [1], map_iterations: 1, map_subsets: 4, plot_factor: 20}\n"
     )
-    from pet_dl.datasets import recipe_geometry
     from pet_dl.io.checkpoint import save_checkpoint
+    from pet_dl.recipes import recipe_geometry
 
     sinogram, image = recipe_geometry(load_recipe(RECIPE))
     config = {"name": "post_unet", "spatial_dims": 2, "channels": [4, 8], "strides": [2],
@@ -525,8 +525,8 @@ def test_exported_checkpoints_carry_train_seeds_and_evaluate_refuses_them(
 
 
 def test_export_without_known_seeds_warns(tmp_path: Path, recipe: dict) -> None:
-    from pet_dl.datasets import recipe_geometry
     from pet_dl.io.checkpoint import load_checkpoint
+    from pet_dl.recipes import recipe_geometry
     from pet_dl.training import ReconModule, export_module
 
     module = ReconModule({"name": "post_unet", "spatial_dims": 2, "channels": [4, 8], "strides": [2]})
@@ -547,7 +547,7 @@ def test_shipped_evaluation_configs_score_held_out_phantoms(name: str, phantoms:
     """The 2D evaluation configs load, and their test phantoms are the first ``phantoms``
     seeds of the recipe's test split, disjoint from its training and validation seeds (the
     20 of the main table are the first 20 of the 200)."""
-    from pet_dl.datasets import split_seeds
+    from pet_dl.recipes import split_seeds
 
     root = Path(__file__).resolve().parents[1]
     config = ev.load_eval_config(root / "configs" / f"{name}.yaml")

@@ -84,6 +84,7 @@ def test_layer_table_parses() -> None:
     table = layer_table((ROOT / "docs" / "architecture.md").read_text())
     assert table["pet_dl/geometry/"] < table["pet_dl/projector/"] < table["pet_dl/forward_model.py"]
     assert table["pet_dl/io/"] < table["pet_dl/models/"] < table["pet_dl/datasets.py"]
+    assert table["pet_dl/phantoms/"] < table["pet_dl/recipes.py"] < table["pet_dl/datasets.py"]
     assert table["pet_dl/training/"] < table["pet_dl/inference.py"] < table["pet_dl/cli.py"]
     assert level_of("pet_dl/io/ct.py", table) == table["pet_dl/io/"]
 

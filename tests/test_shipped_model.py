@@ -21,11 +21,11 @@ SEEDS = list(range(200000, 200008))
 def score(checkpoint: str | None = None) -> dict:
     """NRMSE and false hot spots per slice of ``checkpoint`` (None: the shipped model) and
     of OSEM at the same dose, with the OSEM settings chosen on the validation subjects."""
-    from pet_dl.datasets import load_recipe, split_seeds
     from pet_dl.evaluate.data import simulate_eval_set
     from pet_dl.evaluate.methods import network_reconstruction, osem_trajectory
     from pet_dl.evaluate.scoring import case_metrics
     from pet_dl.inference import load_model
+    from pet_dl.recipes import load_recipe, split_seeds
     from pet_dl.recon.filters import gaussian_postfilter
 
     recipe = load_recipe(ROOT / "data" / "brainweb2d.yaml")

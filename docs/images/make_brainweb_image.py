@@ -14,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from pet_dl.datasets import load_recipe, phantom_of_seed, subject_of_seed  # noqa: E402
+from pet_dl.recipes import load_recipe, phantom_of_seed, subject_of_seed  # noqa: E402
 
 
 def main(out: Path = Path(__file__).parent / "phantom_brainweb.png") -> None:

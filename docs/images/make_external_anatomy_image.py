@@ -24,11 +24,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from pet_dl.datasets import load_recipe  # noqa: E402
 from pet_dl.evaluate.data import simulate_eval_set  # noqa: E402
 from pet_dl.evaluate.external import sirf_brain_phantoms  # noqa: E402
 from pet_dl.evaluate.methods import network_reconstruction, osem_trajectory  # noqa: E402
 from pet_dl.inference import load_model  # noqa: E402
+from pet_dl.recipes import load_recipe  # noqa: E402
 from pet_dl.recon.filters import gaussian_postfilter  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments" / "scripts"))

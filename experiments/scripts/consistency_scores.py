@@ -37,12 +37,12 @@ from pet_dl.consistency import (  # noqa: E402
     object_support,
     relative_excess,
 )
-from pet_dl.datasets import load_recipe  # noqa: E402
 from pet_dl.evaluate.data import simulate_eval_set  # noqa: E402
 from pet_dl.evaluate.methods import network_reconstruction  # noqa: E402
 from pet_dl.inference import load_model  # noqa: E402
 from pet_dl.metrics import dilate_mask  # noqa: E402
 from pet_dl.models.batch import initial_image  # noqa: E402
+from pet_dl.recipes import load_recipe  # noqa: E402
 from pet_dl.recon.filters import gaussian_postfilter  # noqa: E402
 
 HIT_MM = 6.0

@@ -18,12 +18,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-from pet_dl.datasets import load_recipe, psf_of_recipe, split_seeds  # noqa: E402
 from pet_dl.evaluate.data import simulate_eval_set  # noqa: E402
 from pet_dl.evaluate.methods import network_reconstruction  # noqa: E402
 from pet_dl.forward_model import GaussianResolution  # noqa: E402
 from pet_dl.inference import load_model  # noqa: E402
 from pet_dl.metrics import nrmse  # noqa: E402
+from pet_dl.recipes import load_recipe, psf_of_recipe, split_seeds  # noqa: E402
 
 
 def main() -> None:

@@ -20,11 +20,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 from validation_scores import OSEM_CHOSEN  # noqa: E402  (scripts/, on sys.path when run)
 
-from pet_dl.datasets import load_recipe, split_seeds  # noqa: E402
 from pet_dl.evaluate.data import simulate_eval_set  # noqa: E402
 from pet_dl.evaluate.methods import network_reconstruction, osem_trajectory  # noqa: E402
 from pet_dl.evaluate.scoring import false_hot_spots  # noqa: E402
 from pet_dl.inference import load_model  # noqa: E402
+from pet_dl.recipes import load_recipe, split_seeds  # noqa: E402
 from pet_dl.recon.filters import gaussian_postfilter  # noqa: E402
 
 FACTORS = (1.0, 20.0)

@@ -15,16 +15,10 @@ from __future__ import annotations
 
 import argparse
 
-from pet_dl.datasets import (
-    load_recipe,
-    phantom_of_seed,
-    psf_of_recipe,
-    recipe_geometry,
-    split_seeds,
-)
 from pet_dl.evaluate import bias_by_size, size_bin_cells
 from pet_dl.forward_model import GaussianResolution
 from pet_dl.metrics import lesion_bias
+from pet_dl.recipes import load_recipe, phantom_of_seed, psf_of_recipe, recipe_geometry, split_seeds
 
 
 def main() -> None:

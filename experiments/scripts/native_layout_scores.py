@@ -7,10 +7,10 @@ training layout and OSEM, 8 held-out BrainWeb test slices at 1/20 dose (docs/inf
 
 import torch
 
-from pet_dl.datasets import load_recipe, phantom_of_seed
 from pet_dl.geometry import ImageGeometry, SinogramGeometry, get_scanner
 from pet_dl.inference import load_model, reconstruct
 from pet_dl.metrics import nrmse
+from pet_dl.recipes import load_recipe, phantom_of_seed
 from pet_dl.recon import gaussian_postfilter, reconstruct_scan
 from pet_dl.simulate import simulate_scan, thin_scan
 

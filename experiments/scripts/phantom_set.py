@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import argparse
 
-from pet_dl.datasets import load_recipe
 from pet_dl.evaluate.data import EvalSet, simulate_eval_set
 from pet_dl.evaluate.external import sirf_brain_phantoms
+from pet_dl.recipes import load_recipe
 
 
 def add_arguments(parser: argparse.ArgumentParser, first: int, phantoms: int) -> None:

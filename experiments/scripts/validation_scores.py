@@ -33,13 +33,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-from pet_dl.datasets import load_recipe  # noqa: E402
 from pet_dl.evaluate.data import EvalSet, simulate_eval_set  # noqa: E402
 from pet_dl.evaluate.external import sirf_brain_phantoms  # noqa: E402
 from pet_dl.evaluate.methods import network_reconstruction, osem_trajectory  # noqa: E402
 from pet_dl.evaluate.report import Z95  # noqa: E402
 from pet_dl.evaluate.scoring import case_metrics, false_hot_spots, paired_difference  # noqa: E402
 from pet_dl.inference import load_model  # noqa: E402
+from pet_dl.recipes import load_recipe  # noqa: E402
 from pet_dl.recon.filters import gaussian_postfilter  # noqa: E402
 
 FACTORS = [1.0, 4.0, 10.0, 20.0, 50.0, 100.0]

@@ -26,7 +26,8 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Generate the dataset; prints the shard paths."""
-    from pet_dl.datasets import generate_dataset, load_recipe
+    from pet_dl.datasets import generate_dataset
+    from pet_dl.recipes import load_recipe
 
     recipe = load_recipe(args.recipe)
     paths = generate_dataset(recipe, args.out, splits=args.splits, progress=sys.stderr.isatty())

@@ -1,6 +1,6 @@
 """Evaluation of learned and classical reconstructions on held-out phantoms.
 
-The data are simulated from a dataset recipe (``data/*.yaml``, see :mod:`pet_dl.datasets`):
+The data are simulated from a dataset recipe (``data/*.yaml``, see :mod:`pet_dl.recipes`):
 each phantom seed of a split gives ``R`` independent full-dose noise realisations, each
 thinned to every reduction factor (factor 1 = full dose). Classical baselines have their
 free parameters chosen per factor on the *validation* split by the mean NRMSE against

@@ -33,7 +33,7 @@ def load_eval_config(config: Mapping[str, Any] | str | os.PathLike[str]) -> dict
     Raises:
         ValueError: unknown keys or bad values (the message names them).
     """
-    from pet_dl.datasets import read_yaml_mapping
+    from pet_dl.recipes import read_yaml_mapping
 
     c = read_yaml_mapping(config, "evaluation config")
     unknown = sorted(set(c) - _CONFIG_KEYS)
@@ -82,7 +82,7 @@ def load_networks(
     """Load checkpoints and check that each was trained on the recipe's geometry.
 
     A checkpoint whose metadata lists its training phantom seeds (``train_seeds``, as
-    written by :func:`pet_dl.datasets.seeds_to_json`: ``{"start", "stop"}`` or a list)
+    written by :func:`pet_dl.recipes.seeds_to_json`: ``{"start", "stop"}`` or a list)
     is refused when they overlap ``held_out_seeds``.
 
     Args:
@@ -97,10 +97,10 @@ def load_networks(
         ValueError: another geometry or PSF, training seeds among ``held_out_seeds``, or
             unreadable ``train_seeds``.
     """
-    from pet_dl.datasets import psf_of_recipe, recipe_geometry, seeds_from_json
     from pet_dl.geometry import network_geometry_key
     from pet_dl.io.checkpoint import load_checkpoint, shipped_checkpoint
     from pet_dl.models import build_model
+    from pet_dl.recipes import psf_of_recipe, recipe_geometry, seeds_from_json
 
     sinogram, image = recipe_geometry(recipe)
     nets = {}
@@ -147,7 +147,7 @@ def run_config(
     """
     from pathlib import Path
 
-    from pet_dl.datasets import load_recipe, split_seeds
+    from pet_dl.recipes import load_recipe, split_seeds
 
     c = load_eval_config(config)
     out = Path(out_dir)

@@ -3,7 +3,7 @@
 Realisation ``k`` of phantom seed ``s`` is a full-dose Poisson scan with noise seed
 ``(s + 1) * 1_000_003 + k``, thinned binomially to ``1 / factor`` for every factor
 (factor 1 = the full-dose scan itself). The phantoms come from
-:func:`pet_dl.datasets.phantom_of_seed`, so a seed gives the same phantom as in the
+:func:`pet_dl.recipes.phantom_of_seed`, so a seed gives the same phantom as in the
 training data; :func:`check_held_out` keeps test phantoms out of the seeds used before.
 """
 
@@ -140,14 +140,14 @@ def simulate_eval_set(
     ``(s + 1) * 1_000_003 + k`` thinned binomially to ``1 / factor``.
 
     Args:
-        recipe: a validated recipe (:func:`pet_dl.datasets.load_recipe`).
+        recipe: a validated recipe (:func:`pet_dl.recipes.load_recipe`).
         seeds: phantom seeds.
         realisations: noise realisations per phantom (>= 1).
         factors: dose reduction factors (>= 1; 1 = the full-dose scan itself).
         progress: show a progress bar.
         phantom_of: seed -> phantom on the recipe's image grid (an external anatomy,
             e.g. :func:`pet_dl.phantoms.image_phantom`); default
-            :func:`pet_dl.datasets.phantom_of_seed`. The recipe still gives the scanner
+            :func:`pet_dl.recipes.phantom_of_seed`. The recipe still gives the scanner
             and the simulation.
 
     Raises:
@@ -155,7 +155,8 @@ def simulate_eval_set(
     """
     from tqdm.auto import tqdm
 
-    from pet_dl.datasets import phantom_of_seed, psf_of_recipe, recipe_geometry, simulate_full_dose
+    from pet_dl.datasets import simulate_full_dose
+    from pet_dl.recipes import phantom_of_seed, psf_of_recipe, recipe_geometry
     from pet_dl.simulate import thin_scan
 
     if realisations < 1:

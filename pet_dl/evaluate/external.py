@@ -30,8 +30,8 @@ def sirf_brain_phantoms(
 
     ``folder`` holds ``emission.hv`` and ``attenuation.hv`` (STIR Interfile, mu in 1/cm;
     ``shared/data/sirf_phantoms/brain``). The seed draws a plane of :data:`SIRF_PLANES`
-    (6.75 mm apart), then the lesions (:func:`pet_dl.datasets.add_recipe_lesions`, as
-    :func:`pet_dl.datasets.phantom_of_seed` does), placed in white or grey matter (activity
+    (6.75 mm apart), then the lesions (:func:`pet_dl.recipes.add_recipe_lesions`, as
+    :func:`pet_dl.recipes.phantom_of_seed` does), placed in white or grey matter (activity
     above :data:`BRAIN_LEVEL` of the maximum). The maximum (grey matter) becomes
     :data:`GREY_MATTER_BQML`; the y axis is flipped from STIR's (towards the back of a
     supine, head-first patient) to RAS+ (anterior).
@@ -47,9 +47,9 @@ def sirf_brain_phantoms(
     Raises:
         ValueError: emission and attenuation on different grids.
     """
-    from pet_dl.datasets import add_recipe_lesions, recipe_geometry
     from pet_dl.io import load_image, mu_per_cm_to_per_mm
     from pet_dl.phantoms import image_phantom
+    from pet_dl.recipes import add_recipe_lesions, recipe_geometry
 
     emission, grid = load_image(Path(folder) / "emission.hv")
     mu, mu_grid = load_image(Path(folder) / "attenuation.hv")

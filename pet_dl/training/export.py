@@ -11,7 +11,7 @@ parameters; the shipped model scores the same to every printed digit, docs/train
 :class:`ExportCallback` uses the run folder's name).
 
 Besides the geometry, the metadata records ``train_seeds``: the recipe's train phantom
-seed range as :func:`pet_dl.datasets.seeds_to_json` writes it (``{"start", "stop"}``),
+seed range as :func:`pet_dl.recipes.seeds_to_json` writes it (``{"start", "stop"}``),
 so that ``python -m pet_dl evaluate`` refuses a test set that overlaps it.
 """
 
@@ -32,8 +32,8 @@ from pet_dl.training.module import ReconModule
 
 
 def train_seeds_json(recipes: list[Mapping[str, Any]]) -> dict[str, int] | list[int] | None:
-    """The recipes' train seeds (their union) as JSON (:func:`pet_dl.datasets.seeds_to_json`); None without any."""
-    from pet_dl.datasets import recipes_train_seeds, seeds_to_json
+    """The recipes' train seeds (their union) as JSON (:func:`pet_dl.recipes.seeds_to_json`); None without any."""
+    from pet_dl.recipes import recipes_train_seeds, seeds_to_json
 
     seeds = recipes_train_seeds(recipes)
     return None if seeds is None else seeds_to_json(seeds)
@@ -51,7 +51,8 @@ def _datamodule_train_seeds(datamodule: Any) -> dict[str, int] | list[int] | Non
 
 def _hparams_train_seeds(hparams: Mapping[str, Any]) -> dict[str, int] | list[int] | None:
     """From a data module's saved hyper-parameters: its ``recipe`` file or ``data_dir`` shards."""
-    from pet_dl.datasets import PairedScanDataset, load_recipe
+    from pet_dl.datasets import PairedScanDataset
+    from pet_dl.recipes import load_recipe
 
     try:
         if hparams.get("recipe"):
@@ -81,7 +82,7 @@ def _checkpoint_contents(
     Raises:
         ValueError: no training geometry in ``metadata``, or malformed train seeds.
     """
-    from pet_dl.datasets import seeds_from_json, seeds_to_json
+    from pet_dl.recipes import seeds_from_json, seeds_to_json
 
     meta = dict(metadata)
     if not meta.get("image"):

@@ -1,0 +1,330 @@
+"""Dataset recipes (``data/*.yaml``): reading and checking them, splits, seeds, subjects, phantoms.
+
+A *recipe* fixes the scanner and sinogram layout, the image grid, the phantom family, the
+simulation parameters, the dose reduction factors and, per split, the range of phantom
+seeds (and, for real anatomies, the subjects). Splits use disjoint seed ranges and
+disjoint subjects, so test phantoms never appear in training (checked by
+:func:`load_recipe`). A seed gives the same phantom everywhere (:func:`phantom_of_seed`):
+training shards, on-the-fly training data and the evaluation. Simulating a recipe and
+writing its shards is :mod:`pet_dl.datasets`.
+
+>>> recipe = load_recipe({"scanner": "mmr", "image": {"shape": [64, 64, 1], "voxel_size_mm": [4, 4, 4]},
+...                       "phantom": "brain", "splits": {"train": {"seeds": [0, 100]},
+...                                                      "test": {"seeds": [1000, 1010]}}})
+>>> split_seeds(recipe, "test")
+range(1000, 1010)
+>>> seeds_to_json(split_seeds(recipe, "train"))
+{'start': 0, 'stop': 100}
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from pet_dl.geometry import ImageGeometry, SinogramGeometry
+    from pet_dl.phantoms import Phantom
+
+SPLITS = ("train", "val", "test")
+_RECIPE_KEYS = {
+    "name", "scanner", "num_rings", "sinogram", "image", "phantom", "lesions", "simulation",
+    "reduction_factors", "init_iterations", "init_subsets", "splits", "shard_size",
+}
+
+
+def _unique_key_loader() -> type:
+    """A ``yaml.SafeLoader`` that raises on a key repeated in one mapping."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} given twice", key_node.start_mark
+                    )
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
+
+
+def read_yaml_mapping(source: str | os.PathLike[str] | Mapping[str, Any], what: str) -> dict[str, Any]:
+    """A copy of ``source`` if it is a mapping, else the YAML mapping in the file ``source``.
+
+    Args:
+        source: a mapping, or the path of a YAML file holding one (read with ``safe_load``).
+        what: what the file is (``"recipe"``), for the error messages.
+
+    Raises:
+        ValueError: the file does not exist, is not YAML, repeats a key in one mapping
+            (``safe_load`` alone would keep the last value silently) or does not hold a
+            YAML mapping.
+    """
+    if isinstance(source, Mapping):
+        return dict(source)
+    import yaml
+
+    path = Path(source)
+    if not path.is_file():
+        raise ValueError(f"{what} {path} does not exist")
+    try:
+        data = yaml.load(path.read_text(), Loader=_unique_key_loader())
+    except yaml.MarkedYAMLError as e:
+        where = f", line {e.problem_mark.line + 1}" if e.problem_mark is not None else ""
+        raise ValueError(f"{what} {path}{where}: {e.problem}") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"{what} {path} is not valid YAML: {' '.join(str(e).split())}") from None
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{what} {path} is not a YAML mapping")
+    return dict(data)
+
+
+def load_recipe(recipe: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str, Any]:
+    """Read (YAML path) and validate a dataset recipe.
+
+    Raises:
+        ValueError: unknown keys, a bad value, or overlapping split seed ranges.
+    """
+    r = read_yaml_mapping(recipe, "recipe")
+    unknown = sorted(set(r) - _RECIPE_KEYS)
+    if unknown:
+        raise ValueError(f"unknown recipe key(s) {unknown}; valid: {sorted(_RECIPE_KEYS)}")
+    for key in ("scanner", "image", "phantom", "splits"):
+        if key not in r:
+            raise ValueError(f"recipe needs {key!r}")
+    r.setdefault("name", "dataset")
+    r.setdefault("sinogram", {})
+    r.setdefault("lesions", {"count": [0, 0]})
+    r.setdefault("simulation", {})
+    r.setdefault("reduction_factors", [4, 10, 20, 50, 100])
+    r.setdefault("init_iterations", 10)
+    r.setdefault("init_subsets", 1)
+    r.setdefault("shard_size", 64)
+    factors = r["reduction_factors"]
+    if not factors or any(float(f) < 1 for f in factors):
+        raise ValueError(f"reduction_factors must be numbers >= 1, got {factors}")
+    ranges = []
+    subject_of: dict[str, str] = {}
+    for split, spec in r["splits"].items():
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; use {SPLITS}")
+        unknown = sorted(set(spec) - {"seeds", "subjects"})
+        if unknown:
+            raise ValueError(f"split {split!r}: unknown key(s) {unknown}; valid: seeds, subjects")
+        lo, hi = (int(v) for v in spec["seeds"])
+        if not 0 <= lo < hi:
+            raise ValueError(f"split {split!r}: seeds must be [start, stop) with 0 <= start < stop")
+        subjects = spec.get("subjects")
+        if subjects is not None:
+            if not subjects or not all(isinstance(s, str) for s in subjects):
+                raise ValueError(f"split {split!r}: subjects must be a non-empty list of strings (quoted: '04')")
+            for s in subjects:
+                if s in subject_of:
+                    raise ValueError(
+                        f"subject {s!r} is listed in split {subject_of[s]!r} and again in {split!r}: "
+                        "each subject belongs to one split"
+                    )
+                subject_of[s] = split
+        ranges.append((lo, hi, split))
+    if subject_of and not all("subjects" in spec for spec in r["splits"].values()):
+        raise ValueError("either every split names its subjects or none does")
+    ranges.sort()
+    for (_, hi, a), (lo, _, b) in zip(ranges, ranges[1:]):
+        if lo < hi:
+            raise ValueError(f"splits {a!r} and {b!r} share phantom seeds: ranges overlap")
+    return r
+
+
+def split_seeds(recipe: Mapping[str, Any], split: str) -> range:
+    """The phantom seeds of ``split`` (``range``)."""
+    if split not in recipe["splits"]:
+        raise ValueError(f"recipe {recipe.get('name')!r} has no split {split!r}")
+    lo, hi = (int(v) for v in recipe["splits"][split]["seeds"])
+    return range(lo, hi)
+
+
+def seeds_to_json(seeds: range | Iterable[int]) -> dict[str, int] | list[int]:
+    """Phantom seeds as plain JSON (for checkpoint metadata): inverse of :func:`seeds_from_json`.
+
+    A ``range`` of step 1 (e.g. :func:`split_seeds`) becomes ``{"start": a, "stop": b}``
+    (seeds ``a .. b - 1``); any other collection the sorted list of its seeds.
+    """
+    if isinstance(seeds, range) and seeds.step == 1:
+        return {"start": int(seeds.start), "stop": int(seeds.stop)}
+    return sorted({int(s) for s in seeds})
+
+
+def seeds_from_json(value: Any) -> range | list[int]:
+    """Phantom seeds from :func:`seeds_to_json`'s form: ``{"start", "stop"}`` or a list of seeds.
+
+    Raises:
+        ValueError: anything else (the message shows the value).
+    """
+    if isinstance(value, Mapping) and set(value) == {"start", "stop"}:
+        lo, hi = value["start"], value["stop"]
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in (lo, hi)) and 0 <= lo <= hi:
+            return range(lo, hi)
+    elif isinstance(value, (list, tuple)) and all(
+        isinstance(s, int) and not isinstance(s, bool) for s in value
+    ):
+        return [int(s) for s in value]
+    raise ValueError(
+        f"phantom seeds must be {{'start': a, 'stop': b}} with 0 <= a <= b or a list of "
+        f"integers, got {value!r}"
+    )
+
+
+def recipe_geometry(recipe: Mapping[str, Any]) -> tuple[SinogramGeometry, ImageGeometry]:
+    """``(SinogramGeometry, ImageGeometry)`` of a recipe."""
+    from pet_dl.geometry import ImageGeometry, SinogramGeometry, get_scanner
+
+    scanner = get_scanner(recipe["scanner"])
+    sino_kw = dict(recipe.get("sinogram") or {})
+    img = recipe["image"]
+    image = ImageGeometry.centered(tuple(img["shape"]), tuple(img["voxel_size_mm"]))
+    if image.shape[2] == 1:
+        sinogram = SinogramGeometry.two_d(scanner, **sino_kw)
+    else:
+        if "num_rings" in recipe:
+            scanner = scanner.with_rings(int(recipe["num_rings"]))
+        sinogram = SinogramGeometry(scanner, **sino_kw)
+    return sinogram, image
+
+
+def phantom_of_seed(recipe: Mapping[str, Any], seed: int, image: ImageGeometry | None = None) -> Phantom:
+    """The recipe's phantom for ``seed``: ``make_phantom`` plus the recipe's random lesions.
+
+    Deterministic: one generator seeded with ``seed`` draws the phantom, then the number
+    of lesions (uniform in the recipe's ``lesions.count = [min, max]``), then the lesions.
+
+    Args:
+        recipe: a validated recipe (:func:`load_recipe`).
+        seed: phantom seed (see the recipe's ``splits``).
+        image: the image grid; default: the recipe's (:func:`recipe_geometry`).
+
+    Returns:
+        a :class:`pet_dl.phantoms.Phantom`: ``activity`` ``(nx, ny, nz)`` Bq/mL, ``mu``
+        ``(nx, ny, nz)`` 1/mm, ``labels`` ``(nx, ny, nz)`` int (0 background), ``lesions``.
+    """
+    from pet_dl import phantoms
+
+    if image is None:
+        image = recipe_geometry(recipe)[1]
+    g = torch.Generator().manual_seed(int(seed))
+    kwargs = {}
+    subject = subject_of_seed(recipe, seed)
+    if subject is not None:
+        kwargs["subject"] = subject
+    return add_recipe_lesions(recipe, phantoms.make_phantom(recipe["phantom"], image, g, **kwargs), g)
+
+
+def subject_of_seed(recipe: Mapping[str, Any], seed: int) -> str | None:
+    """The anatomy (subject) of phantom ``seed`` in a recipe whose splits name subjects.
+
+    Seed ``s`` of a split with subjects ``[a, b, c]`` and seeds ``[lo, hi)`` is subject
+    ``subjects[(s - lo) % 3]``: every subject gets every ``len(subjects)``-th seed, so the
+    phantoms of one subject differ only in what the seed draws (uptake, pose, slice, lesions).
+
+    Returns:
+        None when the recipe's splits name no subjects (synthetic anatomies).
+
+    Raises:
+        ValueError: the splits name subjects but no split holds ``seed``.
+    """
+    splits = recipe.get("splits") or {}
+    if not any("subjects" in spec for spec in splits.values()):
+        return None
+    for spec in splits.values():
+        lo, hi = (int(v) for v in spec["seeds"])
+        if lo <= int(seed) < hi:
+            subjects = spec["subjects"]
+            return str(subjects[(int(seed) - lo) % len(subjects)])
+    raise ValueError(
+        f"seed {seed} is in no split of recipe {recipe.get('name')!r}: its subjects are given per split"
+    )
+
+
+def recipe_subjects(recipe: Mapping[str, Any], split: str) -> list[str]:
+    """The subjects of ``split`` (empty for a recipe of synthetic anatomies)."""
+    spec = (recipe.get("splits") or {}).get(split) or {}
+    return [str(s) for s in spec.get("subjects") or ()]
+
+
+def add_recipe_lesions(
+    recipe: Mapping[str, Any], phantom: Phantom, generator: torch.Generator,
+    tissues: Sequence[str] | None = None,
+) -> Phantom:
+    """``phantom`` with the recipe's random lesions: their number (uniform in
+    ``lesions.count = [min, max]``), then the lesions (:func:`pet_dl.phantoms.add_lesions`
+    with the recipe's other ``lesions`` entries), both drawn from ``generator``.
+
+    Args:
+        tissues: where lesions may go (default: the phantom's :data:`LESION_TISSUES`).
+    """
+    from pet_dl.phantoms import add_lesions
+
+    lesions = dict(recipe.get("lesions") or {})
+    count = lesions.pop("count", [0, 0])
+    n = int(torch.randint(int(count[0]), int(count[1]) + 1, (1,), generator=generator))
+    if n == 0:
+        return phantom
+    return add_lesions(phantom, n, generator=generator, tissues=tissues, **lesions)
+
+
+def psf_of_recipe(recipe: Mapping[str, Any]) -> float:
+    """The PSF FWHM (mm) the recipe simulates with (0: none)."""
+    return float((recipe.get("simulation") or {}).get("psf_fwhm_mm", 0.0))
+
+
+# What a network sees of the acquisition: datasets read together must agree on these.
+SHARED_RECIPE_KEYS = (
+    "scanner", "num_rings", "sinogram", "image", "psf_fwhm_mm", "reduction_factors",
+    "init_iterations", "init_subsets",
+)
+
+
+def _shared(recipe: Mapping[str, Any], key: str) -> Any:
+    """A :data:`SHARED_RECIPE_KEYS` entry of a recipe (the PSF from its simulation)."""
+    if key == "psf_fwhm_mm":
+        return psf_of_recipe(recipe)
+    return recipe.get(key)
+
+
+def recipes_train_seeds(recipes: Sequence[Mapping[str, Any]]) -> range | list[int] | None:
+    """The train seeds of one or more recipes (a ``range`` when they are all the same range).
+
+    None when none of them has a ``train`` split.
+    """
+    ranges = [split_seeds(r, "train") for r in recipes if "train" in (r.get("splits") or {})]
+    if not ranges:
+        return None
+    if all(r == ranges[0] for r in ranges):
+        return ranges[0]
+    return sorted({int(s) for r in ranges for s in r})
+
+
+def check_shared_keys(recipes: Sequence[Mapping[str, Any]], sources: Sequence[str]) -> None:
+    """Check that recipes read together agree on :data:`SHARED_RECIPE_KEYS`.
+
+    Args:
+        recipes: the recipes, the first one the reference.
+        sources: where each recipe came from (a dataset folder), for the message.
+
+    Raises:
+        ValueError: naming the first key on which a recipe differs from the first one.
+    """
+    for source, recipe in zip(sources[1:], recipes[1:]):
+        for key in SHARED_RECIPE_KEYS:
+            if _shared(recipe, key) != _shared(recipes[0], key):
+                raise ValueError(
+                    f"{source}: recipe {key!r} is {_shared(recipe, key)!r}, {sources[0]}'s is "
+                    f"{_shared(recipes[0], key)!r}: datasets read together must share it"
+                )
