@@ -120,6 +120,32 @@ def test_sirf_brain_planes_on_the_shipped_grid(test_data: Path) -> None:
     assert torch.equal(phantom_of(3).activity, phantom_of(3).activity)
 
 
+def test_acrin_slice_crops_fit_the_field_of_view(test_data: Path) -> None:
+    # real whole-body PET slices as activity (docs/results.md): each seed a window as wide as
+    # the brain grid (250 mm) inside the body, its body's mean at ACRIN_MEAN_BQML, water mu
+    from pet_dl.evaluate.external import ACRIN_MEAN_BQML, WATER_MU_PER_MM, acrin_slice_phantoms
+
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "data" / "brainweb2d.yaml")
+    phantom_of = acrin_slice_phantoms(test_data / "acrin_pet_dicom", recipe)
+    crops, peaks = set(), []
+    for seed in range(10):
+        p = phantom_of(seed)
+        assert p.activity.shape == (96, 96, 1) and p.name == "acrin_slice"
+        body = p.activity[..., 0] > 0
+        assert 0.2 < float(body.float().mean()) < 0.9  # a body, not a sliver nor all of the grid
+        # mu: water in the body (partial volume at its edge), nothing far outside it
+        assert float(p.mu.max()) == pytest.approx(WATER_MU_PER_MM, rel=0.05)
+        assert float(p.mu[..., 0][~body].max()) < 0.6 * WATER_MU_PER_MM
+        if not p.lesions:  # the body's mean activity as scaled (resampling moves the outline)
+            inside = p.activity[..., 0][p.activity[..., 0] > 0.03 * float(p.activity.max())]
+            assert float(inside.mean()) == pytest.approx(ACRIN_MEAN_BQML, rel=0.15)
+        crops.add(round(float(p.activity.sum())))
+        peaks.append(float(p.activity.max()) / float(p.activity[..., 0][body].mean()))
+    assert len(crops) >= 8  # different windows (and slices) per seed
+    assert max(peaks) > 5  # the real slices' hot structures are kept, not smoothed away
+    assert torch.equal(phantom_of(4).activity, phantom_of(4).activity)
+
+
 @pytest.mark.parametrize(("iterations", "fwhm"), [(3, 0.0), (2, 7.0)])
 def test_select_osem_picks_the_known_best(val: ev.EvalSet, iterations: int, fwhm: float) -> None:
     # make the "truth" the OSEM image after `iterations` (post-filtered by `fwhm`): that

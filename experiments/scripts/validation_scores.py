@@ -2,7 +2,7 @@
 
     python experiments/scripts/validation_scores.py [CHECKPOINT ...] [--first 100000 --phantoms 32]
         [--data-subsets 1 2 3 7] [--flip-ensemble none 0 1 01] [--osem]
-        [--sirf-brain $PET_DL_TEST_DATA/sirf_phantoms/brain] [--hot-spots]
+        [--sirf-brain $PET_DL_TEST_DATA/sirf_phantoms/brain | --acrin $PET_DL_TEST_DATA/acrin_pet_dicom] [--hot-spots]
 
 For each checkpoint (default: the shipped model) prints, per dose factor, the mean NRMSE
 and the SUVmean / SUVmax bias of the lesions >= 8 mm pooled over the phantoms (%), then
@@ -22,6 +22,8 @@ outside the lesions) to each line and to the paired differences.
 ``--sirf-brain DIR`` scores on an anatomy no network has seen instead: the BrainWeb-based
 SIRF brain, one of its axial planes 8-14 per seed, with the recipe's random lesions
 (:func:`pet_dl.evaluate.external.sirf_brain_phantoms`); same scanner, counts and noise.
+``--acrin DIR`` likewise with 250 mm crops of the real whole-body FLT PET slices in DIR
+(:func:`pet_dl.evaluate.external.acrin_slice_phantoms`).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 from pet_dl.evaluate.data import EvalSet, simulate_eval_set  # noqa: E402
-from pet_dl.evaluate.external import sirf_brain_phantoms  # noqa: E402
+from pet_dl.evaluate.external import acrin_slice_phantoms, sirf_brain_phantoms  # noqa: E402
 from pet_dl.evaluate.methods import network_reconstruction, osem_trajectory  # noqa: E402
 from pet_dl.evaluate.report import Z95  # noqa: E402
 from pet_dl.evaluate.scoring import case_metrics, false_hot_spots, paired_difference  # noqa: E402
@@ -94,10 +96,14 @@ def main() -> None:
                         help="rescore with these flip axes: none, 0, 1, 01")
     parser.add_argument("--osem", action="store_true", help="also score OSEM (chosen parameters)")
     parser.add_argument("--sirf-brain", metavar="DIR", help="phantoms from the SIRF brain in DIR")
+    parser.add_argument("--acrin", metavar="DIR",
+                        help="phantoms from crops of the real whole-body PET slices in DIR")
     parser.add_argument("--hot-spots", action="store_true", help="also count false hot spots at factor 20")
     args = parser.parse_args()
     recipe = load_recipe(args.recipe)
     phantom_of = sirf_brain_phantoms(args.sirf_brain, recipe) if args.sirf_brain else None
+    if args.acrin:
+        phantom_of = acrin_slice_phantoms(args.acrin, recipe)
     ev = simulate_eval_set(recipe, list(range(args.first, args.first + args.phantoms)), 1, FACTORS,
                            phantom_of=phantom_of)
     n_lesions = sum(1 for d in ev.lesion_diameters for v in d.values() if v >= 8)

@@ -1,10 +1,11 @@
-"""An external anatomy for evaluation: the BrainWeb-based SIRF brain, with a recipe's lesions.
+"""External anatomy for evaluation: the SIRF brain and real whole-body PET slices, with a recipe's lesions.
 
 The networks are trained on seeded phantoms (:mod:`pet_dl.phantoms`); scoring them on an
 anatomy drawn by someone else shows what they learned about brains rather than about
 the generator. :func:`sirf_brain_phantoms` gives :func:`pet_dl.evaluate.simulate_eval_set`
 (``phantom_of=``) one axial plane of the SIRF brain per seed, on the recipe's grid, so the
-same scanner, counts and noise apply.
+same scanner, counts and noise apply. :func:`acrin_slice_phantoms` does the same with crops
+of real whole-body PET slices (activity patterns no phantom generator drew).
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ import torch
 
 from pet_dl.phantoms import Phantom
 
+ACRIN_BODY_LEVEL = 0.03  # body outline: activity above 3 % of the slice's maximum (FLT: lungs included)
+ACRIN_MEAN_BQML = 7000.0  # mean activity in the crop's body, about a BrainWeb slice's in its head
+WATER_MU_PER_MM = 0.0096  # 511 keV
 SIRF_PLANES = range(8, 15)  # axial planes of the SIRF brain at and above the ventricles
 GREY_MATTER_BQML = 16000.0  # the brain phantom's grey matter (pet_dl.phantoms.brain)
 BRAIN_LEVEL = 0.2  # white matter is 29 % of the maximum there, scalp and muscle 14 %
@@ -69,5 +73,88 @@ def sirf_brain_phantoms(
             tissue_levels={"extracerebral": 0.0, "brain": BRAIN_LEVEL},
         )
         return add_recipe_lesions(recipe, phantom, g, tissues=("brain",))
+
+    return phantom_of
+
+
+def acrin_slice_phantoms(
+    folder: str | os.PathLike[str], recipe: Mapping[str, Any]
+) -> Callable[[int], Phantom]:
+    """seed -> a crop of a real whole-body PET slice (ACRIN-FLT-Breast) on the recipe's grid.
+
+    ``folder`` holds PET DICOM files of single slices (``shared/data/acrin_pet_dicom``:
+    two [18F]FLT slices of 168 x 168 pixels of 4.07 mm, about 680 mm across). Their bodies
+    are wider than the brain network's field of view, so the seed draws a slice and a
+    square window as wide as the recipe's grid, at a random left-right position inside the
+    body's extent and on its front-back centre; the activity outside the window is
+    dropped (an object that fits the field of view). The activity is scaled so that its
+    mean inside the body outline (above :data:`ACRIN_BODY_LEVEL` of the slice's maximum)
+    is :data:`ACRIN_MEAN_BQML`; mu is water inside the outline. Then the recipe's random
+    lesions are placed in the body. The image is a reconstructed PET itself (4 mm pixels,
+    its own noise and resolution): as the truth it stands for real activity patterns, not
+    for a noiseless object.
+
+    Args:
+        folder: a folder of PET DICOM single-slice files.
+        recipe: a validated recipe (its image grid and ``lesions``).
+
+    Returns:
+        ``phantom_of(seed)``: a :class:`Phantom` named ``"acrin_slice"``, activity Bq/mL
+        and mu 1/mm on the recipe's grid.
+
+    Raises:
+        ValueError: no DICOM file in ``folder``.
+    """
+    import numpy as np
+
+    from pet_dl.geometry import ImageGeometry
+    from pet_dl.io.dicom import read_pet_series
+    from pet_dl.phantoms import image_phantom
+    from pet_dl.recipes import add_recipe_lesions, recipe_geometry
+
+    files = sorted(Path(folder).glob("*.dcm"))
+    if not files:
+        raise ValueError(f"no .dcm files in {folder}")
+    image = recipe_geometry(recipe)[1]
+    slices = []
+    for path in files:
+        activity, grid, _ = read_pet_series(path)
+        plane = torch.from_numpy(np.ascontiguousarray(activity[:, :, :1])).float().clamp_min(0)
+        body = plane > ACRIN_BODY_LEVEL * float(plane.max())
+        xs, ys = torch.nonzero(body[:, :, 0], as_tuple=True)
+        slices.append((plane, body, grid, xs, ys))
+    width_mm = image.shape[0] * image.voxel_size_mm[0]
+
+    def phantom_of(seed: int) -> Phantom:
+        g = torch.Generator().manual_seed(int(seed))
+        plane, body, grid, xs, ys = slices[int(torch.randint(len(slices), (1,), generator=g))]
+        dx, dy = grid.voxel_size_mm[0], grid.voxel_size_mm[1]
+        # the window's centre: anywhere that keeps the window inside the body's extent
+        half = 0.5 * width_mm / dx
+        lo, hi = float(xs.min()) + half, float(xs.max()) - half
+        if lo > hi:
+            lo = hi = 0.5 * (float(xs.min()) + float(xs.max()))
+        cx = lo + (hi - lo) * float(torch.rand((), generator=g))
+        cy = 0.5 * (float(ys.min()) + float(ys.max()))
+        # voxel centres within half the window of (cx, cy), in source voxels
+        ix = torch.arange(plane.shape[0], dtype=torch.float32)
+        iy = torch.arange(plane.shape[1], dtype=torch.float32)
+        window = (((ix - cx) * dx).abs() <= width_mm / 2)[:, None, None] & (
+            ((iy - cy) * dy).abs() <= width_mm / 2
+        )[None, :, None]
+        inside = body & window
+        activity = torch.where(inside, plane, torch.zeros_like(plane))
+        activity = activity * (ACRIN_MEAN_BQML / float(activity[inside].mean()))
+        mu = inside.float() * WATER_MU_PER_MM
+        # the window's centre on the grid's centre (z: the single plane on z = 0)
+        source = ImageGeometry(
+            plane.shape, (dx, dy, image.voxel_size_mm[2]),
+            (-cx * dx, -cy * dy, 0.0),
+        )
+        phantom = image_phantom(
+            activity, mu, source, image, name="acrin_slice", z_mm=0.0,
+            tissue_levels={"outside": 0.0, "body": ACRIN_BODY_LEVEL},
+        )
+        return add_recipe_lesions(recipe, phantom, g, tissues=("body",))
 
     return phantom_of
