@@ -9,7 +9,6 @@ import torch
 
 from pet_dl.metrics import (
     PEAK_SPHERE_RADIUS_MM,
-    _ball_kernel,
     hot_spots,
     lesion_bias,
     nema_image_quality,
@@ -21,6 +20,7 @@ from pet_dl.metrics import (
     suv_factor,
     to_suv,
 )
+from pet_dl.metrics.lesions import _ball_kernel
 
 
 def _ramp() -> torch.Tensor:
