@@ -192,8 +192,8 @@ def _run(args: argparse.Namespace) -> int:
     from pet_dl.inference import (
         data_check_warning,
         load_model,
-        reconstruct,
         reconstruct_and_check,
+        reconstruct_with_network,
         resolve_device,
     )
     from pet_dl.io.scanfile import read_scan
@@ -219,7 +219,7 @@ def _run(args: argparse.Namespace) -> int:
         if args.data_check:
             image, fit = reconstruct_and_check(scan, loaded, device=device, amp=args.amp)
         else:
-            image, fit = reconstruct(scan, loaded, device=device, amp=args.amp), None
+            image, fit = reconstruct_with_network(scan, loaded, device=device, amp=args.amp), None
         consistency = None if fit is None else fit.consistency
         _write_outputs(args.out, name, image, scan, formats, label, consistency)
         line = None if fit is None else data_check_warning(name, fit)

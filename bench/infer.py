@@ -1,4 +1,4 @@
-"""Inference benchmark: latency and peak memory of ``reconstruct`` (and one TorchServe request).
+"""Inference benchmark: latency and peak memory of ``reconstruct_with_network`` (and one TorchServe request).
 
     python bench/infer.py                      # 2D mMR slice on CPU
     python bench/infer.py --serve              # + one TorchServe request (needs java, serve extra)
@@ -118,18 +118,18 @@ def peak_rss_mb() -> float:
 def bench_reconstruct(
     scan, checkpoint: Path, device: str, repeats: int
 ) -> tuple[float, float, float]:  # noqa: ANN001
-    from pet_dl.inference import reconstruct
+    from pet_dl.inference import reconstruct_with_network
     from pet_dl.io.checkpoint import load_checkpoint
 
     loaded = load_checkpoint(checkpoint, map_location=device)
-    reconstruct(scan, loaded, device=device)  # warm-up (numba / CUDA kernels, caches)
+    reconstruct_with_network(scan, loaded, device=device)  # warm-up (numba / CUDA kernels, caches)
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        reconstruct(scan, loaded, device=device)
+        reconstruct_with_network(scan, loaded, device=device)
         if device == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)

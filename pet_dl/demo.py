@@ -2,7 +2,7 @@
 
 A held-out 2D brain is simulated on the Siemens mMR (one direct plane) at full dose and
 at 1/20 dose (binomial thinning of the same acquisition), reconstructed with OSEM and,
-when the shipped network and :func:`pet_dl.inference.reconstruct` are installed, with the
+when the shipped network and :func:`pet_dl.inference.reconstruct_with_network` are installed, with the
 network. The brain is a slice of BrainWeb subject 04, a test subject the shipped model was
 never trained on, with two hot lesions, when the BrainWeb files are found
 (``PET_DL_BRAINWEB`` or ``PET_DL_TEST_DATA``); else the synthetic ``brain`` phantom, with a
@@ -102,16 +102,16 @@ def _demo_phantom(s: DemoSettings, image: Any, generator: torch.Generator, notes
 
 
 def _network() -> tuple[Callable[..., torch.Tensor] | None, str]:
-    """``(reconstruct, "")`` when the shipped network is installed, else ``(None, why)``."""
+    """``(reconstruct_with_network, "")`` when the shipped network is installed, else ``(None, why)``."""
     try:
-        from pet_dl.inference import reconstruct, shipped_checkpoint
+        from pet_dl.inference import reconstruct_with_network, shipped_checkpoint
     except ImportError as exc:
         return None, f"network column skipped: pet_dl.inference is not available ({exc})"
     try:
         shipped_checkpoint()
     except Exception as exc:  # CheckpointError: not installed
         return None, f"network column skipped: {exc}"
-    return reconstruct, ""
+    return reconstruct_with_network, ""
 
 
 def _dose_label(fraction: float) -> str:
@@ -220,7 +220,7 @@ def run_demo(
     from pet_dl.io.nifti import save_nifti
     from pet_dl.io.scanfile import write_scan
     from pet_dl.metrics import nrmse, nrmse_range, psnr, ssim
-    from pet_dl.recon import reconstruct_scan
+    from pet_dl.recon import reconstruct_classical
     from pet_dl.scan import AcquisitionMetadata
     from pet_dl.simulate import simulate_scan, thin_scan
 
@@ -271,7 +271,7 @@ def run_demo(
     result.files.append(path)
 
     methods: list[tuple[str, Callable[[Any], torch.Tensor]]] = [
-        ("OSEM", lambda sc: reconstruct_scan(
+        ("OSEM", lambda sc: reconstruct_classical(
             sc, "osem", num_iterations=s.num_iterations, num_subsets=s.num_subsets,
             postfilter_fwhm_mm=s.postfilter_fwhm_mm,
         )),

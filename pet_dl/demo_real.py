@@ -78,7 +78,7 @@ def run_demo_real(
     from pet_dl.io.atomic import atomic_path
     from pet_dl.io.nifti import save_nifti
     from pet_dl.io.scanfile import write_scan
-    from pet_dl.recon import reconstruct_scan
+    from pet_dl.recon import reconstruct_classical
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -107,7 +107,7 @@ def run_demo_real(
     stats: dict[str, dict[str, float]] = {}
     t0 = time.perf_counter()
     say("OSEM 4 x 7")
-    images["OSEM"] = reconstruct_scan(scan, "osem", num_iterations=4, num_subsets=7, postfilter_fwhm_mm=4.0)
+    images["OSEM"] = reconstruct_classical(scan, "osem", num_iterations=4, num_subsets=7, postfilter_fwhm_mm=4.0)
     stats["OSEM"] = {"seconds": time.perf_counter() - t0}
     if net is not None:
         t0 = time.perf_counter()

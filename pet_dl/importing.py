@@ -203,10 +203,10 @@ def estimate_scatter(
     Returns:
         (scatter counts, float32 ``scan.sinogram.shape``; the tail-fit scale).
     """
-    from pet_dl.recon import reconstruct_scan
+    from pet_dl.recon import reconstruct_classical
     from pet_dl.scatter import fit_tails, single_scatter
 
-    activity = reconstruct_scan(scan, "osem", num_iterations=num_iterations,
+    activity = reconstruct_classical(scan, "osem", num_iterations=num_iterations,
                                 num_subsets=num_subsets)
     shape = single_scatter(activity, mu_per_mm, scan.image, scan.sinogram, window_kev=window_kev,
                            energy_resolution=energy_resolution)

@@ -1,4 +1,4 @@
-"""``reconstruct(scan, checkpoint)``: the one inference path of infer.py and TorchServe.
+"""``reconstruct_with_network(scan, checkpoint)``: the one inference path of infer.py and TorchServe.
 
 ``data_fit(scan, image)`` checks the result against the measured data: the ratio of the
 network image's Poisson deviance to that of an OSEM image of the same scan. Networks trained
@@ -196,7 +196,7 @@ def check_compatible(scan: Scan, metadata: dict[str, Any]) -> None:
         raise GeometryError(f"scan has image {key.rstrip('.')} = {a}, model was trained for {b}")
 
 
-def reconstruct(
+def reconstruct_with_network(
     scan: Scan,
     checkpoint: str | os.PathLike[str] | LoadedModel | None = None,
     device: str | torch.device | None = None,
@@ -427,7 +427,7 @@ def reconstruct_and_check(
     device: str | torch.device | None = None,
     amp: bool | None = None,
 ) -> tuple[torch.Tensor, DataFit]:
-    """:func:`reconstruct` and :func:`data_fit` with their OSEM computed once.
+    """:func:`reconstruct_with_network` and :func:`data_fit` with their OSEM computed once.
 
     The reference OSEM (4 x 7) is handed to the network as its initial image when the
     network starts from the same OSEM (the shipped model does), so the global check costs
@@ -437,7 +437,7 @@ def reconstruct_and_check(
     (``consistency`` None).
 
     Returns:
-        ``(image (nx, ny, nz) Bq/mL on CPU, DataFit)``; raises as :func:`reconstruct`.
+        ``(image (nx, ny, nz) Bq/mL on CPU, DataFit)``; raises as :func:`reconstruct_with_network`.
     """
     check_scan(scan)
     dev = resolve_device(device)
@@ -450,5 +450,5 @@ def reconstruct_and_check(
     osem = reference_osem(scan, dev)
     model = loaded.model
     same_start = (getattr(model, "init_iterations", None), getattr(model, "init_subsets", None)) == (4, 7)
-    image = reconstruct(scan, loaded, dev, amp, initial=osem if same_start else None)
+    image = reconstruct_with_network(scan, loaded, dev, amp, initial=osem if same_start else None)
     return image, data_fit(scan, image, dev, osem_image=osem, with_map=True)

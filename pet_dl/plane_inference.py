@@ -1,6 +1,6 @@
 """3D scans through a 2D network: SSRB to direct planes, planes in batches, one volume.
 
-:func:`pet_dl.inference.reconstruct` and :func:`~pet_dl.inference.reconstruct_and_check`
+:func:`pet_dl.inference.reconstruct_with_network` and :func:`~pet_dl.inference.reconstruct_and_check`
 hand a scan here when the scanner has several rings and the model was trained on one
 direct plane (:func:`needs_rebinning`). The scan is rebinned (:func:`pet_dl.rebin.ssrb`)
 straight onto the model's 2D layout (radial bins cropped to the model's, views mashed to

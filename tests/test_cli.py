@@ -190,7 +190,7 @@ def test_recon_into_a_read_only_folder_and_out_of_memory_are_one_line_errors(
     def exhausted(*args: object, **kwargs: object) -> None:
         raise MemoryError()
 
-    monkeypatch.setattr(pet_dl.recon, "reconstruct_scan", exhausted)
+    monkeypatch.setattr(pet_dl.recon, "reconstruct_classical", exhausted)
     code = main(["recon", str(scan_path), "--out", str(tmp_path / "img.nii.gz")])
     _assert_one_line_error(capsys, code, "out of memory")
     assert not (tmp_path / "img.nii.gz").exists()
@@ -200,14 +200,14 @@ def test_recon_into_a_read_only_folder_and_out_of_memory_are_one_line_errors(
     def torch_exhausted(*args: object, **kwargs: object) -> None:
         raise RuntimeError(f"{message}: you tried to allocate 140737488355328 bytes.")
 
-    monkeypatch.setattr(pet_dl.recon, "reconstruct_scan", torch_exhausted)
+    monkeypatch.setattr(pet_dl.recon, "reconstruct_classical", torch_exhausted)
     code = main(["recon", str(scan_path), "--out", str(tmp_path / "img.nii.gz")])
     _assert_one_line_error(capsys, code, "out of memory", "can't allocate")
 
     def bug(*args: object, **kwargs: object) -> None:
         raise RuntimeError("an internal error")
 
-    monkeypatch.setattr(pet_dl.recon, "reconstruct_scan", bug)
+    monkeypatch.setattr(pet_dl.recon, "reconstruct_classical", bug)
     with pytest.raises(RuntimeError, match="internal"):  # anything else is still a bug
         main(["recon", str(scan_path), "--out", str(tmp_path / "img.nii.gz")])
 

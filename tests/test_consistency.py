@@ -125,7 +125,7 @@ def test_planted_blob_in_the_shipped_network_at_1_20_dose() -> None:
     g = torch.Generator().manual_seed(7)
     scan = thin_scan(simulate_full_dose(recipe, phantom, 101650, g), 1 / 20, g)
     osem = reference_osem(scan, "cpu")
-    with torch.no_grad():  # the network as reconstruct() runs it, without the geometry check
+    with torch.no_grad():  # the network as reconstruct_with_network() runs it, without the geometry check
         network = load_model(None, torch.device("cpu")).model(scan_batch(scan, "cpu", osem))[0]
     assert check_consistency(scan, phantom.activity, "cpu", osem_image=osem).count == 0
 
@@ -178,7 +178,7 @@ def test_infer_writes_the_map_and_one_warning_line(
     meta = {"sinogram": scan.sinogram.to_dict(), "image": scan.image.to_dict()}
     ckpt = save_checkpoint(tmp_path / "model.safetensors", build_model(config), config, meta)
     write_scan(tmp_path / "p1.h5", scan)
-    monkeypatch.setattr(inference, "reconstruct", lambda *a, **k: planted.clone())
+    monkeypatch.setattr(inference, "reconstruct_with_network", lambda *a, **k: planted.clone())
 
     args = [str(tmp_path / "p1.h5"), "--checkpoint", str(ckpt), "--device", "cpu", "--format", "nifti"]
     assert _infer_module().main([*args, "--out", str(tmp_path / "a")]) == 0
@@ -241,7 +241,7 @@ def test_handler_response_carries_the_count(
     meta = {"sinogram": scan.sinogram.to_dict(), "image": scan.image.to_dict()}
     path = save_checkpoint(tmp_path / "m.safetensors", build_model(config), config, meta)
     loaded = inference.load_model(path, torch.device("cpu"))
-    monkeypatch.setattr(inference, "reconstruct", lambda *a, **k: planted.clone())
+    monkeypatch.setattr(inference, "reconstruct_with_network", lambda *a, **k: planted.clone())
     _, fit = inference.reconstruct_and_check(scan, loaded, device="cpu")
     assert fit.consistency is not None and fit.consistency.count >= 1
 

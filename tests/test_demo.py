@@ -76,15 +76,15 @@ def test_demo_command_full_size(tmp_path: Path) -> None:
 
 
 def test_demo_adds_network_columns_when_a_model_is_installed(tmp_path: Path, monkeypatch) -> None:
-    """With ``pet_dl.inference.reconstruct`` and a shipped model, both doses get a network column."""
+    """With ``pet_dl.inference.reconstruct_with_network`` and a shipped model, both doses get a network column."""
     import pet_dl.demo as demo
-    from pet_dl.recon import reconstruct_scan
+    from pet_dl.recon import reconstruct_classical
 
     calls = []
 
-    def fake_network(scan, checkpoint, device):  # stands in for pet_dl.inference.reconstruct
+    def fake_network(scan, checkpoint, device):  # stands in for pet_dl.inference.reconstruct_with_network
         calls.append((float(scan.metadata.dose_fraction), checkpoint, device))
-        return reconstruct_scan(scan, "osem", num_iterations=2, num_subsets=3, postfilter_fwhm_mm=10.0)
+        return reconstruct_classical(scan, "osem", num_iterations=2, num_subsets=3, postfilter_fwhm_mm=10.0)
 
     monkeypatch.setattr(demo, "_network", lambda: (fake_network, ""))
     settings = DemoSettings(image_shape=(48, 48, 1), voxel_size_mm=5.2, view_mashing=4,

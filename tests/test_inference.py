@@ -1,4 +1,4 @@
-"""pet_dl.inference.reconstruct: physics consistency, units, geometry refusal, bad data."""
+"""pet_dl.inference.reconstruct_with_network: physics consistency, units, geometry refusal, bad data."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 
 from pet_dl.errors import GeometryError, InvalidInputError
 from pet_dl.geometry import ImageGeometry, SinogramGeometry, get_scanner
-from pet_dl.inference import check_scan, reconstruct
+from pet_dl.inference import check_scan, reconstruct_with_network
 from pet_dl.io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from pet_dl.models import build_model
 from pet_dl.scan import AcquisitionMetadata, Scan
@@ -88,7 +88,7 @@ def test_network_without_regulariser_is_mlem(
 
     scan = make_scan(generator)
     path = make_checkpoint(tmp_path, generator, scan)
-    got = reconstruct(scan, path, device=device)
+    got = reconstruct_with_network(scan, path, device=device)
     assert got.shape == scan.image.shape and got.dtype == torch.float32
     assert got.device.type == "cpu"
     model = scan.forward_model()
@@ -109,10 +109,10 @@ def test_result_is_in_bq_per_ml(tmp_path: Path, generator: torch.Generator) -> N
     loaded = load_checkpoint(
         make_checkpoint(tmp_path, generator, scan, dict(CONFIG, initial_fusion_weight=0.5)), builder=build_model
     )
-    a = reconstruct(scan, loaded, device="cpu")
-    b = reconstruct(replace(scan, calibration=2.0 * scan.calibration), loaded, device="cpu")
+    a = reconstruct_with_network(scan, loaded, device="cpu")
+    b = reconstruct_with_network(replace(scan, calibration=2.0 * scan.calibration), loaded, device="cpu")
     torch.testing.assert_close(b, a / 2.0, rtol=1e-4, atol=1e-4 * float(a.max()))
-    assert float((a - reconstruct(scan, loaded, device="cpu")).abs().max()) == 0.0
+    assert float((a - reconstruct_with_network(scan, loaded, device="cpu")).abs().max()) == 0.0
 
 
 @pytest.mark.parametrize(
@@ -134,7 +134,7 @@ def test_other_sinogram_geometry_is_refused(
     image = ImageGeometry.centered((24, 24, 1), (4.0, 4.0, 4.0))
     other = make_scan(generator, sino, image)
     with pytest.raises(GeometryError, match=message):
-        reconstruct(other, path, device="cpu")
+        reconstruct_with_network(other, path, device="cpu")
 
 
 def test_other_image_grid_is_reconstructed_on_the_models_and_resampled(
@@ -144,9 +144,9 @@ def test_other_image_grid_is_reconstructed_on_the_models_and_resampled(
     resampled onto it: the scan's shape, and the same activity where both grids cover it."""
     scan = make_scan(generator)
     path = make_checkpoint(tmp_path, generator, scan)
-    same = reconstruct(scan, path, device="cpu")
+    same = reconstruct_with_network(scan, path, device="cpu")
     other = replace(scan, image=ImageGeometry.centered((20, 20, 1), (4.0, 4.0, 4.0)))
-    got = reconstruct(other, path, device="cpu")
+    got = reconstruct_with_network(other, path, device="cpu")
     assert got.shape == (20, 20, 1)
     # the 20 x 20 grid is the central part of the model's 24 x 24 one at the same voxel size
     torch.testing.assert_close(got[..., 0], same[2:22, 2:22, 0], rtol=0.05, atol=0.05 * float(same.max()))
@@ -156,7 +156,7 @@ def test_checkpoint_without_geometry_is_refused(tmp_path: Path, generator: torch
     scan = make_scan(generator)
     path = save_checkpoint(tmp_path / "m.safetensors", build_model(CONFIG), CONFIG, {})
     with pytest.raises(CheckpointError, match="training sinogram/image geometry"):
-        reconstruct(scan, path, device="cpu")
+        reconstruct_with_network(scan, path, device="cpu")
 
 
 def _with(scan: Scan, **kw: Any) -> Scan:
@@ -190,7 +190,7 @@ def test_cuda_request_without_cuda(generator: torch.Generator, tmp_path: Path) -
         pytest.skip("this machine has CUDA")
     scan = make_scan(generator)
     with pytest.raises(InvalidInputError, match="no CUDA device"):
-        reconstruct(scan, make_checkpoint(tmp_path, generator, scan), device="cuda")
+        reconstruct_with_network(scan, make_checkpoint(tmp_path, generator, scan), device="cuda")
 
 
 # ------------------------------------------------------------------ infer.py (command line)
@@ -263,7 +263,7 @@ def test_infer_cli_writes_nifti_and_dicom(
         "patient2_consistency.nii.gz",
         "patient2_dicom",
     ]
-    expected = reconstruct(read_scan(scan_path), ckpt, device="cpu")
+    expected = reconstruct_with_network(read_scan(scan_path), ckpt, device="cpu")
     image, geometry = load_nifti(out / "patient1.nii.gz")
     torch.testing.assert_close(
         torch.as_tensor(image).float(), expected, rtol=1e-5, atol=1e-5 * float(expected.max())
@@ -409,7 +409,7 @@ def test_infer_accepts_a_lightning_ckpt(
     args = [str(scan_path), "--checkpoint", str(tmp_path / "model.ckpt"), "--out", str(out)]
     assert _infer_module().main([*args, "--format", "nifti", "--device", "cpu"]) == 0
     image, _ = load_nifti(out / "patient1.nii.gz")
-    expected = reconstruct(scan, loaded, device="cpu")
+    expected = reconstruct_with_network(scan, loaded, device="cpu")
     torch.testing.assert_close(torch.as_tensor(image).float(), expected, rtol=1e-5, atol=1e-6)
 
 
@@ -442,7 +442,7 @@ def test_reconstruct_and_check_equals_the_two_steps(
     config = dict(CONFIG, initial_fusion_weight=0.5, init_iterations=init[0], init_subsets=init[1])
     loaded = load_checkpoint(make_checkpoint(tmp_path, generator, scan, config), builder=build_model)
     image, fit = reconstruct_and_check(scan, loaded, device="cpu")
-    expected = reconstruct(scan, loaded, device="cpu")
+    expected = reconstruct_with_network(scan, loaded, device="cpu")
     torch.testing.assert_close(image, expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
     two_step = data_fit(scan, expected, device="cpu")
     assert fit.osem_deviance == pytest.approx(two_step.osem_deviance, rel=1e-6)

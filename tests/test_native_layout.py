@@ -55,15 +55,15 @@ def test_relayout_keeps_the_counts_and_the_forward_model() -> None:
 
 
 def test_native_scan_is_reconstructed_by_the_shipped_model_on_its_grid(tmp_path) -> None:
-    from pet_dl.inference import reconstruct
+    from pet_dl.inference import reconstruct_with_network
     from pet_dl.metrics import nrmse
-    from pet_dl.recon import gaussian_postfilter, reconstruct_scan
+    from pet_dl.recon import gaussian_postfilter, reconstruct_classical
 
     phantom, scan, g = _native_scan()
     low = thin_scan(scan, 0.05, g)
-    image = reconstruct(low)
+    image = reconstruct_with_network(low)
     assert image.shape == NATIVE_GRID.shape  # the scan's grid, not the model's 96 x 96
-    osem = gaussian_postfilter(reconstruct_scan(low, "osem", num_iterations=4, num_subsets=7), NATIVE_GRID, 6.0)
+    osem = gaussian_postfilter(reconstruct_classical(low, "osem", num_iterations=4, num_subsets=7), NATIVE_GRID, 6.0)
     net_err = float(nrmse(image[None], phantom.activity[None])[0])
     osem_err = float(nrmse(osem[None], phantom.activity[None])[0])
     assert net_err < osem_err, (net_err, osem_err)

@@ -199,7 +199,7 @@ def test_infer_3d_scan_gives_the_2d_reconstruction_of_each_rebinned_plane(
     scan_and_model: tuple[Scan, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import infer
-    from pet_dl.inference import reconstruct
+    from pet_dl.inference import reconstruct_with_network
     from pet_dl.io.dicom import read_pet_series
     from pet_dl.io.nifti import load_nifti
 
@@ -216,7 +216,7 @@ def test_infer_3d_scan_gives_the_2d_reconstruction_of_each_rebinned_plane(
     rebinned = ssrb(scan, num_radial=64, view_mashing=4)
     image2d = ImageGeometry.centered((32, 32, 1), (4.0, 4.0, 4.0))
     for j in (0, 7, 16, 32):  # the scan's slices sit on the planes: plane j is slice j
-        ref = reconstruct(plane_scan(rebinned, j, image2d), ckpt, device="cpu")[..., 0]
+        ref = reconstruct_with_network(plane_scan(rebinned, j, image2d), ckpt, device="cpu")[..., 0]
         assert float(ref.max()) > 0
         torch.testing.assert_close(volume[..., j], ref, rtol=1e-4, atol=1e-4 * float(ref.max()))
     dicom, dgrid, _ = read_pet_series(out / "scan3d_dicom")
@@ -247,7 +247,7 @@ def test_3d_data_check_runs_per_plane(scan_and_model: tuple[Scan, Path, Path]) -
 def test_3d_scan_that_cannot_reach_the_models_layout_is_refused(
     scan_and_model: tuple[Scan, Path, Path], tmp_path: Path
 ) -> None:
-    from pet_dl.inference import reconstruct
+    from pet_dl.inference import reconstruct_with_network
     from pet_dl.io.checkpoint import save_checkpoint
     from pet_dl.models import build_model
 
@@ -257,4 +257,4 @@ def test_3d_scan_that_cannot_reach_the_models_layout_is_refused(
     ckpt = save_checkpoint(tmp_path / "m3.safetensors", build_model(TINY), TINY,
                            {"sinogram": other.to_dict(), "image": image2d.to_dict()})
     with pytest.raises(GeometryError, match="view_mashing"):
-        reconstruct(scan, ckpt, device="cpu")
+        reconstruct_with_network(scan, ckpt, device="cpu")

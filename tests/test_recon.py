@@ -1,4 +1,4 @@
-"""Tests of pet_dl.recon: EM step, MLEM, OSEM, MAP-RDP, post-filter, reconstruct_scan.
+"""Tests of pet_dl.recon: EM step, MLEM, OSEM, MAP-RDP, post-filter, reconstruct_classical.
 
 Algorithm tests use a small forward model built from a dense random non-negative matrix
 (``DenseModel``, the PETForwardModel interface) with numpy reference implementations;
@@ -318,14 +318,14 @@ def _scan_of(image, activity, mu, calibration=1e-3, background_fraction=0.1, gen
 
 def test_nema_contrast_recovery_rises_with_iterations() -> None:
     from pet_dl.metrics import nema_image_quality
-    from pet_dl.recon import reconstruct_scan
+    from pet_dl.recon import reconstruct_classical
 
     image, activity, mu, labels, body = _small_nema()
     scan = _scan_of(image, activity, mu)  # noiseless
     background = body & (labels == 0)
     cr = []
     for iterations in (1, 3, 10):
-        x = reconstruct_scan(scan, "osem", num_iterations=iterations, num_subsets=4)
+        x = reconstruct_classical(scan, "osem", num_iterations=iterations, num_subsets=4)
         res = nema_image_quality(x, labels, background, image.voxel_size_mm, activity_ratio=4.0)
         cr.append([r.contrast_recovery for r in res])
     for sphere in range(3):
@@ -336,7 +336,7 @@ def test_nema_contrast_recovery_rises_with_iterations() -> None:
 
 def test_reconstruct_scan_is_in_bqml_at_any_dose(generator: torch.Generator) -> None:
     """Full and 1/10-count scans (calibration and background scaled) both give Bq/mL."""
-    from pet_dl.recon import reconstruct_scan
+    from pet_dl.recon import reconstruct_classical
 
     image, activity, mu, labels, body = _small_nema()
     coords = torch.as_tensor(image.voxel_centers(0))
@@ -348,7 +348,7 @@ def test_reconstruct_scan_is_in_bqml_at_any_dose(generator: torch.Generator) -> 
             ("mlem", {"num_iterations": 60}),
             ("map", {"num_iterations": 6, "beta": 1e-3 * fraction}),
         ):
-            x = reconstruct_scan(scan, algorithm, postfilter_fwhm_mm=6.0, **kw)
+            x = reconstruct_classical(scan, algorithm, postfilter_fwhm_mm=6.0, **kw)
             assert x.shape == image.shape and x.dtype == torch.float32
             got = (float(x.sum()), float(x[centre].mean()))
             assert got[0] == pytest.approx(float(activity.sum()), rel=0.03), (fraction, algorithm)
@@ -356,16 +356,16 @@ def test_reconstruct_scan_is_in_bqml_at_any_dose(generator: torch.Generator) -> 
 
 
 def test_reconstruct_scan_rejects_bad_parameters() -> None:
-    from pet_dl.recon import reconstruct_scan
+    from pet_dl.recon import reconstruct_classical
 
     image, activity, mu, _, _ = _small_nema()
     scan = _scan_of(image, activity, mu)
     with pytest.raises(ValueError, match="algorithm"):
-        reconstruct_scan(scan, "fbp")
+        reconstruct_classical(scan, "fbp")
     with pytest.raises(ValueError, match="views"):
-        reconstruct_scan(scan, "osem", num_subsets=1000)
+        reconstruct_classical(scan, "osem", num_subsets=1000)
     with pytest.raises(ValueError, match="beta"):
-        reconstruct_scan(scan, "osem", beta=1.0)
+        reconstruct_classical(scan, "osem", beta=1.0)
 
 
 def test_osem_callback_sees_each_iteration_as_separate_runs_would(generator) -> None:

@@ -207,7 +207,7 @@ def server(archive: dict[str, Any]) -> Iterator[Any]:
 def test_torchserve_round_trip_bad_bodies_and_token_auth(
     server: Any, archive: dict[str, Any], generator: torch.Generator
 ) -> None:
-    from pet_dl.inference import reconstruct
+    from pet_dl.inference import reconstruct_with_network
     from pet_dl.io.scanfile import read_scan
     from pet_dl.serving.healthcheck import model_status
 
@@ -216,7 +216,7 @@ def test_torchserve_round_trip_bad_bodies_and_token_auth(
     assert set(keys) == {"management", "inference", "API"}
     token = keys["inference"]
     body = archive["scan"].read_bytes()
-    expected = reconstruct(read_scan(archive["scan"]), archive["checkpoint"], device="cpu")
+    expected = reconstruct_with_network(read_scan(archive["scan"]), archive["checkpoint"], device="cpu")
     status, payload = _post(server.predictions_url, body, token)
     assert status == 200, payload[:500]
     _assert_same_image(_image(payload, tmp), expected)
@@ -305,13 +305,13 @@ def test_load_with_bad_requests_a_killed_worker_and_bounded_memory(
     archive: dict[str, Any], generator: torch.Generator
 ) -> None:
     """50 requests, 4 at a time: 40 good ones of 4 different scans and 10 bad ones mixed in;
-    the worker is SIGKILLed after the 20th answer. Every good answer equals reconstruct()'s
+    the worker is SIGKILLed after the 20th answer. Every good answer equals reconstruct_with_network()'s
     image of its own scan and every bad one is a 4xx (a request cut by the kill is sent again
     once the server has recovered: at most the 4 in flight), a new worker serves, the whole
     server stays under RSS_BOUND, and SIGTERM to its process group stops every process."""
     from test_inference import make_scan
 
-    from pet_dl.inference import reconstruct
+    from pet_dl.inference import reconstruct_with_network
     from pet_dl.io.scanfile import read_scan, write_scan
     from pet_dl.serving.local import local_server, rss_bytes
 
@@ -320,7 +320,7 @@ def test_load_with_bad_requests_a_killed_worker_and_bounded_memory(
     for k in range(3):
         write_scan(tmp / f"scan{k}.h5", make_scan(generator, counts=1e5 * (k + 2)))
         scans.append(tmp / f"scan{k}.h5")
-    expected = [reconstruct(read_scan(p), archive["checkpoint"], device="cpu") for p in scans]
+    expected = [reconstruct_with_network(read_scan(p), archive["checkpoint"], device="cpu") for p in scans]
     bad = list(_bad_bodies(archive["scan"], tmp, generator).items())
     assert len(bad) == 10
     jobs: list[tuple[str, bytes, str, Any]] = []  # (name, body, content type, expected)

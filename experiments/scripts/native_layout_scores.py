@@ -8,10 +8,10 @@ training layout and OSEM, 8 held-out BrainWeb test slices at 1/20 dose (docs/inf
 import torch
 
 from pet_dl.geometry import ImageGeometry, SinogramGeometry, get_scanner
-from pet_dl.inference import load_model, reconstruct
+from pet_dl.inference import load_model, reconstruct_with_network
 from pet_dl.metrics import nrmse
 from pet_dl.recipes import load_recipe, phantom_of_seed
-from pet_dl.recon import gaussian_postfilter, reconstruct_scan
+from pet_dl.recon import gaussian_postfilter, reconstruct_classical
 from pet_dl.simulate import simulate_scan, thin_scan
 
 r = load_recipe("data/brainweb2d.yaml")
@@ -28,10 +28,10 @@ for seed in range(200000, 200008):
         full = simulate_scan(p.activity, p.mu, sino, img, duration_s=600.0, scatter_fraction=0.3, randoms_fraction=0.2,
                              psf_fwhm_mm=4.5, crystal_efficiency_sigma=0.05, generator=gg)
         low = thin_scan(full, 0.05, gg)
-        x = reconstruct(low, loaded)
+        x = reconstruct_with_network(low, loaded)
         rows["net_" + key].append(float(nrmse(x[None], p.activity[None])[0]))
         if key == "native":
-            o = gaussian_postfilter(reconstruct_scan(low, "osem", num_iterations=4, num_subsets=7), img, 6.0)
+            o = gaussian_postfilter(reconstruct_classical(low, "osem", num_iterations=4, num_subsets=7), img, 6.0)
             rows["osem_native"].append(float(nrmse(o[None], p.activity[None])[0]))
 for k, v in rows.items():
     print(k, f"{100 * sum(v) / len(v):.1f}", [round(100 * x, 1) for x in v])

@@ -23,7 +23,7 @@ from pet_dl.inference import load_model, reconstruct_and_check
 from pet_dl.io.scanfile import read_scan
 from pet_dl.metrics import hot_spots
 from pet_dl.models.blocks import count_level
-from pet_dl.recon import gaussian_postfilter, reconstruct_scan
+from pet_dl.recon import gaussian_postfilter, reconstruct_classical
 
 
 def main() -> None:
@@ -33,7 +33,7 @@ def main() -> None:
     args = parser.parse_args()
     scan = read_scan(args.scan)
     vs = scan.image.voxel_size_mm
-    osem = reconstruct_scan(scan, "osem", num_iterations=4, num_subsets=7)
+    osem = reconstruct_classical(scan, "osem", num_iterations=4, num_subsets=7)
     reference = gaussian_postfilter(osem, scan.image, 8.0)
     images = {"OSEM 4 x 7, 4 mm": gaussian_postfilter(osem, scan.image, 4.0)}
     notes = {}

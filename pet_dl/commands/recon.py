@@ -77,11 +77,11 @@ def run(args: argparse.Namespace) -> int:
     """Reconstruct and write the NIfTI; prints a one-line summary."""
     from pet_dl.io.nifti import save_nifti
     from pet_dl.io.scanfile import read_scan
-    from pet_dl.recon import reconstruct_scan
+    from pet_dl.recon import reconstruct_classical
 
     _check_args(args)
     scan = read_scan(args.scan)
-    image = reconstruct_scan(
+    image = reconstruct_classical(
         scan,
         args.algorithm,
         num_iterations=args.iterations,

@@ -408,7 +408,7 @@ def write_model_card(
         "## Intended use and limits",
         "",
         "- Input: a pet_dl scan file acquired on the geometry above; other geometries or",
-        "  image grids are refused by `pet_dl.inference.reconstruct`.",
+        "  image grids are refused by `pet_dl.inference.reconstruct_with_network`.",
         "- Output: activity in Bq/mL on the scan's image grid.",
         "- Trained on simulated data; not validated for clinical diagnosis.",
         "",

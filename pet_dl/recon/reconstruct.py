@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 ALGORITHMS: tuple[str, ...] = ("mlem", "osem", "map")
 
 
-def reconstruct_scan(
+def reconstruct_classical(
     scan: Scan,
     algorithm: str = "osem",
     num_iterations: int = 4,

@@ -77,7 +77,7 @@ def scan_element_cap(metadata: dict[str, Any]) -> int:
 
         sizes.append(math.prod(SinogramGeometry.from_dict(metadata["sinogram"]).shape))
         sizes.append(math.prod(ImageGeometry.from_dict(metadata["image"]).shape))
-    except Exception:  # no or unreadable geometry: reconstruct() refuses such a model anyway
+    except Exception:  # no or unreadable geometry: reconstruct_with_network() refuses such a model anyway
         return max_scan_elements()
     return min(max(sizes), max_scan_elements())
 
