@@ -334,7 +334,7 @@ def test_nema_contrast_recovery_rises_with_iterations() -> None:
     assert 0.5 < cr[-1][-1] < 1.1  # the largest sphere recovers most of its contrast
 
 
-def test_reconstruct_scan_is_in_bqml_at_any_dose(generator: torch.Generator) -> None:
+def test_reconstruct_classical_is_in_bqml_at_any_dose(generator: torch.Generator) -> None:
     """Full and 1/10-count scans (calibration and background scaled) both give Bq/mL."""
     from pet_dl.recon import reconstruct_classical
 
@@ -355,7 +355,7 @@ def test_reconstruct_scan_is_in_bqml_at_any_dose(generator: torch.Generator) -> 
             assert got[1] == pytest.approx(1000.0, rel=0.05), (fraction, algorithm)
 
 
-def test_reconstruct_scan_rejects_bad_parameters() -> None:
+def test_reconstruct_classical_rejects_bad_parameters() -> None:
     from pet_dl.recon import reconstruct_classical
 
     image, activity, mu, _, _ = _small_nema()
