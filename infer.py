@@ -188,9 +188,9 @@ def _run(args: argparse.Namespace) -> int:
     """Reconstruct every scan of ``args``; raises on the first bad one."""
     from tqdm import tqdm
 
+    from pet_dl.data_check import data_check_warning
     from pet_dl.errors import InvalidInputError
     from pet_dl.inference import (
-        data_check_warning,
         load_model,
         reconstruct_and_check,
         reconstruct_with_network,

@@ -1,6 +1,6 @@
 """Data-consistency map: where a reconstruction claims more activity than the counts support.
 
-One global number (``pet_dl.inference.data_fit``) hides a local disagreement: a false
+One global number (``pet_dl.data_check.data_fit``) hides a local disagreement: a false
 lesion of 1 cm changes a few hundred of the sinogram's bins, and at low counts the noise
 of all the others drowns it. This module localises the test. For an image ``x`` of a scan
 with counts ``y`` and forward model ``ybar = A x + a`` (``A`` = calibration x

@@ -1,10 +1,9 @@
 """``reconstruct_with_network(scan, checkpoint)``: the one inference path of infer.py and TorchServe.
 
-``data_fit(scan, image)`` checks the result against the measured data: the ratio of the
-network image's Poisson deviance to that of an OSEM image of the same scan. Networks trained
-on one family of phantoms override data from an anatomy unlike it (docs/results.md, "An
-anatomy the networks never saw"), and the data show it; ``infer.py`` warns above
-:data:`DATA_FIT_LIMIT`.
+Loading a model and running it: :func:`load_model`, :func:`reconstruct_with_network`, and
+:func:`reconstruct_and_check`, which also runs the data check of :mod:`pet_dl.data_check`
+(the image against the scan's counts) with one OSEM shared by the network's start and the
+check.
 
 It validates the scan (finite, non-negative, non-empty data of the right shapes), refuses
 a scan whose sinogram layout or image grid differs from the checkpoint's training
@@ -19,7 +18,6 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +33,7 @@ from pet_dl.io.checkpoint import (  # noqa: F401  (SHIPPED_MODEL, shipped_checkp
 )
 
 if TYPE_CHECKING:
-    from pet_dl.consistency import ConsistencyMap
+    from pet_dl.data_check import DataFit
     from pet_dl.models import ReconBatch
     from pet_dl.scan import Scan
 
@@ -270,169 +268,20 @@ def scan_batch(
     ).to(device)
 
 
-# Chosen on validation phantoms of the shipped model's two training families (smooth and
-# folded cortex, 40 each, seeds 101400-101439, every dose factor 1-100; experiments/scripts/data_fit.py,
-# docs/results.md, "An anatomy the networks never saw"): the largest ratio there, 1.024,
-# plus 0.05, rounded up. The SIRF brain, which was not used to choose it, is the check.
-DATA_FIT_LIMIT = 1.08
-
-
-@dataclass(frozen=True)
-class DataFit:
-    """How well a reconstruction explains its scan's data, against OSEM.
-
-    Attributes:
-        deviance: mean Poisson deviance per sinogram bin of the image (dimensionless).
-        osem_deviance: the same for OSEM (``iterations`` x ``subsets``, no post-filter) of
-            the scan, the image that fits the data as closely as the networks start from.
-        ratio: ``deviance / osem_deviance``; near 1 where the network agrees with the data.
-        consistency: where the image has more activity than the counts support
-            (:func:`check_consistency`), when it was asked for; else None.
-    """
-
-    deviance: float
-    osem_deviance: float
-    ratio: float
-    consistency: ConsistencyMap | None = field(default=None, kw_only=True, compare=False)
-
-    @property
-    def suspect(self) -> bool:
-        """The ratio is above :data:`DATA_FIT_LIMIT`."""
-        return self.ratio > DATA_FIT_LIMIT
-
-
-@torch.no_grad()
-def data_fit(
-    scan: Scan,
-    image: torch.Tensor,
-    device: str | torch.device | None = None,
-    iterations: int = 4,
-    subsets: int = 7,
-    osem_image: torch.Tensor | None = None,
-    with_map: bool = False,
-) -> DataFit:
-    """The Poisson deviance of ``image`` on ``scan``'s data, against OSEM's.
-
-    Args:
-        scan: the measured scan.
-        image: its reconstruction ``(nx, ny, nz)`` in Bq/mL on the scan's grid.
-        device: where to project (``None``: CUDA when available).
-        iterations, subsets: the OSEM of the reference (the shipped model's initial image).
-        osem_image: that OSEM image ``(nx, ny, nz)`` when already computed
-            (:func:`reference_osem`).
-        with_map: also the local check (:func:`check_consistency`), in ``consistency``.
-
-    Returns:
-        a :class:`DataFit`.
-    """
-    from pet_dl.metrics import poisson_deviance
-    from pet_dl.models.batch import initial_image
-
-    if tuple(image.shape) != tuple(scan.image.shape):
-        raise InvalidInputError(
-            f"image has shape {tuple(image.shape)}, the scan's grid {tuple(scan.image.shape)}"
-        )
-    batch = scan_batch(scan, resolve_device(device))
-    model = batch.forward_model()
-    if osem_image is None:
-        osem = initial_image(model, batch.prompts, iterations, subsets)
-    else:
-        osem = osem_image.to(batch.device, torch.float32).unsqueeze(0)
-    x = image.to(batch.device, torch.float32).unsqueeze(0)
-    deviance = float(poisson_deviance(model(x), batch.prompts)[0])
-    osem_deviance = float(poisson_deviance(model(osem), batch.prompts)[0])
-    consistency = None
-    if with_map:
-        from pet_dl.consistency import consistency_map
-
-        consistency = consistency_map(
-            model, batch.prompts, x[0], scan.image, scan.psf_fwhm_mm, reference=osem[0]
-        )
-    return DataFit(
-        deviance, osem_deviance, deviance / max(osem_deviance, 1e-12), consistency=consistency
-    )
-
-
-def data_check_warning(name: str, fit: DataFit) -> str | None:
-    """The one ``warning: ...`` line of a scan's data check, or None when it passed.
-
-    It names the count of regions where the image has more activity than the counts
-    support (``fit.consistency``, written by ``infer.py`` as ``<name>_consistency.nii.gz``)
-    and, when the whole image fits the data worse than OSEM by more than
-    :data:`DATA_FIT_LIMIT`, that ratio (for a rebinned 3D scan: its worst plane's).
-    ``infer.py`` prints it; the TorchServe handler sends it as a header.
-    """
-    parts = []
-    maps = fit.consistency
-    if maps is not None and maps.count:
-        top = maps.regions[0]
-        where = ", ".join(f"{c:.0f}" for c in top.centre_mm)
-        parts.append(
-            f"{maps.count} region{'s' if maps.count > 1 else ''} where the image has more "
-            f"activity than the measured counts support (z > {maps.threshold:g}; strongest "
-            f"z {top.peak:.1f} at ({where}) mm; map {name}_consistency.nii.gz)"
-        )
-    if fit.suspect:
-        plane = getattr(fit, "plane", None)  # pet_dl.plane_inference.PlaneFit
-        worst = "" if plane is None else f" (rebinned plane {plane}, the worst)"
-        parts.append(
-            f"the image{worst} explains the measured counts {fit.ratio:.2f} x worse than OSEM "
-            f"(Poisson deviance per bin {fit.deviance:.3f} against {fit.osem_deviance:.3f}; "
-            f"limit {DATA_FIT_LIMIT}): the anatomy may be unlike the model's training phantoms"
-        )
-    if not parts:
-        return None
-    return f"warning: {name}: " + "; ".join(parts) + "; compare with python -m pet_dl recon"
-
-
-def check_consistency(
-    scan: Scan,
-    image: torch.Tensor,
-    device: str | torch.device | None = None,
-    osem_image: torch.Tensor | None = None,
-) -> ConsistencyMap:
-    """Where ``image`` has more activity than ``scan``'s counts support (docs/inference.md).
-
-    Args:
-        scan: the measured scan (its forward model and PSF FWHM are used).
-        image: its reconstruction ``(nx, ny, nz)`` Bq/mL on the scan's grid.
-        device: where to project (``None``: CUDA when available).
-        osem_image: the reference OSEM 4 x 7 ``(nx, ny, nz)`` when already computed.
-
-    Returns:
-        a :class:`pet_dl.consistency.ConsistencyMap`: ``z (nx, ny, nz)`` in standard
-        deviations of the noise and the regions above
-        :data:`pet_dl.consistency.CONSISTENCY_THRESHOLD`.
-    """
-    fit = data_fit(scan, image, device, osem_image=osem_image, with_map=True)
-    assert fit.consistency is not None
-    return fit.consistency
-
-
-@torch.no_grad()
-def reference_osem(
-    scan: Scan, device: str | torch.device | None = None, iterations: int = 4, subsets: int = 7
-) -> torch.Tensor:
-    """OSEM of ``scan`` from a uniform image, ``(nx, ny, nz)`` Bq/mL, float32 on ``device``:
-    :func:`data_fit`'s reference and the shipped model's initial image."""
-    from pet_dl.models.batch import initial_image
-
-    batch = scan_batch(scan, resolve_device(device))
-    return initial_image(batch.forward_model(), batch.prompts, iterations, subsets)[0].float()
-
-
 def reconstruct_and_check(
     scan: Scan,
     checkpoint: str | os.PathLike[str] | LoadedModel | None = None,
     device: str | torch.device | None = None,
     amp: bool | None = None,
 ) -> tuple[torch.Tensor, DataFit]:
-    """:func:`reconstruct_with_network` and :func:`data_fit` with their OSEM computed once.
+    """:func:`reconstruct_with_network` and the data check (:func:`pet_dl.data_check.data_fit` with
+    its consistency map) with their OSEM computed once.
 
     The reference OSEM (4 x 7) is handed to the network as its initial image when the
     network starts from the same OSEM (the shipped model does), so the global check costs
     two projections instead of a second reconstruction; the consistency map
-    (``DataFit.consistency``, :func:`check_consistency`) about 20 back-projections more.
+    (``DataFit.consistency``, :func:`pet_dl.data_check.check_consistency`) about 20
+    back-projections more.
     A 3D scan rebinned for a 2D model gets the per-plane global check only
     (``consistency`` None).
 
@@ -447,8 +296,18 @@ def reconstruct_and_check(
     if needs_rebinning(scan, loaded.metadata):  # the check per plane (PlaneFit: the worst)
         return reconstruct_planes(scan, loaded, dev, amp, check=True)  # type: ignore[return-value]
     check_compatible(scan, loaded.metadata)
-    osem = reference_osem(scan, dev)
+    from pet_dl.data_check import (
+        REFERENCE_ITERATIONS,
+        REFERENCE_SUBSETS,
+        data_fit,
+        reference_osem,
+        scan_forward_model,
+    )
+
+    forward = scan_forward_model(scan, dev)  # one model: its sensitivity is computed once
+    osem = reference_osem(scan, model=forward)
     model = loaded.model
-    same_start = (getattr(model, "init_iterations", None), getattr(model, "init_subsets", None)) == (4, 7)
+    start = (getattr(model, "init_iterations", None), getattr(model, "init_subsets", None))
+    same_start = start == (REFERENCE_ITERATIONS, REFERENCE_SUBSETS)
     image = reconstruct_with_network(scan, loaded, dev, amp, initial=osem if same_start else None)
-    return image, data_fit(scan, image, dev, osem_image=osem, with_map=True)
+    return image, data_fit(scan, image, osem_image=osem, with_map=True, model=forward)

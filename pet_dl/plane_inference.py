@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from pet_dl.data_check import DataFit
 from pet_dl.errors import InvalidInputError
 from pet_dl.geometry import ImageGeometry, SinogramGeometry
-from pet_dl.inference import DataFit, check_compatible
+from pet_dl.inference import check_compatible
 from pet_dl.rebin import (
     direct_planes_geometry,
     plane_geometry,

@@ -114,8 +114,9 @@ def test_planted_blob_in_the_shipped_network_at_1_20_dose() -> None:
     5 mm of its centre, where the network's own image has no region. (In white matter, at
     a quarter of grey matter's activity, such a blob reaches z ~ 2-4 at 1/20 dose: see
     docs/inference.md for the detection rates.)"""
+    from pet_dl.data_check import check_consistency, reference_osem
     from pet_dl.datasets import simulate_full_dose
-    from pet_dl.inference import check_consistency, load_model, reference_osem, scan_batch
+    from pet_dl.inference import load_model, scan_batch
     from pet_dl.recipes import load_recipe, phantom_of_seed
     from pet_dl.recon.filters import gaussian_postfilter
     from pet_dl.simulate import thin_scan
@@ -276,7 +277,7 @@ def test_warning_line_names_the_count() -> None:
     """data_check_warning: one line; the region count and the strongest region; the global
     ratio only when above its limit; None when both pass."""
     from pet_dl.consistency import Region
-    from pet_dl.inference import DataFit, data_check_warning
+    from pet_dl.data_check import DataFit, data_check_warning
     region = Region((10.0, -20.0, 0.0), 6.5, (10.0, -20.0, 0.0), 5)
     maps = ConsistencyMap(torch.zeros(2, 2, 1), (region, region), 4.0)
     line = data_check_warning("s1", DataFit(1.0, 1.0, 1.0, consistency=maps))

@@ -17,6 +17,7 @@ MODULES = [
     "pet_dl.geometry.image",  # an image grid, its voxel centres and affine
     "pet_dl.io.checkpoint",  # save and load weights with a model builder and a model version
     "pet_dl.recipes",  # a recipe checked, the seeds of a split and their JSON form
+    "pet_dl.data_check",  # an image the counts support and one they contradict
 ]
 
 

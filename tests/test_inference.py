@@ -418,7 +418,7 @@ def test_data_fit_accepts_the_truth_and_flags_an_image_the_data_contradict(
 ) -> None:
     """The true activity explains the counts about as well as OSEM (ratio ~ 1); the same
     disk with its hot spot on the other side (an anatomy error) is flagged."""
-    from pet_dl.inference import DATA_FIT_LIMIT, data_fit
+    from pet_dl.data_check import DATA_FIT_LIMIT, data_fit
 
     scan = make_scan(generator)
     truth = data_fit(scan, disk_with_hot_spot(scan.image), device="cpu")
@@ -436,7 +436,8 @@ def test_reconstruct_and_check_equals_the_two_steps(
 ) -> None:
     """One OSEM shared by the network's start (when it starts from the same 4 x 7 OSEM) and
     the check: the same image and the same fit as reconstruct, then data_fit."""
-    from pet_dl.inference import data_fit, reconstruct_and_check
+    from pet_dl.data_check import data_fit
+    from pet_dl.inference import reconstruct_and_check
 
     scan = make_scan(generator)
     config = dict(CONFIG, initial_fusion_weight=0.5, init_iterations=init[0], init_subsets=init[1])

@@ -229,7 +229,8 @@ def test_infer_3d_scan_gives_the_2d_reconstruction_of_each_rebinned_plane(
 
 
 def test_3d_data_check_runs_per_plane(scan_and_model: tuple[Scan, Path, Path]) -> None:
-    from pet_dl.inference import DataFit, data_fit, reconstruct_and_check
+    from pet_dl.data_check import DataFit, data_fit
+    from pet_dl.inference import reconstruct_and_check
 
     scan, _, ckpt = scan_and_model
     image, fit = reconstruct_and_check(scan, ckpt, device="cpu")

@@ -21,15 +21,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from pet_dl.datasets import simulate_full_dose  # noqa: E402
-from pet_dl.inference import (  # noqa: E402
+from pet_dl.data_check import (  # noqa: E402
     DataFit,
     check_consistency,
     data_check_warning,
-    load_model,
     reference_osem,
-    scan_batch,
 )
+from pet_dl.datasets import simulate_full_dose  # noqa: E402
+from pet_dl.inference import load_model, scan_batch  # noqa: E402
 from pet_dl.recipes import load_recipe, phantom_of_seed  # noqa: E402
 from pet_dl.recon.filters import gaussian_postfilter  # noqa: E402
 from pet_dl.simulate import thin_scan  # noqa: E402

@@ -5,9 +5,9 @@
 
 For each dose factor prints the ratio of the network image's mean Poisson deviance per
 sinogram bin to that of the OSEM image the network starts from
-(:func:`pet_dl.inference.data_fit` per scan, here for a batch of simulated phantoms): its
+(:func:`pet_dl.data_check.data_fit` per scan, here for a batch of simulated phantoms): its
 median, 95th percentile and maximum over the phantoms, and the share above
-:data:`pet_dl.inference.DATA_FIT_LIMIT`, the level above which ``infer.py`` warns. On the
+:data:`pet_dl.data_check.DATA_FIT_LIMIT`, the level above which ``infer.py`` warns. On the
 phantom families a network was trained on the ratio stays near 1; on an anatomy the
 network overrides, the data disagree with it. ``DATA_FIT_LIMIT`` was chosen from this on
 the validation seeds of the two training families; the SIRF brain is the check.
@@ -24,8 +24,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 from phantom_set import add_arguments, simulate  # noqa: E402
 
+from pet_dl.data_check import DATA_FIT_LIMIT  # noqa: E402
 from pet_dl.evaluate.methods import network_reconstruction  # noqa: E402
-from pet_dl.inference import DATA_FIT_LIMIT, load_model  # noqa: E402
+from pet_dl.inference import load_model  # noqa: E402
 from pet_dl.metrics import poisson_deviance  # noqa: E402
 from pet_dl.models.batch import initial_image  # noqa: E402
 

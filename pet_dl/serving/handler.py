@@ -42,8 +42,9 @@ except ImportError as exc:  # only this module needs TorchServe
         "the TorchServe handler needs the serve extra: pip install 'pet_dl[serve]'"
     ) from exc
 
+from pet_dl.data_check import data_check_warning
 from pet_dl.errors import PetDLError
-from pet_dl.inference import data_check_warning, reconstruct_and_check, resolve_device
+from pet_dl.inference import reconstruct_and_check, resolve_device
 from pet_dl.io.checkpoint import LoadedModel, load_checkpoint
 from pet_dl.io.scanfile import ScanTooLargeError, max_scan_elements, read_scan_bytes
 from pet_dl.models import build_model
