@@ -1,6 +1,6 @@
 """Factored sinogram LORs: same projections as the materialised endpoints, validated once,
 float32 storage accurate against float64, subsets without copies, and the TOF kernel's
-tabulated erf."""
+tabulated bin weights."""
 
 from __future__ import annotations
 
@@ -129,27 +129,34 @@ def test_projector_memory_is_the_lor_parts_and_subsets_share_sinograms() -> None
     assert torch.equal(model.subset_data(y, 2, 4), y[:, 2::4])
 
 
-def test_tabulated_erf_is_accurate() -> None:
-    """float32 TOF projections use a cubic Hermite erf table: < 1e-9 from libm's erf."""
+def test_tabulated_tof_bin_weight_is_accurate() -> None:
+    """float32 TOF projections take a sample's bin weight (the Gaussian integrated over the bin)
+    from a cubic Hermite table: < 1e-9 from libm's erf over the kernel's whole reach."""
     from numba import njit
 
     from pet_dl.projector import numba_kernels as nk
 
     @njit
-    def evaluate(xs: np.ndarray, table: np.ndarray) -> np.ndarray:
-        out = np.empty_like(xs)
-        for i in range(xs.size):
-            out[i] = nk._erf(xs[i], table)
+    def evaluate(ds: np.ndarray, hb: float, scale: float, tsc: float, table: np.ndarray) -> np.ndarray:
+        out = np.empty_like(ds)
+        for i in range(ds.size):
+            out[i] = nk._bin_weight(ds[i], hb, scale, tsc, table)
         return out
 
-    xs = np.linspace(-8.0, 8.0, 200_001)
-    exact = np.array([math.erf(v) for v in xs])
-    assert np.abs(evaluate(xs, nk._ERF_TABLE) - exact).max() < 1e-9
-    assert np.abs(evaluate(xs, nk._NO_TABLE) - exact).max() == 0.0
+    # (bin width, FWHM, num_sigmas) mm: the Vision, narrow and wide kernels, bins wider than the kernel
+    for bw, fwhm, num_sigmas in [(21.4, 31.5, 3.0), (3.0, 6.0, 10.0), (50.0, 5.0, 3.0)]:
+        sigma = fwhm / (2 * math.sqrt(2 * math.log(2)))
+        scale = 1 / (math.sqrt(2) * sigma)
+        ds = np.linspace(-1, 1, 100_001) * (num_sigmas * sigma + bw / 2)
+        exact = np.array([0.5 * (math.erf((d + bw / 2) * scale) - math.erf((d - bw / 2) * scale)) for d in ds])
+        table, tsc = nk._weight_table(bw, sigma, num_sigmas)
+        assert np.abs(evaluate(ds, bw / 2, scale, tsc, table) - exact).max() < 1e-9
+        assert np.abs(evaluate(ds, bw / 2, scale, 0.0, nk._NO_TABLE) - exact).max() == 0.0
 
 
 def test_float32_tof_matches_float64(generator: torch.Generator) -> None:
-    """The float32 TOF path (tabulated erf) agrees with float64 (libm erf) to float32 precision (the tests' 1e-5)."""
+    """The float32 TOF path (tabulated bin weights) agrees with float64 (libm erf) to float32
+    precision (the tests' 1e-5)."""
     sino, image = small_3d(tof=True)
     lors = SinogramLORs.from_geometry(sino, torch.arange(0, sino.num_views, 23), dtype=torch.float64)
     x = torch.rand(image.shape, generator=generator, dtype=torch.float64)

@@ -14,10 +14,15 @@ never copied:
   ``n = p * Q + q`` runs from ``(xy_start[q], z_start[p])`` to ``(xy_end[q], z_end[p])``,
   ``xy`` ``(Q, 2)`` with ``Q = views x radial bins``, ``z`` ``(P,)``.
 
-TOF kernels evaluate the Gaussian's erf once per bin edge and sample (adjacent bins share
-an edge), before the batch loop, and only for the bins within reach of the sample. For
-float32 data the erf comes from a cubic Hermite table (error ~1e-9, below float32's
-resolution, and several times cheaper than libm's); float64 data use libm's erf.
+TOF kernels work per LOR in two steps. Forward: the non-TOF samples (the interpolated
+image value at each plane) go into a per-thread scratch row once; then, bins outer and
+samples inner, each bin within reach sums the samples within its reach times their TOF
+weights in a register and stores once. Back projection is the exact transpose: each bin
+adds its value times the same weights to a scratch row of samples, then each sample is
+spread into the image once. The weight of a sample for a bin (the Gaussian integrated
+over the bin) comes for float32 data from one lookup in a cubic Hermite table of that
+integral (error ~2e-9, below float32's resolution; two erf per weight otherwise); float64
+data use libm's erf.
 
 Called with images ``(B, n0, n1, n2)``, values ``(B, N)`` or ``(B, N, K)``, ``tof_bin``
 ``(N,)`` int64.
@@ -25,6 +30,7 @@ Called with images ``(B, n0, n1, n2)``, values ``(B, N)`` or ``(B, N, K)``, ``to
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numba
@@ -38,21 +44,31 @@ from pet_dl.projector._checks import Geometry
 # Backprojection buffers (threads x batch x voxels) are capped at this many bytes.
 _MAX_BUFFER_BYTES = 2 << 30
 
-# erf table for float32 TOF: cubic Hermite on nodes i / _ERF_STEPS, 0 <= x < _ERF_MAX
-# (erf(6) = 1 - 2e-17). Interpolation error <= h^4 / 384 * max |4th derivative| ~ 1e-9,
+# TOF bin-weight table for float32 data: the Gaussian integrated over one bin,
+# w(z) = (erf(z + a) - erf(z - a)) / 2 with z = |distance to the bin centre| / (sqrt(2) sigma),
+# a = bin_width / (2 sqrt(2) sigma), as cubic Hermite interpolation on nodes z = j / _W_STEPS
+# (stored per interval as the cubic's coefficients). Error <= h^4 / 384 * max |d4w/dz4| ~ 2e-9,
 # far below float32's resolution; float64 projections call libm's erf instead.
-_ERF_STEPS = 64
-_ERF_MAX = 6.0
+_W_STEPS = 64
 
 
-def _erf_table() -> np.ndarray:
-    x = np.arange(int(_ERF_MAX * _ERF_STEPS) + 2) / _ERF_STEPS
-    value = np.array([math.erf(v) for v in x])
-    slope = 2.0 / math.sqrt(math.pi) * np.exp(-x * x) / _ERF_STEPS  # d erf / d node index
-    return np.ascontiguousarray(np.stack([value, slope], axis=1))
+@functools.lru_cache(maxsize=16)
+def _weight_table(bin_width: float, sigma: float, num_sigmas: float) -> tuple[np.ndarray, float]:
+    """The bin-weight table ``(rows, 4)`` and its scale ``tsc`` (table index per mm of distance).
 
-
-_ERF_TABLE = _erf_table()
+    Row ``j`` holds ``c0..c3`` with ``w = c0 + t (c1 + t (c2 + t c3))`` at index ``j + t``
+    (``0 <= t < 1``), index = distance (mm) x ``tsc``; rows cover the kernel's reach
+    (``num_sigmas sigma + bin_width / 2``) and more.
+    """
+    scale = 1.0 / (math.sqrt(2.0) * sigma)
+    a = 0.5 * bin_width * scale
+    rows = int(math.ceil((num_sigmas * sigma + 0.5 * bin_width) * scale * _W_STEPS)) + 2
+    z = np.arange(rows + 1) / _W_STEPS
+    value = 0.5 * np.array([math.erf(v + a) - math.erf(v - a) for v in z])
+    slope = (np.exp(-((z + a) ** 2)) - np.exp(-((z - a) ** 2))) / math.sqrt(math.pi) / _W_STEPS  # dw / d index
+    v0, v1, m0, m1 = value[:-1], value[1:], slope[:-1], slope[1:]
+    coef = np.stack([v0, m0, 3.0 * (v1 - v0) - 2.0 * m0 - m1, 2.0 * (v0 - v1) + m0 + m1], axis=1)
+    return np.ascontiguousarray(coef), scale * _W_STEPS
 
 
 @njit(cache=True, inline="always")
@@ -118,56 +134,6 @@ def _setup(s, e, origin, vs, shape):  # noqa: ANN001, ANN202
             break
         i_hi -= 1
     return ax, k1, k2, i_lo, i_hi, vs[ax] * length / abs(dd), length, t0, dt, u1_0, du1, u2_0, du2
-
-
-@njit(cache=True, inline="always")
-def _erf(x, table):  # noqa: ANN001, ANN202
-    """erf(x): libm's when ``table`` has no rows, else the cubic Hermite table (float32 path)."""
-    if table.shape[0] == 0:
-        return math.erf(x)
-    a = abs(x) * _ERF_STEPS
-    i = int(a)
-    if i >= table.shape[0] - 1:
-        return 1.0 if x > 0 else -1.0
-    t = a - i
-    s = 1.0 - t
-    v = (1.0 + 2.0 * t) * s * s * table[i, 0] + t * s * s * table[i, 1]
-    v += t * t * (3.0 - 2.0 * t) * table[i + 1, 0] - t * t * s * table[i + 1, 1]
-    return v if x >= 0 else -v
-
-
-@njit(cache=True, inline="always")
-def _tof_weight(diff, bw, scale, reach, table):  # noqa: ANN001, ANN202
-    """Gaussian integrated over a bin whose centre is ``diff`` mm from the sample."""
-    if abs(diff) > reach:
-        return 0.0
-    return 0.5 * (_erf((diff + 0.5 * bw) * scale, table) - _erf((diff - 0.5 * bw) * scale, table))
-
-
-@njit(cache=True, inline="always")
-def _tof_weights(dist, tw, num_bins, bw, scale, off, reach, half_k, table):  # noqa: ANN001, ANN202
-    """TOF weights of the bins within reach of a sample ``dist`` mm from the LOR midpoint.
-
-    Writes bins ``k_lo .. k_hi`` of ``tw`` and returns ``(k_lo, k_hi)`` (empty when
-    ``k_lo > k_hi``). Bin ``k`` gets ``0.5 (erf((dist - lo_k) s) - erf((dist - hi_k) s))``
-    with ``hi_k = lo_{k+1}``: one erf per edge, shared by the two bins beside it.
-    """
-    k_lo = max(0, int(math.floor((dist - reach - off) / bw + half_k)))
-    k_hi = min(num_bins - 1, int(math.ceil((dist + reach - off) / bw + half_k)))
-    # the bins with |dist - centre| <= reach exactly (the same test as _tof_weight)
-    while k_lo <= k_hi and abs(dist - ((k_lo - half_k) * bw + off)) > reach:
-        k_lo += 1
-    while k_hi >= k_lo and abs(dist - ((k_hi - half_k) * bw + off)) > reach:
-        k_hi -= 1
-    if k_lo > k_hi:
-        return k_lo, k_hi
-    lower = (k_lo - half_k) * bw + off - 0.5 * bw  # lower edge of bin k_lo, mm
-    e_prev = _erf((dist - lower) * scale, table)
-    for k in range(k_lo, k_hi + 1):
-        e_next = _erf((dist - (lower + (k - k_lo + 1) * bw)) * scale, table)
-        tw[k] = 0.5 * (e_prev - e_next)
-        e_prev = e_next
-    return k_lo, k_hi
 
 
 @njit(parallel=True, cache=True)
@@ -250,129 +216,230 @@ def _back_plain(values, shape, start, end, zs, ze, vr, num, origin, vs, buf):  #
                             img[b, base + s1 + s2] += b1 * v
 
 
+@njit(cache=True, inline="always")
+def _bin_weight(diff, hb, scale, tsc, table):  # noqa: ANN001, ANN202
+    """Gaussian integrated over a bin whose centre is ``diff`` mm from the sample.
+
+    ``0.5 (erf((diff + hb) scale) - erf((diff - hb) scale))``, ``hb`` the half bin width (mm):
+    libm's erf when ``table`` has no rows (float64), else one lookup in the cubic table of
+    :func:`_weight_table` at ``|diff| tsc`` (float32; ``|diff|`` within the table's reach).
+    """
+    if table.shape[0] == 0:
+        return 0.5 * (math.erf((diff + hb) * scale) - math.erf((diff - hb) * scale))
+    q = abs(diff) * tsc
+    j = min(int(q), table.shape[0] - 1)
+    t = q - j
+    return table[j, 0] + t * (table[j, 1] + t * (table[j, 2] + t * table[j, 3]))
+
+
+@njit(cache=True, inline="always")
+def _bin_range(c, reach, t0, dt, length, i_lo, i_hi):  # noqa: ANN001, ANN202
+    """The planes ``i_lo <= i <= i_hi`` whose sample lies within ``reach`` mm of a bin centre ``c``.
+
+    A sample's signed distance from the LOR midpoint, ``(t0 + i dt - 0.5) length``, is
+    monotonic in ``i``, so they are one range ``(ia, ib)`` (empty when ``ia > ib``): a
+    conservative estimate tightened with the exact test ``|dist - c| <= reach``.
+    """
+    dd = dt * length
+    d00 = (t0 - 0.5) * length
+    lo = (c - reach - d00) / dd
+    hi = (c + reach - d00) / dd
+    if dd < 0.0:
+        lo, hi = hi, lo
+    lo = max(float(i_lo), min(float(i_hi + 1), lo))
+    hi = max(float(i_lo - 1), min(float(i_hi), hi))
+    ia = max(i_lo, int(math.floor(lo)) - 1)
+    ib = min(i_hi, int(math.ceil(hi)) + 1)
+    while ia <= ib and abs((t0 + ia * dt - 0.5) * length - c) > reach:
+        ia += 1
+    while ib >= ia and abs((t0 + ib * dt - 0.5) * length - c) > reach:
+        ib -= 1
+    return ia, ib
+
+
+@njit(cache=True, inline="always")
+def _bins_in_reach(n, t0, dt, length, i_lo, i_hi, num_bins, bw, off, reach, half_k, tof_bin, mode):  # noqa: ANN001, ANN202
+    """Bins ``k_first .. k_last`` that may reach a sample of LOR ``n`` (mode 2: its listmode bin)."""
+    if mode == 2:
+        return tof_bin[n], tof_bin[n]
+    d_a = (t0 + i_lo * dt - 0.5) * length
+    d_b = (t0 + i_hi * dt - 0.5) * length
+    d_min, d_max = min(d_a, d_b), max(d_a, d_b)
+    k_first = max(0, int(math.floor((d_min - reach - off) / bw + half_k)))
+    k_last = min(num_bins - 1, int(math.ceil((d_max + reach - off) / bw + half_k)))
+    return k_first, k_last
+
+
 @njit(parallel=True, cache=True)
-def _forward(image, shape, start, end, zs, ze, vr, num, origin, vs, out, tof_bin, tof, mode, table):  # noqa: ANN001, ANN202
-    """TOF projection of ``image (B, n0 n1 n2)`` (flat) into ``out (B, N, K)``.
+def _forward(image, shape, start, end, zs, ze, vr, num, origin, vs, out, tof_bin, tof, mode, table, tsc):  # noqa: ANN001, ANN202
+    """TOF projection of ``image (B, n0 n1 n2)`` (flat) into ``out (B, N, K)`` (zeros on entry).
 
     ``mode`` 1: TOF sinogram, 2: TOF listmode (``out (B, N, 1)``, bin ``tof_bin[n]``).
     ``tof`` = (num_bins, bin_width, sigma, center_offset, num_sigmas), float64 (5,);
-    ``table``: :data:`_ERF_TABLE` (tabulated erf) or an empty ``(0, 2)`` array (libm erf).
+    ``table``: :func:`_weight_table` of ``tof`` scaled by ``tsc`` (float32 data), or an empty
+    ``(0, 4)`` array (libm erf). Per LOR, the non-TOF samples (interpolated image values at
+    each plane) go into a scratch row once; then each bin in reach sums the samples within
+    its reach times their TOF weights and stores once.
     """
     nb = image.shape[0]
     strides = (shape[1] * shape[2], shape[2], 1)
     num_bins = int(tof[0])
     bw, sigma, off = tof[1], tof[2], tof[3]
     reach = tof[4] * sigma + 0.5 * bw
+    hb = 0.5 * bw
     scale = 1.0 / (math.sqrt(2.0) * sigma) if sigma > 0 else 0.0
     half_k = 0.5 * (num_bins - 1)
+    max_planes = max(shape[0], max(shape[1], shape[2]))
     for n in prange(num):
-        tw = np.empty(num_bins)
+        samp = np.empty((nb, max_planes))
+        wbuf = np.empty(max_planes)
         s, e = _endpoints(n, start, end, zs, ze, vr)
         ax, k1, k2, i_lo, i_hi, weight, length, t0, dt, u1_0, du1, u2_0, du2 = _setup(s, e, origin, vs, shape)
+        if i_lo > i_hi:
+            continue
         n1, n2 = shape[k1], shape[k2]
         sa, s1, s2 = strides[ax], strides[k1], strides[k2]
-        lm_centre = (tof_bin[n] - half_k) * bw + off if mode == 2 else 0.0
-        for i in range(i_lo, i_hi + 1):
-            u1 = u1_0 + i * du1
-            u2 = u2_0 + i * du2
-            j1 = int(u1 + 1.0) - 1
-            j2 = int(u2 + 1.0) - 1
-            b1 = u1 - j1
-            b2 = u2 - j2
-            ok1lo, ok1hi = j1 >= 0, j1 + 1 < n1 and b1 != 0.0
-            ok2lo, ok2hi = j2 >= 0, j2 + 1 < n2 and b2 != 0.0
-            base = i * sa + j1 * s1 + j2 * s2
-            dist = (t0 + i * dt - 0.5) * length
-            if mode == 2:
-                w_lm = _tof_weight(dist - lm_centre, bw, scale, reach, table) * weight
-                if w_lm == 0.0:
-                    continue
-                k_lo, k_hi = 0, -1
-            else:
-                k_lo, k_hi = _tof_weights(dist, tw, num_bins, bw, scale, off, reach, half_k, table)
-                if k_lo > k_hi:
-                    continue
-                w_lm = 0.0
-            for b in range(nb):
+        k_first, k_last = _bins_in_reach(n, t0, dt, length, i_lo, i_hi, num_bins, bw, off, reach, half_k, tof_bin,
+                                         mode)
+        g_lo, g_hi = i_lo, i_hi
+        if mode == 2:  # only the samples within reach of the one bin
+            g_lo, g_hi = _bin_range((k_first - half_k) * bw + off, reach, t0, dt, length, i_lo, i_hi)
+        for b in range(nb):
+            for i in range(g_lo, g_hi + 1):
+                u1 = u1_0 + i * du1
+                u2 = u2_0 + i * du2
+                j1 = int(u1 + 1.0) - 1  # floor, as u > -1 on the clipped range
+                j2 = int(u2 + 1.0) - 1
+                b1 = u1 - j1
+                b2 = u2 - j2
+                base = i * sa + j1 * s1 + j2 * s2
+                lo1 = j1 >= 0
+                hi1 = j1 + 1 < n1 and b1 != 0.0
                 acc = 0.0
-                if ok1lo and ok2lo:
-                    acc += (1.0 - b1) * (1.0 - b2) * image[b, base]
-                if ok1hi and ok2lo:
-                    acc += b1 * (1.0 - b2) * image[b, base + s1]
-                if ok1lo and ok2hi:
-                    acc += (1.0 - b1) * b2 * image[b, base + s2]
-                if ok1hi and ok2hi:
-                    acc += b1 * b2 * image[b, base + s1 + s2]
-                if acc == 0.0:
-                    continue
-                if mode == 2:
-                    out[b, n, 0] += acc * w_lm
-                else:
-                    acc *= weight
-                    for k in range(k_lo, k_hi + 1):
-                        out[b, n, k] += acc * tw[k]
+                if j2 >= 0:
+                    v = 0.0
+                    if lo1:
+                        v += (1.0 - b1) * image[b, base]
+                    if hi1:
+                        v += b1 * image[b, base + s1]
+                    acc += (1.0 - b2) * v
+                if j2 + 1 < n2 and b2 != 0.0:
+                    v = 0.0
+                    if lo1:
+                        v += (1.0 - b1) * image[b, base + s2]
+                    if hi1:
+                        v += b1 * image[b, base + s1 + s2]
+                    acc += b2 * v
+                samp[b, i - i_lo] = acc
+        for k in range(k_first, k_last + 1):
+            c = (k - half_k) * bw + off
+            ia, ib = _bin_range(c, reach, t0, dt, length, g_lo, g_hi)
+            if ia > ib:
+                continue
+            col = 0 if mode == 2 else k
+            d0 = (t0 - 0.5) * length - c  # distance of plane 0's sample from the bin centre
+            ddl = dt * length
+            if nb == 1:
+                acc = 0.0
+                for i in range(ia, ib + 1):
+                    acc += samp[0, i - i_lo] * _bin_weight(d0 + i * ddl, hb, scale, tsc, table)
+                out[0, n, col] = acc * weight
+            else:
+                for i in range(ia, ib + 1):
+                    wbuf[i - i_lo] = _bin_weight(d0 + i * ddl, hb, scale, tsc, table)
+                for b in range(nb):
+                    acc = 0.0
+                    for i in range(ia, ib + 1):
+                        acc += samp[b, i - i_lo] * wbuf[i - i_lo]
+                    out[b, n, col] = acc * weight
 
 
 @njit(parallel=True, cache=True)
-def _back(values, shape, start, end, zs, ze, vr, num, origin, vs, buf, tof_bin, tof, mode, table):  # noqa: ANN001, ANN202
-    """Adjoint of :func:`_forward` into ``buf (num_blocks, B, n0 n1 n2)`` (summed by the caller)."""
+def _back(values, shape, start, end, zs, ze, vr, num, origin, vs, buf, tof_bin, tof, mode, table, tsc):  # noqa: ANN001, ANN202
+    """Adjoint of :func:`_forward` into ``buf (num_blocks, B, n0 n1 n2)`` (summed by the caller).
+
+    The transpose, per LOR: each bin in reach adds its value times the TOF weights to the
+    samples within its reach (a scratch row), then each sample is spread into the image once.
+    """
     nb = values.shape[0]
     strides = (shape[1] * shape[2], shape[2], 1)
     num_bins = int(tof[0])
     bw, sigma, off = tof[1], tof[2], tof[3]
     reach = tof[4] * sigma + 0.5 * bw
+    hb = 0.5 * bw
     scale = 1.0 / (math.sqrt(2.0) * sigma) if sigma > 0 else 0.0
     half_k = 0.5 * (num_bins - 1)
+    max_planes = max(shape[0], max(shape[1], shape[2]))
     blocks = buf.shape[0]
     for blk in prange(blocks):
         img_buf = buf[blk]
-        tw = np.empty(num_bins)
+        sv = np.empty((nb, max_planes))
+        wbuf = np.empty(max_planes)
         for n in range(blk * num // blocks, (blk + 1) * num // blocks):
             s, e = _endpoints(n, start, end, zs, ze, vr)
             ax, k1, k2, i_lo, i_hi, weight, length, t0, dt, u1_0, du1, u2_0, du2 = _setup(s, e, origin, vs, shape)
+            if i_lo > i_hi:
+                continue
             n1, n2 = shape[k1], shape[k2]
             sa, s1, s2 = strides[ax], strides[k1], strides[k2]
-            lm_centre = (tof_bin[n] - half_k) * bw + off if mode == 2 else 0.0
-            for i in range(i_lo, i_hi + 1):
-                u1 = u1_0 + i * du1
-                u2 = u2_0 + i * du2
-                j1 = int(u1 + 1.0) - 1
-                j2 = int(u2 + 1.0) - 1
-                b1 = u1 - j1
-                b2 = u2 - j2
-                ok1lo, ok1hi = j1 >= 0, j1 + 1 < n1 and b1 != 0.0
-                ok2lo, ok2hi = j2 >= 0, j2 + 1 < n2 and b2 != 0.0
-                base = i * sa + j1 * s1 + j2 * s2
-                dist = (t0 + i * dt - 0.5) * length
-                if mode == 2:
-                    w_lm = _tof_weight(dist - lm_centre, bw, scale, reach, table) * weight
-                    if w_lm == 0.0:
+            k_first, k_last = _bins_in_reach(n, t0, dt, length, i_lo, i_hi, num_bins, bw, off, reach, half_k,
+                                             tof_bin, mode)
+            g_lo, g_hi = i_lo, i_hi
+            if mode == 2:
+                g_lo, g_hi = _bin_range((k_first - half_k) * bw + off, reach, t0, dt, length, i_lo, i_hi)
+            for b in range(nb):
+                for i in range(g_lo, g_hi + 1):
+                    sv[b, i - i_lo] = 0.0
+            for k in range(k_first, k_last + 1):
+                c = (k - half_k) * bw + off
+                ia, ib = _bin_range(c, reach, t0, dt, length, g_lo, g_hi)
+                if ia > ib:
+                    continue
+                col = 0 if mode == 2 else k
+                d0 = (t0 - 0.5) * length - c
+                ddl = dt * length
+                if nb == 1:
+                    v = values[0, n, col]
+                    if v == 0.0:
                         continue
-                    k_lo, k_hi = 0, -1
+                    for i in range(ia, ib + 1):
+                        sv[0, i - i_lo] += v * _bin_weight(d0 + i * ddl, hb, scale, tsc, table)
                 else:
-                    k_lo, k_hi = _tof_weights(dist, tw, num_bins, bw, scale, off, reach, half_k, table)
-                    if k_lo > k_hi:
-                        continue
-                    w_lm = 0.0
-                for b in range(nb):
-                    if mode == 2:
-                        val = values[b, n, 0] * w_lm
-                    else:
-                        val = 0.0
-                        for k in range(k_lo, k_hi + 1):
-                            val += values[b, n, k] * tw[k]
-                        val *= weight
+                    for i in range(ia, ib + 1):
+                        wbuf[i - i_lo] = _bin_weight(d0 + i * ddl, hb, scale, tsc, table)
+                    for b in range(nb):
+                        v = values[b, n, col]
+                        if v == 0.0:
+                            continue
+                        for i in range(ia, ib + 1):
+                            sv[b, i - i_lo] += v * wbuf[i - i_lo]
+            for b in range(nb):
+                img = img_buf[b]
+                for i in range(g_lo, g_hi + 1):
+                    val = sv[b, i - i_lo] * weight
                     if val == 0.0:
                         continue
-                    img = img_buf[b]
-                    if ok1lo and ok2lo:
-                        img[base] += val * (1.0 - b1) * (1.0 - b2)
-                    if ok1hi and ok2lo:
-                        img[base + s1] += val * b1 * (1.0 - b2)
-                    if ok1lo and ok2hi:
-                        img[base + s2] += val * (1.0 - b1) * b2
-                    if ok1hi and ok2hi:
-                        img[base + s1 + s2] += val * b1 * b2
+                    u1 = u1_0 + i * du1
+                    u2 = u2_0 + i * du2
+                    j1 = int(u1 + 1.0) - 1
+                    j2 = int(u2 + 1.0) - 1
+                    b1 = u1 - j1
+                    b2 = u2 - j2
+                    base = i * sa + j1 * s1 + j2 * s2
+                    lo1 = j1 >= 0
+                    hi1 = j1 + 1 < n1 and b1 != 0.0
+                    if j2 >= 0:
+                        v = val * (1.0 - b2)
+                        if lo1:
+                            img[base] += (1.0 - b1) * v
+                        if hi1:
+                            img[base + s1] += b1 * v
+                    if j2 + 1 < n2 and b2 != 0.0:
+                        v = val * b2
+                        if lo1:
+                            img[base + s2] += (1.0 - b1) * v
+                        if hi1:
+                            img[base + s1 + s2] += b1 * v
 
 
 def _tof_array(geom: Geometry) -> np.ndarray:
@@ -382,12 +449,15 @@ def _tof_array(geom: Geometry) -> np.ndarray:
     return np.array([t.num_bins, t.bin_width, t.sigma, t.center_offset, t.num_sigmas])
 
 
-_NO_TABLE = np.zeros((0, 2))
+_NO_TABLE = np.zeros((0, 4))
 
 
-def _table(dtype: torch.dtype) -> np.ndarray:
-    """The erf table for float32 data, none (libm's erf) for float64."""
-    return _ERF_TABLE if dtype == torch.float32 else _NO_TABLE
+def _table(geom: Geometry, dtype: torch.dtype) -> tuple[np.ndarray, float]:
+    """The bin-weight table and its scale for float32 data, none (libm's erf) for float64."""
+    t = geom.tof
+    if t is None or dtype != torch.float32 or not t.sigma > 0:
+        return _NO_TABLE, 0.0
+    return _weight_table(float(t.bin_width), float(t.sigma), float(t.num_sigmas))
 
 
 def _mode(geom: Geometry) -> int:
@@ -433,7 +503,7 @@ def _run_forward(image: Tensor, lors: _LORArgs, geom: Geometry, tof_bin: Tensor 
             _forward_plain(flat, shape, *lors, origin, vs, out.numpy()[:, :, 0])
         else:
             _forward(flat, shape, *lors, origin, vs, out.numpy(), _bins(tof_bin), _tof_array(geom), mode,
-                     _table(image.dtype))
+                     *_table(geom, image.dtype))
     return out if mode == 1 else out[:, :, 0]
 
 
@@ -451,7 +521,7 @@ def _run_back(values: Tensor, lors: _LORArgs, geom: Geometry, tof_bin: Tensor | 
         else:
             vals = vals.reshape(batch, num, -1)
             _back(vals, shape, *lors, origin, vs, buf.numpy(), _bins(tof_bin), _tof_array(geom), mode,
-                  _table(values.dtype))
+                  *_table(geom, values.dtype))
     out = buf[0] if blocks == 1 else buf.sum(0)
     return out.reshape(batch, *geom.image_shape)
 
