@@ -129,6 +129,34 @@ def scan_name(path: Path) -> str:
     return path.stem
 
 
+# Hidden while MONAI loads (see _import_monai_networks): optional dependencies of MONAI
+# that infer.py never uses.
+_HIDDEN_FROM_MONAI = ("matplotlib", "matplotlib.pyplot", "requests")
+
+
+def _import_monai_networks() -> None:
+    """Import MONAI (its networks build the model) without its plotting and download helpers.
+
+    ``import monai`` loads every MONAI submodule, and some of them import matplotlib.pyplot
+    (its Jupyter and visualisation helpers) and requests (its dataset downloads) through
+    MONAI's ``optional_import``: about 0.3 CPU s of infer.py's start-up on 2 cores
+    (docs/performance.md). infer.py draws and downloads nothing, so those packages are
+    hidden while MONAI loads and put back afterwards: MONAI's code is imported unchanged,
+    only its helpers that need them report them missing in this process. Does nothing when
+    MONAI or matplotlib is already imported.
+    """
+    if "monai" in sys.modules or any(name in sys.modules for name in _HIDDEN_FROM_MONAI):
+        return
+    for name in _HIDDEN_FROM_MONAI:
+        sys.modules[name] = None  # type: ignore[assignment]  # import raises ImportError
+    try:
+        import monai.networks.nets  # noqa: F401
+    finally:
+        for name in _HIDDEN_FROM_MONAI:
+            if name in sys.modules and sys.modules[name] is None:
+                del sys.modules[name]
+
+
 def _write_outputs(
     out_dir: Path, name: str, image: Any, scan: Any, formats: tuple[str, ...], checkpoint: str,
     consistency: Any = None,
@@ -207,6 +235,7 @@ def _run(args: argparse.Namespace) -> int:
     if len(set(names)) != len(names):
         raise InvalidInputError("two scans have the same name; their outputs would collide")
     device = resolve_device(args.device)
+    _import_monai_networks()
     loaded = load_model(args.checkpoint, device)
     label = args.checkpoint.name if args.checkpoint else "shipped model"
     args.out.mkdir(parents=True, exist_ok=True)

@@ -256,25 +256,30 @@ write_scan(work + "/scan.h5", scan)
 """
 _SPLIT = """
 import time
-t0 = time.perf_counter()
+w, c = [time.perf_counter()], [time.process_time()]
+def mark():
+    w.append(time.perf_counter()); c.append(time.process_time())
 import json, sys
 from pathlib import Path
+import torch
+mark()
 import infer
 from pet_dl.inference import load_model, reconstruct_and_check, resolve_device
 from pet_dl.io.scanfile import read_scan
-t1 = time.perf_counter()
+mark()
 work = Path(sys.argv[1])
 device = resolve_device("cpu")
+getattr(infer, "_import_monai_networks", lambda: None)()  # what infer.py does, where it does it
 loaded = load_model(work / "model.safetensors", device)
-t2 = time.perf_counter()
+mark()
 scan = read_scan(work / "scan.h5")
-image = reconstruct_and_check(scan, loaded, device=device)[0]
-t3 = time.perf_counter()
+image, fit = reconstruct_and_check(scan, loaded, device=device)
+mark()
 out = work / "out"
 out.mkdir(exist_ok=True)
-infer._write_outputs(out, "scan", image, scan, ("nifti", "dicom"), "bench")
-t4 = time.perf_counter()
-print(json.dumps([t1 - t0, t2 - t1, t3 - t2, t4 - t3]))
+infer._write_outputs(out, "scan", image, scan, ("nifti", "dicom"), "bench", fit.consistency)
+mark()
+print(json.dumps([[b - a for a, b in zip(w, w[1:])], [b - a for a, b in zip(c, c[1:])]]))
 """
 
 
@@ -311,11 +316,15 @@ def bench_startup(tree: Path, work: Path, repeats: int) -> dict[str, float]:
         _checked(cmd, cwd=tree, env=env)
         walls.append(time.perf_counter() - t0)
         cpus.append(_child_cpu_s() - cpu0)
-    names = ("imports", "model load", "reconstruction + check", "writing")
-    row = {n: statistics.median(s[i] for s in splits) for i, n in enumerate(names)}
-    row["infer.py wall"] = statistics.median(walls)
-    row["infer.py CPU"] = statistics.median(cpus)
+    row = {}
+    for i, name in enumerate(PHASES):
+        row[name] = (statistics.median(s[0][i] for s in splits), statistics.median(s[1][i] for s in splits))
+    row["infer.py"] = (statistics.median(walls), statistics.median(cpus))
     return row
+
+
+# the phases of _SPLIT, in order
+PHASES = ("import torch", "other imports", "model load (MONAI)", "read + reconstruction + check", "writing")
 
 
 def startup_main(before: Path | None, repeats: int) -> int:
@@ -327,12 +336,13 @@ def startup_main(before: Path | None, repeats: int) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             rows.append((label, bench_startup(tree.resolve(), Path(tmp), repeats)))
     names = list(rows[0][1])
-    print(f"| tree | {' | '.join(n + ' (s)' for n in names)} |")
+    print(f"| tree | {' | '.join(n + ' wall / CPU (s)' for n in names)} |")
     print("|---" * (len(names) + 1) + "|")
     for label, row in rows:
-        print(f"| {label} | {' | '.join(f'{row[n]:.2f}' for n in names)} |")
+        print(f"| {label} | {' | '.join(f'{row[n][0]:.2f} / {row[n][1]:.2f}' for n in names)} |")
     print(f"\n2D shipped-model scan on CPU ({os.cpu_count()} threads), medians of {repeats} fresh "
-          f"processes after one warm-up; load average {os.getloadavg()[0]:.1f}")
+          f"processes after one warm-up; phases timed inside one process from its first "
+          f"statement, infer.py end to end in another; load average {os.getloadavg()[0]:.1f}")
     return 0
 
 

@@ -78,3 +78,23 @@ def test_nifti_writer_gives_nibabels_bytes(shape: tuple[int, int, int], suffix: 
         assert a.read() == b.read()
     back, back_grid = load_nifti(ours)
     assert back_grid == grid and torch.equal(back, image)
+
+
+def test_infer_imports_monai_without_its_plotting_helpers() -> None:
+    """infer.py imports MONAI with matplotlib and requests hidden (its plotting and download
+    helpers, unused): MONAI's UNet still builds, matplotlib was not loaded by it, and
+    matplotlib and requests import normally afterwards."""
+    root = Path(__file__).resolve().parents[1]
+    code = (
+        "import sys\n"
+        f"sys.path.insert(0, {str(root)!r})\n"
+        "import infer\n"
+        "infer._import_monai_networks()\n"
+        "from monai.networks.nets import UNet\n"
+        "net = UNet(2, 1, 1, (4, 8), (2,))\n"
+        "print('monai' in sys.modules, 'matplotlib' in sys.modules, 'requests' in sys.modules)\n"
+        "import matplotlib.pyplot, requests\n"
+        "print(matplotlib.pyplot.__name__, requests.__name__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "False", "False", "matplotlib.pyplot", "requests"]
