@@ -1,9 +1,10 @@
 """The phantom set that experiments/scripts/data_fit.py and experiments/scripts/refinement_scores.py score on.
 
-Arguments ``CHECKPOINT --recipe --first --phantoms --sirf-brain`` and the simulated
+Arguments ``CHECKPOINT --recipe --first --phantoms --sirf-brain --acrin`` and the simulated
 :class:`pet_dl.evaluate.data.EvalSet` (one noise realisation per phantom): phantoms of a
 recipe with seeds ``first .. first + phantoms - 1``, or planes of the SIRF brain
-(:func:`pet_dl.evaluate.external.sirf_brain_phantoms`) with the recipe's lesions.
+(:func:`pet_dl.evaluate.external.sirf_brain_phantoms`) or crops of the real whole-body PET
+slices (:func:`pet_dl.evaluate.external.acrin_slice_phantoms`), with the recipe's lesions.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import argparse
 
 from pet_dl.evaluate.data import EvalSet, simulate_eval_set
-from pet_dl.evaluate.external import sirf_brain_phantoms
+from pet_dl.evaluate.external import acrin_slice_phantoms, sirf_brain_phantoms
 from pet_dl.recipes import load_recipe
 
 
@@ -22,13 +23,16 @@ def add_arguments(parser: argparse.ArgumentParser, first: int, phantoms: int) ->
     parser.add_argument("--first", type=int, default=first, help="first phantom seed")
     parser.add_argument("--phantoms", type=int, default=phantoms)
     parser.add_argument("--sirf-brain", metavar="DIR", help="phantoms from the SIRF brain in DIR")
+    parser.add_argument("--acrin", metavar="DIR", help="crops of the real whole-body PET slices in DIR")
 
 
 def simulate(args: argparse.Namespace, factors: list[float]) -> tuple[EvalSet, str]:
     """The set of ``args`` at ``factors``, and a line that names it."""
     recipe = load_recipe(args.recipe)
     phantom_of = sirf_brain_phantoms(args.sirf_brain, recipe) if args.sirf_brain else None
+    if args.acrin:
+        phantom_of = acrin_slice_phantoms(args.acrin, recipe)
     seeds = list(range(args.first, args.first + args.phantoms))
     ev = simulate_eval_set(recipe, seeds, 1, factors, phantom_of=phantom_of)
-    source = "SIRF brain" if args.sirf_brain else args.recipe
+    source = "SIRF brain" if args.sirf_brain else "ACRIN slices" if args.acrin else args.recipe
     return ev, f"{len(seeds)} phantoms of {source} (seeds {seeds[0]}-{seeds[-1]})"
