@@ -390,6 +390,33 @@ def test_infer_script_exit_codes(tmp_path: Path) -> None:
     assert not (tmp_path / "o").exists()
 
 
+def test_infer_script_leaves_complete_outputs(
+    tmp_path: Path, scan_files: tuple[Path, Path, Scan]
+) -> None:
+    """infer.py as a process ends without the interpreter's teardown (infer._exit_now): exit
+    0, the image equals the in-process one, and its warning line reached stderr."""
+    import subprocess
+    import sys
+
+    from pet_dl.io.nifti import load_nifti
+
+    ckpt, scan_path, scan = scan_files
+    out = tmp_path / "out"
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "infer.py"), str(scan_path), "--checkpoint", str(ckpt),
+         "--out", str(out), "--device", "cpu", "--format", "nifti"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    assert [line[:18] for line in run.stderr.splitlines() if line.startswith("warning:")] == [
+        "warning: patient1:"
+    ]
+    image, _ = load_nifti(out / "patient1.nii.gz")
+    expected = reconstruct_with_network(scan, ckpt, device="cpu")
+    torch.testing.assert_close(torch.as_tensor(image).float(), expected, rtol=1e-5, atol=1e-6)
+    assert (out / "patient1_consistency.nii.gz").is_file()
+
+
 def test_infer_accepts_a_lightning_ckpt(
     tmp_path: Path, scan_files: tuple[Path, Path, Scan]
 ) -> None:
