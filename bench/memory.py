@@ -25,6 +25,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
 import resource  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
 
 import torch  # noqa: E402
@@ -47,6 +48,8 @@ class Clock:
         now = (time.perf_counter(), time.process_time())
         self.stages.append(f"{name} {now[0] - self._t[0]:.0f} s ({now[1] - self._t[1]:.0f} s CPU)")
         self._t = now
+        # progress on stderr: a long run that is stopped still reports its finished stages
+        print(f"{self.stages[-1]}; peak so far {_peak_mib():.0f} MB", file=sys.stderr, flush=True)
 
 
 def _cylinder(image) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001

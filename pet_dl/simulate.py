@@ -56,6 +56,10 @@ SCATTER_RADIAL_FWHM_MM = 150.0
 SCATTER_VIEW_FWHM_DEG = 30.0
 #: Default dose reduction factors (Ultra-Low-Dose PET challenge).
 REDUCTION_FACTORS = (4, 10, 20, 50, 100)
+#: Sinogram bins per block where a sinogram-sized temporary is formed a block at a time
+#: (the normalisation's crystal pairs, the scatter smoothing, float64 sums): 1 M bins,
+#: 4 to 16 MB per temporary.
+_BLOCK_BINS = 1_000_000
 
 
 # --------------------------------------------------------------------------- calibration
@@ -154,9 +158,22 @@ def crystal_normalisation(
         z = torch.randn(eff.shape, generator=generator, dtype=torch.float64)
         eff = torch.exp(sigma * z - 0.5 * sigma**2)
     eff[:, gaps] = 0.0
-    rings, crystals = sinogram.crystal_pairs()
-    norm = eff[rings[..., 0], crystals[..., 0]] * eff[rings[..., 1], crystals[..., 1]]
-    return (norm / norm.mean()).float()
+    # A block of views at a time: the whole sinogram's int64 crystal pairs and float64
+    # products would be 40 bytes per bin (2.9 GB for the mMR span-11 sinogram). The
+    # products are formed twice (their mean, then the result) to divide in float64.
+    planes, views, radial = shape
+    step = max(1, _BLOCK_BINS // (planes * radial))
+    blocks = [torch.arange(v, min(v + step, views)) for v in range(0, views, step)]
+
+    def product(block: torch.Tensor) -> torch.Tensor:
+        rings, crystals = sinogram.crystal_pairs(block)
+        return eff[rings[..., 0], crystals[..., 0]] * eff[rings[..., 1], crystals[..., 1]]
+
+    mean = sum(float(product(b).sum()) for b in blocks) / (planes * views * radial)
+    norm = torch.empty(shape)
+    for b in blocks:
+        norm[:, int(b[0]) : int(b[-1]) + 1] = product(b) / mean
+    return norm
 
 
 # --------------------------------------------------------------------------- validation
@@ -235,23 +252,45 @@ class ExpectedCounts:
         return self.trues + self.scatter + self.randoms
 
 
-def _smooth_sinogram(s: torch.Tensor, sinogram: SinogramGeometry) -> torch.Tensor:
+def _smooth_sinogram(
+    s: torch.Tensor, sinogram: SinogramGeometry, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """Blur a non-TOF sinogram ``(P, V, R)`` radially (zero padding) and across views
-    (periodic, with the radial flip at 180 degrees)."""
+    (periodic, with the radial flip at 180 degrees).
+
+    Planes are blurred independently, a block of planes at a time, so the temporaries
+    (padded copies, permutations) are block-sized; ``out`` may be ``s`` itself (in place).
+    Returns ``out`` (a new tensor if None).
+    """
     planes, views, radial = s.shape
     sigma_r = SCATTER_RADIAL_FWHM_MM / FWHM_PER_SIGMA / _radial_spacing_mm(sinogram)
     kr = gaussian_kernel_1d(sigma_r, max_radius=radial - 1).to(s.dtype)
-    out = F.conv1d(s.reshape(-1, 1, radial), kr.reshape(1, 1, -1), padding=(kr.numel() - 1) // 2)
-    out = out.reshape(planes, views, radial)
+    kv = None
     if views > 1:
         sigma_v = SCATTER_VIEW_FWHM_DEG / FWHM_PER_SIGMA / (180.0 / views)
         kv = gaussian_kernel_1d(sigma_v, max_radius=views - 1).to(s.dtype)
+    if out is None:
+        out = torch.empty_like(s)
+    step = max(1, _BLOCK_BINS // (views * radial))
+    for p in range(0, planes, step):
+        out[p : p + step] = _smooth_planes(s[p : p + step], kr, kv)
+    return out
+
+
+def _smooth_planes(s: torch.Tensor, kr: torch.Tensor, kv: torch.Tensor | None) -> torch.Tensor:
+    """:func:`_smooth_sinogram` of a block of planes ``(p, V, R)`` with its radial and
+    view kernels (``kv`` None: one view, no blur across views)."""
+    planes, views, radial = s.shape
+    out = F.conv1d(s.reshape(-1, 1, radial), kr.reshape(1, 1, -1), padding=(kr.numel() - 1) // 2)
+    out = out.reshape(planes, views, radial)
+    if kv is not None:
         r = (kv.numel() - 1) // 2
         flipped = out.flip(-1)
         padded = torch.cat((flipped[:, views - r :], out, flipped[:, :r]), dim=1)
+        del out, flipped
         padded = padded.permute(0, 2, 1).reshape(-1, 1, views + 2 * r)
         out = F.conv1d(padded, kv.reshape(1, 1, -1)).reshape(planes, radial, views).permute(0, 2, 1)
-    return out.contiguous()
+    return out
 
 
 def expected_counts(
@@ -303,14 +342,24 @@ def expected_counts(
     blurred = GaussianResolution(image, psf_fwhm_mm).to(device)(x) if psf_fwhm_mm > 0 else x
     with torch.no_grad():
         line = projector(blurred)
-    m = att * norm
-    trues = calibration * (m.unsqueeze(-1) if tof else m) * line
-    trues_sum = float(trues.double().sum())
+    del blurred
+    # The sinogram-sized terms are formed in place where the same products allow it (a
+    # 3D mMR span-11 sinogram is 290 MB): at most five are held at once.
+    trues = att * norm
+    trues.mul_(calibration)
+    if tof:
+        plain = line.sum(-1).mul_(att)
+        trues = line.mul_(trues.unsqueeze(-1))
+    else:
+        trues.mul_(line)
+        plain = line.mul_(att)
+    del line
+    trues_sum = _sum64(trues)
     # scatter: smooth attenuated (un-normalised) trues, times the efficiencies
-    plain = (line.sum(-1) if tof else line) * att
-    shape = _smooth_sinogram(plain, sinogram) * norm
-    scatter = _scaled(shape, sf / (1.0 - sf) * trues_sum)
-    randoms = _scaled(norm, rf / (1.0 - rf) * (trues_sum + float(scatter.double().sum())))
+    scatter = _smooth_sinogram(plain, sinogram, out=plain).mul_(norm)
+    del plain
+    scatter = _scale_(scatter, sf / (1.0 - sf) * trues_sum)
+    randoms = _scale_(norm.clone(), rf / (1.0 - rf) * (trues_sum + _sum64(scatter)))
     if tof:
         k = sinogram.num_tof_bins
         scatter = (scatter / k).unsqueeze(-1).expand(sinogram.shape).contiguous()
@@ -320,11 +369,18 @@ def expected_counts(
     return ExpectedCounts(trues, scatter, randoms, att, norm, float(calibration))
 
 
-def _scaled(shape: torch.Tensor, total: float) -> torch.Tensor:
-    s = float(shape.double().sum())
+def _sum64(t: torch.Tensor) -> float:
+    """Sum of a tensor in float64, a block at a time (``t.sum(dtype=torch.float64)``
+    makes a float64 copy of the whole tensor: 580 MB for a 3D mMR sinogram)."""
+    return sum(float(b.sum(dtype=torch.float64)) for b in t.reshape(-1).split(_BLOCK_BINS))
+
+
+def _scale_(shape: torch.Tensor, total: float) -> torch.Tensor:
+    """``shape`` scaled in place to sum to ``total`` (zeros if either sum is not positive)."""
+    s = _sum64(shape)
     if s <= 0 or total <= 0:
-        return torch.zeros_like(shape)
-    return shape * (total / s)
+        return shape.zero_()
+    return shape.mul_(total / s)
 
 
 # --------------------------------------------------------------------------- scans
@@ -384,13 +440,20 @@ def simulate_scan(
         psf_fwhm_mm=psf_fwhm_mm,
         normalisation=norm,
     )
-    prompts = torch.poisson(exp.total, generator=generator)
+    # exp.total, multiplicative and additive formed in place of the expected terms (none
+    # of them is needed afterwards), then the Poisson draw: four sinograms at most here
+    total = exp.trues.add_(exp.scatter).add_(exp.randoms)
+    additive = exp.scatter.add_(exp.randoms)
+    multiplicative = exp.attenuation.mul_(exp.normalisation)
+    del exp, norm
+    prompts = torch.poisson(total, generator=generator)
+    del total
     return Scan(
         sinogram=sinogram,
         image=image,
         prompts=prompts.float(),
-        multiplicative=exp.attenuation * exp.normalisation,
-        additive=exp.scatter + exp.randoms,
+        multiplicative=multiplicative,
+        additive=additive,
         calibration=calibration,
         psf_fwhm_mm=float(psf_fwhm_mm),
         metadata=meta,
