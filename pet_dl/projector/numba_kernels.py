@@ -22,7 +22,7 @@ adds its value times the same weights to a scratch row of samples, then each sam
 spread into the image once. The weight of a sample for a bin (the Gaussian integrated
 over the bin) comes for float32 data from one lookup in a cubic Hermite table of that
 integral (error ~2e-9, below float32's resolution; two erf per weight otherwise); float64
-data use libm's erf.
+data use libm's erf, one per bin edge and sample (adjacent bins share an edge).
 
 Called with images ``(B, n0, n1, n2)``, values ``(B, N)`` or ``(B, N, K)``, ``tof_bin``
 ``(N,)`` int64.
@@ -233,6 +233,30 @@ def _bin_weight(diff, hb, scale, tsc, table):  # noqa: ANN001, ANN202
 
 
 @njit(cache=True, inline="always")
+def _fill_weights(wbuf, edge, ia, ib, i_lo, pa, pb, d0, ddl, hb, scale, tsc, table):  # noqa: ANN001, ANN202
+    """One bin's weights for planes ``ia..ib`` into ``wbuf[i - i_lo]``; ``d0 + i ddl`` is the
+    sample's distance (mm) from the bin centre.
+
+    Without a table (float64): libm's erf at the bin's two edges, the lower one taken from
+    ``edge[i - i_lo]`` for planes ``pa..pb`` (the previous bin, ``k - 1``, left its upper edge
+    there; pass an empty range otherwise); the upper edge is left in ``edge`` for the next bin.
+    """
+    if table.shape[0] > 0:
+        for i in range(ia, ib + 1):
+            wbuf[i - i_lo] = _bin_weight(d0 + i * ddl, hb, scale, tsc, table)
+        return
+    for i in range(ia, ib + 1):
+        d = d0 + i * ddl
+        if pa <= i <= pb:
+            e_lo = edge[i - i_lo]
+        else:
+            e_lo = math.erf((d + hb) * scale)
+        e_hi = math.erf((d - hb) * scale)
+        edge[i - i_lo] = e_hi
+        wbuf[i - i_lo] = 0.5 * (e_lo - e_hi)
+
+
+@njit(cache=True, inline="always")
 def _bin_range(c, reach, t0, dt, length, i_lo, i_hi):  # noqa: ANN001, ANN202
     """The planes ``i_lo <= i <= i_hi`` whose sample lies within ``reach`` mm of a bin centre ``c``.
 
@@ -290,9 +314,11 @@ def _forward(image, shape, start, end, zs, ze, vr, num, origin, vs, out, tof_bin
     scale = 1.0 / (math.sqrt(2.0) * sigma) if sigma > 0 else 0.0
     half_k = 0.5 * (num_bins - 1)
     max_planes = max(shape[0], max(shape[1], shape[2]))
+    fused = table.shape[0] > 0 and nb == 1  # one tabulated weight per (bin, sample), no scratch
     for n in prange(num):
         samp = np.empty((nb, max_planes))
         wbuf = np.empty(max_planes)
+        edge = np.empty(max_planes)
         s, e = _endpoints(n, start, end, zs, ze, vr)
         ax, k1, k2, i_lo, i_hi, weight, length, t0, dt, u1_0, du1, u2_0, du2 = _setup(s, e, origin, vs, shape)
         if i_lo > i_hi:
@@ -331,22 +357,24 @@ def _forward(image, shape, start, end, zs, ze, vr, num, origin, vs, out, tof_bin
                         v += b1 * image[b, base + s1 + s2]
                     acc += b2 * v
                 samp[b, i - i_lo] = acc
+        pa, pb = 1, 0  # planes whose edge[] holds the previous bin's upper-edge erf (none yet)
         for k in range(k_first, k_last + 1):
             c = (k - half_k) * bw + off
             ia, ib = _bin_range(c, reach, t0, dt, length, g_lo, g_hi)
             if ia > ib:
+                pa, pb = 1, 0
                 continue
             col = 0 if mode == 2 else k
             d0 = (t0 - 0.5) * length - c  # distance of plane 0's sample from the bin centre
             ddl = dt * length
-            if nb == 1:
+            if fused:
                 acc = 0.0
                 for i in range(ia, ib + 1):
                     acc += samp[0, i - i_lo] * _bin_weight(d0 + i * ddl, hb, scale, tsc, table)
                 out[0, n, col] = acc * weight
             else:
-                for i in range(ia, ib + 1):
-                    wbuf[i - i_lo] = _bin_weight(d0 + i * ddl, hb, scale, tsc, table)
+                _fill_weights(wbuf, edge, ia, ib, i_lo, pa, pb, d0, ddl, hb, scale, tsc, table)
+                pa, pb = ia, ib
                 for b in range(nb):
                     acc = 0.0
                     for i in range(ia, ib + 1):
@@ -370,11 +398,13 @@ def _back(values, shape, start, end, zs, ze, vr, num, origin, vs, buf, tof_bin, 
     scale = 1.0 / (math.sqrt(2.0) * sigma) if sigma > 0 else 0.0
     half_k = 0.5 * (num_bins - 1)
     max_planes = max(shape[0], max(shape[1], shape[2]))
+    fused = table.shape[0] > 0 and nb == 1  # one tabulated weight per (bin, sample), no scratch
     blocks = buf.shape[0]
     for blk in prange(blocks):
         img_buf = buf[blk]
         sv = np.empty((nb, max_planes))
         wbuf = np.empty(max_planes)
+        edge = np.empty(max_planes)
         for n in range(blk * num // blocks, (blk + 1) * num // blocks):
             s, e = _endpoints(n, start, end, zs, ze, vr)
             ax, k1, k2, i_lo, i_hi, weight, length, t0, dt, u1_0, du1, u2_0, du2 = _setup(s, e, origin, vs, shape)
@@ -390,23 +420,25 @@ def _back(values, shape, start, end, zs, ze, vr, num, origin, vs, buf, tof_bin, 
             for b in range(nb):
                 for i in range(g_lo, g_hi + 1):
                     sv[b, i - i_lo] = 0.0
+            pa, pb = 1, 0
             for k in range(k_first, k_last + 1):
                 c = (k - half_k) * bw + off
                 ia, ib = _bin_range(c, reach, t0, dt, length, g_lo, g_hi)
                 if ia > ib:
+                    pa, pb = 1, 0
                     continue
                 col = 0 if mode == 2 else k
                 d0 = (t0 - 0.5) * length - c
                 ddl = dt * length
-                if nb == 1:
+                if fused:
                     v = values[0, n, col]
                     if v == 0.0:
                         continue
                     for i in range(ia, ib + 1):
                         sv[0, i - i_lo] += v * _bin_weight(d0 + i * ddl, hb, scale, tsc, table)
                 else:
-                    for i in range(ia, ib + 1):
-                        wbuf[i - i_lo] = _bin_weight(d0 + i * ddl, hb, scale, tsc, table)
+                    _fill_weights(wbuf, edge, ia, ib, i_lo, pa, pb, d0, ddl, hb, scale, tsc, table)
+                    pa, pb = ia, ib
                     for b in range(nb):
                         v = values[b, n, col]
                         if v == 0.0:
