@@ -316,3 +316,32 @@ def test_varied_brains_vary_cortex_and_grey_white_ratio() -> None:
 def test_bad_heterogeneity_is_refused() -> None:
     with pytest.raises(ValueError, match="heterogeneity"):
         brain_phantom(BRAIN_2D, _seeded(1), heterogeneity=0.8)
+
+
+def test_torso_window_is_a_body_cut_to_the_brain_grid() -> None:
+    # a window of a torso as wide as a 250 mm brain grid: the body fills it from edge to edge
+    # (torsos are 306-380 mm wide), its tissues and mu are the torso's, seeds differ
+    from pet_dl.phantoms import MU_LUNG, MU_SOFT_TISSUE, make_phantom, torso_phantom
+
+    grid = ImageGeometry.centered((96, 96, 1), (2.6, 2.6, 2.6))
+    sums = set()
+    for seed in range(6):
+        p = make_phantom("torso_window", grid, torch.Generator().manual_seed(seed))
+        assert p.name == "torso_window" and p.image == grid and p.activity.shape == (96, 96, 1)
+        body = p.activity[..., 0] > 0
+        assert bool(body[0].any()) and bool(body[-1].any())  # cut at both sides: a window
+        assert float(body.float().mean()) > 0.6
+        assert set(p.tissues) >= {"soft_tissue", "lung", "liver"}
+        lung = p.tissue[..., 0] == p.tissues["lung"]
+        if bool(lung.any()):  # the lungs' mu, below soft tissue's
+            assert float(p.mu[..., 0][lung].median()) == pytest.approx(MU_LUNG, rel=0.05)
+        assert float(p.mu.max()) >= MU_SOFT_TISSUE
+        assert -200.0 <= p.extra["bed_offset_mm"] <= 150.0
+        sums.add(round(float(p.activity.sum())))
+    assert len(sums) == 6
+    # reproducible per seed; the whole torso does not fit the grid, the window does
+    p = make_phantom("torso_window", grid, torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)
+    assert torch.equal(p.activity, make_phantom("torso_window", grid, g).activity)
+    with pytest.raises(ValueError, match="torso phantom needs"):
+        torso_phantom(grid, torch.Generator().manual_seed(0))

@@ -1,6 +1,6 @@
 """Seeded digital phantoms (activity in Bq/mL, mu in 1/mm at 511 keV, lesion labels).
 
-``make_phantom("brain" | "brain_folded" | "brain_varied" | "brainweb" | "torso" | "nema", image, generator)`` builds one
+``make_phantom("brain" | "brain_folded" | "brain_varied" | "brainweb" | "torso" | "torso_window" | "nema", image, generator)`` builds one
 on an :class:`~pet_dl.geometry.ImageGeometry`; :func:`add_lesions` inserts hot lesions;
 :func:`image_phantom` makes one from given activity and mu volumes (a real anatomy).
 See ``docs/phantoms.md``.
@@ -28,7 +28,7 @@ from pet_dl.phantoms.brainweb import BRAINWEB_SUBJECTS, brainweb_phantom
 from pet_dl.phantoms.from_image import image_phantom
 from pet_dl.phantoms.lesions import add_lesions
 from pet_dl.phantoms.nema import SPHERE_DIAMETERS_MM, nema_phantom
-from pet_dl.phantoms.torso import torso_phantom
+from pet_dl.phantoms.torso import torso_phantom, torso_window_phantom
 
 if TYPE_CHECKING:
     from pet_dl.geometry import ImageGeometry
@@ -39,6 +39,7 @@ PHANTOMS: dict[str, Callable[..., Phantom]] = {
     "brain_varied": varied_brain_phantom,
     "brainweb": brainweb_phantom,
     "torso": torso_phantom,
+    "torso_window": torso_window_phantom,
     "nema": nema_phantom,
 }
 
@@ -46,7 +47,7 @@ PHANTOMS: dict[str, Callable[..., Phantom]] = {
 def make_phantom(
     name: str, image: ImageGeometry, generator: torch.Generator, **kwargs: Any
 ) -> Phantom:
-    """Build the phantom called ``name`` (``"brain"``, ``"brain_folded"``, ``"brain_varied"``, ``"brainweb"``, ``"torso"``, ``"nema"``) on ``image``.
+    """Build the phantom called ``name`` (``"brain"``, ``"brain_folded"``, ``"brain_varied"``, ``"brainweb"``, ``"torso"``, ``"torso_window"``, ``"nema"``) on ``image``.
 
     Keyword arguments go to the phantom's function (e.g. ``grey_white_ratio``; ``"brainweb"``
     needs ``subject``, a real anatomy: :mod:`pet_dl.phantoms.brainweb`).
@@ -78,5 +79,6 @@ __all__ = [
     "make_phantom",
     "nema_phantom",
     "torso_phantom",
+    "torso_window_phantom",
     "varied_brain_phantom",
 ]

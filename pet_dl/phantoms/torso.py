@@ -165,3 +165,65 @@ def torso_phantom(
     phantom = cv.to_phantom("torso", seed=seed_of(g))
     phantom.extra.update(suv1_bqml=suv1_bqml, bed_offset_mm=bed_offset_mm)
     return phantom
+
+
+def torso_window_phantom(
+    image: ImageGeometry,
+    generator: torch.Generator,
+    *,
+    suv1_bqml: float = SUV1_BQML,
+    bed_offset_range_mm: tuple[float, float] = (-200.0, 150.0),
+) -> Phantom:
+    """A window of a randomised torso as wide as ``image``: a body for a brain-sized field of view.
+
+    The torso of :func:`torso_phantom` (about 390 x 260 mm) does not fit a brain scanner's
+    reconstruction grid. This draws a torso and an axial position (``bed_offset_mm`` uniform
+    in ``bed_offset_range_mm``: from the kidneys to the upper lungs), paints it on a grid
+    with ``image``'s voxels that holds the whole body, and keeps a window of ``image``'s
+    size at a random left-right position inside the body (front-back: centred); what lies
+    outside the window is dropped, an object that fits the field of view. Training and
+    evaluating a brain network on such windows tells whether it has learned brains or PET.
+
+    Args:
+        image: the grid of the window (any size; 2D or 3D).
+        generator: seeded torch generator.
+        suv1_bqml: activity of SUV 1, Bq/mL.
+        bed_offset_range_mm: range of the torso's axial position (``torso_phantom``'s
+            ``bed_offset_mm``).
+
+    Returns:
+        Phantom named ``"torso_window"`` on ``image`` (the torso's tissues, no lesions).
+    """
+    from pet_dl.geometry import ImageGeometry
+
+    vx, vy, vz = (float(v) for v in image.voxel_size_mm)
+    nx, ny = int(image.shape[0]), int(image.shape[1])
+    big_nx = max(nx, 2 * int(200.0 / vx + 1))  # holds +-200 mm: the widest torso and its margin
+    big_ny = max(ny, 2 * int(135.0 / vy + 1))
+    big = ImageGeometry(
+        (big_nx, big_ny, image.shape[2]),
+        (vx, vy, vz),
+        (-(big_nx - 1) * vx / 2, -(big_ny - 1) * vy / 2, float(image.origin_mm[2])),
+    )
+    offset = uniform(generator, *bed_offset_range_mm)
+    torso = torso_phantom(big, generator, suv1_bqml=suv1_bqml, bed_offset_mm=offset)
+    body = (torso.activity > 0).flatten(1).any(1)  # (big_nx,): columns with activity
+    xs = torch.nonzero(body).flatten()
+    lo, hi = int(xs.min()), int(xs.max()) - nx + 1
+    if hi < lo:  # the body is narrower than the window: centre it
+        lo = hi = max(0, (int(xs.min()) + int(xs.max()) - nx + 1) // 2)
+    i0 = min(lo + int((hi - lo + 1) * uniform(generator, 0.0, 1.0)), big_nx - nx)
+    j0 = (big_ny - ny) // 2
+    window = (slice(i0, i0 + nx), slice(j0, j0 + ny))
+    phantom = Phantom(
+        name="torso_window",
+        image=image,
+        activity=torso.activity[window].contiguous(),
+        mu=torso.mu[window].contiguous(),
+        labels=torso.labels[window].contiguous(),
+        tissue=torso.tissue[window].contiguous(),
+        tissues=dict(torso.tissues),
+        seed=torso.seed,
+    )
+    phantom.extra.update(suv1_bqml=suv1_bqml, bed_offset_mm=offset, window_x_mm=(i0 - (big_nx - nx) / 2) * vx)
+    return phantom
