@@ -2,7 +2,7 @@
 #
 #   docker build -t pet_dl .
 #   docker run --gpus all --memory 6g -p 127.0.0.1:8080:8080 --name pet pet_dl serve
-#   docker exec pet cat /home/pet/key_file.json     # token authorization is on: the keys
+#   docker exec pet cat /var/lib/pet_dl/key_file.json     # token authorization is on: the keys
 #   docker run --gpus all -v "$PWD/data:/data" pet_dl infer /data/scan.h5 --out /data/out
 #   docker run --gpus all -v "$PWD:/work" pet_dl train fit --config configs/<name>.yaml
 #
@@ -37,14 +37,14 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends openjdk-17-jre-headless tini \
     && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 pet \
-    && useradd --system --uid 10001 --gid pet --create-home --home-dir /home/pet pet
+    && useradd --system --uid 10001 --gid pet --create-home --home-dir /var/lib/pet_dl pet
 ENV PATH="/opt/venv/bin:$PATH" \
     PYTHONUNBUFFERED=1 \
     WANDB_MODE=offline \
     OMP_WAIT_POLICY=PASSIVE \
     PET_DL_MODEL_NAME=pet_dl \
     PET_DL_MODEL_STORE=/opt/pet_dl/model_store \
-    PET_DL_KEY_FILE=/home/pet/key_file.json
+    PET_DL_KEY_FILE=/var/lib/pet_dl/key_file.json
 COPY --from=build /opt/venv /opt/venv
 COPY --from=build --chown=pet:pet /opt/model_store /opt/pet_dl/model_store
 COPY --chown=pet:pet infer.py train.py /opt/pet_dl/
@@ -52,7 +52,7 @@ COPY --chown=pet:pet configs /opt/pet_dl/configs
 COPY --chown=pet:pet pet_dl/serving/config.properties /opt/pet_dl/config.properties
 COPY --chown=pet:pet pet_dl/serving/docker_entrypoint.sh /opt/pet_dl/entrypoint.sh
 USER 10001:10001
-WORKDIR /home/pet
+WORKDIR /var/lib/pet_dl
 EXPOSE 8080
 # Ready = a READY worker whose model loaded (/ping stays healthy even when loading failed);
 # the model name comes from PET_DL_MODEL_NAME, the management key from PET_DL_KEY_FILE.
