@@ -15,25 +15,18 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from collections import defaultdict
+
+from pet_dl.evaluate.scoring import bias_by_size
 
 
-def per_lesion(row: dict, min_diameter_mm: float) -> dict[tuple[int, int], tuple[float, float]]:
-    """(case seed, lesion index) -> (SUVmean bias, SUVmax bias), averaged over realisations."""
-    pooled: dict[tuple[int, int], list[tuple[float, float]]] = defaultdict(list)
-    for seed, lesions in zip(row["case_seed"], row["case_lesions"]):
-        for i, (diameter, mean_bias, max_bias) in enumerate(lesions):
-            if diameter >= min_diameter_mm:
-                pooled[(seed, i)].append((mean_bias, max_bias))
-    return {k: (sum(a for a, _ in v) / len(v), sum(b for _, b in v) / len(v)) for k, v in pooled.items()}
+def lesions_at_least(case_lesions: list, case_seed: list, min_diameter_mm: float) -> dict[str, float]:
+    """:func:`pet_dl.evaluate.scoring.bias_by_size` over one bin: lesions >= ``min_diameter_mm``."""
+    return bias_by_size(case_lesions, case_seed, (min_diameter_mm, math.inf))[0]
 
 
-def mean_interval(values: list[float]) -> str:
-    """``mean ± 1.96 SE`` in percent of the fractions ``values``."""
-    n = len(values)
-    mean = sum(values) / n
-    sd = math.sqrt(sum((x - mean) ** 2 for x in values) / (n - 1)) if n > 1 else float("nan")
-    return f"{100 * mean:+.1f} ± {196 * sd / math.sqrt(n):.1f}"
+def cell(stats: dict[str, float], key: str) -> str:
+    """``mean ± 1.96 SE`` in percent of a relative bias of ``stats``."""
+    return f"{100 * stats[key]:+.1f} ± {196 * stats[key + '_sem']:.1f}"
 
 
 def main() -> None:
@@ -44,24 +37,32 @@ def main() -> None:
     parser.add_argument("--reference", default="OSEM", help="method whose full-dose bias is the reference")
     args = parser.parse_args()
     rows = json.load(open(args.results))["rows"]
-    ref_rows = [r for r in rows if r["method"] == args.reference and r["factor"] == 1.0]
-    if not ref_rows:
+    refs = [r for r in rows if r["method"] == args.reference and r["factor"] == 1.0]
+    if not refs:
         raise SystemExit(f"error: no full-dose {args.reference} row in {args.results}")
-    ref = per_lesion(ref_rows[0], args.min_diameter_mm)
-    if len(ref) < 2:
+    ref = refs[0]
+    ref_stats = lesions_at_least(ref["case_lesions"], ref["case_seed"], args.min_diameter_mm)
+    if ref_stats["lesions"] < 2:
         raise SystemExit(f"error: fewer than 2 lesions of >= {args.min_diameter_mm:g} mm")
-    print(f"hot lesions >= {args.min_diameter_mm:g} mm: {len(ref)}; factor {args.factor:g}; "
-          f"reference: {args.reference} at full dose, SUVmean {mean_interval([v[0] for v in ref.values()])} %, "
-          f"SUVmax {mean_interval([v[1] for v in ref.values()])} %")
+    print(f"hot lesions >= {args.min_diameter_mm:g} mm: {ref_stats['lesions']:.0f}; factor {args.factor:g}; "
+          f"reference: {args.reference} at full dose, SUVmean {cell(ref_stats, 'suvmean_bias')} %, "
+          f"SUVmax {cell(ref_stats, 'suvmax_bias')} %")
     print("| method | SUVmean bias (%) | SUVmax bias (%) | SUVmean - reference (points, paired) | SUVmax - reference (points, paired) |")
     print("|---|---|---|---|---|")
     for row in rows:
         if row["factor"] != args.factor:
             continue
-        biases = per_lesion(row, args.min_diameter_mm)
-        keys = [k for k in ref if k in biases]
-        cells = [mean_interval([biases[k][j] for k in keys]) for j in (0, 1)]
-        cells += [mean_interval([biases[k][j] - ref[k][j] for k in keys]) for j in (0, 1)]
+        if row["case_seed"] != ref["case_seed"]:
+            raise SystemExit(f"error: {row['method']} was scored on other cases than the reference")
+        # the same cases carry the same lesions in the same order: differences lesion by lesion
+        differences = [
+            [(d, m - m0, x - x0) for (d, m, x), (_, m0, x0) in zip(lesions, ref_lesions)]
+            for lesions, ref_lesions in zip(row["case_lesions"], ref["case_lesions"])
+        ]
+        stats = lesions_at_least(row["case_lesions"], row["case_seed"], args.min_diameter_mm)
+        paired = lesions_at_least(differences, row["case_seed"], args.min_diameter_mm)
+        cells = [cell(stats, "suvmean_bias"), cell(stats, "suvmax_bias"),
+                 cell(paired, "suvmean_bias"), cell(paired, "suvmax_bias")]
         print(f"| {row['method']} | " + " | ".join(cells) + " |")
 
 

@@ -10,9 +10,11 @@ slices (:func:`pet_dl.evaluate.external.acrin_slice_phantoms`), with the recipe'
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 from pet_dl.evaluate.data import EvalSet, simulate_eval_set
 from pet_dl.evaluate.external import acrin_slice_phantoms, sirf_brain_phantoms
+from pet_dl.phantoms import Phantom
 from pet_dl.recipes import load_recipe
 
 
@@ -22,16 +24,29 @@ def add_arguments(parser: argparse.ArgumentParser, first: int, phantoms: int) ->
     parser.add_argument("--recipe", default="data/brain2d.yaml")
     parser.add_argument("--first", type=int, default=first, help="first phantom seed")
     parser.add_argument("--phantoms", type=int, default=phantoms)
-    parser.add_argument("--sirf-brain", metavar="DIR", help="phantoms from the SIRF brain in DIR")
-    parser.add_argument("--acrin", metavar="DIR", help="crops of the real whole-body PET slices in DIR")
+    add_source_arguments(parser)
+
+
+def add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--sirf-brain DIR`` and ``--acrin DIR`` (external anatomies instead of the recipe's)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--sirf-brain", metavar="DIR", help="phantoms from the SIRF brain in DIR")
+    group.add_argument("--acrin", metavar="DIR", help="crops of the real whole-body PET slices in DIR")
+
+
+def phantom_source(args: argparse.Namespace, recipe: dict) -> Callable[[int], Phantom] | None:
+    """``phantom_of(seed)`` of ``--sirf-brain`` / ``--acrin``, or None for the recipe's own phantoms."""
+    if args.sirf_brain:
+        return sirf_brain_phantoms(args.sirf_brain, recipe)
+    if args.acrin:
+        return acrin_slice_phantoms(args.acrin, recipe)
+    return None
 
 
 def simulate(args: argparse.Namespace, factors: list[float]) -> tuple[EvalSet, str]:
     """The set of ``args`` at ``factors``, and a line that names it."""
     recipe = load_recipe(args.recipe)
-    phantom_of = sirf_brain_phantoms(args.sirf_brain, recipe) if args.sirf_brain else None
-    if args.acrin:
-        phantom_of = acrin_slice_phantoms(args.acrin, recipe)
+    phantom_of = phantom_source(args, recipe)
     seeds = list(range(args.first, args.first + args.phantoms))
     ev = simulate_eval_set(recipe, seeds, 1, factors, phantom_of=phantom_of)
     source = "SIRF brain" if args.sirf_brain else "ACRIN slices" if args.acrin else args.recipe

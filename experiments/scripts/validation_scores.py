@@ -34,9 +34,9 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
+from phantom_set import add_source_arguments, phantom_source  # noqa: E402
 
 from pet_dl.evaluate.data import EvalSet, simulate_eval_set  # noqa: E402
-from pet_dl.evaluate.external import acrin_slice_phantoms, sirf_brain_phantoms  # noqa: E402
 from pet_dl.evaluate.methods import network_reconstruction, osem_trajectory  # noqa: E402
 from pet_dl.evaluate.report import Z95  # noqa: E402
 from pet_dl.evaluate.scoring import case_metrics, false_hot_spots, paired_difference  # noqa: E402
@@ -95,15 +95,11 @@ def main() -> None:
     parser.add_argument("--flip-ensemble", nargs="+", default=None, metavar="AXES",
                         help="rescore with these flip axes: none, 0, 1, 01")
     parser.add_argument("--osem", action="store_true", help="also score OSEM (chosen parameters)")
-    parser.add_argument("--sirf-brain", metavar="DIR", help="phantoms from the SIRF brain in DIR")
-    parser.add_argument("--acrin", metavar="DIR",
-                        help="phantoms from crops of the real whole-body PET slices in DIR")
+    add_source_arguments(parser)
     parser.add_argument("--hot-spots", action="store_true", help="also count false hot spots at factor 20")
     args = parser.parse_args()
     recipe = load_recipe(args.recipe)
-    phantom_of = sirf_brain_phantoms(args.sirf_brain, recipe) if args.sirf_brain else None
-    if args.acrin:
-        phantom_of = acrin_slice_phantoms(args.acrin, recipe)
+    phantom_of = phantom_source(args, recipe)
     ev = simulate_eval_set(recipe, list(range(args.first, args.first + args.phantoms)), 1, FACTORS,
                            phantom_of=phantom_of)
     n_lesions = sum(1 for d in ev.lesion_diameters for v in d.values() if v >= 8)
