@@ -33,8 +33,11 @@ if TYPE_CHECKING:
 SPLITS = ("train", "val", "test")
 _RECIPE_KEYS = {
     "name", "scanner", "num_rings", "sinogram", "image", "phantom", "lesions", "simulation",
-    "reduction_factors", "init_iterations", "init_subsets", "splits", "shard_size",
+    "reduction_factors", "init_iterations", "init_subsets", "splits", "shard_size", "texture",
 }
+# The generator of a phantom's texture is seeded with ``seed + TEXTURE_SEED_OFFSET``: a stream
+# of its own, so a recipe with ``texture`` gives the same phantoms and lesions as without.
+TEXTURE_SEED_OFFSET = 1 << 40
 
 
 def _unique_key_loader() -> type:
@@ -108,6 +111,7 @@ def load_recipe(recipe: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str,
     r.setdefault("init_iterations", 10)
     r.setdefault("init_subsets", 1)
     r.setdefault("shard_size", 64)
+    _check_texture(r.get("texture"))
     factors = r["reduction_factors"]
     if not factors or any(float(f) < 1 for f in factors):
         raise ValueError(f"reduction_factors must be numbers >= 1, got {factors}")
@@ -141,6 +145,24 @@ def load_recipe(recipe: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str,
         if lo < hi:
             raise ValueError(f"splits {a!r} and {b!r} share phantom seeds: ranges overlap")
     return r
+
+
+def _check_texture(texture: Any) -> None:
+    """Raise ValueError unless ``texture`` is None or ``{amplitude: [lo, hi], correlation_mm: [lo, hi]}``
+    with ``0 <= amplitude lo <= hi <= 1`` and ``0 < correlation lo <= hi``."""
+    if texture is None:
+        return
+    if not isinstance(texture, Mapping) or set(texture) != {"amplitude", "correlation_mm"}:
+        raise ValueError("texture must be {amplitude: [low, high], correlation_mm: [low, high]}")
+    for key in ("amplitude", "correlation_mm"):
+        v = texture[key]
+        if not (isinstance(v, Sequence) and len(v) == 2 and all(isinstance(a, (int, float)) for a in v)):
+            raise ValueError(f"texture {key} must be [low, high], got {v!r}")
+    (alo, ahi), (clo, chi) = texture["amplitude"], texture["correlation_mm"]
+    if not 0 <= alo <= ahi <= 1:
+        raise ValueError(f"texture amplitude must lie in [0, 1] with low <= high, got {[alo, ahi]}")
+    if not 0 < clo <= chi:
+        raise ValueError(f"texture correlation_mm must be > 0 with low <= high, got {[clo, chi]}")
 
 
 def split_seeds(recipe: Mapping[str, Any], split: str) -> range:
@@ -200,10 +222,15 @@ def recipe_geometry(recipe: Mapping[str, Any]) -> tuple[SinogramGeometry, ImageG
 
 
 def phantom_of_seed(recipe: Mapping[str, Any], seed: int, image: ImageGeometry | None = None) -> Phantom:
-    """The recipe's phantom for ``seed``: ``make_phantom`` plus the recipe's random lesions.
+    """The recipe's phantom for ``seed``: ``make_phantom``, the recipe's ``texture`` if it
+    has one, then the recipe's random lesions.
 
     Deterministic: one generator seeded with ``seed`` draws the phantom, then the number
     of lesions (uniform in the recipe's ``lesions.count = [min, max]``), then the lesions.
+    ``texture: {amplitude: [lo, hi], correlation_mm: [lo, hi]}`` multiplies the activity by
+    a fine-scale random field (:func:`pet_dl.phantoms.texture.add_texture`) drawn from a
+    generator of its own (seed ``seed + TEXTURE_SEED_OFFSET``), before the lesions: the
+    same seed gives the same anatomy and lesions with or without it.
 
     Args:
         recipe: a validated recipe (:func:`load_recipe`).
@@ -223,7 +250,14 @@ def phantom_of_seed(recipe: Mapping[str, Any], seed: int, image: ImageGeometry |
     subject = subject_of_seed(recipe, seed)
     if subject is not None:
         kwargs["subject"] = subject
-    return add_recipe_lesions(recipe, phantoms.make_phantom(recipe["phantom"], image, g, **kwargs), g)
+    phantom = phantoms.make_phantom(recipe["phantom"], image, g, **kwargs)
+    texture = recipe.get("texture")
+    if texture:
+        from pet_dl.phantoms.texture import add_texture
+
+        g_texture = torch.Generator().manual_seed(int(seed) + TEXTURE_SEED_OFFSET)
+        phantom = add_texture(phantom, g_texture, tuple(texture["amplitude"]), tuple(texture["correlation_mm"]))
+    return add_recipe_lesions(recipe, phantom, g)
 
 
 def subject_of_seed(recipe: Mapping[str, Any], seed: int) -> str | None:

@@ -159,3 +159,25 @@ def test_recipe_files_that_are_not_mappings_fail_clearly(tmp_path: Path) -> None
     broken.write_text("scanner: [mmr\n")
     with pytest.raises(ValueError, match=r"broken.yaml, line 2: expected ','"):
         load_recipe(broken)
+
+
+def test_recipe_texture_changes_only_the_activity_of_the_same_phantom() -> None:
+    """A recipe with ``texture`` gives the same anatomy, mu and lesions as without it, and
+    the textured activity differs from the plain one by a factor within the gain range."""
+    from pet_dl.phantoms.texture import GAIN_RANGE
+
+    plain = load_recipe("data/torso_window2d.yaml")
+    textured = load_recipe("data/torso_window2d_texture.yaml")
+    for seed in (0, 7):
+        a, b = phantom_of_seed(plain, seed), phantom_of_seed(textured, seed)
+        assert torch.equal(a.mu, b.mu) and torch.equal(a.labels, b.labels)
+        assert [(l.centre_mm, l.diameter_mm) for l in a.lesions] == [(l.centre_mm, l.diameter_mm) for l in b.lesions]
+        body = (a.activity > 0) & (a.labels == 0)
+        ratio = b.activity[body] / a.activity[body]
+        assert float(ratio.min()) >= GAIN_RANGE[0] - 1e-5 and float(ratio.max()) <= GAIN_RANGE[1] + 1e-5
+        assert float(ratio.std()) == pytest.approx(b.extra["texture_amplitude"], rel=0.35, abs=0.01)
+    bad = dict(plain, texture={"amplitude": [0.0, 0.3]})
+    with pytest.raises(ValueError, match="texture must be"):
+        load_recipe(bad)
+    with pytest.raises(ValueError, match="amplitude must lie"):
+        load_recipe(dict(plain, texture={"amplitude": [0.5, 0.3], "correlation_mm": [1.0, 2.0]}))

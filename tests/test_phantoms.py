@@ -345,3 +345,45 @@ def test_torso_window_is_a_body_cut_to_the_brain_grid() -> None:
     assert torch.equal(p.activity, make_phantom("torso_window", grid, g).activity)
     with pytest.raises(ValueError, match="torso phantom needs"):
         torso_phantom(grid, torch.Generator().manual_seed(0))
+
+
+def test_texture_field_is_standardised_with_the_gaussian_autocorrelation() -> None:
+    """Blurred white noise: unit variance, and the correlation at lag ``d`` voxels is
+    ``exp(-d^2 / (4 s^2))`` for a Gaussian of ``s`` voxels (the blur's autocorrelation)."""
+    from pet_dl.phantoms.texture import texture_field
+
+    g = torch.Generator().manual_seed(3)
+    s_vox, voxel = 2.0, 2.5
+    field = texture_field((256, 256, 1), (voxel, voxel, voxel), s_vox * voxel, g)[:, :, 0]
+    assert abs(float(field.mean())) < 1e-9 and abs(float(field.std()) - 1.0) < 1e-9
+    inner = field[20:-20, 20:-20]  # away from the reflected borders
+    for lag in (1, 2, 4, 6):
+        a, b = inner[:, :-lag].flatten(), inner[:, lag:].flatten()
+        corr = float(torch.corrcoef(torch.stack([a, b]))[0, 1])
+        assert corr == pytest.approx(math.exp(-lag**2 / (4 * s_vox**2)), abs=0.05), lag
+
+
+def test_texture_keeps_zero_mu_labels_and_the_mean_uptake_of_a_flat_region() -> None:
+    from pet_dl.phantoms import image_phantom
+    from pet_dl.phantoms.texture import add_texture
+
+    image = ImageGeometry.centered((96, 96, 1), 2.6)
+    activity = torch.zeros(96, 96, 1)
+    activity[16:80, 16:80] = 1000.0
+    flat = image_phantom(activity, torch.where(activity > 0, 0.0096, 0.0), image, image)
+    textured = add_texture(flat, torch.Generator().manual_seed(0), (0.3, 0.3), (4.0, 4.0))
+    inside = activity > 0
+    assert torch.equal(textured.mu, flat.mu) and torch.equal(textured.labels, flat.labels)
+    assert torch.all(textured.activity[~inside] == 0)
+    rel = textured.activity[inside] / 1000.0
+    assert float(rel.mean()) == pytest.approx(1.0, abs=0.03)  # E[1 + a n] = 1
+    assert 0.2 < float(rel.std()) < 0.32  # about a (the blurred field over this region)
+    assert textured.extra["texture_amplitude"] == 0.3
+    same = add_texture(flat, torch.Generator().manual_seed(0), (0.3, 0.3), (4.0, 4.0))
+    assert torch.equal(same.activity, textured.activity)
+    none = add_texture(flat, torch.Generator().manual_seed(0), (0.0, 0.0), (4.0, 4.0))
+    assert torch.equal(none.activity, flat.activity)
+    with pytest.raises(ValueError, match="amplitude"):
+        add_texture(flat, torch.Generator(), (0.3, 0.1), (4.0, 4.0))
+    with pytest.raises(ValueError, match="correlation"):
+        add_texture(flat, torch.Generator(), (0.1, 0.3), (0.0, 4.0))
