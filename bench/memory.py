@@ -7,8 +7,11 @@
 
 ``setup``: the full 3D mMR span-11 sinogram (837 x 252 x 344 = 72.6 M bins); attenuation
 of a 200 mm water cylinder (one forward projection), synthetic Poisson counts and a flat
-background, ``model.subsets(21)``, the sensitivity images of ``--sensitivities`` subsets
-(default all 21: one backprojection in all) and one OSEM sub-iteration. ``simulate``:
+background, ``model.subsets(21)``, the 21 subset sensitivity images through
+``OrderedSubsets.of_scan`` with a sensitivity cache folder (``--cache``, default a fresh
+temporary one, removed at the end; ``--in-memory``: no cache) and one OSEM sub-iteration
+with subset 0's image (``subsets.sensitivities[0]``); with ``--sensitivities N`` only the
+first N subsets' images, by ``m.sensitivity()``. ``simulate``:
 ``pet_dl.simulate.simulate_scan`` of a uniform water cylinder. ``build``: the projector,
 a model with sinogram-sized multiplicative (ones) and additive terms, and its 21 subset
 models: what is held before the first projection. Prints one markdown row:
@@ -26,6 +29,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse  # noqa: E402
 import resource  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 
 import torch  # noqa: E402
@@ -59,10 +63,10 @@ def _cylinder(image) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
     return (5000.0 * inside).float(), (0.0096 * inside).float()
 
 
-def run_setup(image, sensitivities: int, subsets: int) -> Clock:  # noqa: ANN001
+def run_setup(image, sensitivities: int | None, subsets: int, cache: str | None) -> Clock:  # noqa: ANN001
     from pet_dl.forward_model import PETForwardModel, SinogramProjector, attenuation_factors
     from pet_dl.geometry import SinogramGeometry, get_scanner
-    from pet_dl.recon.em import em_update
+    from pet_dl.recon.em import OrderedSubsets, em_update
 
     clock = Clock()
     sino = SinogramGeometry(get_scanner("mmr"), num_radial=344, span=11, max_ring_difference=60)
@@ -75,10 +79,15 @@ def run_setup(image, sensitivities: int, subsets: int) -> Clock:  # noqa: ANN001
     model = PETForwardModel(projector, mult, additive, calibration=1e-3)
     models = model.subsets(subsets)
     clock.lap("subset models")
-    sens = [m.sensitivity() for m in models[:sensitivities]]
-    clock.lap(f"{sensitivities} sensitivities")
     x = torch.ones(image.shape)
-    x = em_update(x, models[0], model.subset_data(y, 0, subsets), sens[0])
+    if sensitivities is not None:  # only some subsets' images, held by the subset models
+        sens = [m.sensitivity() for m in models[:sensitivities]]
+        clock.lap(f"{sensitivities} sensitivities")
+        x = em_update(x, models[0], model.subset_data(y, 0, subsets), sens[0])
+    else:  # as osem() does: all of them, cached (or in memory with --in-memory)
+        ordered = OrderedSubsets.of_scan(model, y, subsets, cache_dir=cache)
+        clock.lap(f"{subsets} sensitivities ({type(ordered.sensitivities).__name__})")
+        x = em_update(x, ordered.models[0], ordered.data[0], ordered.sensitivities[0])
     clock.lap("1 sub-iteration")
     return clock
 
@@ -118,7 +127,10 @@ def main() -> None:
     parser.add_argument("case", choices=["setup", "simulate", "build"])
     parser.add_argument("--grid", choices=sorted(GRIDS), default="native")
     parser.add_argument("--subsets", type=int, default=21)
-    parser.add_argument("--sensitivities", type=int, default=None, help="subset sensitivities computed (all)")
+    parser.add_argument("--sensitivities", type=int, default=None,
+                        help="only the first N subsets' sensitivities, by m.sensitivity() (default: all, as osem does)")
+    parser.add_argument("--cache", default=None, help="sensitivity cache folder (default: a temporary one)")
+    parser.add_argument("--in-memory", action="store_true", help="no sensitivity cache")
     parser.add_argument("--label", default="", help="first column (e.g. before / after)")
     args = parser.parse_args()
     from pet_dl.geometry import ImageGeometry
@@ -126,7 +138,9 @@ def main() -> None:
     shape, voxel = GRIDS[args.grid]
     image = ImageGeometry.centered(shape, voxel)
     if args.case == "setup":
-        clock = run_setup(image, args.sensitivities or args.subsets, args.subsets)
+        with tempfile.TemporaryDirectory(prefix="pet_dl-sens-") as tmp:
+            cache = None if args.in_memory else (args.cache or tmp)
+            clock = run_setup(image, args.sensitivities, args.subsets, cache)
     elif args.case == "build":
         clock = run_build(args.subsets)
     else:

@@ -11,15 +11,16 @@ is in Bq/mL with no rescaling.
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
 
-from pet_dl.recon.sensitivity import subset_sensitivities
+from pet_dl.recon.sensitivity import subset_sensitivities, subset_sensitivity_files
 
 if TYPE_CHECKING:
     from pet_dl.forward_model import PETForwardModel
@@ -200,9 +201,11 @@ def osem(
         progress: show a tqdm progress bar (one step per sub-iteration).
         callback: called as ``callback(k, x)`` after full iteration ``k`` (1-based) with
             the current image; for images along the iterations without re-running.
-        sensitivity_cache: directory for the subset sensitivity images (read when a
-            file for this geometry, normalisation and attenuation exists, else written;
-            :mod:`pet_dl.recon.sensitivity`); None: computed, not stored.
+        sensitivity_cache: directory for the subset sensitivity images (read when the
+            files for this geometry, normalisation and attenuation exist, else written;
+            :mod:`pet_dl.recon.sensitivity`); None: computed, not stored. When the images
+            together exceed :data:`LAZY_SENSITIVITY_BYTES` (3D), they stay on disk and
+            each sub-iteration reads its own (:meth:`OrderedSubsets.of_scan`).
 
     Returns:
         ``(*batch, nx, ny, nz)`` image in Bq/mL, non-negative.
@@ -222,6 +225,12 @@ def osem(
     return x
 
 
+LAZY_SENSITIVITY_BYTES = 256 * 2**20
+"""Above this many bytes of subset sensitivity images, :meth:`OrderedSubsets.of_scan` with a
+cache directory keeps them on disk and reads one per sub-iteration (the mMR span-11 native
+grid: 21 x 57 MiB); at or below it they stay in memory (2D, training batches)."""
+
+
 @dataclass(frozen=True)
 class OrderedSubsets:
     """A scan split into interleaved view subsets, ready for OSEM passes.
@@ -233,17 +242,21 @@ class OrderedSubsets:
         models: the ``S`` subset forward models.
         data: measured counts of each subset ``(*batch, *subset sino)``.
         sensitivities: each subset's sensitivity ``(nx, ny, nz)`` or ``(B, nx, ny, nz)``,
-            counts per Bq/mL (detached).
+            counts per Bq/mL (detached): a list in memory, or a
+            :class:`pet_dl.recon.sensitivity.SubsetSensitivityFiles` that reads subset
+            ``k``'s image from the cache when indexed (one in memory at a time).
         total_sensitivity: their sum (the full model's sensitivity).
         keep: per subset, the voxels it does not see but others do (they keep their value
-            in that subset's update), or ``None`` when there are none.
+            in that subset's update), or ``None`` when there are none; ``keep=None`` (with
+            sensitivities on disk): computed in each sub-iteration from the subset's image
+            (:meth:`subset_terms`).
     """
 
     models: list[PETForwardModel]
     data: list[torch.Tensor]
-    sensitivities: list[torch.Tensor]
+    sensitivities: Sequence[torch.Tensor]
     total_sensitivity: torch.Tensor
-    keep: list[torch.Tensor | None]
+    keep: list[torch.Tensor | None] | None
 
     @classmethod
     def of_scan(
@@ -252,17 +265,64 @@ class OrderedSubsets:
         y: torch.Tensor,
         num_subsets: int,
         cache_dir: str | os.PathLike[str] | None = None,
+        lazy: bool | None = None,
     ) -> OrderedSubsets:
         """Split ``model`` and its counts ``y (*batch, *sino)`` into ``num_subsets`` view subsets.
 
-        The subsets' data are strided views of ``y`` (no copies); ``cache_dir``: see
-        :func:`subset_models_and_sensitivities`.
+        The subsets' data are strided views of ``y`` (no copies).
+
+        Args:
+            model: the full forward model.
+            y: measured counts ``(*batch, *sino)``.
+            num_subsets: number of interleaved view subsets.
+            cache_dir: directory of cached sensitivity images, keyed by geometry,
+                normalisation and attenuation (:mod:`pet_dl.recon.sensitivity`); None: no
+                cache, the images are computed and kept in memory.
+            lazy: True: keep the sensitivity images on disk in ``cache_dir`` (computed one
+                subset at a time, each written when done) and read each when its
+                sub-iteration needs it; False: all in memory. None (default): on disk when
+                ``cache_dir`` is given and the images together exceed
+                :data:`LAZY_SENSITIVITY_BYTES`. Both give the same images and the same
+                OSEM iterates, bit for bit.
+
+        Raises:
+            ValueError: ``lazy=True`` without a ``cache_dir``, or for a model the cache
+                cannot key (not a ``SinogramProjector``, or another resolution model;
+                with ``lazy=None`` such a model stays in memory).
         """
-        models, sens = subset_models_and_sensitivities(model, num_subsets, cache_dir)
+        if lazy and cache_dir is None:
+            raise ValueError("lazy sensitivities need a cache_dir to keep them in")
+        if lazy is None:
+            lazy = cache_dir is not None and _sensitivity_bytes(model, num_subsets) > LAZY_SENSITIVITY_BYTES
+            forced = False
+        else:
+            forced = lazy
         data = [y] if num_subsets == 1 else [model.subset_data(y, k, num_subsets) for k in range(num_subsets)]
+        if lazy:
+            assert cache_dir is not None
+            models = _subset_models(model, num_subsets)
+            on_disk = subset_sensitivity_files(model, models, cache_dir)
+            if on_disk is not None:
+                files, total = on_disk
+                return cls(models, data, files, total, None)
+            if forced:
+                raise ValueError("this model's sensitivities cannot be cached (keyed), so not kept on disk")
+        models, sens = subset_models_and_sensitivities(model, num_subsets, cache_dir)
         total = _total_sensitivity(sens)
-        keep = [(s <= 0) & (total > 0) for s in sens]
-        return cls(models, data, sens, total, [k if bool(k.any()) else None for k in keep])
+        keep = [_keep_mask(s, total) for s in sens]
+        return cls(models, data, sens, total, keep)
+
+    def subset_terms(
+        self, k: int
+    ) -> tuple[PETForwardModel, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Subset ``k``'s model, counts, sensitivity image and keep mask (or None).
+
+        With the sensitivities on disk this reads subset ``k``'s image (and computes its
+        keep mask from it); drop them before asking for the next subset to hold one image.
+        """
+        sens = self.sensitivities[k]
+        keep = self.keep[k] if self.keep is not None else _keep_mask(sens, self.total_sensitivity)
+        return self.models[k], self.data[k], sens, keep
 
     def osem_pass(
         self, x: torch.Tensor, on_update: Callable[[], object] | None = None
@@ -273,9 +333,12 @@ class OrderedSubsets:
         returns the updated image, same shape and units. ``on_update`` is called after each
         subset's update (progress bars).
         """
-        for sub_model, sub_y, sens, keep in zip(self.models, self.data, self.sensitivities, self.keep):
+        for k in range(len(self.models)):
+            sub_model, sub_y, sens, keep = self.subset_terms(k)
             x_new = em_update(x, sub_model, sub_y, sens)
+            del sens  # on disk: freed before the next subset's image is read
             x = x_new if keep is None else torch.where(keep, x, x_new)
+            del keep, x_new
             if on_update is not None:
                 on_update()
         return x
@@ -300,10 +363,32 @@ def subset_models_and_sensitivities(
         ``(models, sensitivities)``: ``num_subsets`` models and images
         ``(nx, ny, nz)`` (or ``(B, nx, ny, nz)`` for batched factors), counts per Bq/mL.
     """
+    models = _subset_models(model, num_subsets)
+    return models, subset_sensitivities(model, models, cache_dir)
+
+
+def _subset_models(model: PETForwardModel, num_subsets: int) -> list[PETForwardModel]:
     models = [model] if num_subsets == 1 else list(model.subsets(num_subsets))
     if len(models) != num_subsets:
         raise ValueError(f"model.subsets({num_subsets}) returned {len(models)} subsets")
-    return models, subset_sensitivities(model, models, cache_dir)
+    return models
+
+
+def _sensitivity_bytes(model: PETForwardModel, num_subsets: int) -> int:
+    """Bytes of ``num_subsets`` sensitivity images of ``model`` (0 if it cannot tell)."""
+    in_shape = getattr(model, "in_shape", None)
+    linear = getattr(model, "linear", None)
+    if in_shape is None or linear is None:
+        return 0
+    dtype, _ = linear.reference()
+    batch = getattr(model, "batch_size", None) or 1
+    return num_subsets * batch * math.prod(in_shape) * torch.empty((), dtype=dtype).element_size()
+
+
+def _keep_mask(sens: torch.Tensor, total: torch.Tensor) -> torch.Tensor | None:
+    """Voxels a subset does not see but others do (``sens <= 0 < total``), or None if none."""
+    keep = (sens <= 0) & (total > 0)
+    return keep if bool(keep.any()) else None
 
 
 def _total_sensitivity(subset_sens: list[torch.Tensor]) -> torch.Tensor:

@@ -2,14 +2,24 @@
 
 The sensitivity of subset ``k`` is ``s_k = A_k^T 1`` (``A_k``: the subset's forward model,
 counts per Bq/mL). :func:`subset_sensitivities` backprojects each subset's weights once
-(together one backprojection of the whole sinogram), sets the full model's sensitivity
-to their sum (so nobody backprojects the whole sinogram a second time) and, given a cache
-directory, stores them in one file named by a hash of everything they depend on: the
-sinogram and image geometry, the projector's views, the resolution model, the
-calibration, the multiplicative term (attenuation x normalisation, hashed by value), the
-number of subsets and the dtype. A later run with the same scan geometry, normalisation
-and attenuation reads the file instead of backprojecting (as STIR and NiftyPET keep
-sensitivity images); any change to one of them changes the name.
+(together one backprojection of the whole sinogram) and sets the full model's sensitivity
+to their sum (so nobody backprojects the whole sinogram a second time).
+
+Given a cache directory, the images are stored in a folder ``sens-<key>`` of it, one file
+per subset (``subset-000.pt``, ...) and their sum (``total.pt``, written last: its presence
+marks a complete set). The key is a hash of everything they depend on: the sinogram and
+image geometry, the projector's views, the resolution model, the calibration, the
+multiplicative term (attenuation x normalisation, hashed by value), the number of subsets
+and the dtype. A later run with the same scan geometry, normalisation and attenuation reads
+the files instead of backprojecting (as STIR and NiftyPET keep sensitivity images); any
+change to one of them changes the name.
+
+Two ways to hold them: :func:`subset_sensitivities` returns them all in memory (2D, the
+batched models of training); :func:`subset_sensitivity_files` computes them one subset at a
+time, writes each to the cache as soon as it is done and keeps only the running sum, and
+returns a :class:`SubsetSensitivityFiles` that reads one subset's image when it is asked
+for (3D: the mMR span-11 native grid has 21 x 57 MiB of them). Both give the same images
+bit for bit.
 """
 
 from __future__ import annotations
@@ -18,18 +28,26 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, overload
 
 import torch
 
 if TYPE_CHECKING:
     from pet_dl.forward_model import PETForwardModel
 
-__all__ = ["CACHE_VERSION", "sensitivity_cache_key", "subset_sensitivities"]
+__all__ = [
+    "CACHE_VERSION",
+    "SubsetSensitivityFiles",
+    "sensitivity_cache_key",
+    "subset_sensitivities",
+    "subset_sensitivity_files",
+]
 
-# Bump when the projector or the sensitivity's definition changes (stale files are ignored).
-CACHE_VERSION = "pet_dl-sensitivity-1"
+# Bump when the projector, the sensitivity's definition or the file layout changes (stale
+# files are ignored). 2: one file per subset in a folder, and their sum.
+CACHE_VERSION = "pet_dl-sensitivity-2"
 
 
 def _tensor_digest(h: hashlib._Hash, t: torch.Tensor | None, name: str) -> None:
@@ -79,28 +97,129 @@ def sensitivity_cache_key(model: PETForwardModel, num_subsets: int, dtype: torch
     return h.hexdigest()
 
 
-def _load(path: Path, num_subsets: int, shape: tuple[int, ...], dtype: torch.dtype) -> list[torch.Tensor] | None:
+class SubsetSensitivityFiles(Sequence[torch.Tensor]):
+    """Subset sensitivity images kept on disk, one file each, read when indexed.
+
+    Holds no image: ``files[k]`` reads subset ``k``'s file each time (``(nx, ny, nz)`` or
+    ``(B, nx, ny, nz)``, counts per Bq/mL, on ``device``), so a loop that drops each image
+    before asking for the next has one in memory. Built by
+    :func:`subset_sensitivity_files`.
+
+    Args:
+        paths: one ``.pt`` file per subset (a tensor saved by ``torch.save``).
+        shape: the images' shape.
+        dtype: their dtype.
+        device: where ``files[k]`` puts them.
+    """
+
+    def __init__(
+        self, paths: Sequence[Path], shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
+    ) -> None:
+        self.paths = tuple(Path(p) for p in paths)
+        self.shape = tuple(shape)
+        self.dtype = dtype
+        self.device = torch.device(device)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @overload
+    def __getitem__(self, k: int) -> torch.Tensor: ...
+
+    @overload
+    def __getitem__(self, k: slice) -> list[torch.Tensor]: ...
+
+    def __getitem__(self, k: int | slice) -> torch.Tensor | list[torch.Tensor]:
+        if isinstance(k, slice):
+            return [self[i] for i in range(*k.indices(len(self)))]
+        path = self.paths[k]  # IndexError ends iteration
+        s = _read(path, self.shape, self.dtype, map_location=self.device)
+        if s is None:
+            raise RuntimeError(f"sensitivity file {path} is missing or changed since it was written")
+        return s
+
+    def __repr__(self) -> str:
+        folder = self.paths[0].parent if self.paths else None
+        return f"SubsetSensitivityFiles({len(self)} x {self.shape} {self.dtype}, {folder})"
+
+
+def _read(
+    path: Path, shape: tuple[int, ...], dtype: torch.dtype, map_location: torch.device | str = "cpu",
+    mmap: bool = False,
+) -> torch.Tensor | None:
+    """The tensor in ``path`` if it has ``shape`` and ``dtype``, else None (also when the file
+    is missing, unreadable, foreign or half-written). ``mmap``: map it without reading the
+    data (a cheap check of the file)."""
     try:
-        stored = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - unreadable, foreign or half-written: recompute
+        stored = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except Exception:  # noqa: BLE001 - missing, unreadable, foreign or half-written: recompute
         return None
-    if not isinstance(stored, list) or len(stored) != num_subsets:
-        return None
-    if any(not isinstance(s, torch.Tensor) or tuple(s.shape) != shape or s.dtype != dtype for s in stored):
+    if not isinstance(stored, torch.Tensor) or tuple(stored.shape) != shape or stored.dtype != dtype:
         return None
     return stored
 
 
-def _save(path: Path, sens: list[torch.Tensor]) -> None:
+def _write(path: Path, t: torch.Tensor) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     os.close(fd)
     try:
-        torch.save([s.detach().cpu() for s in sens], tmp)
+        torch.save(t.detach().cpu(), tmp)
         os.replace(tmp, path)  # atomic: a concurrent reader sees the old or the new file
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+class _Cache:
+    """The cache folder of one model's subset sensitivities."""
+
+    def __init__(self, folder: Path, num_subsets: int, shape: tuple[int, ...], dtype: torch.dtype) -> None:
+        self.folder = folder
+        self.subset_paths = [folder / f"subset-{k:03d}.pt" for k in range(num_subsets)]
+        self.total_path = folder / "total.pt"
+        self.shape = shape
+        self.dtype = dtype
+
+    @classmethod
+    def of(cls, model: PETForwardModel, num_subsets: int, cache_dir: str | os.PathLike[str]) -> _Cache | None:
+        dtype, _ = model.linear.reference()
+        key = sensitivity_cache_key(model, num_subsets, dtype)
+        if key is None:
+            return None
+        return cls(Path(cache_dir) / f"sens-{key}", num_subsets, _image_shape(model), dtype)
+
+    def complete(self) -> bool:
+        """Whether the sum and every subset's file are there and readable (the subsets'
+        files are mapped, not read)."""
+        if not self.total_path.exists():
+            return False
+        return all(_read(p, self.shape, self.dtype, mmap=True) is not None for p in self.subset_paths)
+
+    def read_total(self, device: torch.device) -> torch.Tensor | None:
+        return _read(self.total_path, self.shape, self.dtype, map_location=device)
+
+    def read_all(self, device: torch.device) -> list[torch.Tensor] | None:
+        sens = [_read(p, self.shape, self.dtype, map_location=device) for p in self.subset_paths]
+        return None if any(s is None for s in sens) else sens  # type: ignore[return-value]
+
+    def start(self) -> None:
+        """Before writing a new set: remove an old sum, so a set is complete only once
+        every subset's new file is written."""
+        self.total_path.unlink(missing_ok=True)
+
+
+def _ours(model: PETForwardModel, models: list[PETForwardModel]) -> bool:
+    from pet_dl.forward_model import PETForwardModel
+
+    return isinstance(model, PETForwardModel) and all(isinstance(m, PETForwardModel) for m in models)
+
+
+def _sum(sens: Sequence[torch.Tensor]) -> torch.Tensor:
+    total = sens[0]
+    for s in sens[1:]:
+        total = total + s
+    return total
 
 
 def subset_sensitivities(
@@ -108,45 +227,88 @@ def subset_sensitivities(
     models: list[PETForwardModel],
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> list[torch.Tensor]:
-    """Sensitivity images of the subset models ``models`` of ``model``, in one pass.
+    """Sensitivity images of the subset models ``models`` of ``model``, in one pass, in memory.
+
+    Each subset model keeps its own image (``m.sensitivity()``).
 
     Args:
         model: the full forward model (its sensitivity is set to the subsets' sum).
         models: ``model.subsets(S)`` (or ``[model]`` for one subset).
         cache_dir: directory of cached sensitivities (created when needed); None: no
-            cache. A file is read when its key (:func:`sensitivity_cache_key`) matches.
+            cache. The files are read when their key (:func:`sensitivity_cache_key`)
+            matches, else written.
 
     Returns:
         ``S`` detached images ``(nx, ny, nz)`` (or ``(B, nx, ny, nz)`` with batched
         factors), counts per Bq/mL, on the model's device.
     """
-    from pet_dl.forward_model import PETForwardModel
-
-    ours = isinstance(model, PETForwardModel) and all(isinstance(m, PETForwardModel) for m in models)
-    path = None
-    if cache_dir is not None and ours:
-        dtype, device = model.linear.reference()
-        key = sensitivity_cache_key(model, len(models), dtype)
-        path = Path(cache_dir) / f"sens-{key}.pt" if key is not None else None
+    ours = _ours(model, models)
+    cache = _Cache.of(model, len(models), cache_dir) if cache_dir is not None and ours else None
     sens = None
-    if path is not None and path.exists():
-        sens = _load(path, len(models), _image_shape(model), dtype)
+    if cache is not None and cache.complete():
+        _, device = model.linear.reference()
+        sens = cache.read_all(device)
         if sens is not None:
-            sens = [s.to(device) for s in sens]
             for m, s in zip(models, sens):
                 if m._sensitivity is None:
                     m._sensitivity = s
     if sens is None:
         with torch.no_grad():
             sens = [m.sensitivity().detach() for m in models]
-        if path is not None:
-            _save(path, sens)
+        if cache is not None:
+            cache.start()
+            for path, s in zip(cache.subset_paths, sens):
+                _write(path, s)
+            _write(cache.total_path, _sum(sens))
     if ours and model._sensitivity is None and len(models) > 1:
-        total = sens[0]
-        for s in sens[1:]:
-            total = total + s
-        model._sensitivity = total
+        model._sensitivity = _sum(sens)
     return sens
+
+
+def subset_sensitivity_files(
+    model: PETForwardModel,
+    models: list[PETForwardModel],
+    cache_dir: str | os.PathLike[str],
+) -> tuple[SubsetSensitivityFiles, torch.Tensor] | None:
+    """Subset sensitivity images on disk, with at most one of them in memory at a time.
+
+    When the cache has no complete set for this model, each subset's image is computed
+    (one backprojection of its own bins), written to its file at once and dropped; only
+    the running sum stays in memory. The subset models do not keep their images (their
+    ``sensitivity()`` would backproject again: use the returned files).
+
+    Args:
+        model: the full forward model (its sensitivity is set to the subsets' sum).
+        models: ``model.subsets(S)`` (or ``[model]`` for one subset).
+        cache_dir: directory of the cache (created when needed).
+
+    Returns:
+        ``(files, total)``: the ``S`` images as :class:`SubsetSensitivityFiles` and their
+        sum ``(nx, ny, nz)`` (or ``(B, nx, ny, nz)``), counts per Bq/mL, on the model's
+        device; both bit for bit what :func:`subset_sensitivities` gives. None when the
+        model cannot be keyed (:func:`sensitivity_cache_key`): keep it in memory.
+    """
+    cache = _Cache.of(model, len(models), cache_dir) if _ours(model, models) else None
+    if cache is None:
+        return None
+    _, device = model.linear.reference()
+    total = cache.read_total(device) if cache.complete() else None
+    if total is None:
+        cache.start()
+        for k, (m, path) in enumerate(zip(models, cache.subset_paths)):
+            kept = m._sensitivity is not None
+            with torch.no_grad():
+                s = m.sensitivity().detach()
+            if not kept:
+                m._sensitivity = None  # the file holds it
+            _write(path, s)
+            total = s if k == 0 else total + s
+            del s
+        assert total is not None
+        _write(cache.total_path, total)
+    if model._sensitivity is None:
+        model._sensitivity = total
+    return SubsetSensitivityFiles(cache.subset_paths, cache.shape, cache.dtype, device), total
 
 
 def _image_shape(model: PETForwardModel) -> tuple[int, ...]:
