@@ -149,12 +149,15 @@ def load_recipe(recipe: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str,
 
 def _check_texture(texture: Any) -> None:
     """Raise ValueError unless ``texture`` is None or ``{amplitude: [lo, hi], correlation_mm: [lo, hi]}``
-    with ``0 <= amplitude lo <= hi <= 1`` and ``0 < correlation lo <= hi``."""
+    (optionally ``blur_fwhm_mm: [lo, hi]``) with ``0 <= amplitude lo <= hi <= 1``,
+    ``0 < correlation lo <= hi`` and ``0 <= blur lo <= hi``."""
     if texture is None:
         return
-    if not isinstance(texture, Mapping) or set(texture) != {"amplitude", "correlation_mm"}:
-        raise ValueError("texture must be {amplitude: [low, high], correlation_mm: [low, high]}")
-    for key in ("amplitude", "correlation_mm"):
+    keys = set(texture) if isinstance(texture, Mapping) else set()
+    if not {"amplitude", "correlation_mm"} <= keys <= {"amplitude", "correlation_mm", "blur_fwhm_mm"}:
+        raise ValueError("texture must be {amplitude: [low, high], correlation_mm: [low, high]} "
+                         "and optionally blur_fwhm_mm: [low, high]")
+    for key in sorted(keys):
         v = texture[key]
         if not (isinstance(v, Sequence) and len(v) == 2 and all(isinstance(a, (int, float)) for a in v)):
             raise ValueError(f"texture {key} must be [low, high], got {v!r}")
@@ -163,6 +166,9 @@ def _check_texture(texture: Any) -> None:
         raise ValueError(f"texture amplitude must lie in [0, 1] with low <= high, got {[alo, ahi]}")
     if not 0 < clo <= chi:
         raise ValueError(f"texture correlation_mm must be > 0 with low <= high, got {[clo, chi]}")
+    blo, bhi = texture.get("blur_fwhm_mm", (0.0, 0.0))
+    if not 0 <= blo <= bhi:
+        raise ValueError(f"texture blur_fwhm_mm must be >= 0 with low <= high, got {[blo, bhi]}")
 
 
 def split_seeds(recipe: Mapping[str, Any], split: str) -> range:
@@ -227,8 +233,9 @@ def phantom_of_seed(recipe: Mapping[str, Any], seed: int, image: ImageGeometry |
 
     Deterministic: one generator seeded with ``seed`` draws the phantom, then the number
     of lesions (uniform in the recipe's ``lesions.count = [min, max]``), then the lesions.
-    ``texture: {amplitude: [lo, hi], correlation_mm: [lo, hi]}`` multiplies the activity by
-    a fine-scale random field (:func:`pet_dl.phantoms.texture.add_texture`) drawn from a
+    ``texture: {amplitude: [lo, hi], correlation_mm: [lo, hi], blur_fwhm_mm: [lo, hi]}``
+    multiplies the activity by a fine-scale random field and (optionally) softens its edges
+    (:func:`pet_dl.phantoms.texture.add_texture`), drawn from a
     generator of its own (seed ``seed + TEXTURE_SEED_OFFSET``), before the lesions: the
     same seed gives the same anatomy and lesions with or without it.
 
@@ -256,7 +263,8 @@ def phantom_of_seed(recipe: Mapping[str, Any], seed: int, image: ImageGeometry |
         from pet_dl.phantoms.texture import add_texture
 
         g_texture = torch.Generator().manual_seed(int(seed) + TEXTURE_SEED_OFFSET)
-        phantom = add_texture(phantom, g_texture, tuple(texture["amplitude"]), tuple(texture["correlation_mm"]))
+        phantom = add_texture(phantom, g_texture, tuple(texture["amplitude"]), tuple(texture["correlation_mm"]),
+                              tuple(texture.get("blur_fwhm_mm", (0.0, 0.0))))
     return add_recipe_lesions(recipe, phantom, g)
 
 

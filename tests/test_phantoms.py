@@ -387,3 +387,23 @@ def test_texture_keeps_zero_mu_labels_and_the_mean_uptake_of_a_flat_region() -> 
         add_texture(flat, torch.Generator(), (0.3, 0.1), (4.0, 4.0))
     with pytest.raises(ValueError, match="correlation"):
         add_texture(flat, torch.Generator(), (0.1, 0.3), (0.0, 4.0))
+
+
+def test_texture_blur_softens_edges_and_keeps_the_total_activity() -> None:
+    """The soft-edge option: the blurred step's 10-90 % rise is 2.56 sigma wide (a
+    Gaussian's), and the total activity of an object inside the grid is kept."""
+    from pet_dl.phantoms import image_phantom
+    from pet_dl.phantoms.texture import FWHM_PER_SIGMA, add_texture
+
+    image = ImageGeometry.centered((128, 128, 1), 1.0)
+    activity = torch.zeros(128, 128, 1)
+    activity[32:96, 32:96] = 1000.0
+    flat = image_phantom(activity, torch.where(activity > 0, 0.0096, 0.0), image, image)
+    soft = add_texture(flat, torch.Generator().manual_seed(1), (0.0, 0.0), (2.0, 2.0), (8.0, 8.0))
+    assert float(soft.activity.sum()) == pytest.approx(float(flat.activity.sum()), rel=1e-5)
+    profile = soft.activity[:, 64, 0] / 1000.0
+    rise = torch.nonzero((profile > 0.1) & (profile < 0.9) & (torch.arange(128) < 64)).flatten()
+    assert len(rise) == pytest.approx(2.563 * 8.0 / FWHM_PER_SIGMA, abs=1.0)
+    assert soft.extra["texture_blur_fwhm_mm"] == 8.0
+    sharp = add_texture(flat, torch.Generator().manual_seed(1), (0.0, 0.0), (2.0, 2.0))
+    assert torch.equal(sharp.activity, flat.activity) and "texture_blur_fwhm_mm" not in sharp.extra
