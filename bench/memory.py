@@ -8,10 +8,13 @@
 ``setup``: the full 3D mMR span-11 sinogram (837 x 252 x 344 = 72.6 M bins); attenuation
 of a 200 mm water cylinder (one forward projection), synthetic Poisson counts and a flat
 background, ``model.subsets(21)``, the 21 subset sensitivity images through
-``OrderedSubsets.of_scan`` with a sensitivity cache folder (``--cache``, default a fresh
-temporary one, removed at the end; ``--in-memory``: no cache) and one OSEM sub-iteration
-with subset 0's image (``subsets.sensitivities[0]``); with ``--sensitivities N`` only the
-first N subsets' images, by ``m.sensitivity()``. ``simulate``:
+``OrderedSubsets.of_scan`` as ``osem()`` builds them: with ``--cache DIR`` in that
+sensitivity cache folder, without it as ``osem(..., sensitivity_cache=None)`` does (above
+``LAZY_SENSITIVITY_BYTES``, 256 MiB, on disk in a temporary folder that ``of_scan`` makes
+and removes; ``--lazy-bytes N`` sets that threshold, e.g. 0 to put a small grid's images on
+disk); ``--in-memory``: all in memory (``lazy=False``). Then one OSEM sub-iteration with
+subset 0's image (``subsets.sensitivities[0]``); with ``--sensitivities N`` only the first
+N subsets' images, by ``m.sensitivity()``. ``simulate``:
 ``pet_dl.simulate.simulate_scan`` of a uniform water cylinder. ``build``: the projector,
 a model with sinogram-sized multiplicative (ones) and additive terms, and its 21 subset
 models: what is held before the first projection. Prints one markdown row:
@@ -29,7 +32,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse  # noqa: E402
 import resource  # noqa: E402
 import sys  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
 
 import torch  # noqa: E402
@@ -63,7 +65,8 @@ def _cylinder(image) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
     return (5000.0 * inside).float(), (0.0096 * inside).float()
 
 
-def run_setup(image, sensitivities: int | None, subsets: int, cache: str | None) -> Clock:  # noqa: ANN001
+def run_setup(image, sensitivities: int | None, subsets: int, cache: str | None,  # noqa: ANN001
+              in_memory: bool = False) -> Clock:
     from pet_dl.forward_model import PETForwardModel, SinogramProjector, attenuation_factors
     from pet_dl.geometry import SinogramGeometry, get_scanner
     from pet_dl.recon.em import OrderedSubsets, em_update
@@ -84,10 +87,14 @@ def run_setup(image, sensitivities: int | None, subsets: int, cache: str | None)
         sens = [m.sensitivity() for m in models[:sensitivities]]
         clock.lap(f"{sensitivities} sensitivities")
         x = em_update(x, models[0], model.subset_data(y, 0, subsets), sens[0])
-    else:  # as osem() does: all of them, cached (or in memory with --in-memory)
-        ordered = OrderedSubsets.of_scan(model, y, subsets, cache_dir=cache)
-        clock.lap(f"{subsets} sensitivities ({type(ordered.sensitivities).__name__})")
+    else:  # as osem() does: all of them (in memory with --in-memory)
+        extra = {"lazy": False} if in_memory else {}  # older code: no lazy argument
+        ordered = OrderedSubsets.of_scan(model, y, subsets, cache_dir=cache, **extra)
+        where = "" if cache is not None else " no cache folder"
+        clock.lap(f"{subsets} sensitivities ({type(ordered.sensitivities).__name__}{where})")
         x = em_update(x, ordered.models[0], ordered.data[0], ordered.sensitivities[0])
+        if hasattr(ordered, "close"):
+            ordered.close()
     clock.lap("1 sub-iteration")
     return clock
 
@@ -129,8 +136,11 @@ def main() -> None:
     parser.add_argument("--subsets", type=int, default=21)
     parser.add_argument("--sensitivities", type=int, default=None,
                         help="only the first N subsets' sensitivities, by m.sensitivity() (default: all, as osem does)")
-    parser.add_argument("--cache", default=None, help="sensitivity cache folder (default: a temporary one)")
-    parser.add_argument("--in-memory", action="store_true", help="no sensitivity cache")
+    parser.add_argument("--cache", default=None,
+                        help="sensitivity cache folder (default: none, as osem's sensitivity_cache=None)")
+    parser.add_argument("--in-memory", action="store_true", help="all sensitivities in memory (lazy=False)")
+    parser.add_argument("--lazy-bytes", type=int, default=None,
+                        help="set pet_dl.recon.em.LAZY_SENSITIVITY_BYTES (default: the library's)")
     parser.add_argument("--label", default="", help="first column (e.g. before / after)")
     args = parser.parse_args()
     from pet_dl.geometry import ImageGeometry
@@ -138,9 +148,11 @@ def main() -> None:
     shape, voxel = GRIDS[args.grid]
     image = ImageGeometry.centered(shape, voxel)
     if args.case == "setup":
-        with tempfile.TemporaryDirectory(prefix="pet_dl-sens-") as tmp:
-            cache = None if args.in_memory else (args.cache or tmp)
-            clock = run_setup(image, args.sensitivities, args.subsets, cache)
+        if args.lazy_bytes is not None:
+            from pet_dl.recon import em
+
+            em.LAZY_SENSITIVITY_BYTES = args.lazy_bytes
+        clock = run_setup(image, args.sensitivities, args.subsets, args.cache, args.in_memory)
     elif args.case == "build":
         clock = run_build(args.subsets)
     else:

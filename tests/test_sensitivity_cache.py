@@ -3,6 +3,9 @@ normalisation and attenuation."""
 
 from __future__ import annotations
 
+import gc
+import logging
+import tempfile
 import weakref
 from pathlib import Path
 
@@ -11,7 +14,7 @@ import torch
 
 from pet_dl.forward_model import PETForwardModel, SinogramProjector
 from pet_dl.geometry import ImageGeometry, SinogramGeometry, get_scanner
-from pet_dl.recon import OrderedSubsets, em, osem, uniform_initial_image
+from pet_dl.recon import OrderedSubsets, em, osem, sensitivity, uniform_initial_image
 from pet_dl.recon.em import subset_models_and_sensitivities
 from pet_dl.recon.sensitivity import SubsetSensitivityFiles, sensitivity_cache_key
 
@@ -141,6 +144,83 @@ def test_sensitivities_on_disk_give_the_same_osem_with_one_image_at_a_time(
     assert torch.equal(osem(model, y_run, 2, subsets, sensitivity_cache=tmp_path), expected)
     assert isinstance(OrderedSubsets.of_scan(model, y_run, subsets, cache_dir=tmp_path).sensitivities,
                       SubsetSensitivityFiles)
-    assert isinstance(OrderedSubsets.of_scan(model, y_run, subsets).sensitivities, list)  # no cache: memory
-    with pytest.raises(ValueError, match="cache_dir"):
-        OrderedSubsets.of_scan(model, y_run, subsets, lazy=True)
+    assert isinstance(OrderedSubsets.of_scan(model, y_run, subsets, lazy=False).sensitivities, list)
+
+
+def test_without_a_cache_large_sensitivities_go_to_a_temporary_folder_removed_afterwards(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    subsets = 6
+    model, y = _wide_3d_model()
+    expected = osem(model, y, 2, subsets)  # default threshold: in memory, no folder
+    with OrderedSubsets.of_scan(model, y, subsets) as small:
+        assert isinstance(small.sensitivities, list)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the system temp dir, here one we watch
+    assert not list(tmp_path.iterdir())
+    monkeypatch.setattr(em, "LAZY_SENSITIVITY_BYTES", 0)
+
+    # osem without a cache folder: the images in a temporary folder while it runs, then gone
+    # (removed by osem itself: the files object is kept alive here, so not by garbage collection)
+    made: list[SubsetSensitivityFiles] = []
+    original = em.subset_sensitivity_files
+
+    def recorded(*args: object, **kwargs: object) -> tuple[SubsetSensitivityFiles, torch.Tensor] | None:
+        out = original(*args, **kwargs)  # type: ignore[arg-type]
+        if out is not None:
+            made.append(out[0])
+        return out
+
+    monkeypatch.setattr(em, "subset_sensitivity_files", recorded)
+    seen: list[tuple[Path, int]] = []
+    model, y = _wide_3d_model()
+    caplog.set_level(logging.WARNING, logger="pet_dl.recon.sensitivity")
+    x = osem(model, y, 2, subsets, callback=lambda k, _: seen.extend(
+        (d, len(list(d.rglob("subset-*.pt")))) for d in tmp_path.iterdir()))
+    assert torch.equal(x, expected)  # bit for bit the in-memory OSEM
+    assert len(seen) == 2 and seen[0][0] == seen[1][0] and seen[0][0].name.startswith("pet_dl-sens-")
+    assert seen[0][1] == subsets  # one file per subset, there during the iterations
+    assert not seen[0][0].exists() and not list(tmp_path.iterdir())  # removed afterwards
+    assert len(made) == 1 and made[0].closed
+    logged = [r.getMessage() for r in caplog.records if "temporary" in r.getMessage()]
+    assert len(logged) == 1 and str(seen[0][0]) in logged[0] and "MiB" in logged[0]
+
+    # removed when the reconstruction fails, too
+    def stop(k: int, _: torch.Tensor) -> None:
+        assert len(list(tmp_path.iterdir())) == 1
+        raise RuntimeError("stopped")
+
+    with pytest.raises(RuntimeError, match="stopped"):
+        osem(_wide_3d_model()[0], y, 2, subsets, callback=stop)
+    assert not list(tmp_path.iterdir()) and len(made) == 2 and made[1].closed
+    monkeypatch.setattr(em, "subset_sensitivity_files", original)  # no more references kept
+    made.clear()
+
+    def full_disk(path: Path, t: torch.Tensor) -> None:
+        raise OSError(28, "No space left on device", str(path))
+
+    with monkeypatch.context() as m, pytest.raises(OSError, match="space"):  # and when writing fails
+        m.setattr(sensitivity, "_write", full_disk)
+        OrderedSubsets.of_scan(_wide_3d_model()[0], y, subsets)
+    assert not list(tmp_path.iterdir())
+
+    # the object alone: close() removes the folder (idempotent), and so does garbage collection
+    ordered = OrderedSubsets.of_scan(_wide_3d_model()[0], y, subsets)
+    files = ordered.sensitivities
+    assert isinstance(files, SubsetSensitivityFiles) and files.temporary is not None
+    folder = files.temporary
+    assert folder.parent == tmp_path and len(list(folder.rglob("*.pt"))) == subsets + 1
+    ordered.close()
+    ordered.close()
+    assert not folder.exists()
+    with pytest.raises(RuntimeError, match="removed"):
+        ordered.sensitivities[0]
+    ordered = OrderedSubsets.of_scan(_wide_3d_model()[0], y, subsets)
+    folder = ordered.sensitivities.temporary
+    assert folder is not None and folder.exists()
+    del ordered, files
+    gc.collect()
+    assert not folder.exists()
+    # a cache folder is the caller's: closing keeps it
+    with OrderedSubsets.of_scan(_wide_3d_model()[0], y, subsets, cache_dir=tmp_path / "cache") as cached:
+        assert cached.sensitivities.temporary is None
+    assert len(list((tmp_path / "cache").rglob("subset-*.pt"))) == subsets

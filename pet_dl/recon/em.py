@@ -203,21 +203,22 @@ def osem(
             the current image; for images along the iterations without re-running.
         sensitivity_cache: directory for the subset sensitivity images (read when the
             files for this geometry, normalisation and attenuation exist, else written;
-            :mod:`pet_dl.recon.sensitivity`); None: computed, not stored. When the images
-            together exceed :data:`LAZY_SENSITIVITY_BYTES` (3D), they stay on disk and
-            each sub-iteration reads its own (:meth:`OrderedSubsets.of_scan`).
+            :mod:`pet_dl.recon.sensitivity`); None: computed, not kept after the call.
+            When the images together exceed :data:`LAZY_SENSITIVITY_BYTES` (3D), they
+            stay on disk and each sub-iteration reads its own
+            (:meth:`OrderedSubsets.of_scan`); without a cache directory in a temporary
+            folder, removed when this function returns or raises.
 
     Returns:
         ``(*batch, nx, ny, nz)`` image in Bq/mL, non-negative.
     """
     _check_iterations(num_iterations, num_subsets)
     _check_data(y)
-    subsets = OrderedSubsets.of_scan(model, y, num_subsets, cache_dir=sensitivity_cache)
-    x = _initial(x0, model, y, subsets.total_sensitivity)
-    with tqdm(
+    with OrderedSubsets.of_scan(model, y, num_subsets, cache_dir=sensitivity_cache) as subsets, tqdm(
         total=num_iterations * num_subsets, desc="OSEM" if num_subsets > 1 else "MLEM",
         unit="update", disable=not progress, leave=False,
     ) as bar:
+        x = _initial(x0, model, y, subsets.total_sensitivity)
         for iteration in range(1, num_iterations + 1):
             x = subsets.osem_pass(x, on_update=lambda: bar.update(1))
             if callback is not None:
@@ -226,9 +227,10 @@ def osem(
 
 
 LAZY_SENSITIVITY_BYTES = 256 * 2**20
-"""Above this many bytes of subset sensitivity images, :meth:`OrderedSubsets.of_scan` with a
-cache directory keeps them on disk and reads one per sub-iteration (the mMR span-11 native
-grid: 21 x 57 MiB); at or below it they stay in memory (2D, training batches)."""
+"""Above this many bytes of subset sensitivity images, :meth:`OrderedSubsets.of_scan` keeps
+them on disk (in the cache directory, or a temporary folder without one) and reads one per
+sub-iteration (the mMR span-11 native grid: 21 x 57 MiB); at or below it they stay in
+memory (2D, training batches)."""
 
 
 @dataclass(frozen=True)
@@ -236,7 +238,10 @@ class OrderedSubsets:
     """A scan split into interleaved view subsets, ready for OSEM passes.
 
     Built once per scan (:meth:`of_scan`) and used by :func:`osem` and by the unrolled
-    networks' data steps (``pet_dl.models.UnrolledEM(data_subsets=...)``).
+    networks' data steps (``pet_dl.models.UnrolledEM(data_subsets=...)``). A context
+    manager: leaving the ``with`` block (or :meth:`close`) removes the temporary folder of
+    sensitivities kept on disk without a cache directory; garbage collection removes it
+    too. In memory or in a cache, closing does nothing.
 
     Attributes:
         models: the ``S`` subset forward models.
@@ -277,29 +282,29 @@ class OrderedSubsets:
             num_subsets: number of interleaved view subsets.
             cache_dir: directory of cached sensitivity images, keyed by geometry,
                 normalisation and attenuation (:mod:`pet_dl.recon.sensitivity`); None: no
-                cache, the images are computed and kept in memory.
-            lazy: True: keep the sensitivity images on disk in ``cache_dir`` (computed one
-                subset at a time, each written when done) and read each when its
-                sub-iteration needs it; False: all in memory. None (default): on disk when
-                ``cache_dir`` is given and the images together exceed
-                :data:`LAZY_SENSITIVITY_BYTES`. Both give the same images and the same
+                cache, the images are not kept after this object (in memory, or on disk in
+                a temporary folder, see ``lazy``).
+            lazy: True: keep the sensitivity images on disk (computed one subset at a
+                time, each written when done) and read each when its sub-iteration needs
+                it: in ``cache_dir``, or without one in a new temporary folder (its place
+                and size logged; removed by :meth:`close`, at the end of a ``with`` block
+                or when this object is garbage-collected); False: all in memory. None
+                (default): on disk when the images together exceed
+                :data:`LAZY_SENSITIVITY_BYTES`. All give the same images and the same
                 OSEM iterates, bit for bit.
 
         Raises:
-            ValueError: ``lazy=True`` without a ``cache_dir``, or for a model the cache
-                cannot key (not a ``SinogramProjector``, or another resolution model;
-                with ``lazy=None`` such a model stays in memory).
+            ValueError: ``lazy=True`` for a model the cache cannot key (not a
+                ``SinogramProjector``, or another resolution model; with ``lazy=None``
+                such a model stays in memory).
         """
-        if lazy and cache_dir is None:
-            raise ValueError("lazy sensitivities need a cache_dir to keep them in")
         if lazy is None:
-            lazy = cache_dir is not None and _sensitivity_bytes(model, num_subsets) > LAZY_SENSITIVITY_BYTES
+            lazy = _sensitivity_bytes(model, num_subsets) > LAZY_SENSITIVITY_BYTES
             forced = False
         else:
             forced = lazy
         data = [y] if num_subsets == 1 else [model.subset_data(y, k, num_subsets) for k in range(num_subsets)]
         if lazy:
-            assert cache_dir is not None
             models = _subset_models(model, num_subsets)
             on_disk = subset_sensitivity_files(model, models, cache_dir)
             if on_disk is not None:
@@ -311,6 +316,20 @@ class OrderedSubsets:
         total = _total_sensitivity(sens)
         keep = [_keep_mask(s, total) for s in sens]
         return cls(models, data, sens, total, keep)
+
+    def close(self) -> None:
+        """Remove the temporary folder of the sensitivities on disk, if they have one
+        (kept without a cache directory); idempotent. Nothing to do in memory or in a
+        cache directory. After it, :meth:`osem_pass` cannot read them."""
+        close = getattr(self.sensitivities, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> OrderedSubsets:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def subset_terms(
         self, k: int

@@ -75,7 +75,8 @@ def map_rdp(
         x0: start image ``(*batch, nx, ny, nz)`` Bq/mL; default: uniform, matched to counts.
         progress: show a tqdm progress bar.
         sensitivity_cache: directory of cached subset sensitivities (see
-            :func:`pet_dl.recon.osem`); None: not stored.
+            :func:`pet_dl.recon.osem`); None: not kept after the call (3D: on disk in a
+            temporary folder while it runs).
 
     Returns:
         ``(*batch, nx, ny, nz)`` image in Bq/mL, non-negative.
@@ -86,30 +87,30 @@ def map_rdp(
         raise ValueError(f"gamma must be >= 0, got {gamma}")
     _check_iterations(num_iterations, num_subsets)
     _check_data(y)
-    subsets = OrderedSubsets.of_scan(model, y, num_subsets, cache_dir=sensitivity_cache)
-    total_sens = subsets.total_sensitivity
-    x = _initial(x0, model, y, total_sens)
-    if eps is None:
-        eps = 1e-3 * float(x.mean()) if float(x.mean()) > 0 else 1e-6
-    if eps <= 0:
-        raise ValueError(f"eps must be > 0 (Bq/mL), got {eps}")
-    beta_sub = beta / num_subsets
-    with tqdm(
-        total=num_iterations * num_subsets, desc="MAP-RDP", unit="update",
-        disable=not progress, leave=False,
-    ) as bar:
-        for _ in range(num_iterations):
-            for sub_model, sub_y, s in zip(subsets.models, subsets.data, subsets.sensitivities):
-                c = x * sub_model.adjoint(em_ratio(sub_y, sub_model(x)))  # = s * x_EM
-                if beta_sub > 0:
-                    g, h = rdp_gradient_and_curvature(x, gamma, eps, voxel_size_mm)
-                    a = beta_sub * 2 * h
-                    b = s + beta_sub * g - a * x
-                    x_new = _positive_root(a, b, c)
-                else:
-                    safe_s = torch.where(s > 0, s, torch.ones_like(s))
-                    x_new = c / safe_s
-                # Voxels no LOR of this subset sees keep their value (0 if no LOR sees them).
-                x = torch.where(s > 0, x_new, torch.where(total_sens > 0, x, torch.zeros_like(x)))
-                bar.update(1)
+    with OrderedSubsets.of_scan(model, y, num_subsets, cache_dir=sensitivity_cache) as subsets:
+        total_sens = subsets.total_sensitivity
+        x = _initial(x0, model, y, total_sens)
+        if eps is None:
+            eps = 1e-3 * float(x.mean()) if float(x.mean()) > 0 else 1e-6
+        if eps <= 0:
+            raise ValueError(f"eps must be > 0 (Bq/mL), got {eps}")
+        beta_sub = beta / num_subsets
+        with tqdm(
+            total=num_iterations * num_subsets, desc="MAP-RDP", unit="update",
+            disable=not progress, leave=False,
+        ) as bar:
+            for _ in range(num_iterations):
+                for sub_model, sub_y, s in zip(subsets.models, subsets.data, subsets.sensitivities):
+                    c = x * sub_model.adjoint(em_ratio(sub_y, sub_model(x)))  # = s * x_EM
+                    if beta_sub > 0:
+                        g, h = rdp_gradient_and_curvature(x, gamma, eps, voxel_size_mm)
+                        a = beta_sub * 2 * h
+                        b = s + beta_sub * g - a * x
+                        x_new = _positive_root(a, b, c)
+                    else:
+                        safe_s = torch.where(s > 0, s, torch.ones_like(s))
+                        x_new = c / safe_s
+                    # Voxels no LOR of this subset sees keep their value (0 if no LOR sees them).
+                    x = torch.where(s > 0, x_new, torch.where(total_sens > 0, x, torch.zeros_like(x)))
+                    bar.update(1)
     return x

@@ -49,7 +49,8 @@ def reconstruct_classical(
         sensitivity_cache: directory of cached subset sensitivity images, keyed by
             geometry, normalisation and attenuation (:mod:`pet_dl.recon.sensitivity`);
             a later run on the same scanner setup and attenuation reads them instead of
-            backprojecting. None: not stored.
+            backprojecting. None: not kept (large 3D images on disk in a temporary folder
+            while it runs, see :func:`pet_dl.recon.osem`).
 
     Returns:
         ``(nx, ny, nz)`` float32 image in Bq/mL on ``scan.image`` (on the CPU).

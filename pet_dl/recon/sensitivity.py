@@ -19,15 +19,21 @@ batched models of training); :func:`subset_sensitivity_files` computes them one 
 time, writes each to the cache as soon as it is done and keeps only the running sum, and
 returns a :class:`SubsetSensitivityFiles` that reads one subset's image when it is asked
 for (3D: the mMR span-11 native grid has 21 x 57 MiB of them). Both give the same images
-bit for bit.
+bit for bit. Without a cache directory, :func:`subset_sensitivity_files` writes them to a
+new temporary folder (in the system's, ``$TMPDIR``), owned by the returned files: removed
+by their ``close()``, or when they are garbage-collected or the interpreter exits.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import math
 import os
+import shutil
 import tempfile
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, overload
@@ -44,6 +50,8 @@ __all__ = [
     "subset_sensitivities",
     "subset_sensitivity_files",
 ]
+
+logger = logging.getLogger(__name__)
 
 # Bump when the projector, the sensitivity's definition or the file layout changes (stale
 # files are ignored). 2: one file per subset in a folder, and their sum.
@@ -110,15 +118,42 @@ class SubsetSensitivityFiles(Sequence[torch.Tensor]):
         shape: the images' shape.
         dtype: their dtype.
         device: where ``files[k]`` puts them.
+        temporary: a folder these files own (a temporary one holding ``paths``): removed
+            with everything in it by :meth:`close`, or when this object is
+            garbage-collected or the interpreter exits; None: the files stay (a cache).
     """
 
     def __init__(
-        self, paths: Sequence[Path], shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
+        self, paths: Sequence[Path], shape: tuple[int, ...], dtype: torch.dtype, device: torch.device,
+        temporary: str | os.PathLike[str] | None = None,
     ) -> None:
         self.paths = tuple(Path(p) for p in paths)
         self.shape = tuple(shape)
         self.dtype = dtype
         self.device = torch.device(device)
+        self.temporary = Path(temporary) if temporary is not None else None
+        # not a method of self: the finalizer must not keep this object alive
+        self._remove = (
+            weakref.finalize(self, shutil.rmtree, str(self.temporary), ignore_errors=True)
+            if self.temporary is not None else None
+        )
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` removed the temporary folder (always False for a cache)."""
+        return self._remove is not None and not self._remove.alive
+
+    def close(self) -> None:
+        """Remove the temporary folder and its files (if these files own one); idempotent.
+        A cache's files stay."""
+        if self._remove is not None:
+            self._remove()
+
+    def __enter__(self) -> SubsetSensitivityFiles:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -133,6 +168,8 @@ class SubsetSensitivityFiles(Sequence[torch.Tensor]):
         if isinstance(k, slice):
             return [self[i] for i in range(*k.indices(len(self)))]
         path = self.paths[k]  # IndexError ends iteration
+        if self.closed:
+            raise RuntimeError(f"sensitivity files in {self.temporary} were removed (closed)")
         s = _read(path, self.shape, self.dtype, map_location=self.device)
         if s is None:
             raise RuntimeError(f"sensitivity file {path} is missing or changed since it was written")
@@ -268,7 +305,7 @@ def subset_sensitivities(
 def subset_sensitivity_files(
     model: PETForwardModel,
     models: list[PETForwardModel],
-    cache_dir: str | os.PathLike[str],
+    cache_dir: str | os.PathLike[str] | None = None,
 ) -> tuple[SubsetSensitivityFiles, torch.Tensor] | None:
     """Subset sensitivity images on disk, with at most one of them in memory at a time.
 
@@ -280,7 +317,12 @@ def subset_sensitivity_files(
     Args:
         model: the full forward model (its sensitivity is set to the subsets' sum).
         models: ``model.subsets(S)`` (or ``[model]`` for one subset).
-        cache_dir: directory of the cache (created when needed).
+        cache_dir: directory of the cache (created when needed). None: a new temporary
+            folder (``tempfile.mkdtemp`` in the system's temporary directory, ``$TMPDIR``)
+            owned by the returned files: removed by their ``close()``, when they are
+            garbage-collected or at exit, and at once if this function fails; where it is
+            and how much goes into it is logged (one line, ``logging.WARNING`` on this
+            module's logger: without a handler Python prints it on stderr).
 
     Returns:
         ``(files, total)``: the ``S`` images as :class:`SubsetSensitivityFiles` and their
@@ -288,9 +330,33 @@ def subset_sensitivity_files(
         device; both bit for bit what :func:`subset_sensitivities` gives. None when the
         model cannot be keyed (:func:`sensitivity_cache_key`): keep it in memory.
     """
-    cache = _Cache.of(model, len(models), cache_dir) if _ours(model, models) else None
-    if cache is None:
+    if not _ours(model, models):
         return None
+    if cache_dir is not None:
+        cache = _Cache.of(model, len(models), cache_dir)
+        return None if cache is None else _files(model, models, cache, None)
+    folder = tempfile.mkdtemp(prefix="pet_dl-sens-")
+    try:
+        cache = _Cache.of(model, len(models), folder)
+        if cache is None:
+            shutil.rmtree(folder, ignore_errors=True)
+            return None
+        size = (len(models) + 1) * math.prod(cache.shape) * torch.empty((), dtype=cache.dtype).element_size()
+        logger.warning(
+            "pet_dl: writing %d subset sensitivity images and their sum (%.1f MiB) to the temporary "
+            "folder %s, removed when the reconstruction ends (a sensitivity cache folder keeps "
+            "them between runs)", len(models), size / 2**20, folder,
+        )
+        return _files(model, models, cache, folder)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def _files(
+    model: PETForwardModel, models: list[PETForwardModel], cache: _Cache, temporary: str | None
+) -> tuple[SubsetSensitivityFiles, torch.Tensor]:
+    """The images in ``cache``'s files (computed and written unless complete) and their sum."""
     _, device = model.linear.reference()
     total = cache.read_total(device) if cache.complete() else None
     if total is None:
@@ -308,7 +374,8 @@ def subset_sensitivity_files(
         _write(cache.total_path, total)
     if model._sensitivity is None:
         model._sensitivity = total
-    return SubsetSensitivityFiles(cache.subset_paths, cache.shape, cache.dtype, device), total
+    files = SubsetSensitivityFiles(cache.subset_paths, cache.shape, cache.dtype, device, temporary=temporary)
+    return files, total
 
 
 def _image_shape(model: PETForwardModel) -> tuple[int, ...]:
