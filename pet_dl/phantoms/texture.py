@@ -16,17 +16,15 @@ network does not learn that every edge is a step. mu, labels and tissues are unc
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 
-from pet_dl.forward_model import gaussian_kernel_1d
+from pet_dl.forward_model import GaussianResolution, gaussian_kernel_1d
 from pet_dl.phantoms.base import Phantom, uniform
 
 GAIN_RANGE = (0.3, 2.0)
-FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 
 
 def texture_field(
@@ -50,30 +48,27 @@ def texture_field(
     if correlation_mm <= 0:
         raise ValueError(f"correlation_mm must be > 0, got {correlation_mm}")
     field = torch.randn(shape, generator=generator, dtype=torch.float64)
-    field = gaussian_blur(field, voxel_size_mm, correlation_mm, mode="reflect")
+    field = _reflected_blur(field, voxel_size_mm, correlation_mm)
     field = field - field.mean()
     return field / field.std().clamp_min(1e-12)
 
 
-def gaussian_blur(
-    volume: torch.Tensor, voxel_size_mm: tuple[float, float, float], sigma_mm: float, mode: str = "constant"
+def _reflected_blur(
+    volume: torch.Tensor, voxel_size_mm: tuple[float, float, float], sigma_mm: float
 ) -> torch.Tensor:
-    """``volume`` ``(nx, ny, nz)`` blurred separably by a Gaussian of standard deviation
-    ``sigma_mm`` along every axis of more than one voxel; same shape and dtype.
-
-    ``mode``: ``"constant"`` (zeros beyond the grid: nothing is lost inside, the blur of an
-    object that fits the grid) or ``"reflect"``.
-    """
+    """``volume`` ``(nx, ny, nz)`` blurred separably by a Gaussian of ``sigma_mm`` along each
+    axis of more than one voxel, reflected at the borders (a field, unlike an object, does
+    not stop at the grid's edge); same shape and dtype."""
     out = volume
     for axis, (n, v) in enumerate(zip(volume.shape, voxel_size_mm)):
-        if n == 1 or sigma_mm <= 0:
+        if n == 1:
             continue
         kernel = gaussian_kernel_1d(sigma_mm / float(v), max_radius=n - 1).to(volume.dtype)
         moved = out.movedim(axis, -1)
         flat = moved.reshape(-1, 1, n)
         pad = (kernel.numel() - 1) // 2
-        pad_mode = mode if mode == "constant" or pad < n else "replicate"
-        flat = F.conv1d(F.pad(flat, (pad, pad), mode=pad_mode), kernel.view(1, 1, -1))
+        flat = F.conv1d(F.pad(flat, (pad, pad), mode="reflect" if pad < n else "replicate"),
+                        kernel.view(1, 1, -1))
         out = flat.reshape(moved.shape).movedim(-1, axis)
     return out
 
@@ -91,8 +86,9 @@ def add_texture(
     ``amplitude_range``), the correlation length (uniform in ``correlation_mm_range``) and
     the field (:func:`texture_field`); the activity becomes ``activity * clip(1 + amplitude
     * field, *GAIN_RANGE)``. Then, if ``blur_fwhm_mm_range`` is not ``(0, 0)``, a FWHM
-    uniform in it is drawn and the activity blurred by that Gaussian (:func:`gaussian_blur`,
-    total activity kept for an object inside the grid). The drawn values go to ``extra``
+    uniform in it is drawn and the activity blurred by that Gaussian
+    (:class:`~pet_dl.forward_model.GaussianResolution`, zero padding: the total activity of
+    an object inside the grid is kept). The drawn values go to ``extra``
     (``texture_amplitude``, ``texture_correlation_mm``, ``texture_blur_fwhm_mm``).
 
     Args:
@@ -124,7 +120,7 @@ def add_texture(
     extra = dict(phantom.extra, texture_amplitude=amplitude, texture_correlation_mm=correlation)
     if bhi > 0:
         fwhm = uniform(generator, blo, bhi)
-        activity = gaussian_blur(activity, voxel, fwhm / FWHM_PER_SIGMA).clamp_min(0)  # type: ignore[arg-type]
+        activity = GaussianResolution(phantom.image, fwhm)(activity).clamp_min(0)
         extra["texture_blur_fwhm_mm"] = fwhm
     activity = activity.to(torch.float32)
     return replace(phantom, activity=activity, extra=extra)

@@ -11,7 +11,6 @@ is in Bq/mL with no rescaling.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
-from pet_dl.recon.sensitivity import subset_sensitivities, subset_sensitivity_files
+from pet_dl.recon.sensitivity import sensitivity_bytes, subset_sensitivities, subset_sensitivity_files
 
 if TYPE_CHECKING:
     from pet_dl.forward_model import PETForwardModel
@@ -395,13 +394,9 @@ def _subset_models(model: PETForwardModel, num_subsets: int) -> list[PETForwardM
 
 def _sensitivity_bytes(model: PETForwardModel, num_subsets: int) -> int:
     """Bytes of ``num_subsets`` sensitivity images of ``model`` (0 if it cannot tell)."""
-    in_shape = getattr(model, "in_shape", None)
-    linear = getattr(model, "linear", None)
-    if in_shape is None or linear is None:
+    if getattr(model, "in_shape", None) is None or getattr(model, "linear", None) is None:
         return 0
-    dtype, _ = linear.reference()
-    batch = getattr(model, "batch_size", None) or 1
-    return num_subsets * batch * math.prod(in_shape) * torch.empty((), dtype=dtype).element_size()
+    return sensitivity_bytes(model, num_subsets)
 
 
 def _keep_mask(sens: torch.Tensor, total: torch.Tensor) -> torch.Tensor | None:

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CACHE_VERSION",
     "SubsetSensitivityFiles",
+    "sensitivity_bytes",
     "sensitivity_cache_key",
     "subset_sensitivities",
     "subset_sensitivity_files",
@@ -341,7 +342,7 @@ def subset_sensitivity_files(
         if cache is None:
             shutil.rmtree(folder, ignore_errors=True)
             return None
-        size = (len(models) + 1) * math.prod(cache.shape) * torch.empty((), dtype=cache.dtype).element_size()
+        size = sensitivity_bytes(model, len(models) + 1)
         logger.warning(
             "pet_dl: writing %d subset sensitivity images and their sum (%.1f MiB) to the temporary "
             "folder %s, removed when the reconstruction ends (a sensitivity cache folder keeps "
@@ -376,6 +377,13 @@ def _files(
         model._sensitivity = total
     files = SubsetSensitivityFiles(cache.subset_paths, cache.shape, cache.dtype, device, temporary=temporary)
     return files, total
+
+
+def sensitivity_bytes(model: PETForwardModel, num_images: int) -> int:
+    """Bytes of ``num_images`` sensitivity images of ``model`` (its image shape, with the
+    batch of batched factors, in its projector's dtype)."""
+    dtype, _ = model.linear.reference()
+    return num_images * math.prod(_image_shape(model)) * torch.empty((), dtype=dtype).element_size()
 
 
 def _image_shape(model: PETForwardModel) -> tuple[int, ...]:
