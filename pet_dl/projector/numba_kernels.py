@@ -14,6 +14,16 @@ never copied:
   ``n = p * Q + q`` runs from ``(xy_start[q], z_start[p])`` to ``(xy_end[q], z_end[p])``,
   ``xy`` ``(Q, 2)`` with ``Q = views x radial bins``, ``z`` ``(P,)``.
 
+Factored non-TOF sinograms with more than one plane go through row kernels
+(:func:`_forward_rows`, :func:`_back_rows`): one row ``q`` (view, radial bin) per iteration.
+A row's LORs share their in-plane path whenever x or y is their principal axis, so the
+row's loop over the principal axis ``i`` computes the in-plane index and weight once and
+runs over all planes inside, reading the two z-columns ``(i, j1)`` and ``(i, j1 + 1)``
+(z is the image's fastest axis; they stay in cache) instead of fetching each LOR's path
+from the whole image. Same samples, same per-sample arithmetic and, per LOR, the same
+summation order as the per-LOR kernels: the forward is bit-identical, the backprojection
+equal up to summation order. LORs whose principal axis is z take the per-LOR body.
+
 TOF kernels work per LOR in two steps. Forward: the non-TOF samples (the interpolated
 image value at each plane) go into a per-thread scratch row once; then, bins outer and
 samples inner, each bin within reach sums the samples within its reach times their TOF
@@ -136,84 +146,321 @@ def _setup(s, e, origin, vs, shape):  # noqa: ANN001, ANN202
     return ax, k1, k2, i_lo, i_hi, vs[ax] * length / abs(dd), length, t0, dt, u1_0, du1, u2_0, du2
 
 
-@njit(parallel=True, cache=True)
-def _forward_plain(image, shape, start, end, zs, ze, vr, num, origin, vs, out):  # noqa: ANN001, ANN202
-    """Non-TOF projection of ``image (B, n0 n1 n2)`` (flat) into ``out (B, N)``; the hot path."""
+@njit(cache=True, inline="always")
+def _lor_forward(image, out, n, s, e, origin, vs, shape):  # noqa: ANN001, ANN202
+    """Non-TOF projection of LOR ``n`` (ends ``s``, ``e``) into ``out[:, n]``: one LOR's
+    samples over increasing ``i``, summed in float64 (the body of :func:`_forward_plain`)."""
     nb = image.shape[0]
     strides = (shape[1] * shape[2], shape[2], 1)
+    ax, k1, k2, i_lo, i_hi, weight, length, t0, dt, u1_0, du1, u2_0, du2 = _setup(s, e, origin, vs, shape)
+    n1, n2 = shape[k1], shape[k2]
+    sa, s1, s2 = strides[ax], strides[k1], strides[k2]
+    for b in range(nb):
+        acc = 0.0
+        for i in range(i_lo, i_hi + 1):
+            u1 = u1_0 + i * du1
+            u2 = u2_0 + i * du2
+            j1 = int(u1 + 1.0) - 1  # floor, as u > -1 on the clipped range
+            j2 = int(u2 + 1.0) - 1
+            b1 = u1 - j1
+            b2 = u2 - j2
+            base = i * sa + j1 * s1 + j2 * s2
+            lo1 = j1 >= 0
+            hi1 = j1 + 1 < n1 and b1 != 0.0
+            if j2 >= 0:
+                v = 0.0
+                if lo1:
+                    v += (1.0 - b1) * image[b, base]
+                if hi1:
+                    v += b1 * image[b, base + s1]
+                acc += (1.0 - b2) * v
+            if j2 + 1 < n2 and b2 != 0.0:
+                v = 0.0
+                if lo1:
+                    v += (1.0 - b1) * image[b, base + s2]
+                if hi1:
+                    v += b1 * image[b, base + s1 + s2]
+                acc += b2 * v
+        out[b, n] = acc * weight
+
+
+@njit(cache=True, inline="always")
+def _lor_back(values, img, n, s, e, origin, vs, shape):  # noqa: ANN001, ANN202
+    """Adjoint of :func:`_lor_forward`: adds ``values[:, n]`` along LOR ``n`` into ``img (B, voxels)``."""
+    nb = values.shape[0]
+    strides = (shape[1] * shape[2], shape[2], 1)
+    ax, k1, k2, i_lo, i_hi, weight, length, t0, dt, u1_0, du1, u2_0, du2 = _setup(s, e, origin, vs, shape)
+    n1, n2 = shape[k1], shape[k2]
+    sa, s1, s2 = strides[ax], strides[k1], strides[k2]
+    for b in range(nb):
+        val = values[b, n] * weight
+        if val == 0.0:
+            continue
+        for i in range(i_lo, i_hi + 1):
+            u1 = u1_0 + i * du1
+            u2 = u2_0 + i * du2
+            j1 = int(u1 + 1.0) - 1
+            j2 = int(u2 + 1.0) - 1
+            b1 = u1 - j1
+            b2 = u2 - j2
+            base = i * sa + j1 * s1 + j2 * s2
+            lo1 = j1 >= 0
+            hi1 = j1 + 1 < n1 and b1 != 0.0
+            if j2 >= 0:
+                v = val * (1.0 - b2)
+                if lo1:
+                    img[b, base] += (1.0 - b1) * v
+                if hi1:
+                    img[b, base + s1] += b1 * v
+            if j2 + 1 < n2 and b2 != 0.0:
+                v = val * b2
+                if lo1:
+                    img[b, base + s2] += (1.0 - b1) * v
+                if hi1:
+                    img[b, base + s1 + s2] += b1 * v
+
+
+@njit(parallel=True, cache=True)
+def _forward_plain(image, shape, start, end, zs, ze, vr, num, origin, vs, out):  # noqa: ANN001, ANN202
+    """Non-TOF projection of ``image (B, n0 n1 n2)`` (flat) into ``out (B, N)``, one LOR per
+    iteration: flat LORs, and factored ones with a single plane."""
     for n in prange(num):
         s, e = _endpoints(n, start, end, zs, ze, vr)
-        ax, k1, k2, i_lo, i_hi, weight, length, t0, dt, u1_0, du1, u2_0, du2 = _setup(s, e, origin, vs, shape)
-        n1, n2 = shape[k1], shape[k2]
-        sa, s1, s2 = strides[ax], strides[k1], strides[k2]
-        for b in range(nb):
-            acc = 0.0
-            for i in range(i_lo, i_hi + 1):
-                u1 = u1_0 + i * du1
-                u2 = u2_0 + i * du2
-                j1 = int(u1 + 1.0) - 1  # floor, as u > -1 on the clipped range
-                j2 = int(u2 + 1.0) - 1
-                b1 = u1 - j1
-                b2 = u2 - j2
-                base = i * sa + j1 * s1 + j2 * s2
-                lo1 = j1 >= 0
-                hi1 = j1 + 1 < n1 and b1 != 0.0
-                if j2 >= 0:
-                    v = 0.0
-                    if lo1:
-                        v += (1.0 - b1) * image[b, base]
-                    if hi1:
-                        v += b1 * image[b, base + s1]
-                    acc += (1.0 - b2) * v
-                if j2 + 1 < n2 and b2 != 0.0:
-                    v = 0.0
-                    if lo1:
-                        v += (1.0 - b1) * image[b, base + s2]
-                    if hi1:
-                        v += b1 * image[b, base + s1 + s2]
-                    acc += b2 * v
-            out[b, n] = acc * weight
+        _lor_forward(image, out, n, s, e, origin, vs, shape)
 
 
 @njit(parallel=True, cache=True)
 def _back_plain(values, shape, start, end, zs, ze, vr, num, origin, vs, buf):  # noqa: ANN001, ANN202
     """Adjoint of :func:`_forward_plain` into ``buf (num_blocks, B, n0 n1 n2)``."""
-    nb = values.shape[0]
-    strides = (shape[1] * shape[2], shape[2], 1)
     blocks = buf.shape[0]
     for blk in prange(blocks):
         img = buf[blk]
         for n in range(blk * num // blocks, (blk + 1) * num // blocks):
             s, e = _endpoints(n, start, end, zs, ze, vr)
-            ax, k1, k2, i_lo, i_hi, weight, length, t0, dt, u1_0, du1, u2_0, du2 = _setup(s, e, origin, vs, shape)
-            n1, n2 = shape[k1], shape[k2]
-            sa, s1, s2 = strides[ax], strides[k1], strides[k2]
+            _lor_back(values, img, n, s, e, origin, vs, shape)
+
+
+@njit(cache=True)
+def _row(xs, xe, q, origin, vs, shape):  # noqa: ANN001, ANN202
+    """In-plane stepping parameters of the factored LORs of row ``q`` (a view and radial bin).
+
+    The principal axis of LOR ``(p, q)`` is ``x`` or ``y`` for every plane ``p`` whose
+    ``|dz|`` is at most ``amax = max(|dx|, |dy|)`` (:func:`_setup`'s tie rules), and then
+    :func:`_setup` gives it the same ``ax``, ``dd``, ``t0``, ``dt``, ``u1_0``, ``du1`` and the
+    same in-plane tests for all those planes. Returns ``(s, e, d01, amax, ax, k1, dd, t0, dt,
+    u1_0, du1, i_lo, i_hi)``: the row's (x, y) ends, ``dx^2 + dy^2``, and the planes ``i``
+    whose sample has ``0 <= t <= 1`` and ``-1 < u1 < n1`` (empty when ``i_lo > i_hi``); each
+    plane adds its own z test.
+    """
+    s = (np.float64(xs[q, 0]), np.float64(xs[q, 1]))
+    e = (np.float64(xe[q, 0]), np.float64(xe[q, 1]))
+    d0, d1 = e[0] - s[0], e[1] - s[1]
+    a0, a1 = abs(d0), abs(d1)
+    ax, k1 = (0, 1) if a0 >= a1 else (1, 0)
+    amax = max(a0, a1)
+    dd = e[ax] - s[ax]
+    i_lo, i_hi = 0, -1
+    t0 = dt = u1_0 = du1 = 0.0
+    if amax > 0.0:
+        t0 = (origin[ax] - s[ax]) / dd
+        dt = vs[ax] / dd
+        c1 = (e[k1] - s[k1]) / vs[k1]
+        u1_0 = (s[k1] - origin[k1]) / vs[k1] + t0 * c1
+        du1 = dt * c1
+        n1 = shape[k1]
+        lo_mm = min(s[ax], e[ax])
+        hi_mm = max(s[ax], e[ax])
+        i_lo = max(0, int(math.floor((lo_mm - origin[ax]) / vs[ax])) - 1)
+        i_hi = min(shape[ax] - 1, int(math.ceil((hi_mm - origin[ax]) / vs[ax])) + 1)
+        while i_lo <= i_hi:
+            t = t0 + i_lo * dt
+            u1 = u1_0 + i_lo * du1
+            if 0.0 <= t <= 1.0 and -1.0 < u1 < n1:
+                break
+            i_lo += 1
+        while i_hi >= i_lo:
+            t = t0 + i_hi * dt
+            u1 = u1_0 + i_hi * du1
+            if 0.0 <= t <= 1.0 and -1.0 < u1 < n1:
+                break
+            i_hi -= 1
+    return s, e, d0 * d0 + d1 * d1, amax, ax, k1, dd, t0, dt, u1_0, du1, i_lo, i_hi
+
+
+@njit(cache=True)
+def _row_planes(zs, ze, zrel, c2, amax, d01, t0, dt, vsa, dd, u2_0, du2, wt, live, axial):  # noqa: ANN001, ANN202
+    """Sorts the planes of one row: those stepped along x or y go to ``live[:num_live]``
+    with their ``u2_0``, ``du2`` and path per plane ``wt`` (as :func:`_setup` computes them);
+    the others (``|dz| > amax``: z is their principal axis) to ``axial[:num_axial]``.
+    Returns ``(num_live, num_axial)``."""
+    num_live = 0
+    num_axial = 0
+    for p in range(zs.shape[0]):
+        d2 = np.float64(ze[p]) - np.float64(zs[p])
+        if abs(d2) > amax:
+            axial[num_axial] = p
+            num_axial += 1
+            continue
+        live[num_live] = p
+        u2_0[num_live] = zrel[p] + t0 * c2[p]
+        du2[num_live] = dt * c2[p]
+        wt[num_live] = vsa * math.sqrt(d01 + d2 * d2) / abs(dd)
+        num_live += 1
+    return num_live, num_axial
+
+
+@njit(cache=True)
+def _plane_terms(zs, ze, origin, vs):  # noqa: ANN001, ANN202
+    """Per plane: ``(z_start - origin_z) / vs_z`` and ``dz / vs_z`` (terms of :func:`_setup`'s u2)."""
+    zrel = np.empty(zs.shape[0])
+    c2 = np.empty(zs.shape[0])
+    for p in range(zs.shape[0]):
+        z0 = np.float64(zs[p])
+        zrel[p] = (z0 - origin[2]) / vs[2]
+        c2[p] = (np.float64(ze[p]) - z0) / vs[2]
+    return zrel, c2
+
+
+@njit(parallel=True, cache=True)
+def _forward_rows(image, shape, xs, xe, zs, ze, origin, vs, out):  # noqa: ANN001, ANN202
+    """Non-TOF projection of ``image (B, n0 n1 n2)`` along factored LORs into ``out (B, P Q)``,
+    one row ``q`` (view, radial bin) per iteration: the row's in-plane path (``j1``, ``b1``
+    per ``i``) is computed once and each sample reads the two z-columns ``(i, j1)`` and
+    ``(i, j1 + 1)`` for all of the row's planes, which stay in cache. Same samples, same
+    arithmetic and same per-LOR summation order as :func:`_forward_plain` (bit-identical);
+    LORs whose principal axis is z go through :func:`_lor_forward`.
+    """
+    nb = image.shape[0]
+    nq = xs.shape[0]
+    npl = zs.shape[0]
+    n2 = shape[2]
+    zrel, c2 = _plane_terms(zs, ze, origin, vs)
+    for q in prange(nq):
+        u2_0 = np.empty(npl)
+        du2 = np.empty(npl)
+        wt = np.empty(npl)
+        acc = np.empty(npl)
+        live = np.empty(npl, dtype=np.int64)
+        axial = np.empty(npl, dtype=np.int64)
+        s, e, d01, amax, ax, k1, dd, t0, dt, u1_0, du1, i_lo, i_hi = _row(xs, xe, q, origin, vs, shape)
+        num_live, num_axial = _row_planes(zs, ze, zrel, c2, amax, d01, t0, dt, vs[ax], dd, u2_0, du2, wt, live,
+                                          axial)
+        for m in range(num_axial):
+            p = axial[m]
+            _lor_forward(image, out, p * nq + q, (s[0], s[1], np.float64(zs[p])),
+                         (e[0], e[1], np.float64(ze[p])), origin, vs, shape)
+        if num_live == 0:
+            continue
+        n1 = shape[k1]
+        sa = shape[1] * shape[2] if ax == 0 else shape[2]
+        s1 = shape[2] if ax == 0 else shape[1] * shape[2]
+        for b in range(nb):
+            for m in range(num_live):
+                acc[m] = 0.0
+            for i in range(i_lo, i_hi + 1):
+                u1 = u1_0 + i * du1
+                j1 = int(u1 + 1.0) - 1  # floor, as u1 > -1 on the row's range
+                b1 = u1 - j1
+                col = i * sa + j1 * s1
+                lo1 = j1 >= 0
+                hi1 = j1 + 1 < n1 and b1 != 0.0
+                for m in range(num_live):
+                    u2 = u2_0[m] + i * du2[m]
+                    if not -1.0 < u2 < n2:
+                        continue
+                    j2 = int(u2 + 1.0) - 1
+                    b2 = u2 - j2
+                    base = col + j2
+                    a = acc[m]
+                    if j2 >= 0:
+                        v = 0.0
+                        if lo1:
+                            v += (1.0 - b1) * image[b, base]
+                        if hi1:
+                            v += b1 * image[b, base + s1]
+                        a += (1.0 - b2) * v
+                    if j2 + 1 < n2 and b2 != 0.0:
+                        v = 0.0
+                        if lo1:
+                            v += (1.0 - b1) * image[b, base + 1]
+                        if hi1:
+                            v += b1 * image[b, base + s1 + 1]
+                        a += b2 * v
+                    acc[m] = a
+            for m in range(num_live):
+                out[b, live[m] * nq + q] = acc[m] * wt[m]
+
+
+@njit(parallel=True, cache=True)
+def _back_rows(values, shape, xs, xe, zs, ze, origin, vs, buf):  # noqa: ANN001, ANN202
+    """Adjoint of :func:`_forward_rows` into ``buf (num_blocks, B, n0 n1 n2)``: each block
+    (thread) takes a contiguous range of rows into its own image buffer."""
+    nb = values.shape[0]
+    nq = xs.shape[0]
+    npl = zs.shape[0]
+    n2 = shape[2]
+    zrel, c2 = _plane_terms(zs, ze, origin, vs)
+    blocks = buf.shape[0]
+    for blk in prange(blocks):
+        img = buf[blk]
+        u2_0 = np.empty(npl)
+        du2 = np.empty(npl)
+        wt = np.empty(npl)
+        live = np.empty(npl, dtype=np.int64)
+        axial = np.empty(npl, dtype=np.int64)
+        pu = np.empty(npl)
+        pdu = np.empty(npl)
+        pval = np.empty(npl)
+        for q in range(blk * nq // blocks, (blk + 1) * nq // blocks):
+            s, e, d01, amax, ax, k1, dd, t0, dt, u1_0, du1, i_lo, i_hi = _row(xs, xe, q, origin, vs, shape)
+            num_live, num_axial = _row_planes(zs, ze, zrel, c2, amax, d01, t0, dt, vs[ax], dd, u2_0, du2, wt,
+                                              live, axial)
+            for m in range(num_axial):
+                p = axial[m]
+                _lor_back(values, img, p * nq + q, (s[0], s[1], np.float64(zs[p])),
+                          (e[0], e[1], np.float64(ze[p])), origin, vs, shape)
+            if num_live == 0 or i_lo > i_hi:
+                continue
+            n1 = shape[k1]
+            sa = shape[1] * shape[2] if ax == 0 else shape[2]
+            s1 = shape[2] if ax == 0 else shape[1] * shape[2]
             for b in range(nb):
-                val = values[b, n] * weight
-                if val == 0.0:
-                    continue
+                im = img[b]
+                num = 0  # the planes with a nonzero value, packed
+                for m in range(num_live):
+                    val = values[b, live[m] * nq + q] * wt[m]
+                    if val != 0.0:
+                        pu[num] = u2_0[m]
+                        pdu[num] = du2[m]
+                        pval[num] = val
+                        num += 1
                 for i in range(i_lo, i_hi + 1):
                     u1 = u1_0 + i * du1
-                    u2 = u2_0 + i * du2
                     j1 = int(u1 + 1.0) - 1
-                    j2 = int(u2 + 1.0) - 1
                     b1 = u1 - j1
-                    b2 = u2 - j2
-                    base = i * sa + j1 * s1 + j2 * s2
+                    col = i * sa + j1 * s1
                     lo1 = j1 >= 0
                     hi1 = j1 + 1 < n1 and b1 != 0.0
-                    if j2 >= 0:
-                        v = val * (1.0 - b2)
-                        if lo1:
-                            img[b, base] += (1.0 - b1) * v
-                        if hi1:
-                            img[b, base + s1] += b1 * v
-                    if j2 + 1 < n2 and b2 != 0.0:
-                        v = val * b2
-                        if lo1:
-                            img[b, base + s2] += (1.0 - b1) * v
-                        if hi1:
-                            img[b, base + s1 + s2] += b1 * v
+                    for m in range(num):
+                        u2 = pu[m] + i * pdu[m]
+                        if not -1.0 < u2 < n2:
+                            continue
+                        j2 = int(u2 + 1.0) - 1
+                        b2 = u2 - j2
+                        base = col + j2
+                        val = pval[m]
+                        if j2 >= 0:
+                            v = val * (1.0 - b2)
+                            if lo1:
+                                im[base] += (1.0 - b1) * v
+                            if hi1:
+                                im[base + s1] += b1 * v
+                        if j2 + 1 < n2 and b2 != 0.0:
+                            v = val * b2
+                            if lo1:
+                                im[base + 1] += (1.0 - b1) * v
+                            if hi1:
+                                im[base + s1 + 1] += b1 * v
 
 
 @njit(cache=True, inline="always")
@@ -524,14 +771,21 @@ def _factored(xy_start: Tensor, xy_end: Tensor, z_start: Tensor, z_end: Tensor) 
     return xs, xe, zs, ze, xs.shape[0], xs.shape[0] * zs.shape[0]
 
 
-def _run_forward(image: Tensor, lors: _LORArgs, geom: Geometry, tof_bin: Tensor | None) -> Tensor:
+def _by_rows(lors: _LORArgs, geom: Geometry) -> bool:
+    """Whether a projection takes the row kernels: non-TOF, factored, more than one plane."""
+    return geom.tof is None and lors[4] > 0 and lors[2].shape[0] > 1
+
+
+def _run_forward(image: Tensor, lors: _LORArgs, geom: Geometry, tof_bin: Tensor | None, rows: bool = False) -> Tensor:
     batch, num = image.shape[0], lors[5]
     mode = _mode(geom)
     out = torch.zeros((batch, num, geom.tof.num_bins if mode == 1 else 1), dtype=image.dtype)
     if num:
         shape, origin, vs = _grid(geom)
         flat = _np(image).reshape(batch, -1)
-        if mode == 0:
+        if mode == 0 and rows:
+            _forward_rows(flat, shape, *lors[:4], origin, vs, out.numpy()[:, :, 0])
+        elif mode == 0:
             _forward_plain(flat, shape, *lors, origin, vs, out.numpy()[:, :, 0])
         else:
             _forward(flat, shape, *lors, origin, vs, out.numpy(), _bins(tof_bin), _tof_array(geom), mode,
@@ -539,16 +793,19 @@ def _run_forward(image: Tensor, lors: _LORArgs, geom: Geometry, tof_bin: Tensor 
     return out if mode == 1 else out[:, :, 0]
 
 
-def _run_back(values: Tensor, lors: _LORArgs, geom: Geometry, tof_bin: Tensor | None) -> Tensor:
+def _run_back(values: Tensor, lors: _LORArgs, geom: Geometry, tof_bin: Tensor | None, rows: bool = False) -> Tensor:
     batch, num = values.shape[0], lors[5]
     mode = _mode(geom)
     image_bytes = batch * math.prod(geom.image_shape) * values.element_size()
-    blocks = max(1, min(numba.get_num_threads(), num, _MAX_BUFFER_BYTES // max(1, image_bytes)))
+    units = lors[4] if rows and mode == 0 else num  # what the blocks split: rows or LORs
+    blocks = max(1, min(numba.get_num_threads(), units, _MAX_BUFFER_BYTES // max(1, image_bytes)))
     buf = torch.zeros((blocks, batch, math.prod(geom.image_shape)), dtype=values.dtype)
     if num:
         shape, origin, vs = _grid(geom)
         vals = _np(values)
-        if mode == 0:
+        if mode == 0 and rows:
+            _back_rows(vals.reshape(batch, num), shape, *lors[:4], origin, vs, buf.numpy())
+        elif mode == 0:
             _back_plain(vals.reshape(batch, num), shape, *lors, origin, vs, buf.numpy())
         else:
             vals = vals.reshape(batch, num, -1)
@@ -574,13 +831,30 @@ def forward_factored(
     """Project ``image (B, n0, n1, n2)`` along factored sinogram LORs -> ``(B, P Q[, K])``.
 
     ``xy_start``, ``xy_end``: ``(..., 2)`` mm, ``Q`` rows once flattened; ``z_start``,
-    ``z_end``: ``(P,)`` mm (any float dtype; read as float64 in the kernel).
+    ``z_end``: ``(P,)`` mm (any float dtype; read as float64 in the kernel). Non-TOF with
+    more than one plane: :func:`_forward_rows` (bit-identical to the per-LOR kernel).
     """
-    return _run_forward(image, _factored(xy_start, xy_end, z_start, z_end), geom, None)
+    lors = _factored(xy_start, xy_end, z_start, z_end)
+    return _run_forward(image, lors, geom, None, rows=_by_rows(lors, geom))
 
 
 def back_factored(
     values: Tensor, xy_start: Tensor, xy_end: Tensor, z_start: Tensor, z_end: Tensor, geom: Geometry
 ) -> Tensor:
     """Adjoint of :func:`forward_factored`: ``(B, P Q[, K])`` -> ``(B, n0, n1, n2)``."""
+    lors = _factored(xy_start, xy_end, z_start, z_end)
+    return _run_back(values, lors, geom, None, rows=_by_rows(lors, geom))
+
+
+def _forward_factored_per_lor(
+    image: Tensor, xy_start: Tensor, xy_end: Tensor, z_start: Tensor, z_end: Tensor, geom: Geometry
+) -> Tensor:
+    """:func:`forward_factored` through the per-LOR kernel (:func:`_forward_plain`), for tests and benchmarks."""
+    return _run_forward(image, _factored(xy_start, xy_end, z_start, z_end), geom, None)
+
+
+def _back_factored_per_lor(
+    values: Tensor, xy_start: Tensor, xy_end: Tensor, z_start: Tensor, z_end: Tensor, geom: Geometry
+) -> Tensor:
+    """:func:`back_factored` through the per-LOR kernel (:func:`_back_plain`), for tests and benchmarks."""
     return _run_back(values, _factored(xy_start, xy_end, z_start, z_end), geom, None)
