@@ -1,7 +1,7 @@
 """Validation scores that chose the shipped model (docs/experiments.md, "Experiments").
 
     python experiments/scripts/validation_scores.py [CHECKPOINT ...] [--first 100000 --phantoms 32]
-        [--data-subsets 1 2 3 7] [--flip-ensemble none 0 1 01] [--osem]
+        [--data-subsets 1 2 3 7] [--flip-ensemble none 0 1 01] [--anchor 0 1.4] [--osem]
         [--sirf-brain $PET_DL_TEST_DATA/sirf_phantoms/brain | --acrin $PET_DL_TEST_DATA/acrin_pet_dicom] [--hot-spots]
 
 For each checkpoint (default: the shipped model) prints, per dose factor, the mean NRMSE
@@ -12,7 +12,9 @@ phantoms simulated from ``data/brain2d.yaml`` with seeds ``first .. first + phan
 ``--data-subsets`` rescores each network with those ``UnrolledEM.data_subsets`` (not
 retrained); ``--flip-ensemble`` likewise with each UNet's output averaged over flips along
 those spatial axes (``none``, ``0`` = x, ``1`` = y, ``01`` = both; the network's
-``flip_ensemble``); ``--osem`` adds OSEM with the parameters chosen on validation. With
+``flip_ensemble``); ``--anchor`` likewise with a low-frequency anchor of that many
+voxels at full dose to OSEM at :data:`OSEM_CHOSEN` (:mod:`pet_dl.models.anchor`; 0: none);
+``--osem`` adds OSEM with the parameters chosen on validation. With
 several networks, the last lines give each one's factor-20 differences from the first
 network, paired on the same phantoms and lesions (points, ± 1.96 standard errors).
 ``--hot-spots`` adds, at factor 20, the false hot spots per image
@@ -29,6 +31,7 @@ SIRF brain, one of its axial planes 8-14 per seed, with the recipe's random lesi
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -47,6 +50,12 @@ from pet_dl.recon.filters import gaussian_postfilter  # noqa: E402
 FACTORS = [1.0, 4.0, 10.0, 20.0, 50.0, 100.0]
 # OSEM (iterations x 7 subsets, post-filter FWHM mm) chosen on validation, docs/experiments.md
 OSEM_CHOSEN = {1.0: (15, 2.0), 4.0: (10, 4.0), 10.0: (6, 4.0), 20.0: (4, 4.0), 50.0: (4, 6.0), 100.0: (2, 6.0)}
+
+
+def anchor_config(sigma_voxels: float) -> dict:
+    """The network option of a low-frequency anchor to OSEM at :data:`OSEM_CHOSEN`."""
+    rows = [[f, it, fwhm] for f, (it, fwhm) in OSEM_CHOSEN.items()]
+    return {"sigma_voxels": sigma_voxels, "osem": rows, "subsets": 7}
 
 
 def summary(rows: list[dict]) -> str:
@@ -94,6 +103,9 @@ def main() -> None:
     parser.add_argument("--data-subsets", type=int, nargs="+", default=None)
     parser.add_argument("--flip-ensemble", nargs="+", default=None, metavar="AXES",
                         help="rescore with these flip axes: none, 0, 1, 01")
+    parser.add_argument("--anchor", type=float, nargs="+", default=None, metavar="SIGMA",
+                        help="rescore with a low-frequency anchor of SIGMA voxels at full dose "
+                             "(OSEM at OSEM_CHOSEN; 0: none)")
     parser.add_argument("--osem", action="store_true", help="also score OSEM (chosen parameters)")
     add_source_arguments(parser)
     parser.add_argument("--hot-spots", action="store_true", help="also count false hot spots at factor 20")
@@ -118,22 +130,25 @@ def main() -> None:
     scored: list[tuple[str, list[dict]]] = []  # (label, factor-20 rows) per network
     for path in args.checkpoints:
         loaded = load_model(path, torch.device("cpu"))  # once; rebuilt per option set below
-        for subsets in args.data_subsets or [None]:
-            for flips in args.flip_ensemble or [None]:
-                options: dict = {}  # rescored with these network options (same weights)
-                if subsets is not None:
-                    options["data_subsets"] = subsets
-                if flips is not None:
-                    options["flip_ensemble"] = [] if flips == "none" else [int(a) for a in flips]
-                net = loaded.with_network_options(options).model
-                label = (path or "shipped") + "".join(f" ({k} {v})" for k, v in options.items())
-                images = {f: network_reconstruction(net, ev.batch(f)) for f in FACTORS}
-                rows = {f: case_metrics(x, ev) for f, x in images.items()}
-                cells = [f"f{f:g}: {summary(r)}" for f, r in rows.items()]
-                mean = sum(sum(x["nrmse"] for x in r) / len(r) for r in rows.values()) / len(rows)
-                hot = f" | {with_hot_spots(rows[20.0], images[20.0], ev)}" if args.hot_spots else ""
-                print(label, " | ".join(cells), f"| mean NRMSE {100 * mean:.2f}{hot}", flush=True)
-                scored.append((label, rows[20.0]))
+        for subsets, flips, anchor in itertools.product(
+            args.data_subsets or [None], args.flip_ensemble or [None], args.anchor or [None]
+        ):
+            options: dict = {}  # rescored with these network options (same weights)
+            if subsets is not None:
+                options["data_subsets"] = subsets
+            if flips is not None:
+                options["flip_ensemble"] = [] if flips == "none" else [int(a) for a in flips]
+            if anchor:
+                options["anchor"] = anchor_config(anchor)
+            net = loaded.with_network_options(options).model
+            label = (path or "shipped") + "".join(f" ({k} {v})" for k, v in options.items())
+            images = {f: network_reconstruction(net, ev.batch(f)) for f in FACTORS}
+            rows = {f: case_metrics(x, ev) for f, x in images.items()}
+            cells = [f"f{f:g}: {summary(r)}" for f, r in rows.items()]
+            mean = sum(sum(x["nrmse"] for x in r) / len(r) for r in rows.values()) / len(rows)
+            hot = f" | {with_hot_spots(rows[20.0], images[20.0], ev)}" if args.hot_spots else ""
+            print(label, " | ".join(cells), f"| mean NRMSE {100 * mean:.2f}{hot}", flush=True)
+            scored.append((label, rows[20.0]))
     for label, rows in scored[1:]:
         print(f"f20 {label} - {scored[0][0]}: {paired_summary(rows, scored[0][1])}")
 

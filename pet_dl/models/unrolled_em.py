@@ -21,11 +21,15 @@ Each of ``K`` iterations runs
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from pet_dl.models.anchor import LowFrequencyAnchor
 from pet_dl.models.base import ReconNetwork
 from pet_dl.models.batch import ReconBatch
 from pet_dl.models.blocks import (
@@ -86,6 +90,9 @@ class UnrolledEM(ReconNetwork):
             constant dose channel reaches the UNet through its residual shortcuts), but
             without it the 32-64-128 UNet did not train at lr 2e-3 (docs/results.md,
             "Experiment v4").
+        anchor: ``{"sigma_voxels", "osem", "subsets"}`` of a
+            :class:`~pet_dl.models.anchor.LowFrequencyAnchor` applied to the output in eval
+            mode (not in training; no parameter depends on it), or None.
     """
 
     def __init__(
@@ -104,6 +111,7 @@ class UnrolledEM(ReconNetwork):
         norm: str | None = "instance",
         data_subsets: int = 1,
         flip_ensemble: tuple[int, ...] = (),
+        anchor: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(
             spatial_dims, init_iterations, init_subsets, checkpointing, count_reference
@@ -124,6 +132,7 @@ class UnrolledEM(ReconNetwork):
         )
         self.fusion_weight = nn.Parameter(torch.full((num_iterations,), initial_fusion_weight))
         self.fusion_dose_slope = nn.Parameter(torch.zeros(num_iterations))
+        self.anchor = None if anchor is None else LowFrequencyAnchor.from_config(anchor)
 
     def _iteration(
         self,
@@ -161,4 +170,7 @@ class UnrolledEM(ReconNetwork):
                 )
             else:
                 u = self._iteration(k, u, subsets, sens, scale, dose)
-        return u * scale
+        x = u * scale
+        if self.anchor is not None and not self.training:
+            x = self.anchor(x, model, prompts, dose, batch.image)
+        return x

@@ -1,0 +1,124 @@
+"""Low-frequency data anchor: a network may change what the data cannot determine, not what it can.
+
+A learned image ``x`` is replaced by ``x + G_s (o - x)``: its content below the spatial
+scale ``s`` is that of ``o``, an OSEM reconstruction of the same scan at the settings
+chosen on validation for the scan's count level, and above it the network's. OSEM's noise
+at a scale ``s`` falls as ``s`` grows, so ``s`` grows with the dose reduction:
+``s = sigma_voxels * sqrt(f)`` voxels in-plane, with ``f = 1 / level`` (``level`` the count
+level measured from the scan, :func:`pet_dl.models.blocks.count_level`). Structure the
+network paints at scales the counts determine (a false blob several voxels wide at full
+dose, an organ's level) is taken back; the network's denoising of fine detail is kept.
+docs/experiments.md (the v29 round) has how ``sigma_voxels`` was chosen and what it buys.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from pet_dl.forward_model import FWHM_PER_SIGMA, GaussianResolution, PETForwardModel
+from pet_dl.geometry import ImageGeometry
+
+
+@dataclass(frozen=True)
+class LowFrequencyAnchor:
+    """The anchor's settings.
+
+    Args:
+        sigma_voxels: in-plane standard deviation of ``G_s`` at full dose, voxels (> 0).
+        osem: rows ``(dose reduction factor, iterations, postfilter FWHM mm)``: the OSEM of
+            each count level; a scan uses the row whose factor is nearest to its own in
+            ``log`` (factors >= 1, iterations >= 1, FWHM >= 0).
+        subsets: OSEM view subsets.
+    """
+
+    sigma_voxels: float
+    osem: tuple[tuple[float, int, float], ...]
+    subsets: int = 7
+
+    def __post_init__(self) -> None:
+        if not self.sigma_voxels > 0:
+            raise ValueError(f"anchor sigma_voxels must be positive, got {self.sigma_voxels}")
+        if not self.osem:
+            raise ValueError("anchor osem needs at least one row (factor, iterations, fwhm_mm)")
+        for row in self.osem:
+            factor, iterations, fwhm = row
+            if not (factor >= 1 and iterations >= 1 and fwhm >= 0):
+                raise ValueError(f"anchor osem row {list(row)}: need factor >= 1, iterations >= 1, fwhm_mm >= 0")
+        if self.subsets < 1:
+            raise ValueError(f"anchor subsets must be >= 1, got {self.subsets}")
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> LowFrequencyAnchor:
+        """From a network config entry ``{"sigma_voxels": s, "osem": [[f, it, fwhm], ...], "subsets": 7}``."""
+        unknown = set(config) - {"sigma_voxels", "osem", "subsets"}
+        if unknown:
+            raise ValueError(f"anchor: unknown keys {sorted(unknown)} (sigma_voxels, osem, subsets)")
+        rows = tuple((float(f), int(i), float(w)) for f, i, w in config.get("osem", ()))
+        return cls(float(config["sigma_voxels"]), rows, int(config.get("subsets", 7)))
+
+    def osem_settings(self, level: float) -> tuple[int, float]:
+        """``(iterations, fwhm_mm)`` of the row nearest to the factor ``1 / level``."""
+        factor = 1.0 / max(float(level), 1e-6)
+        row = min(self.osem, key=lambda r: abs(math.log(r[0]) - math.log(factor)))
+        return row[1], row[2]
+
+    def sigma_mm(self, level: float, voxel_mm: float) -> float:
+        """``G_s``'s standard deviation in mm at count level ``level`` (1 = full dose)."""
+        return self.sigma_voxels * math.sqrt(1.0 / max(float(level), 1e-6)) * voxel_mm
+
+    def __call__(
+        self, image: torch.Tensor, model: PETForwardModel, prompts: torch.Tensor,
+        level: torch.Tensor, grid: ImageGeometry,
+    ) -> torch.Tensor:
+        """Anchor ``image`` to OSEM of the same scans.
+
+        Args:
+            image: the network's images ``(B, nx, ny, nz)``, Bq/mL.
+            model: the scans' batched forward model.
+            prompts: measured counts ``(B, *sino)``.
+            level: ``(B,)`` count level of each scan (1 = full dose).
+            grid: the image grid.
+
+        Returns:
+            ``(B, nx, ny, nz)`` Bq/mL: ``image + G_s (o - image)`` per scan.
+        """
+        from pet_dl.models.batch import initial_image
+        from pet_dl.recon.filters import gaussian_postfilter
+
+        levels = [float(v) for v in level.flatten()]
+        out = image.clone()
+        for iterations, fwhm in sorted({self.osem_settings(v) for v in levels}):
+            cases = [b for b, v in enumerate(levels) if self.osem_settings(v) == (iterations, fwhm)]
+            with torch.no_grad():
+                reference = gaussian_postfilter(
+                    initial_image(model, prompts, iterations, self.subsets), grid, fwhm
+                ).to(image.dtype)
+            for b in cases:
+                out[b] = anchor_low_frequencies(
+                    image[b], reference[b], grid, self.sigma_mm(levels[b], float(grid.voxel_size_mm[0]))
+                )
+        return out
+
+
+def anchor_low_frequencies(
+    image: torch.Tensor, reference: torch.Tensor, grid: ImageGeometry, sigma_mm: float | Sequence[float]
+) -> torch.Tensor:
+    """``image + G (reference - image)``: ``reference``'s content below the scale of ``G``.
+
+    Args:
+        image, reference: ``(*batch, nx, ny, nz)``, the same units.
+        grid: the image grid (voxel size in mm).
+        sigma_mm: ``G``'s standard deviation, mm: one value for the in-plane axes (z is left
+            alone), or one per axis.
+
+    Returns:
+        the anchored image, the shape of ``image``.
+    """
+    sigma = (sigma_mm, sigma_mm, 0.0) if isinstance(sigma_mm, (int, float)) else tuple(sigma_mm)
+    blur = GaussianResolution(grid, [s * FWHM_PER_SIGMA for s in sigma]).to(image.device)
+    return image + blur(reference - image)

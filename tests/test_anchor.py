@@ -1,0 +1,128 @@
+"""The low-frequency data anchor: keeps the network's fine detail, takes back what the data contradicts."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from pet_dl.geometry import ImageGeometry, SinogramGeometry, get_scanner
+from pet_dl.models import ReconBatch, build_model
+from pet_dl.models.anchor import LowFrequencyAnchor, anchor_low_frequencies
+
+ROWS = [[1, 15, 2.0], [4, 10, 4.0], [20, 4, 4.0], [100, 2, 6.0]]
+
+
+def _blob(grid: ImageGeometry, centre_mm: tuple[float, float], sigma_mm: float) -> torch.Tensor:
+    """A unit-peak Gaussian blob ``(nx, ny, 1)`` on ``grid``."""
+    nx, ny = grid.shape[0], grid.shape[1]
+    v = grid.voxel_size_mm[0]
+    x = (torch.arange(nx, dtype=torch.float64) - (nx - 1) / 2) * v
+    y = (torch.arange(ny, dtype=torch.float64) - (ny - 1) / 2) * v
+    r2 = (x[:, None] - centre_mm[0]) ** 2 + (y[None, :] - centre_mm[1]) ** 2
+    return torch.exp(-r2 / (2 * sigma_mm**2)).float()[:, :, None]
+
+
+def test_anchor_keeps_fine_detail_and_removes_broad_departures() -> None:
+    grid = ImageGeometry.centered((64, 64, 1), (2.0, 2.0, 2.0))
+    reference = 10.0 * _blob(grid, (0.0, 0.0), 40.0)
+    assert torch.equal(anchor_low_frequencies(reference, reference, grid, 2.8), reference)
+    i, j = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
+    fine = (((i + j) % 2) * 2.0 - 1.0).float()[:, :, None]  # a one-voxel checkerboard
+    out = anchor_low_frequencies(reference + fine, reference, grid, 1.4 * 2.0)
+    inner = (slice(8, 56), slice(8, 56))  # away from the zero-padded border
+    assert float((out - reference - fine)[inner].abs().max()) < 0.01  # detail kept
+    broad = 10.0 * _blob(grid, (10.0, -6.0), 8.0)  # a blob of 4 voxels' sigma
+    out = anchor_low_frequencies(reference + broad, reference, grid, 1.4 * 2.0)
+    left = float((out - reference).max())
+    # G_a(blob) has peak sigma_b^2 / (sigma_b^2 + sigma_a^2) of the blob's: 0.89 taken back
+    assert left == pytest.approx(10.0 * (1 - 16.0 / (16.0 + 1.96)), rel=0.05)
+
+
+def test_anchor_settings_follow_the_count_level() -> None:
+    anchor = LowFrequencyAnchor.from_config({"sigma_voxels": 1.4, "osem": ROWS})
+    assert anchor.osem_settings(1.0) == (15, 2.0)
+    assert anchor.osem_settings(1 / 3.0) == (10, 4.0)  # log-nearest: 3 is closer to 4 than to 1
+    assert anchor.osem_settings(1 / 12.0) == (4, 4.0)  # 12 is log-nearer 20 than 4
+    assert anchor.osem_settings(1 / 500.0) == (2, 6.0)
+    assert anchor.osem_settings(3.0) == (15, 2.0)  # more counts than the reference
+    for level in (1.0, 0.25, 0.05, 0.01):
+        assert anchor.sigma_mm(level, 2.0) == pytest.approx(1.4 * 2.0 / math.sqrt(level))
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"sigma_voxels": 0.0, "osem": ROWS},
+        {"sigma_voxels": 1.0, "osem": []},
+        {"sigma_voxels": 1.0, "osem": [[0.5, 4, 2.0]]},
+        {"sigma_voxels": 1.0, "osem": [[1, 0, 2.0]]},
+        {"sigma_voxels": 1.0, "osem": ROWS, "iterations": 3},
+    ],
+)
+def test_anchor_rejects_bad_settings(config: dict) -> None:
+    with pytest.raises(ValueError, match="anchor"):
+        LowFrequencyAnchor.from_config(config)
+
+
+def _scan(generator: torch.Generator, truth: torch.Tensor, grid: ImageGeometry, counts: float) -> ReconBatch:
+    """A noisy 2D scan of ``truth (nx, ny, 1)`` with about ``counts`` trues."""
+    sino = SinogramGeometry.two_d(get_scanner("test"), num_radial=65, view_mashing=2)
+    ones = torch.ones(1, *sino.shape)
+    empty = ReconBatch(ones, ones, torch.zeros_like(ones), torch.ones(1), torch.ones(1), sino, grid)
+    ybar = empty.forward_model()(truth[None])
+    ybar = ybar * (counts / float(ybar.sum()))
+    calibration = torch.tensor([counts / float(empty.forward_model()(truth[None]).sum())])
+    y = torch.poisson(ybar, generator=generator)
+    return ReconBatch(y, ones, torch.zeros_like(y), calibration, torch.ones(1), sino, grid)
+
+
+def test_anchor_takes_back_a_false_blob_and_restores_an_erased_lesion(generator: torch.Generator) -> None:
+    """A network image with a lesion painted where there is none and a real one erased, at full dose."""
+    grid = ImageGeometry.centered((32, 32, 1), (4.0, 4.0, 4.0))
+    v = 4.0
+    nx = 32
+    x = (torch.arange(nx) - (nx - 1) / 2) * v
+    body = ((x[:, None] ** 2 + x[None, :] ** 2) <= 45.0**2).float()[:, :, None] * 10.0
+    lesion = 10.0 * _blob(grid, (-18.0, 10.0), 6.0) * (body > 0)
+    truth = body + lesion
+    batch = _scan(generator, truth, grid, 2e6)
+    false_blob = 10.0 * _blob(grid, (16.0, -14.0), 6.0) * (body > 0)
+    network = body + false_blob  # the real lesion erased, a false one painted
+    anchor = LowFrequencyAnchor.from_config({"sigma_voxels": 1.4, "osem": ROWS})
+    out = anchor(network[None], batch.forward_model(), batch.prompts, torch.ones(1), grid)[0]
+    at_false = false_blob > 5.0
+    at_lesion = lesion > 5.0
+    excess_false = float((out - body)[at_false].mean()) / float(false_blob[at_false].mean())
+    restored = float((out - body)[at_lesion].mean()) / float(lesion[at_lesion].mean())
+    assert excess_false < 0.5, excess_false  # at least half of the invented lesion taken back
+    assert restored > 0.5, restored  # at least half of the erased lesion back from the data
+    # without data support nothing changes: a network image equal to OSEM's stays
+    osem = anchor(truth[None], batch.forward_model(), batch.prompts, torch.ones(1), grid)[0]
+    assert float((osem - truth)[at_lesion].mean()) > -0.3 * float(lesion[at_lesion].mean())
+
+
+def test_unrolled_em_applies_the_anchor_in_eval_mode_only(generator: torch.Generator) -> None:
+    grid = ImageGeometry.centered((16, 16, 1), (4.0, 4.0, 4.0))
+    truth = 5.0 + 5.0 * _blob(grid, (4.0, 0.0), 8.0)
+    batch = _scan(generator, truth, grid, 2e5)
+    small = {"name": "unrolled_em", "spatial_dims": 2, "num_iterations": 1, "channels": [4, 8],
+             "strides": [2], "init_iterations": 2}
+    config = {"sigma_voxels": 1.0, "osem": ROWS}
+    plain = build_model(small)
+    anchored = build_model({**small, "anchor": config})
+    anchored.load_state_dict(plain.state_dict())
+    plain.eval()
+    anchored.eval()
+    with torch.no_grad():
+        x = plain(batch)
+        expected = LowFrequencyAnchor.from_config(config)(
+            x, batch.forward_model(), batch.prompts, batch.dose_fraction, grid
+        )
+        assert torch.allclose(anchored(batch), expected, rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(expected, x, rtol=1e-3, atol=1e-3)
+    anchored.train()
+    plain.train()
+    with torch.no_grad():
+        assert torch.allclose(anchored(batch), plain(batch))
