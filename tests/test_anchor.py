@@ -126,3 +126,27 @@ def test_unrolled_em_applies_the_anchor_in_eval_mode_only(generator: torch.Gener
     plain.train()
     with torch.no_grad():
         assert torch.allclose(anchored(batch), plain(batch))
+
+
+def test_export_adds_the_anchor_from_a_file_with_the_same_weights(tmp_path, generator: torch.Generator) -> None:
+    """``--anchor FILE`` on a .safetensors: weights kept, the anchor in the config; a bad file is exit 2."""
+    from pet_dl.io.checkpoint import load_checkpoint, save_checkpoint
+    from pet_dl.training.export import main as export_main
+
+    config = {"name": "unrolled_em", "spatial_dims": 2, "num_iterations": 1, "channels": [4, 8],
+              "strides": [2], "init_iterations": 1}
+    plain = build_model(config)
+    src = save_checkpoint(tmp_path / "plain.safetensors", plain, config, {"training_command": "fit"})
+    out = tmp_path / "anchored.safetensors"
+    assert export_main([str(src), str(out), "--anchor", "configs/anchor2d.yaml"]) == 0
+    loaded = load_checkpoint(out, builder=build_model)
+    assert loaded.model.anchor == LowFrequencyAnchor.from_config(
+        {"sigma_voxels": 1.4, "osem": [[1, 15, 2.0], [4, 10, 4.0], [10, 6, 4.0], [20, 4, 4.0],
+                                       [50, 4, 6.0], [100, 2, 6.0]]}
+    )
+    for (name, a), b in zip(plain.state_dict().items(), loaded.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sigma_voxels: -1\nosem: [[1, 15, 2.0]]\n")
+    assert export_main([str(src), str(tmp_path / "x.safetensors"), "--anchor", str(bad)]) == 2
+    assert not (tmp_path / "x.safetensors").exists()

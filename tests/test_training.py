@@ -373,7 +373,8 @@ def test_configs_folder_is_found() -> None:
 def test_every_config_loads(path: Path, capsys: pytest.CaptureFixture) -> None:
     """Every file in configs/ has a one-line header and loads: a training config through
     train.py on top of configs/base.yaml (its network also builds), an evaluation config
-    through ``load_eval_config``, and base.yaml is train.py's base."""
+    through ``load_eval_config``, an anchor file through ``LowFrequencyAnchor``, and
+    base.yaml is train.py's base."""
     import yaml
 
     from pet_dl.evaluate import load_eval_config
@@ -385,6 +386,11 @@ def test_every_config_loads(path: Path, capsys: pytest.CaptureFixture) -> None:
     data = yaml.safe_load(path.read_text())
     if "networks" in data:
         assert load_eval_config(path)["networks"]
+        return
+    if "sigma_voxels" in data:
+        from pet_dl.models.anchor import LowFrequencyAnchor
+
+        LowFrequencyAnchor.from_config(data)
         return
     if "model" not in data:
         assert path == BASE_CONFIG

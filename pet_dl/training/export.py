@@ -259,8 +259,22 @@ class ExportCallback(pl.Callback):
             export_module(pl_module, path, "python " + shlex.join(sys.argv), model_version=version)
 
 
+def _anchor_options(path: str) -> dict[str, Any]:
+    """The ``anchor`` network option from a YAML file, checked (:class:`~pet_dl.models.anchor.LowFrequencyAnchor`)."""
+    import yaml
+
+    from pet_dl.models.anchor import LowFrequencyAnchor
+
+    with open(path) as f:
+        config = yaml.safe_load(f)
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: an anchor file is a mapping (sigma_voxels, osem, subsets)")
+    anchor = LowFrequencyAnchor.from_config(config)
+    return {"sigma_voxels": anchor.sigma_voxels, "osem": [list(r) for r in anchor.osem], "subsets": anchor.subsets}
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m pet_dl.training.export CKPT OUT [--train-seeds START STOP] [--flip-ensemble AXIS ...] [--float16] [--model-version NAME]``.
+    """``python -m pet_dl.training.export CKPT OUT [--train-seeds START STOP] [--flip-ensemble AXIS ...] [--anchor YAML] [--float16] [--model-version NAME]``.
 
     Prints the path; a bad input is one ``error:`` line and exit code 2.
     """
@@ -279,6 +293,10 @@ def main(argv: list[str] | None = None) -> int:
         "--flip-ensemble", type=int, nargs="+", default=None, metavar="AXIS",
         help="average each UNet's output over flips along these spatial axes (0 = x)",
     )
+    parser.add_argument(
+        "--anchor", default=None, metavar="YAML",
+        help="a low-frequency data anchor (pet_dl.models.anchor): sigma_voxels, osem rows, subsets",
+    )
     parser.add_argument("--float16", action="store_true",
                         help="store the weights as float16 (half the file; loaded as float32)")
     parser.add_argument("--model-version", default=None, metavar="NAME",
@@ -289,11 +307,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--train-seeds needs 0 <= START < STOP, got {args.train_seeds}")
     from_safetensors = args.ckpt.endswith(".safetensors")
     if from_safetensors and (
-        seeds is not None or (args.flip_ensemble is None and not args.float16 and args.model_version is None)
+        seeds is not None
+        or (args.flip_ensemble is None and args.anchor is None and not args.float16 and args.model_version is None)
     ):
-        parser.error("a .safetensors input takes --flip-ensemble, --float16 and/or --model-version, "
+        parser.error("a .safetensors input takes --flip-ensemble, --anchor, --float16 and/or --model-version, "
                      "and no --train-seeds")
-    options = {} if args.flip_ensemble is None else {"flip_ensemble": args.flip_ensemble}
+    options: dict[str, Any] = {} if args.flip_ensemble is None else {"flip_ensemble": args.flip_ensemble}
+    if args.anchor is not None:
+        try:
+            options["anchor"] = _anchor_options(args.anchor)
+        except (OSError, ValueError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     dtype = torch.float16 if args.float16 else None
     command = args.training_command
     if options or dtype is not None:  # the export changed the network or its storage: record how
