@@ -210,16 +210,17 @@ def main(argv: list[str] | None = None) -> int:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     print(f"\nmachine: {platform.platform()}, {os.cpu_count()} CPUs, numba threads {numba.get_num_threads()}, "
           f"torch {torch.__version__}, numba {numba.__version__}, commit {commit}")
-    print("\n| case | LORs | batch | old fwd s (CPU s) | new fwd s (CPU s) | old back s (CPU s) | new back s (CPU s) "
-          "| old / new fwd | old / new back | fwd bit-equal | back max diff | load average |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|")
-    for r in rows:
-        t = r["t"]
-        ob, nb = t.get("old back", (float("nan"),) * 2), t.get("new back", (float("nan"),) * 2)
-        print(f"| {r['case']} | {r['lors']:,} | {r['batch']} | {t['old fwd'][0]:.2f} ({t['old fwd'][1]:.2f}) | "
-              f"{t['new fwd'][0]:.2f} ({t['new fwd'][1]:.2f}) | {ob[0]:.2f} ({ob[1]:.2f}) | {nb[0]:.2f} ({nb[1]:.2f}) | "
-              f"{t['old fwd'][0] / t['new fwd'][0]:.2f} | {ob[0] / nb[0]:.2f} | {r['fwd_equal']} | "
-              f"{r['back_diff']:.1e} | {r['load']} |")
+    if rows:
+        print("\n| case | LORs | batch | old fwd s (CPU s) | new fwd s (CPU s) | old back s (CPU s) | new back s (CPU s) "
+              "| old / new fwd | old / new back | fwd bit-equal | back max diff | load average |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|")
+        for r in rows:
+            t = r["t"]
+            ob, nb = t.get("old back", (float("nan"),) * 2), t.get("new back", (float("nan"),) * 2)
+            print(f"| {r['case']} | {r['lors']:,} | {r['batch']} | {t['old fwd'][0]:.2f} ({t['old fwd'][1]:.2f}) | "
+                  f"{t['new fwd'][0]:.2f} ({t['new fwd'][1]:.2f}) | {ob[0]:.2f} ({ob[1]:.2f}) | {nb[0]:.2f} ({nb[1]:.2f}) | "
+                  f"{t['old fwd'][0] / t['new fwd'][0]:.2f} | {ob[0] / nb[0]:.2f} | {r['fwd_equal']} | "
+                  f"{r['back_diff']:.1e} | {r['load']} |")
     if osem_row is not None:
         t = osem_row["t"]
         print("\n| 3D mMR OSEM, 21 subsets | old s (CPU s) | new s (CPU s) | old / new | x 21: old s | x 21: new s "
