@@ -690,7 +690,8 @@ def test_lesion_max_loss_is_the_absolute_suvmax_bias_and_acts_on_the_hottest_vox
 
 def test_shipped_models_recorded_command_rebuilds_its_network(capsys: pytest.CaptureFixture) -> None:
     """The training command in the shipped model's metadata still runs through train.py (on
-    top of configs/base.yaml) and resolves to the network and training data of that file."""
+    top of configs/base.yaml) and resolves to the network and training data of that file;
+    an export step after it (``--anchor FILE``) adds what it records."""
     import shlex
 
     import yaml
@@ -707,7 +708,15 @@ def test_shipped_models_recorded_command_rebuilds_its_network(capsys: pytest.Cap
         main(["fit", *args, "--print_config"])
     assert exc.value.code == 0, capsys.readouterr().err
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["model"]["network"] == config
+    expected = dict(printed["model"]["network"])
+    for step in metadata["training_command"].split(";")[1:]:
+        words = shlex.split(step)
+        assert words[:3] == ["python", "-m", "pet_dl.training.export"], step
+        if "--anchor" in words:
+            from pet_dl.training.export import _anchor_options
+
+            expected["anchor"] = _anchor_options(str(root / words[words.index("--anchor") + 1]))
+    assert expected == config
     folders = printed["data"]["data_dir"]
     folders = folders if isinstance(folders, list) else [folders]
     assert "+".join(Path(f).name for f in folders) == metadata["dataset"]
