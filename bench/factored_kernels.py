@@ -79,6 +79,22 @@ def side_by_side(fns: dict[str, Callable[[], Any]], repeats: int) -> tuple[dict[
     return best, first
 
 
+
+def native_osem_problem(mmr: Any, vox: tuple[float, float, float]) -> tuple[Any, Any, Any, Any]:
+    """The mMR span-11 sinogram, the native 344 x 344 x 127 grid, a forward model with a
+    flat additive term, and Poisson counts of 5 per bin (seeded): the OSEM cases' problem,
+    ``(SinogramGeometry, ImageGeometry, PETForwardModel, counts)``."""
+    import torch
+
+    from pet_dl.forward_model import PETForwardModel, SinogramProjector
+    from pet_dl.geometry import ImageGeometry, SinogramGeometry
+
+    sino = SinogramGeometry(mmr, num_radial=344, span=11, max_ring_difference=60)
+    image = ImageGeometry.centered((344, 344, 127), vox)
+    model = PETForwardModel(SinogramProjector(sino, image), None, torch.full(sino.shape, 0.5), calibration=1e-3)
+    y = torch.poisson(torch.full(sino.shape, 5.0), generator=torch.Generator().manual_seed(0))
+    return sino, image, model, y
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ["NUMBA_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"] = str(args.threads)
@@ -87,7 +103,6 @@ def main(argv: list[str] | None = None) -> int:
     import numba  # noqa: PLC0415
     import torch  # noqa: PLC0415
 
-    from pet_dl.forward_model import PETForwardModel, SinogramProjector  # noqa: PLC0415
     from pet_dl.geometry import ImageGeometry, SinogramGeometry, get_scanner  # noqa: PLC0415
     from pet_dl.projector import SinogramLORs  # noqa: PLC0415
     from pet_dl.projector import numba_kernels as nk  # noqa: PLC0415
@@ -161,10 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             kernels("2D mMR (P = 1), row kernels forced", lors, image, batch, force_rows=True)
     osem_row: dict[str, Any] | None = None
     if "osem" in cases:
-        sino = SinogramGeometry(mmr, num_radial=344, span=11, max_ring_difference=60)
-        image = ImageGeometry.centered((344, 344, 127), vox)
-        model = PETForwardModel(SinogramProjector(sino, image), None, torch.full(sino.shape, 0.5), calibration=1e-3)
-        y = torch.poisson(torch.full(sino.shape, 5.0), generator=torch.Generator().manual_seed(0))
+        sino, image, model, y = native_osem_problem(mmr, vox)
         sub = model.subsets(21)[0]
         y0 = model.subset_data(y, 0, 21)
         x0 = torch.ones(image.shape)
@@ -193,10 +205,7 @@ def main(argv: list[str] | None = None) -> int:
 
     iteration_row: dict[str, Any] | None = None
     if "iteration" in cases:
-        sino = SinogramGeometry(mmr, num_radial=344, span=11, max_ring_difference=60)
-        image = ImageGeometry.centered((344, 344, 127), vox)
-        model = PETForwardModel(SinogramProjector(sino, image), None, torch.full(sino.shape, 0.5), calibration=1e-3)
-        y = torch.poisson(torch.full(sino.shape, 5.0), generator=torch.Generator().manual_seed(0))
+        sino, image, model, y = native_osem_problem(mmr, vox)
         load0 = os.getloadavg()[0]
         with tempfile.TemporaryDirectory() as cache:
             def setup() -> None:  # the 21 subset sensitivities, written to the cache folder (osem's setup)

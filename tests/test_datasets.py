@@ -171,7 +171,9 @@ def test_recipe_texture_changes_only_the_activity_of_the_same_phantom() -> None:
     for seed in (0, 7):
         a, b = phantom_of_seed(plain, seed), phantom_of_seed(textured, seed)
         assert torch.equal(a.mu, b.mu) and torch.equal(a.labels, b.labels)
-        assert [(l.centre_mm, l.diameter_mm) for l in a.lesions] == [(l.centre_mm, l.diameter_mm) for l in b.lesions]
+        assert [(les.centre_mm, les.diameter_mm) for les in a.lesions] == [
+            (les.centre_mm, les.diameter_mm) for les in b.lesions
+        ]
         body = (a.activity > 0) & (a.labels == 0)
         ratio = b.activity[body] / a.activity[body]
         assert float(ratio.min()) >= GAIN_RANGE[0] - 1e-5 and float(ratio.max()) <= GAIN_RANGE[1] + 1e-5

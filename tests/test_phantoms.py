@@ -392,8 +392,8 @@ def test_texture_keeps_zero_mu_labels_and_the_mean_uptake_of_a_flat_region() -> 
 def test_texture_blur_softens_edges_and_keeps_the_total_activity() -> None:
     """The soft-edge option: the blurred step's 10-90 % rise is 2.56 sigma wide (a
     Gaussian's), and the total activity of an object inside the grid is kept."""
-    from pet_dl.phantoms import image_phantom
     from pet_dl.forward_model import FWHM_PER_SIGMA
+    from pet_dl.phantoms import image_phantom
     from pet_dl.phantoms.texture import add_texture
 
     image = ImageGeometry.centered((128, 128, 1), 1.0)

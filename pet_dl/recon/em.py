@@ -19,7 +19,11 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
-from pet_dl.recon.sensitivity import sensitivity_bytes, subset_sensitivities, subset_sensitivity_files
+from pet_dl.recon.sensitivity import (
+    sensitivity_bytes,
+    subset_sensitivities,
+    subset_sensitivity_files,
+)
 
 if TYPE_CHECKING:
     from pet_dl.forward_model import PETForwardModel
