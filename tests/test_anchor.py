@@ -150,3 +150,25 @@ def test_export_adds_the_anchor_from_a_file_with_the_same_weights(tmp_path, gene
     bad.write_text("sigma_voxels: -1\nosem: [[1, 15, 2.0]]\n")
     assert export_main([str(src), str(tmp_path / "x.safetensors"), "--anchor", str(bad)]) == 2
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_a_batch_of_scans_at_different_count_levels_is_anchored_scan_by_scan(generator: torch.Generator) -> None:
+    """Each scan of a batch gets the OSEM settings and the scale of its own count level."""
+    grid = ImageGeometry.centered((16, 16, 1), (4.0, 4.0, 4.0))
+    truth = 5.0 + 5.0 * _blob(grid, (4.0, 0.0), 8.0)
+    high, low = _scan(generator, truth, grid, 2e5), _scan(generator, truth, grid, 1e4)
+    both = ReconBatch(
+        torch.cat([high.prompts, low.prompts]), torch.cat([high.multiplicative, low.multiplicative]),
+        torch.cat([high.additive, low.additive]), torch.cat([high.calibration, low.calibration]),
+        torch.ones(2), high.sinogram, grid,
+    )
+    anchor = LowFrequencyAnchor.from_config({"sigma_voxels": 1.0, "osem": ROWS})
+    images = torch.stack([truth * 1.3, truth * 0.7])  # a network's images, off in level
+    levels = torch.tensor([1.0, 0.05])
+    out = anchor(images, both.forward_model(), both.prompts, levels, grid)
+    one = anchor(images[:1], high.forward_model(), high.prompts, levels[:1], grid)
+    two = anchor(images[1:], low.forward_model(), low.prompts, levels[1:], grid)
+    assert torch.allclose(out, torch.cat([one, two]), rtol=1e-5, atol=1e-4)
+    # both levels pulled back towards the truth's level by the data
+    assert abs(float(out[0].mean() / truth.mean()) - 1) < 0.15
+    assert abs(float(out[1].mean() / truth.mean()) - 1) < 0.15
