@@ -13,7 +13,8 @@ phantoms simulated from ``data/brain2d.yaml`` with seeds ``first .. first + phan
 retrained); ``--flip-ensemble`` likewise with each UNet's output averaged over flips along
 those spatial axes (``none``, ``0`` = x, ``1`` = y, ``01`` = both; the network's
 ``flip_ensemble``); ``--anchor`` likewise with a low-frequency anchor of that many
-voxels at full dose to OSEM at :data:`OSEM_CHOSEN` (:mod:`pet_dl.models.anchor`; 0: none);
+voxels at full dose to OSEM at :data:`OSEM_CHOSEN` applied to the network's images (any
+network; :mod:`pet_dl.models.anchor`, the same as ``UnrolledEM``'s option; 0: none);
 ``--osem`` adds OSEM with the parameters chosen on validation. With
 several networks, the last lines give each one's factor-20 differences from the first
 network, paired on the same phantoms and lesions (points, ± 1.96 standard errors).
@@ -44,6 +45,7 @@ from pet_dl.evaluate.methods import network_reconstruction, osem_trajectory  # n
 from pet_dl.evaluate.report import Z95  # noqa: E402
 from pet_dl.evaluate.scoring import case_metrics, false_hot_spots, paired_difference  # noqa: E402
 from pet_dl.inference import load_model  # noqa: E402
+from pet_dl.models import ReconBatch  # noqa: E402
 from pet_dl.recipes import load_recipe  # noqa: E402
 from pet_dl.recon.filters import gaussian_postfilter  # noqa: E402
 
@@ -52,10 +54,17 @@ FACTORS = [1.0, 4.0, 10.0, 20.0, 50.0, 100.0]
 OSEM_CHOSEN = {1.0: (15, 2.0), 4.0: (10, 4.0), 10.0: (6, 4.0), 20.0: (4, 4.0), 50.0: (4, 6.0), 100.0: (2, 6.0)}
 
 
-def anchor_config(sigma_voxels: float) -> dict:
-    """The network option of a low-frequency anchor to OSEM at :data:`OSEM_CHOSEN`."""
+def anchored(net: torch.nn.Module, batch: ReconBatch, images: torch.Tensor, sigma_voxels: float) -> torch.Tensor:
+    """``images`` of ``net`` on ``batch`` with a low-frequency anchor of ``sigma_voxels`` at full
+    dose to OSEM at :data:`OSEM_CHOSEN` (:class:`pet_dl.models.anchor.LowFrequencyAnchor`), at
+    the count level the network measures (``net.start``)."""
+    from pet_dl.models.anchor import LowFrequencyAnchor
+
     rows = [[f, it, fwhm] for f, (it, fwhm) in OSEM_CHOSEN.items()]
-    return {"sigma_voxels": sigma_voxels, "osem": rows, "subsets": 7}
+    anchor = LowFrequencyAnchor.from_config({"sigma_voxels": sigma_voxels, "osem": rows, "subsets": 7})
+    with torch.no_grad():
+        start = net.start(batch)
+        return anchor(images, start.model, start.prompts, start.dose, batch.image)
 
 
 def summary(rows: list[dict]) -> str:
@@ -138,11 +147,12 @@ def main() -> None:
                 options["data_subsets"] = subsets
             if flips is not None:
                 options["flip_ensemble"] = [] if flips == "none" else [int(a) for a in flips]
-            if anchor:
-                options["anchor"] = anchor_config(anchor)
             net = loaded.with_network_options(options).model
             label = (path or "shipped") + "".join(f" ({k} {v})" for k, v in options.items())
             images = {f: network_reconstruction(net, ev.batch(f)) for f in FACTORS}
+            if anchor:  # after the network, whatever it is (the same as UnrolledEM's option)
+                label += f" (anchor {anchor:g})"
+                images = {f: anchored(net, ev.batch(f), x, anchor) for f, x in images.items()}
             rows = {f: case_metrics(x, ev) for f, x in images.items()}
             cells = [f"f{f:g}: {summary(r)}" for f, r in rows.items()]
             mean = sum(sum(x["nrmse"] for x in r) / len(r) for r in rows.values()) / len(rows)
