@@ -33,7 +33,8 @@ both alike. Threads:
 
 ``--per-view`` adds, per mMR case, the forward projections' agreement view by view (the worst
 views, their worst LOR, and the agreement without the rows whose in-plane direction is an
-exact 45-degree tie). In exact arithmetic those rows have ``|dx| == |dy|``, and the two
+exact 45-degree tie) and the backprojections' agreement without those rows (one more
+backprojection each). In exact arithmetic those rows have ``|dx| == |dy|``, and the two
 projectors break the tie differently: parallelproj (float32, ``cos1_sq >= cos0_sq``) steps
 along y, pet_dl along x unless float64 rounding of the endpoints makes ``|dy|`` larger. Both
 are Joseph's method, but along x and along y they sample the random test image at different
@@ -198,13 +199,16 @@ def run_case(
     repeats: int,
     region: Any = None,
     per_view: Any = None,
+    keep: Any = None,
 ) -> dict[str, Any]:
     """Checks and timings of one case; ``pet_*`` / ``pp_*`` return numpy arrays.
 
     The checks' calls are the warm-up (numba compiles or loads its cache there). The two
     backprojections are compared within ``region`` (a 0/1 image; default everywhere).
     ``per_view(y_pet, y_pp)``, when given, is called on the two forward projections (its
-    result goes in the returned dict as ``"per_view"``).
+    result goes in the returned dict as ``"per_view"``). ``keep`` (``(N,)`` bool), when given:
+    the two backprojections again with the sinogram zeroed where it is False, compared as
+    ``"back_rel_kept"`` (one more backprojection each).
     """
     import numpy as np  # noqa: PLC0415
 
@@ -220,6 +224,13 @@ def run_case(
     }
     if per_view is not None:
         checks["per_view"] = per_view(y_pet, y_pp)
+    if keep is not None:
+        kept = np.where(keep, sino, np.float32(0))
+        b_pet, b_pp = pet_back(kept), pp_back(kept)
+        checks["back_rel_kept"] = (
+            rel(b_pet, b_pp) if region is None else rel(b_pet * region, b_pp * region)
+        )
+        del kept
     times = interleaved_best(
         {
             "pet_fwd": pet_fwd,
@@ -342,12 +353,13 @@ def main(argv: list[str] | None = None) -> int:
             if args.view_ids
             else f"{lors.shape[1]} of {sino.num_views} views"
         )
-        per_view = None
+        per_view = no_ties = None
         if args.per_view:
             dxy = (lors.xy_end - lors.xy_start).abs()  # (V, R, 2), float64
             tie_rows = ((dxy[..., 0] - dxy[..., 1]).abs() < 1e-6).numpy()  # mm
             view_ids = list(range(sino.num_views)) if views is None else views.tolist()
             per_view = lambda a, b: view_agreement(a, b, lors.shape, view_ids, tie_rows)  # noqa: E731
+            no_ties = np.broadcast_to(~tie_rows, lors.shape).reshape(-1)
         print(
             f"mMR span 11: sinogram {tuple(sino.shape)}, {label}: {n / 1e6:.2f} M LORs, image {shape}"
         )
@@ -366,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.repeats,
                     fov.numpy(),
                     per_view,
+                    no_ties,
                 )
             )
         if "flat" in cases:
@@ -383,6 +396,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.repeats,
                     fov.numpy(),
                     per_view,
+                    no_ties,
                 )
             )
         del start, end, start_t, end_t
@@ -438,6 +452,10 @@ def main(argv: list[str] | None = None) -> int:
         if "per_view" in r:
             print(f"\n### Forward agreement per view: {r['case']}\n")
             print("\n".join(r["per_view"]))
+            print(
+                f"Backprojections (inside the ring) with the tie rows' values set to 0: "
+                f"{r['back_rel_kept']:.2e} (all rows: {r['back_rel']:.2e})."
+            )
     print("\n## Times (s; ratio = pet_dl / parallelproj, below 1: pet_dl faster)\n")
     print(
         "| case | LORs | pet_dl fwd | parallelproj fwd | pet_dl back | parallelproj back "
