@@ -71,10 +71,9 @@ def _scan(generator: torch.Generator, truth: torch.Tensor, grid: ImageGeometry, 
     sino = SinogramGeometry.two_d(get_scanner("test"), num_radial=65, view_mashing=2)
     ones = torch.ones(1, *sino.shape)
     empty = ReconBatch(ones, ones, torch.zeros_like(ones), torch.ones(1), torch.ones(1), sino, grid)
-    ybar = empty.forward_model()(truth[None])
-    ybar = ybar * (counts / float(ybar.sum()))
-    calibration = torch.tensor([counts / float(empty.forward_model()(truth[None]).sum())])
-    y = torch.poisson(ybar, generator=generator)
+    projection = empty.forward_model()(truth[None])
+    calibration = torch.tensor([counts / float(projection.sum())])
+    y = torch.poisson(projection * calibration, generator=generator)
     return ReconBatch(y, ones, torch.zeros_like(y), calibration, torch.ones(1), sino, grid)
 
 
@@ -98,7 +97,7 @@ def test_anchor_takes_back_a_false_blob_and_restores_an_erased_lesion(generator:
     restored = float((out - body)[at_lesion].mean()) / float(lesion[at_lesion].mean())
     assert excess_false < 0.5, excess_false  # at least half of the invented lesion taken back
     assert restored > 0.5, restored  # at least half of the erased lesion back from the data
-    # without data support nothing changes: a network image equal to OSEM's stays
+    # the truth itself keeps its lesion (the anchor does not flatten what the data support)
     osem = anchor(truth[None], batch.forward_model(), batch.prompts, torch.ones(1), grid)[0]
     assert float((osem - truth)[at_lesion].mean()) > -0.3 * float(lesion[at_lesion].mean())
 
@@ -172,3 +171,27 @@ def test_a_batch_of_scans_at_different_count_levels_is_anchored_scan_by_scan(gen
     # both levels pulled back towards the truth's level by the data
     assert abs(float(out[0].mean() / truth.mean()) - 1) < 0.15
     assert abs(float(out[1].mean() / truth.mean()) - 1) < 0.15
+
+
+def test_the_anchor_continues_from_the_networks_osem_start(generator: torch.Generator) -> None:
+    """Given the network's 4 x 7 OSEM start, the anchor's OSEM continues from it: the same images
+    as OSEM from the uniform start, at every row (fewer iterations than the start: from scratch)."""
+    from pet_dl.models.batch import initial_image
+
+    grid = ImageGeometry.centered((16, 16, 1), (4.0, 4.0, 4.0))
+    truth = 5.0 + 5.0 * _blob(grid, (4.0, 0.0), 8.0)
+    batch = _scan(generator, truth, grid, 2e5)
+    model = batch.forward_model()
+    x0 = initial_image(model, batch.prompts, 4, 7)
+    anchor = LowFrequencyAnchor.from_config({"sigma_voxels": 1.0, "osem": ROWS})
+    image = truth[None] * 1.2
+    for level in (1.0, 0.25, 0.05, 0.01):  # 15, 10, 4 (= the start) and 2 (< the start) iterations
+        lv = torch.tensor([level])
+        fresh = anchor(image, model, batch.prompts, lv, grid)
+        continued = anchor(image, model, batch.prompts, lv, grid, start=(x0, 4, 7))
+        assert torch.allclose(continued, fresh, rtol=1e-5, atol=1e-4), level
+    # a start of other subsets is not continued from
+    other = initial_image(model, batch.prompts, 4, 1)
+    lv = torch.tensor([1.0])
+    assert torch.allclose(anchor(image, model, batch.prompts, lv, grid, start=(other, 4, 1)),
+                          anchor(image, model, batch.prompts, lv, grid), rtol=1e-6, atol=1e-6)

@@ -64,7 +64,8 @@ def anchored(net: torch.nn.Module, batch: ReconBatch, images: torch.Tensor, sigm
     anchor = LowFrequencyAnchor.from_config({"sigma_voxels": sigma_voxels, "osem": rows, "subsets": 7})
     with torch.no_grad():
         start = net.start(batch)
-        return anchor(images, start.model, start.prompts, start.dose, batch.image)
+        return anchor(images, start.model, start.prompts, start.dose, batch.image,
+                      start=(start.initial, net.init_iterations, net.init_subsets))
 
 
 def summary(rows: list[dict]) -> str:

@@ -74,6 +74,7 @@ class LowFrequencyAnchor:
     def __call__(
         self, image: torch.Tensor, model: PETForwardModel, prompts: torch.Tensor,
         level: torch.Tensor, grid: ImageGeometry,
+        start: tuple[torch.Tensor, int, int] | None = None,
     ) -> torch.Tensor:
         """Anchor ``image`` to OSEM of the same scans.
 
@@ -83,11 +84,15 @@ class LowFrequencyAnchor:
             prompts: measured counts ``(B, *sino)``.
             level: ``(B,)`` count level of each scan (1 = full dose).
             grid: the image grid.
+            start: ``(x0, iterations, subsets)``: an OSEM image of these scans from the
+                uniform start (the network's initial image). With the same subsets and no
+                more iterations than a row asks for, that OSEM continues from it instead
+                of starting again (the same image, for the cost of the missing iterations).
 
         Returns:
             ``(B, nx, ny, nz)`` Bq/mL: ``image + G_s (o - image)`` per scan.
         """
-        from pet_dl.models.batch import initial_image
+        from pet_dl.recon import osem
         from pet_dl.recon.filters import gaussian_postfilter
 
         levels = [float(v) for v in level.flatten()]
@@ -95,9 +100,12 @@ class LowFrequencyAnchor:
         for iterations, fwhm in sorted({self.osem_settings(v) for v in levels}):
             cases = [b for b, v in enumerate(levels) if self.osem_settings(v) == (iterations, fwhm)]
             with torch.no_grad():
-                reference = gaussian_postfilter(
-                    initial_image(model, prompts, iterations, self.subsets), grid, fwhm
-                ).to(image.dtype)
+                if start is not None and start[2] == self.subsets and start[1] <= iterations:
+                    x0, done = start[0], start[1]
+                else:
+                    x0, done = None, 0
+                o = x0 if iterations == done else osem(model, prompts.float(), iterations - done, self.subsets, x0=x0)
+                reference = gaussian_postfilter(o, grid, fwhm).to(image.dtype)
             for b in cases:
                 out[b] = anchor_low_frequencies(
                     image[b], reference[b], grid, self.sigma_mm(levels[b], float(grid.voxel_size_mm[0]))

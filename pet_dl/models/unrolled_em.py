@@ -172,5 +172,6 @@ class UnrolledEM(ReconNetwork):
                 u = self._iteration(k, u, subsets, sens, scale, dose)
         x = u * scale
         if self.anchor is not None and not self.training:
-            x = self.anchor(x, model, prompts, dose, batch.image)
+            x = self.anchor(x, model, prompts, dose, batch.image,
+                            start=(x0, self.init_iterations, self.init_subsets))
         return x
