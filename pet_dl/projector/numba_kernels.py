@@ -96,6 +96,31 @@ def _endpoints(n, start, end, zs, ze, vr):  # noqa: ANN001, ANN202
 
 
 @njit(cache=True, inline="always")
+def _sample_range(sa, ea, oa, va, na, t0, dt, u1_0, du1, n1, u2_0, du2, n2):  # noqa: ANN001, ANN202
+    """The planes ``i_lo .. i_hi`` of the principal axis (ends ``sa``, ``ea`` mm, origin ``oa``,
+    voxel ``va``, ``na`` planes) whose sample lies on the segment (``0 <= t <= 1``) and within
+    one voxel of the image across it (``-1 < u1 < n1``, ``-1 < u2 < n2``): a conservative range
+    from the ends, tightened with the exact tests (empty when ``i_lo > i_hi``)."""
+    i_lo = max(0, int(math.floor((min(sa, ea) - oa) / va)) - 1)
+    i_hi = min(na - 1, int(math.ceil((max(sa, ea) - oa) / va)) + 1)
+    while i_lo <= i_hi:
+        t = t0 + i_lo * dt
+        u1 = u1_0 + i_lo * du1
+        u2 = u2_0 + i_lo * du2
+        if 0.0 <= t <= 1.0 and -1.0 < u1 < n1 and -1.0 < u2 < n2:
+            break
+        i_lo += 1
+    while i_hi >= i_lo:
+        t = t0 + i_hi * dt
+        u1 = u1_0 + i_hi * du1
+        u2 = u2_0 + i_hi * du2
+        if 0.0 <= t <= 1.0 and -1.0 < u1 < n1 and -1.0 < u2 < n2:
+            break
+        i_hi -= 1
+    return i_lo, i_hi
+
+
+@njit(cache=True, inline="always")
 def _setup(s, e, origin, vs, shape):  # noqa: ANN001, ANN202
     """Per-LOR stepping parameters.
 
@@ -123,26 +148,8 @@ def _setup(s, e, origin, vs, shape):  # noqa: ANN001, ANN202
     u2_0 = (s[k2] - origin[k2]) / vs[k2] + t0 * c2
     du1 = dt * c1
     du2 = dt * c2
-    n1, n2 = shape[k1], shape[k2]
-    # conservative range, then tightened with the exact per-plane tests
-    lo_mm = min(s[ax], e[ax])
-    hi_mm = max(s[ax], e[ax])
-    i_lo = max(0, int(math.floor((lo_mm - origin[ax]) / vs[ax])) - 1)
-    i_hi = min(shape[ax] - 1, int(math.ceil((hi_mm - origin[ax]) / vs[ax])) + 1)
-    while i_lo <= i_hi:
-        t = t0 + i_lo * dt
-        u1 = u1_0 + i_lo * du1
-        u2 = u2_0 + i_lo * du2
-        if 0.0 <= t <= 1.0 and -1.0 < u1 < n1 and -1.0 < u2 < n2:
-            break
-        i_lo += 1
-    while i_hi >= i_lo:
-        t = t0 + i_hi * dt
-        u1 = u1_0 + i_hi * du1
-        u2 = u2_0 + i_hi * du2
-        if 0.0 <= t <= 1.0 and -1.0 < u1 < n1 and -1.0 < u2 < n2:
-            break
-        i_hi -= 1
+    i_lo, i_hi = _sample_range(s[ax], e[ax], origin[ax], vs[ax], shape[ax], t0, dt, u1_0, du1, shape[k1],
+                               u2_0, du2, shape[k2])
     return ax, k1, k2, i_lo, i_hi, vs[ax] * length / abs(dd), length, t0, dt, u1_0, du1, u2_0, du2
 
 
@@ -272,23 +279,9 @@ def _row(xs, xe, q, origin, vs, shape):  # noqa: ANN001, ANN202
         c1 = (e[k1] - s[k1]) / vs[k1]
         u1_0 = (s[k1] - origin[k1]) / vs[k1] + t0 * c1
         du1 = dt * c1
-        n1 = shape[k1]
-        lo_mm = min(s[ax], e[ax])
-        hi_mm = max(s[ax], e[ax])
-        i_lo = max(0, int(math.floor((lo_mm - origin[ax]) / vs[ax])) - 1)
-        i_hi = min(shape[ax] - 1, int(math.ceil((hi_mm - origin[ax]) / vs[ax])) + 1)
-        while i_lo <= i_hi:
-            t = t0 + i_lo * dt
-            u1 = u1_0 + i_lo * du1
-            if 0.0 <= t <= 1.0 and -1.0 < u1 < n1:
-                break
-            i_lo += 1
-        while i_hi >= i_lo:
-            t = t0 + i_hi * dt
-            u1 = u1_0 + i_hi * du1
-            if 0.0 <= t <= 1.0 and -1.0 < u1 < n1:
-                break
-            i_hi -= 1
+        # no z test here (u2 = 0 on a one-voxel axis passes): each plane adds its own
+        i_lo, i_hi = _sample_range(s[ax], e[ax], origin[ax], vs[ax], shape[ax], t0, dt, u1_0, du1, shape[k1],
+                                   0.0, 0.0, 1)
     return s, e, d0 * d0 + d1 * d1, amax, ax, k1, dd, t0, dt, u1_0, du1, i_lo, i_hi
 
 
