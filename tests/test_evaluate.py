@@ -146,6 +146,36 @@ def test_acrin_slice_crops_fit_the_field_of_view(test_data: Path) -> None:
     assert torch.equal(phantom_of(4).activity, phantom_of(4).activity)
 
 
+def test_reconstructed_truth_is_a_pet_image_of_the_anatomy() -> None:
+    # a PET-like truth (docs/experiments.md, v30): the phantom scanned, reconstructed and
+    # resampled; its activity is conserved, its edges are a scanner's, its noise is its own
+    from pet_dl.evaluate.external import reconstructed_phantoms
+    from pet_dl.recipes import phantom_of_seed, recipe_geometry
+
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "data" / "torso_window2d.yaml")
+    recipe["lesions"]["count"] = [0, 0]  # the anatomy alone, to compare with the phantom
+    phantom_of = reconstructed_phantoms(recipe)
+    for seed in (100000, 100001):
+        base, truth = phantom_of_seed(recipe, seed), phantom_of(seed)
+        assert truth.activity.shape == base.activity.shape and truth.name == "reconstructed_torso_window"
+        assert float(truth.activity.sum()) == pytest.approx(float(base.activity.sum()), rel=0.05)
+        # the 4.5 mm PSF, 5 mm post-filter and 4 mm pixels: the steepest step between
+        # neighbours is a fraction of the phantom's (its tissue edges are one-voxel steps)
+        def steepest(x: torch.Tensor) -> float:
+            return float(x[..., 0].diff(dim=0).abs().max())
+
+        assert steepest(truth.activity) < 0.5 * steepest(base.activity)
+        # but it follows the anatomy: correlated with the phantom blurred to its resolution
+        blurred = gaussian_postfilter(base.activity[None].float(), recipe_geometry(recipe)[1], 7.0)[0]
+        r = torch.corrcoef(torch.stack([truth.activity.flatten(), blurred.flatten()]))[0, 1]
+        assert float(r) > 0.9
+        assert float(truth.mu.max()) == pytest.approx(float(base.mu.max()), rel=0.1)
+    # its noise is drawn per seed and is not the phantom's: the same seed gives the same truth
+    assert torch.equal(phantom_of(100000).activity, phantom_of(100000).activity)
+    with_lesions = reconstructed_phantoms(load_recipe(Path(__file__).resolve().parents[1] / "data" / "torso_window2d.yaml"))
+    assert sum(len(with_lesions(s).lesions) for s in range(100000, 100006)) > 0
+
+
 @pytest.mark.parametrize(("iterations", "fwhm"), [(3, 0.0), (2, 7.0)])
 def test_select_osem_picks_the_known_best(val: ev.EvalSet, iterations: int, fwhm: float) -> None:
     # make the "truth" the OSEM image after `iterations` (post-filtered by `fwhm`): that

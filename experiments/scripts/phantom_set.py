@@ -13,7 +13,7 @@ import argparse
 from collections.abc import Callable
 
 from pet_dl.evaluate.data import EvalSet, simulate_eval_set
-from pet_dl.evaluate.external import acrin_slice_phantoms, sirf_brain_phantoms
+from pet_dl.evaluate.external import acrin_slice_phantoms, reconstructed_phantoms, sirf_brain_phantoms
 from pet_dl.phantoms import Phantom
 from pet_dl.recipes import load_recipe
 
@@ -32,15 +32,22 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--sirf-brain", metavar="DIR", help="phantoms from the SIRF brain in DIR")
     group.add_argument("--acrin", metavar="DIR", help="crops of the real whole-body PET slices in DIR")
+    parser.add_argument("--reconstructed", action="store_true",
+                        help="a PET-like truth: the activity is a reconstructed full-dose PET image of "
+                             "the anatomy (pet_dl.evaluate.external.reconstructed_phantoms)")
 
 
 def phantom_source(args: argparse.Namespace, recipe: dict) -> Callable[[int], Phantom] | None:
-    """``phantom_of(seed)`` of ``--sirf-brain`` / ``--acrin``, or None for the recipe's own phantoms."""
+    """``phantom_of(seed)`` of ``--sirf-brain`` / ``--acrin``, or None for the recipe's own
+    phantoms; with ``--reconstructed``, a reconstructed PET image of that anatomy instead."""
+    source = None
     if args.sirf_brain:
-        return sirf_brain_phantoms(args.sirf_brain, recipe)
-    if args.acrin:
-        return acrin_slice_phantoms(args.acrin, recipe)
-    return None
+        source = sirf_brain_phantoms(args.sirf_brain, recipe)
+    elif args.acrin:
+        source = acrin_slice_phantoms(args.acrin, recipe)
+    if getattr(args, "reconstructed", False):
+        return reconstructed_phantoms(recipe, source)
+    return source
 
 
 def simulate(args: argparse.Namespace, factors: list[float]) -> tuple[EvalSet, str]:
@@ -50,4 +57,6 @@ def simulate(args: argparse.Namespace, factors: list[float]) -> tuple[EvalSet, s
     seeds = list(range(args.first, args.first + args.phantoms))
     ev = simulate_eval_set(recipe, seeds, 1, factors, phantom_of=phantom_of)
     source = "SIRF brain" if args.sirf_brain else "ACRIN slices" if args.acrin else args.recipe
+    if args.reconstructed:
+        source = f"reconstructed {source}"
     return ev, f"{len(seeds)} phantoms of {source} (seeds {seeds[0]}-{seeds[-1]})"
