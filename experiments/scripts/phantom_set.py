@@ -13,7 +13,11 @@ import argparse
 from collections.abc import Callable
 
 from pet_dl.evaluate.data import EvalSet, simulate_eval_set
-from pet_dl.evaluate.external import acrin_slice_phantoms, reconstructed_phantoms, sirf_brain_phantoms
+from pet_dl.evaluate.external import (
+    acrin_slice_phantoms,
+    reconstructed_phantoms,
+    sirf_brain_phantoms,
+)
 from pet_dl.phantoms import Phantom
 from pet_dl.recipes import load_recipe
 
