@@ -2,7 +2,7 @@
 
     python experiments/scripts/lesion_targets.py outputs/eval_brainweb2d/results.json \
         [--min-diameter-mm 10] [--factor 20] [--reference OSEM]
-    python experiments/scripts/lesion_targets.py --simulate 200000 200160 [CHECKPOINT]
+    python experiments/scripts/lesion_targets.py --simulate 200000 200640 [CHECKPOINT]
 
 ``--simulate FIRST STOP`` scores more test slices than the evaluation (one realisation):
 ``data/brainweb2d.yaml``'s seeds ``FIRST .. STOP - 1``, OSEM at full dose and at

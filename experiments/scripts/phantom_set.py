@@ -39,6 +39,10 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reconstructed", action="store_true",
                         help="a PET-like truth: the activity is a reconstructed full-dose PET image of "
                              "the anatomy (pet_dl.evaluate.external.reconstructed_phantoms)")
+    parser.add_argument("--reconstructed-filter", type=float, default=None, metavar="MM",
+                        help="with --reconstructed: that reconstruction's post-filter FWHM (default 5 mm)")
+    parser.add_argument("--reconstructed-dose", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                        help="with --reconstructed: its scan's fraction of the full dose (default 0.1 1)")
 
 
 def phantom_source(args: argparse.Namespace, recipe: dict) -> Callable[[int], Phantom] | None:
@@ -50,7 +54,7 @@ def phantom_source(args: argparse.Namespace, recipe: dict) -> Callable[[int], Ph
     elif args.acrin:
         source = acrin_slice_phantoms(args.acrin, recipe)
     if getattr(args, "reconstructed", False):
-        return reconstructed_phantoms(recipe, source)
+        return reconstructed_phantoms(recipe, source, args.reconstructed_filter, args.reconstructed_dose)
     return source
 
 

@@ -173,7 +173,8 @@ RECONSTRUCTED_NOISE_SEED = 7_000_001  # the truth's own scan: noise independent 
 
 
 def reconstructed_phantoms(
-    recipe: Mapping[str, Any], phantom_of: Callable[[int], Phantom] | None = None
+    recipe: Mapping[str, Any], phantom_of: Callable[[int], Phantom] | None = None,
+    postfilter_mm: float | None = None, dose_range: tuple[float, float] | None = None,
 ) -> Callable[[int], Phantom]:
     """seed -> a PET-like truth: a reconstructed PET image of the recipe's phantom, with new lesions.
 
@@ -192,6 +193,10 @@ def reconstructed_phantoms(
         recipe: a validated recipe (its scanner, simulation, grid and ``lesions``).
         phantom_of: seed -> the anatomy on the recipe's grid; default
             :func:`pet_dl.recipes.phantom_of_seed`.
+        postfilter_mm: the clinical reconstruction's post-filter FWHM, mm (default
+            :data:`CLINICAL_OSEM`'s; 0: none, the sharpest noise texture).
+        dose_range: ``(lo, hi)``, the clinical scan's fraction of the full dose, drawn
+            log-uniform (default :data:`CLINICAL_DOSE`; lower: a noisier truth).
 
     Returns:
         ``phantom_of(seed)``: a :class:`Phantom` named ``"reconstructed_<name>"``, activity
@@ -209,6 +214,8 @@ def reconstructed_phantoms(
 
     sinogram, image = recipe_geometry(recipe)
     iterations, subsets, fwhm_mm, pixel_mm = CLINICAL_OSEM
+    if postfilter_mm is not None:
+        fwhm_mm = float(postfilter_mm)
     extent = [n * v for n, v in zip(image.shape, image.voxel_size_mm)]
     pixels = ImageGeometry.centered(
         (max(1, round(extent[0] / pixel_mm)), max(1, round(extent[1] / pixel_mm)), image.shape[2]),
@@ -218,7 +225,7 @@ def reconstructed_phantoms(
     def make(seed: int) -> Phantom:
         base = phantom_of(seed) if phantom_of is not None else phantom_of_seed(recipe, seed, image)
         g = torch.Generator().manual_seed(int(seed) + RECONSTRUCTED_NOISE_SEED)
-        lo, hi = (math.log(v) for v in CLINICAL_DOSE)
+        lo, hi = (math.log(v) for v in (dose_range or CLINICAL_DOSE))
         fraction = math.exp(lo + (hi - lo) * float(torch.rand((), generator=g)))
         scan = thin_scan(simulate_full_dose(recipe, base, int(seed), g, (sinogram, image)), fraction, g)
         batch = ReconBatch(
