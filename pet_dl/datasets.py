@@ -55,31 +55,10 @@ def simulate_full_dose(
     generator: torch.Generator,
     geometry: tuple[SinogramGeometry, ImageGeometry] | None = None,
 ) -> Scan:
-    """The full-dose acquisition of ``phantom`` with the recipe's simulation parameters.
+    """The full-dose acquisition of ``phantom``: :func:`pet_dl.recipes.full_dose_scan`."""
+    from pet_dl.recipes import full_dose_scan
 
-    Args:
-        recipe: a validated recipe; its ``simulation`` mapping holds the arguments of
-            :func:`pet_dl.simulate.simulate_scan` (``duration_s`` default 300 s).
-        phantom: from :func:`pet_dl.recipes.phantom_of_seed` (activity Bq/mL, mu 1/mm).
-        seed: the phantom seed, recorded in the scan's metadata.
-        generator: draws the Poisson noise (advanced by the call).
-        geometry: ``(sinogram, image)``; default :func:`pet_dl.recipes.recipe_geometry`.
-
-    Returns:
-        the :class:`pet_dl.scan.Scan` (prompts ``(*sino)`` counts, calibration in counts
-        per (Bq/mL x mm)).
-    """
-    from pet_dl.scan import AcquisitionMetadata
-    from pet_dl.simulate import simulate_scan
-
-    sinogram, image = geometry if geometry is not None else recipe_geometry(recipe)
-    sim = dict(recipe.get("simulation") or {})
-    duration = float(sim.pop("duration_s", 300.0))
-    meta = AcquisitionMetadata(duration_s=duration, phantom=str(recipe["phantom"]), seed=int(seed))
-    return simulate_scan(
-        phantom.activity, phantom.mu, sinogram, image, duration_s=duration, generator=generator,
-        metadata=meta, **sim,
-    )
+    return full_dose_scan(recipe, phantom, seed, generator, geometry)
 
 
 def simulate_phantom(

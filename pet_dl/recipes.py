@@ -29,15 +29,26 @@ import torch
 if TYPE_CHECKING:
     from pet_dl.geometry import ImageGeometry, SinogramGeometry
     from pet_dl.phantoms import Phantom
+    from pet_dl.scan import Scan
 
 SPLITS = ("train", "val", "test")
 _RECIPE_KEYS = {
     "name", "scanner", "num_rings", "sinogram", "image", "phantom", "lesions", "simulation",
     "reduction_factors", "init_iterations", "init_subsets", "splits", "shard_size", "texture",
+    "reconstructed",
 }
 # The generator of a phantom's texture is seeded with ``seed + TEXTURE_SEED_OFFSET``: a stream
 # of its own, so a recipe with ``texture`` gives the same phantoms and lesions as without.
 TEXTURE_SEED_OFFSET = 1 << 40
+#: The "clinical" reconstruction that makes a phantom's activity PET-like
+#: (:func:`reconstructed_activity`), fixed from the ACRIN slices' description (a scanner's
+#: OSEM at 4.07 mm pixels), not tuned: iterations x subsets, post-filter FWHM mm, pixel mm.
+CLINICAL_OSEM = (3, 7, 5.0, 4.07)
+#: Counts of that scan, a fraction of the recipe's full dose drawn log-uniform per seed: a
+#: clinical whole-body bed (2-3 min, FLT or FDG in the body) has 1/10 to 1 of the counts
+#: per slice of a 10-min brain scan, so the truth's noise texture ranges from faint to coarse.
+CLINICAL_DOSE = (0.1, 1.0)
+RECONSTRUCTED_NOISE_SEED = 7_000_001  # the truth's own scan: noise independent of the evaluated scans
 
 
 def _unique_key_loader() -> type:
@@ -112,6 +123,7 @@ def load_recipe(recipe: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str,
     r.setdefault("init_subsets", 1)
     r.setdefault("shard_size", 64)
     _check_texture(r.get("texture"))
+    _check_reconstructed(r.get("reconstructed"))
     factors = r["reduction_factors"]
     if not factors or any(float(f) < 1 for f in factors):
         raise ValueError(f"reduction_factors must be numbers >= 1, got {factors}")
@@ -145,6 +157,19 @@ def load_recipe(recipe: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str,
         if lo < hi:
             raise ValueError(f"splits {a!r} and {b!r} share phantom seeds: ranges overlap")
     return r
+
+
+def _check_reconstructed(spec: Any) -> None:
+    """Raise ValueError unless ``spec`` is None or ``{postfilter_mm: >= 0, dose: [lo, hi]}`` (both optional)."""
+    if spec is None:
+        return
+    if not isinstance(spec, Mapping) or set(spec) - {"postfilter_mm", "dose"}:
+        raise ValueError(f"reconstructed must be {{postfilter_mm: mm, dose: [low, high]}}, got {spec!r}")
+    if not float(spec.get("postfilter_mm", 0.0)) >= 0:
+        raise ValueError(f"reconstructed postfilter_mm must be >= 0, got {spec['postfilter_mm']!r}")
+    dose = spec.get("dose", CLINICAL_DOSE)
+    if not (isinstance(dose, Sequence) and len(dose) == 2 and 0 < float(dose[0]) <= float(dose[1]) <= 1):
+        raise ValueError(f"reconstructed dose must be [low, high] in (0, 1], got {dose!r}")
 
 
 def _check_texture(texture: Any) -> None:
@@ -238,6 +263,9 @@ def phantom_of_seed(recipe: Mapping[str, Any], seed: int, image: ImageGeometry |
     (:func:`pet_dl.phantoms.texture.add_texture`), drawn from a
     generator of its own (seed ``seed + TEXTURE_SEED_OFFSET``), before the lesions: the
     same seed gives the same anatomy and lesions with or without it.
+    ``reconstructed: {postfilter_mm: mm, dose: [lo, hi]}`` then replaces the activity by a
+    reconstructed PET image of it (:func:`reconstructed_activity`: a PET-like truth with a
+    scanner's resolution and noise texture), and the lesions go into its body.
 
     Args:
         recipe: a validated recipe (:func:`load_recipe`).
@@ -265,7 +293,116 @@ def phantom_of_seed(recipe: Mapping[str, Any], seed: int, image: ImageGeometry |
         g_texture = torch.Generator().manual_seed(int(seed) + TEXTURE_SEED_OFFSET)
         phantom = add_texture(phantom, g_texture, tuple(texture["amplitude"]), tuple(texture["correlation_mm"]),
                               tuple(texture.get("blur_fwhm_mm", (0.0, 0.0))))
+    spec = recipe.get("reconstructed")
+    if spec is not None:
+        phantom = reconstructed_activity(recipe, phantom, seed, spec.get("postfilter_mm"), spec.get("dose"))
+        return add_recipe_lesions(recipe, phantom, g, tissues=("body",))
     return add_recipe_lesions(recipe, phantom, g)
+
+
+def full_dose_scan(
+    recipe: Mapping[str, Any], phantom: Phantom, seed: int, generator: torch.Generator,
+    geometry: tuple[SinogramGeometry, ImageGeometry] | None = None,
+) -> Scan:
+    """The full-dose acquisition of ``phantom`` with the recipe's simulation parameters
+    (:func:`pet_dl.simulate.simulate_scan`; ``simulation.duration_s`` default 300 s).
+
+    Args:
+        recipe: a validated recipe.
+        phantom: activity Bq/mL, mu 1/mm on the recipe's image grid.
+        seed: the phantom seed, recorded in the scan's metadata.
+        generator: draws the Poisson noise (advanced by the call).
+        geometry: ``(sinogram, image)``; default :func:`recipe_geometry`.
+
+    Returns:
+        the :class:`pet_dl.scan.Scan` (prompts ``(*sino)`` counts, calibration in counts
+        per (Bq/mL x mm)).
+    """
+    from pet_dl.scan import AcquisitionMetadata
+    from pet_dl.simulate import simulate_scan
+
+    sinogram, image = geometry if geometry is not None else recipe_geometry(recipe)
+    sim = dict(recipe.get("simulation") or {})
+    duration = float(sim.pop("duration_s", 300.0))
+    meta = AcquisitionMetadata(duration_s=duration, phantom=str(recipe["phantom"]), seed=int(seed))
+    return simulate_scan(
+        phantom.activity, phantom.mu, sinogram, image, duration_s=duration, generator=generator,
+        metadata=meta, **sim,
+    )
+
+
+def reconstructed_activity(
+    recipe: Mapping[str, Any], phantom: Phantom, seed: int,
+    postfilter_mm: float | None = None, dose_range: Sequence[float] | None = None,
+) -> Phantom:
+    """A PET-like truth: a reconstructed PET image of ``phantom`` as the activity (no lesions).
+
+    A real PET image used as the activity (the ACRIN slices of :mod:`pet_dl.evaluate.external`)
+    carries a scanner's resolution, its noise texture and 4 mm pixels resampled onto the
+    grid, which no phantom generator draws. Here ``phantom`` is scanned at a fraction of the
+    recipe's full dose drawn log-uniform from ``dose_range`` (noise seed ``seed +
+    RECONSTRUCTED_NOISE_SEED``: independent of any scan simulated from the result),
+    reconstructed as :data:`CLINICAL_OSEM` says (OSEM, a Gaussian post-filter, box-resampled
+    to square pixels), and that image, restricted to the object, is resampled back onto the
+    recipe's grid as the activity; mu stays the phantom's (through the same pixels).
+
+    Args:
+        recipe: a validated recipe (its scanner, simulation and grid).
+        phantom: the anatomy on the recipe's grid.
+        seed: the phantom seed.
+        postfilter_mm: the reconstruction's post-filter FWHM, mm (default
+            :data:`CLINICAL_OSEM`'s; 0: none, the sharpest noise texture).
+        dose_range: ``(lo, hi)`` in (0, 1], the scan's fraction of the full dose (default
+            :data:`CLINICAL_DOSE`; lower: a noisier truth).
+
+    Returns:
+        a :class:`Phantom` named ``"reconstructed_<phantom>"`` without lesions, activity Bq/mL
+        and mu 1/mm on the recipe's grid; tissues ``outside`` and ``body`` (above 3 % of its
+        maximum).
+    """
+    import math
+
+    from pet_dl.forward_model import GaussianResolution, PETForwardModel, SinogramProjector
+    from pet_dl.geometry import ImageGeometry
+    from pet_dl.geometry.resample import resample_to_grid
+    from pet_dl.phantoms import image_phantom
+    from pet_dl.recon import osem
+    from pet_dl.recon.filters import gaussian_postfilter
+    from pet_dl.simulate import thin_scan
+
+    sinogram, image = recipe_geometry(recipe)
+    iterations, subsets, fwhm_mm, pixel_mm = CLINICAL_OSEM
+    if postfilter_mm is not None:
+        fwhm_mm = float(postfilter_mm)
+    extent = [n * v for n, v in zip(image.shape, image.voxel_size_mm)]
+    pixels = ImageGeometry.centered(
+        (max(1, round(extent[0] / pixel_mm)), max(1, round(extent[1] / pixel_mm)), image.shape[2]),
+        (pixel_mm, pixel_mm, image.voxel_size_mm[2]),
+    )
+    g = torch.Generator().manual_seed(int(seed) + RECONSTRUCTED_NOISE_SEED)
+    lo, hi = (math.log(float(v)) for v in (dose_range or CLINICAL_DOSE))
+    fraction = math.exp(lo + (hi - lo) * float(torch.rand((), generator=g)))
+    scan = thin_scan(full_dose_scan(recipe, phantom, int(seed), g, (sinogram, image)), fraction, g)
+    psf = psf_of_recipe(recipe)
+    model = PETForwardModel(
+        SinogramProjector(sinogram, image),
+        multiplicative=scan.multiplicative.float()[None], additive=scan.additive.float()[None],
+        resolution=GaussianResolution(image, psf) if psf > 0 else None,
+        calibration=torch.tensor([float(scan.calibration)]),
+    )
+    with torch.no_grad():
+        x = osem(model, scan.prompts.float()[None], iterations, subsets)
+        x = gaussian_postfilter(x, image, fwhm_mm)[0]
+    inside = (phantom.activity > 0) | (phantom.mu > 0)
+    activity = torch.where(inside, x.clamp_min(0), torch.zeros_like(x))
+    return image_phantom(
+        resample_to_grid(activity, image, pixels), resample_to_grid(phantom.mu.float(), image, pixels),
+        pixels, image, name=f"reconstructed_{recipe['phantom']}",
+        tissue_levels={"outside": 0.0, "body": RECONSTRUCTED_BODY_LEVEL},
+    )
+
+
+RECONSTRUCTED_BODY_LEVEL = 0.03  # body outline of a reconstructed truth: above 3 % of its maximum
 
 
 def subject_of_seed(recipe: Mapping[str, Any], seed: int) -> str | None:

@@ -183,3 +183,25 @@ def test_recipe_texture_changes_only_the_activity_of_the_same_phantom() -> None:
         load_recipe(bad)
     with pytest.raises(ValueError, match="amplitude must lie"):
         load_recipe(dict(plain, texture={"amplitude": [0.5, 0.3], "correlation_mm": [1.0, 2.0]}))
+
+
+def test_recipe_reconstructed_gives_a_pet_image_of_the_same_anatomy() -> None:
+    """``reconstructed:`` makes the activity a reconstruction of the recipe's phantom (a
+    PET-like truth, :func:`pet_dl.recipes.reconstructed_activity`): the same body, its
+    activity conserved, its texture the scan's noise; lesions placed in the body after it."""
+    plain = load_recipe("data/torso_window2d.yaml")
+    pet = load_recipe("data/torso_window2d_pet.yaml")
+    assert pet["reconstructed"] == {"postfilter_mm": 0.0, "dose": [0.003, 0.3]}
+    for seed in (0, 7):
+        a, b = phantom_of_seed(plain, seed), phantom_of_seed(pet, seed)
+        assert b.name == "reconstructed_torso_window" and {"outside", "body"} <= set(b.tissues)
+        # the anatomy's activity integral (lesions of each drawn from the same stream)
+        assert float(b.activity.sum()) == pytest.approx(float(a.activity.sum()), rel=0.15)
+        body = b.tissue == b.tissues["body"]
+        for les in b.lesions:  # lesions go into the body
+            i, j = (round((les.centre_mm[k] - b.image.origin_mm[k]) / b.image.voxel_size_mm[k]) for k in (0, 1))
+            assert bool(body[i, j, 0])
+        assert torch.equal(phantom_of_seed(pet, seed).activity, b.activity)  # seeded
+    for bad in ({"dose": [0.5, 0.1]}, {"postfilter_mm": -1.0}, {"filter": 2.0}):
+        with pytest.raises(ValueError, match="reconstructed"):
+            load_recipe(dict(pet, reconstructed=bad))

@@ -10,7 +10,6 @@ of real whole-body PET slices (activity patterns no phantom generator drew).
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -161,89 +160,45 @@ def acrin_slice_phantoms(
     return phantom_of
 
 
-#: The "clinical" reconstruction that makes a phantom's activity PET-like
-#: (:func:`reconstructed_phantoms`), fixed from the ACRIN slices' description (a scanner's
-#: OSEM at 4.07 mm pixels), not tuned: iterations x subsets, post-filter FWHM mm, pixel mm.
-CLINICAL_OSEM = (3, 7, 5.0, 4.07)
-#: Counts of that scan, a fraction of the recipe's full dose drawn log-uniform per seed: a
-#: clinical whole-body bed (2-3 min, FLT or FDG in the body) has 1/10 to 1 of the counts
-#: per slice of a 10-min brain scan, so the truth's noise texture ranges from faint to coarse.
-CLINICAL_DOSE = (0.1, 1.0)
-RECONSTRUCTED_NOISE_SEED = 7_000_001  # the truth's own scan: noise independent of the evaluated scans
-
-
 def reconstructed_phantoms(
     recipe: Mapping[str, Any], phantom_of: Callable[[int], Phantom] | None = None,
     postfilter_mm: float | None = None, dose_range: tuple[float, float] | None = None,
 ) -> Callable[[int], Phantom]:
-    """seed -> a PET-like truth: a reconstructed PET image of the recipe's phantom, with new lesions.
+    """seed -> a PET-like truth: a reconstructed PET image of the anatomy, with new lesions.
 
     The ACRIN slices (:func:`acrin_slice_phantoms`) are reconstructed PET images: as the
     truth they carry a scanner's resolution, its noise texture and 4 mm pixels resampled
     onto the grid, which no phantom generator draws. This source makes the same kind of
-    truth from any anatomy, so that such images can be had from validation subjects
-    (never the test): the seed's phantom (``phantom_of`` or the recipe's own) is scanned at
-    a fraction of the recipe's full dose drawn from :data:`CLINICAL_DOSE` (noise seed
-    ``seed + RECONSTRUCTED_NOISE_SEED``, independent of the evaluation's scans), reconstructed as :data:`CLINICAL_OSEM` says (OSEM, Gaussian
-    post-filter, box-resampled to square pixels), and that image, restricted to the
-    object, is resampled back onto the recipe's grid as the activity (mu: the phantom's).
-    Then the recipe's random lesions are placed in the object, as for the ACRIN slices.
+    truth from any anatomy (:func:`pet_dl.recipes.reconstructed_activity`), so that such
+    images can be had from validation subjects (never the test); then the recipe's random
+    lesions are placed in the object (generator seed ``seed + 2 *
+    RECONSTRUCTED_NOISE_SEED``), as for the ACRIN slices. A recipe's ``reconstructed:`` key
+    does the same for its own phantoms (training data).
 
     Args:
         recipe: a validated recipe (its scanner, simulation, grid and ``lesions``).
         phantom_of: seed -> the anatomy on the recipe's grid; default
             :func:`pet_dl.recipes.phantom_of_seed`.
-        postfilter_mm: the clinical reconstruction's post-filter FWHM, mm (default
-            :data:`CLINICAL_OSEM`'s; 0: none, the sharpest noise texture).
-        dose_range: ``(lo, hi)``, the clinical scan's fraction of the full dose, drawn
-            log-uniform (default :data:`CLINICAL_DOSE`; lower: a noisier truth).
+        postfilter_mm, dose_range: the clinical reconstruction's post-filter (mm) and the
+            range of its scan's dose fraction (:func:`pet_dl.recipes.reconstructed_activity`).
 
     Returns:
         ``phantom_of(seed)``: a :class:`Phantom` named ``"reconstructed_<name>"``, activity
         Bq/mL and mu 1/mm on the recipe's grid; tissues ``outside`` and ``body``.
     """
-    from pet_dl.datasets import simulate_full_dose
-    from pet_dl.geometry import ImageGeometry
-    from pet_dl.geometry.resample import resample_to_grid
-    from pet_dl.models import ReconBatch
-    from pet_dl.phantoms import image_phantom
-    from pet_dl.recipes import add_recipe_lesions, phantom_of_seed, psf_of_recipe, recipe_geometry
-    from pet_dl.recon import osem
-    from pet_dl.recon.filters import gaussian_postfilter
-    from pet_dl.simulate import thin_scan
-
-    sinogram, image = recipe_geometry(recipe)
-    iterations, subsets, fwhm_mm, pixel_mm = CLINICAL_OSEM
-    if postfilter_mm is not None:
-        fwhm_mm = float(postfilter_mm)
-    extent = [n * v for n, v in zip(image.shape, image.voxel_size_mm)]
-    pixels = ImageGeometry.centered(
-        (max(1, round(extent[0] / pixel_mm)), max(1, round(extent[1] / pixel_mm)), image.shape[2]),
-        (pixel_mm, pixel_mm, image.voxel_size_mm[2]),
+    from pet_dl.recipes import (
+        RECONSTRUCTED_NOISE_SEED,
+        add_recipe_lesions,
+        phantom_of_seed,
+        recipe_geometry,
+        reconstructed_activity,
     )
+
+    image = recipe_geometry(recipe)[1]
 
     def make(seed: int) -> Phantom:
         base = phantom_of(seed) if phantom_of is not None else phantom_of_seed(recipe, seed, image)
-        g = torch.Generator().manual_seed(int(seed) + RECONSTRUCTED_NOISE_SEED)
-        lo, hi = (math.log(v) for v in (dose_range or CLINICAL_DOSE))
-        fraction = math.exp(lo + (hi - lo) * float(torch.rand((), generator=g)))
-        scan = thin_scan(simulate_full_dose(recipe, base, int(seed), g, (sinogram, image)), fraction, g)
-        batch = ReconBatch(
-            prompts=scan.prompts.float()[None], multiplicative=scan.multiplicative.float()[None],
-            additive=scan.additive.float()[None], calibration=torch.tensor([float(scan.calibration)]),
-            dose_fraction=torch.ones(1), sinogram=sinogram, image=image, psf_fwhm_mm=psf_of_recipe(recipe),
-        )
-        with torch.no_grad():
-            x = osem(batch.forward_model(), batch.prompts, iterations, subsets)
-            x = gaussian_postfilter(x, image, fwhm_mm)[0]
-        inside = (base.activity > 0) | (base.mu > 0)
-        activity = torch.where(inside, x.clamp_min(0), torch.zeros_like(x))
-        activity = resample_to_grid(activity, image, pixels)
-        mu = resample_to_grid(base.mu.float(), image, pixels)
-        phantom = image_phantom(
-            activity, mu, pixels, image, name=f"reconstructed_{recipe['phantom']}",
-            tissue_levels={"outside": 0.0, "body": ACRIN_BODY_LEVEL},
-        )
+        phantom = reconstructed_activity(recipe, base, int(seed), postfilter_mm, dose_range)
         lesions = torch.Generator().manual_seed(int(seed) + 2 * RECONSTRUCTED_NOISE_SEED)
         return add_recipe_lesions(recipe, phantom, lesions, tissues=("body",))
 
