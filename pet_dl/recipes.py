@@ -49,6 +49,7 @@ CLINICAL_OSEM = (3, 7, 5.0, 4.07)
 #: per slice of a 10-min brain scan, so the truth's noise texture ranges from faint to coarse.
 CLINICAL_DOSE = (0.1, 1.0)
 RECONSTRUCTED_NOISE_SEED = 7_000_001  # the truth's own scan: noise independent of the evaluated scans
+RECONSTRUCTED_BODY_LEVEL = 0.03  # body outline of a reconstructed truth: above 3 % of its maximum
 
 
 def _unique_key_loader() -> type:
@@ -362,7 +363,6 @@ def reconstructed_activity(
     """
     import math
 
-    from pet_dl.forward_model import GaussianResolution, PETForwardModel, SinogramProjector
     from pet_dl.geometry import ImageGeometry
     from pet_dl.geometry.resample import resample_to_grid
     from pet_dl.phantoms import image_phantom
@@ -383,16 +383,9 @@ def reconstructed_activity(
     lo, hi = (math.log(float(v)) for v in (dose_range or CLINICAL_DOSE))
     fraction = math.exp(lo + (hi - lo) * float(torch.rand((), generator=g)))
     scan = thin_scan(full_dose_scan(recipe, phantom, int(seed), g, (sinogram, image)), fraction, g)
-    psf = psf_of_recipe(recipe)
-    model = PETForwardModel(
-        SinogramProjector(sinogram, image),
-        multiplicative=scan.multiplicative.float()[None], additive=scan.additive.float()[None],
-        resolution=GaussianResolution(image, psf) if psf > 0 else None,
-        calibration=torch.tensor([float(scan.calibration)]),
-    )
     with torch.no_grad():
-        x = osem(model, scan.prompts.float()[None], iterations, subsets)
-        x = gaussian_postfilter(x, image, fwhm_mm)[0]
+        x = osem(scan.forward_model(), scan.prompts.float(), iterations, subsets)
+        x = gaussian_postfilter(x[None], image, fwhm_mm)[0]
     inside = (phantom.activity > 0) | (phantom.mu > 0)
     activity = torch.where(inside, x.clamp_min(0), torch.zeros_like(x))
     return image_phantom(
@@ -400,9 +393,6 @@ def reconstructed_activity(
         pixels, image, name=f"reconstructed_{recipe['phantom']}",
         tissue_levels={"outside": 0.0, "body": RECONSTRUCTED_BODY_LEVEL},
     )
-
-
-RECONSTRUCTED_BODY_LEVEL = 0.03  # body outline of a reconstructed truth: above 3 % of its maximum
 
 
 def subject_of_seed(recipe: Mapping[str, Any], seed: int) -> str | None:

@@ -53,7 +53,7 @@ def phantom_source(args: argparse.Namespace, recipe: dict) -> Callable[[int], Ph
         source = sirf_brain_phantoms(args.sirf_brain, recipe)
     elif args.acrin:
         source = acrin_slice_phantoms(args.acrin, recipe)
-    if getattr(args, "reconstructed", False):
+    if args.reconstructed:
         return reconstructed_phantoms(recipe, source, args.reconstructed_filter, args.reconstructed_dose)
     return source
 
