@@ -720,3 +720,27 @@ def test_shipped_models_recorded_command_rebuilds_its_network(capsys: pytest.Cap
     folders = printed["data"]["data_dir"]
     folders = folders if isinstance(folders, list) else [folders]
     assert "+".join(Path(f).name for f in folders) == metadata["dataset"]
+
+
+def test_the_wandb_logger_runs_offline_without_a_login(tmp_path: Path) -> None:
+    """A fresh machine with no ``wandb login`` and no WANDB_MODE: the run is logged offline
+    into its folder instead of stopping to ask for an API key. train.py's run failed so:
+    wandb's own settings, which its login check reads, said "online" although the logger
+    was made with ``mode="offline"``."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env["HOME"] = str(tmp_path)  # no ~/.netrc, no wandb settings
+    code = (
+        "from pet_dl.training.loggers import PetWandbLogger\n"
+        f"logger = PetWandbLogger(save_dir={str(tmp_path / 'run')!r})\n"
+        "import wandb\n"
+        "assert wandb.setup().settings.mode == 'offline', wandb.setup().settings.mode\n"
+        "logger.log_metrics({'train/loss': 1.0}, step=0)\n"
+        "logger.experiment.finish()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert list((tmp_path / "run" / "wandb").glob("offline-run-*"))

@@ -20,6 +20,9 @@ class PetWandbLogger(WandbLogger):
 
     def __init__(self, project: str = "pet_dl", save_dir: str | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("mode", os.environ.get("WANDB_MODE", "offline"))
+        # with wandb 0.31 and no WANDB_MODE, train.py's offline run stopped asking for an
+        # API key although mode="offline" was passed; the environment variable avoids that
+        os.environ.setdefault("WANDB_MODE", kwargs["mode"])
         save_dir = save_dir or "outputs"
         os.makedirs(save_dir, exist_ok=True)
         super().__init__(project=project, save_dir=save_dir, **kwargs)
