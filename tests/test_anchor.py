@@ -127,6 +127,42 @@ def test_unrolled_em_applies_the_anchor_in_eval_mode_only(generator: torch.Gener
         assert torch.allclose(anchored(batch), plain(batch))
 
 
+
+def test_anchor_in_training_puts_the_anchored_image_under_the_loss(generator: torch.Generator) -> None:
+    """With ``anchor_in_training`` the train-mode output is the eval-mode (anchored) one, and
+    the gradient reaches the network only through ``I - G``: a departure the anchor takes back
+    costs nothing, so the network is not pushed to fix what OSEM's low frequencies fix."""
+    grid = ImageGeometry.centered((16, 16, 1), (4.0, 4.0, 4.0))
+    truth = 5.0 + 5.0 * _blob(grid, (4.0, 0.0), 8.0)
+    batch = _scan(generator, truth, grid, 2e5)
+    small = {"name": "unrolled_em", "spatial_dims": 2, "num_iterations": 1, "channels": [4, 8],
+             "strides": [2], "init_iterations": 2}
+    config = {"sigma_voxels": 1.0, "osem": ROWS}
+    trained = build_model({**small, "anchor": config, "anchor_in_training": True})
+    plain = build_model(small)
+    plain.load_state_dict(trained.state_dict())
+    trained.eval()
+    with torch.no_grad():
+        anchored_eval = trained(batch)
+    trained.train()
+    out = trained(batch)
+    assert torch.allclose(out, anchored_eval, rtol=1e-5, atol=1e-5)
+    plain.train()
+    with torch.no_grad():
+        assert not torch.allclose(out.detach(), plain(batch), rtol=1e-3, atol=1e-3)
+    # a loss on the image's broad level (its mean inside the field): the anchored image's
+    # broad level is OSEM's, so the gradient is a small fraction of the plain network's
+    inside = torch.zeros_like(out, dtype=torch.bool)
+    inside[:, 4:12, 4:12] = True
+    out[inside].mean().backward()
+    anchored_grad = torch.cat([p.grad.flatten() for p in trained.parameters() if p.grad is not None]).norm()
+    plain(batch)[inside].mean().backward()
+    plain_grad = torch.cat([p.grad.flatten() for p in plain.parameters() if p.grad is not None]).norm()
+    assert float(plain_grad) > 0
+    assert float(anchored_grad) < 0.5 * float(plain_grad)
+    with pytest.raises(ValueError, match="anchor_in_training needs an anchor"):
+        build_model({**small, "anchor_in_training": True})
+
 def test_export_adds_the_anchor_from_a_file_with_the_same_weights(tmp_path, generator: torch.Generator) -> None:
     """``--anchor FILE`` on a .safetensors: weights kept, the anchor in the config; a bad file is exit 2."""
     from pet_dl.io.checkpoint import load_checkpoint, save_checkpoint

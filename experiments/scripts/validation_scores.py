@@ -140,6 +140,8 @@ def main() -> None:
     scored: list[tuple[str, list[dict]]] = []  # (label, factor-20 rows) per network
     for path in args.checkpoints:
         loaded = load_model(path, torch.device("cpu"))  # once; rebuilt per option set below
+        # --anchor replaces a file's own anchor (a network trained with one carries it)
+        own = {"anchor": None, "anchor_in_training": False} if args.anchor and loaded.config.get("anchor") else {}
         for subsets, flips, anchor in itertools.product(
             args.data_subsets or [None], args.flip_ensemble or [None], args.anchor or [None]
         ):
@@ -148,7 +150,7 @@ def main() -> None:
                 options["data_subsets"] = subsets
             if flips is not None:
                 options["flip_ensemble"] = [] if flips == "none" else [int(a) for a in flips]
-            net = loaded.with_network_options(options).model
+            net = loaded.with_network_options({**own, **options}).model
             label = (path or "shipped") + "".join(f" ({k} {v})" for k, v in options.items())
             images = {f: network_reconstruction(net, ev.batch(f)) for f in FACTORS}
             if anchor:  # after the network, whatever it is (the same as UnrolledEM's option)

@@ -92,7 +92,12 @@ class UnrolledEM(ReconNetwork):
             "Experiment v4").
         anchor: ``{"sigma_voxels", "osem", "subsets"}`` of a
             :class:`~pet_dl.models.anchor.LowFrequencyAnchor` applied to the output in eval
-            mode (not in training; no parameter depends on it), or None.
+            mode (no parameter depends on it), or None.
+        anchor_in_training: apply the anchor in training mode as well, so that the loss
+            sees the anchored image and the network learns only the content above the
+            anchor's scale (the gradient reaches it through ``I - G_s``). Each step then
+            also runs the anchor's OSEM (up to its row's iterations, continued from the
+            initial image). Needs ``anchor``.
     """
 
     def __init__(
@@ -112,6 +117,7 @@ class UnrolledEM(ReconNetwork):
         data_subsets: int = 1,
         flip_ensemble: tuple[int, ...] = (),
         anchor: Mapping[str, Any] | None = None,
+        anchor_in_training: bool = False,
     ) -> None:
         super().__init__(
             spatial_dims, init_iterations, init_subsets, checkpointing, count_reference
@@ -133,6 +139,9 @@ class UnrolledEM(ReconNetwork):
         self.fusion_weight = nn.Parameter(torch.full((num_iterations,), initial_fusion_weight))
         self.fusion_dose_slope = nn.Parameter(torch.zeros(num_iterations))
         self.anchor = None if anchor is None else LowFrequencyAnchor.from_config(anchor)
+        if anchor_in_training and self.anchor is None:
+            raise ValueError("anchor_in_training needs an anchor (sigma_voxels, osem, subsets)")
+        self.anchor_in_training = bool(anchor_in_training)
 
     def _iteration(
         self,
@@ -171,7 +180,7 @@ class UnrolledEM(ReconNetwork):
             else:
                 u = self._iteration(k, u, subsets, sens, scale, dose)
         x = u * scale
-        if self.anchor is not None and not self.training:
+        if self.anchor is not None and (self.anchor_in_training or not self.training):
             x = self.anchor(x, model, prompts, dose, batch.image,
                             start=(x0, self.init_iterations, self.init_subsets))
         return x
