@@ -57,11 +57,18 @@ VARIANTS = {
 }
 VARIANTS["unrolled_em_v7"] = {**VARIANTS["unrolled_em_v6"], "share_weights": False}  # a UNet per iteration
 VARIANTS["unrolled_em"] = {**VARIANTS["unrolled_em_v7"], "flip_ensemble": [0]}  # v10-v14: + left-right flip average
+# the shipped model's own OSEM start (4 x 7), without and with its 0.7-voxel anchor in the loss (v32 round)
+VARIANTS["unrolled_em_start4x7"] = {**VARIANTS["unrolled_em"], "init_iterations": 4, "init_subsets": 7}
+VARIANTS["unrolled_em_anchored"] = {
+    **VARIANTS["unrolled_em_start4x7"], "anchor_in_training": True,
+    "anchor": {"sigma_voxels": 0.7, "subsets": 7,
+               "osem": [[1, 15, 2.0], [4, 10, 4.0], [10, 6, 4.0], [20, 4, 4.0], [50, 4, 6.0], [100, 2, 6.0]]},
+}
 
 
 def network(case: str, name: str, checkpointing: bool) -> dict:
     dims = 2 if case == "2d" else 3
-    return {**VARIANTS[name], "spatial_dims": dims, "checkpointing": checkpointing, "init_iterations": 1}
+    return {"init_iterations": 1, **VARIANTS[name], "spatial_dims": dims, "checkpointing": checkpointing}
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -103,7 +110,10 @@ def main() -> None:
     p.add_argument("--models", nargs="+", default=["unrolled_em"], choices=list(VARIANTS),
                    help="unrolled_em = the shipped architecture (3 iterations, a UNet 32-64-128 each, "
                    "averaged over left-right flips); unrolled_em_v7 = the same without the flips; "
-                   "unrolled_em_v3 = an older one (6 iterations, UNet 16-32-64)")
+                   "unrolled_em_v3 = an older one (6 iterations, UNet 16-32-64); "
+                   "unrolled_em_start4x7 = the shipped one from its own 4 x 7 OSEM start (the others "
+                   "start from 1 iteration); unrolled_em_anchored = that with its 0.7-voxel anchor in "
+                   "the loss (anchor_in_training)")
     p.add_argument("--single", nargs=3, metavar=("CASE", "MODEL", "CKPT"), help=argparse.SUPPRESS)
     args = p.parse_args()
     device = torch.device(args.device)

@@ -1,7 +1,7 @@
 """Validation scores that chose the shipped model (docs/experiments.md, "Experiments").
 
     python experiments/scripts/validation_scores.py [CHECKPOINT ...] [--first 100000 --phantoms 32]
-        [--data-subsets 1 2 3 7] [--flip-ensemble none 0 1 01] [--anchor 0 1.4] [--osem]
+        [--data-subsets 1 2 3 7] [--flip-ensemble none 0 1 01] [--anchor 0 1.4 [--anchor-each]] [--osem]
         [--sirf-brain $PET_DL_TEST_DATA/sirf_phantoms/brain | --acrin $PET_DL_TEST_DATA/acrin_pet_dicom] [--hot-spots]
 
 For each checkpoint (default: the shipped model) prints, per dose factor, the mean NRMSE
@@ -14,7 +14,8 @@ retrained); ``--flip-ensemble`` likewise with each UNet's output averaged over f
 those spatial axes (``none``, ``0`` = x, ``1`` = y, ``01`` = both; the network's
 ``flip_ensemble``); ``--anchor`` likewise with a low-frequency anchor of that many
 voxels at full dose to OSEM at :data:`OSEM_CHOSEN` applied to the network's images (any
-network; :mod:`pet_dl.models.anchor`, the same as ``UnrolledEM``'s option; 0: none);
+network; :mod:`pet_dl.models.anchor`, the same as ``UnrolledEM``'s option; 0: none;
+it replaces a file's own anchor; with ``--anchor-each`` one value per checkpoint, in order);
 ``--osem`` adds OSEM with the parameters chosen on validation. With
 several networks, the last lines give each one's factor-20 differences from the first
 network, paired on the same phantoms and lesions (points, ± 1.96 standard errors).
@@ -117,9 +118,14 @@ def main() -> None:
                         help="rescore with a low-frequency anchor of SIGMA voxels at full dose "
                              "(OSEM at OSEM_CHOSEN; 0: none)")
     parser.add_argument("--osem", action="store_true", help="also score OSEM (chosen parameters)")
+    parser.add_argument("--anchor-each", action="store_true",
+                        help="the --anchor values go one to each checkpoint, in order, "
+                             "instead of every value to every checkpoint")
     add_source_arguments(parser)
     parser.add_argument("--hot-spots", action="store_true", help="also count false hot spots at factor 20")
     args = parser.parse_args()
+    if args.anchor_each and len(args.anchor or []) != len(args.checkpoints):
+        parser.error("--anchor-each needs one --anchor value per checkpoint")
     recipe = load_recipe(args.recipe)
     phantom_of = phantom_source(args, recipe)
     ev = simulate_eval_set(recipe, list(range(args.first, args.first + args.phantoms)), 1, FACTORS,
@@ -138,12 +144,13 @@ def main() -> None:
         hot = f" | {with_hot_spots(rows[20.0], images[20.0], ev)}" if args.hot_spots else ""
         print("OSEM (chosen)", " | ".join(cells) + hot, flush=True)
     scored: list[tuple[str, list[dict]]] = []  # (label, factor-20 rows) per network
-    for path in args.checkpoints:
+    for index, path in enumerate(args.checkpoints):
         loaded = load_model(path, torch.device("cpu"))  # once; rebuilt per option set below
         # --anchor replaces a file's own anchor (a network trained with one carries it)
         own = {"anchor": None, "anchor_in_training": False} if args.anchor and loaded.config.get("anchor") else {}
         for subsets, flips, anchor in itertools.product(
-            args.data_subsets or [None], args.flip_ensemble or [None], args.anchor or [None]
+            args.data_subsets or [None], args.flip_ensemble or [None],
+            [args.anchor[index]] if args.anchor_each else args.anchor or [None],
         ):
             options: dict = {}  # rescored with these network options (same weights)
             if subsets is not None:
