@@ -31,7 +31,9 @@ CASES = {
 }
 
 
-def make_batch(case: str, batch_size: int, device: torch.device, generator: torch.Generator) -> ReconBatch:
+def make_batch(
+    case: str, batch_size: int, device: torch.device, generator: torch.Generator, dose_fraction: float = 0.05
+) -> ReconBatch:
     spec = CASES[case]
     scanner = get_scanner("mmr")
     if spec["rings"] == 1:
@@ -44,7 +46,7 @@ def make_batch(case: str, batch_size: int, device: torch.device, generator: torc
     image = ImageGeometry.centered(*spec["image"])
     shape = (batch_size, *sino.shape)
     y = torch.poisson(torch.full(shape, 3.0), generator=generator).to(device)
-    dose = torch.full((batch_size,), 0.05, device=device)
+    dose = torch.full((batch_size,), dose_fraction, device=device)
     return ReconBatch(y, torch.ones_like(y), torch.full_like(y, 0.5), dose * 10, dose, sino, image)
 
 
@@ -77,9 +79,12 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # whole process (Linux: KiB)
 
 
-def bench(case: str, name: str, checkpointing: bool, batch_size: int, steps: int, device: torch.device) -> dict:
+def bench(
+    case: str, name: str, checkpointing: bool, batch_size: int, steps: int, device: torch.device,
+    dose_fraction: float = 0.05,
+) -> dict:
     g = torch.Generator().manual_seed(0)
-    batch = make_batch(case, batch_size, device, g)
+    batch = make_batch(case, batch_size, device, g, dose_fraction)
     net = build_model(network(case, name, checkpointing)).to(device)
     with torch.no_grad():
         batch.initial = net(batch).detach() * 0 + 1.0  # fixed start: time the unrolled part only
@@ -106,6 +111,9 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--dose-fraction", type=float, default=0.05,
+                   help="the scans' dose (1 = full): sets the anchor's OSEM row (full dose: 11 more "
+                   "iterations after the 4 x 7 start, 1/20: none)")
     p.add_argument("--cases", nargs="+", default=["2d", "3d"], choices=list(CASES))
     p.add_argument("--models", nargs="+", default=["unrolled_em"], choices=list(VARIANTS),
                    help="unrolled_em = the shipped architecture (3 iterations, a UNet 32-64-128 each, "
@@ -119,7 +127,7 @@ def main() -> None:
     device = torch.device(args.device)
     if args.single:  # one configuration per process, so the CPU peak RSS is its own
         case, name, ck = args.single
-        print(json.dumps(bench(case, name, ck == "1", args.batch_size, args.steps, device)))
+        print(json.dumps(bench(case, name, ck == "1", args.batch_size, args.steps, device, args.dose_fraction)))
         return
     print(f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'})")
     print("| case | model | act. ckpt | batch | samples/s | step (s) | peak memory (MB) |")
@@ -128,7 +136,8 @@ def main() -> None:
         for name in args.models:
             for ck in (False, True):
                 cmd = [sys.executable, __file__, "--device", args.device, "--steps", str(args.steps),
-                       "--batch-size", str(args.batch_size), "--single", case, name, str(int(ck))]
+                       "--batch-size", str(args.batch_size), "--dose-fraction", str(args.dose_fraction),
+                       "--single", case, name, str(int(ck))]
                 out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
                 r = json.loads(out.strip().splitlines()[-1])
                 print(f"| {r['case']} | {r['model']} | {'yes' if ck else 'no'} | {r['batch']} | "
