@@ -102,13 +102,18 @@ def test_anchor_takes_back_a_false_blob_and_restores_an_erased_lesion(generator:
     assert float((osem - truth)[at_lesion].mean()) > -0.3 * float(lesion[at_lesion].mean())
 
 
-def test_unrolled_em_applies_the_anchor_in_eval_mode_only(generator: torch.Generator) -> None:
+def _small_network_case(generator: torch.Generator) -> tuple[ImageGeometry, ReconBatch, dict, dict]:
+    """A 16 x 16 scan of a blob, a small UnrolledEM config and an anchor config for it."""
     grid = ImageGeometry.centered((16, 16, 1), (4.0, 4.0, 4.0))
     truth = 5.0 + 5.0 * _blob(grid, (4.0, 0.0), 8.0)
     batch = _scan(generator, truth, grid, 2e5)
     small = {"name": "unrolled_em", "spatial_dims": 2, "num_iterations": 1, "channels": [4, 8],
              "strides": [2], "init_iterations": 2}
-    config = {"sigma_voxels": 1.0, "osem": ROWS}
+    return grid, batch, small, {"sigma_voxels": 1.0, "osem": ROWS}
+
+
+def test_unrolled_em_applies_the_anchor_in_eval_mode_only(generator: torch.Generator) -> None:
+    grid, batch, small, config = _small_network_case(generator)
     plain = build_model(small)
     anchored = build_model({**small, "anchor": config})
     anchored.load_state_dict(plain.state_dict())
@@ -127,17 +132,11 @@ def test_unrolled_em_applies_the_anchor_in_eval_mode_only(generator: torch.Gener
         assert torch.allclose(anchored(batch), plain(batch))
 
 
-
 def test_anchor_in_training_puts_the_anchored_image_under_the_loss(generator: torch.Generator) -> None:
     """With ``anchor_in_training`` the train-mode output is the eval-mode (anchored) one, and
     the gradient reaches the network only through ``I - G``: a departure the anchor takes back
     costs nothing, so the network is not pushed to fix what OSEM's low frequencies fix."""
-    grid = ImageGeometry.centered((16, 16, 1), (4.0, 4.0, 4.0))
-    truth = 5.0 + 5.0 * _blob(grid, (4.0, 0.0), 8.0)
-    batch = _scan(generator, truth, grid, 2e5)
-    small = {"name": "unrolled_em", "spatial_dims": 2, "num_iterations": 1, "channels": [4, 8],
-             "strides": [2], "init_iterations": 2}
-    config = {"sigma_voxels": 1.0, "osem": ROWS}
+    grid, batch, small, config = _small_network_case(generator)
     trained = build_model({**small, "anchor": config, "anchor_in_training": True})
     plain = build_model(small)
     plain.load_state_dict(trained.state_dict())
