@@ -1,7 +1,7 @@
 """Validation scores that chose the shipped model (docs/experiments.md, "Experiments").
 
     python experiments/scripts/validation_scores.py [CHECKPOINT ...] [--first 100000 --phantoms 32]
-        [--data-subsets 1 2 3 7] [--flip-ensemble none 0 1 01] [--anchor 0 1.4 [--anchor-each]] [--osem]
+        [--data-subsets 1 2 3 7] [--flip-ensemble none 0 1 01] [--anchor 0 1.4 [--anchor-each]] [--final-em 0 1] [--osem]
         [--sirf-brain $PET_DL_TEST_DATA/sirf_phantoms/brain | --acrin $PET_DL_TEST_DATA/acrin_pet_dicom] [--hot-spots]
 
 For each checkpoint (default: the shipped model) prints, per dose factor, the mean NRMSE
@@ -16,6 +16,8 @@ those spatial axes (``none``, ``0`` = x, ``1`` = y, ``01`` = both; the network's
 voxels at full dose to OSEM at :data:`OSEM_CHOSEN` applied to the network's images (any
 network; :mod:`pet_dl.models.anchor`, the same as ``UnrolledEM``'s option; 0: none;
 it replaces a file's own anchor; with ``--anchor-each`` one value per checkpoint, in order);
+``--final-em`` likewise after that many plain MLEM updates from the network's (anchored)
+image, a final data step on the counts (0: none);
 ``--osem`` adds OSEM with the parameters chosen on validation. With
 several networks, the last lines give each one's factor-20 differences from the first
 network, paired on the same phantoms and lesions (points, ± 1.96 standard errors).
@@ -69,6 +71,18 @@ def anchored(net: torch.nn.Module, batch: ReconBatch, images: torch.Tensor, sigm
                       start=(start.initial, net.init_iterations, net.init_subsets))
 
 
+def with_final_em(net: torch.nn.Module, batch: ReconBatch, images: torch.Tensor, updates: int) -> torch.Tensor:
+    """``images`` after ``updates`` plain MLEM updates on ``batch``'s counts (one subset), from the
+    images themselves (negative voxels set to zero first): a final data step after the network
+    (and its anchor, if any)."""
+    from pet_dl.recon import osem
+
+    with torch.no_grad():
+        start = net.start(batch)
+        x0 = images.float().clamp_min(0.0)  # the anchored image may dip below zero
+        return osem(start.model, start.prompts.float(), updates, 1, x0=x0).to(images.dtype)
+
+
 def summary(rows: list[dict]) -> str:
     """``NRMSE / SUVmean / SUVmax`` (%, lesions >= 8 mm pooled over the cases)."""
     nrmse = sum(r["nrmse"] for r in rows) / len(rows)
@@ -118,6 +132,9 @@ def main() -> None:
                         help="rescore with a low-frequency anchor of SIGMA voxels at full dose "
                              "(OSEM at OSEM_CHOSEN; 0: none)")
     parser.add_argument("--osem", action="store_true", help="also score OSEM (chosen parameters)")
+    parser.add_argument("--final-em", type=int, nargs="+", default=None, metavar="N",
+                        help="rescore each network after N plain MLEM updates from its image "
+                             "(after the anchor; 0: none)")
     parser.add_argument("--anchor-each", action="store_true",
                         help="the --anchor values go one to each checkpoint, in order, "
                              "instead of every value to every checkpoint")
@@ -148,9 +165,10 @@ def main() -> None:
         loaded = load_model(path, torch.device("cpu"))  # once; rebuilt per option set below
         # --anchor replaces a file's own anchor (a network trained with one carries it)
         own = {"anchor": None, "anchor_in_training": False} if args.anchor and loaded.config.get("anchor") else {}
-        for subsets, flips, anchor in itertools.product(
+        for subsets, flips, anchor, final_em in itertools.product(
             args.data_subsets or [None], args.flip_ensemble or [None],
             [args.anchor[index]] if args.anchor_each else args.anchor or [None],
+            args.final_em or [0],
         ):
             options: dict = {}  # rescored with these network options (same weights)
             if subsets is not None:
@@ -163,6 +181,9 @@ def main() -> None:
             if anchor:  # after the network, whatever it is (the same as UnrolledEM's option)
                 label += f" (anchor {anchor:g})"
                 images = {f: anchored(net, ev.batch(f), x, anchor) for f, x in images.items()}
+            if final_em:
+                label += f" (final EM {final_em})"
+                images = {f: with_final_em(net, ev.batch(f), x, final_em) for f, x in images.items()}
             rows = {f: case_metrics(x, ev) for f, x in images.items()}
             cells = [f"f{f:g}: {summary(r)}" for f, r in rows.items()]
             mean = sum(sum(x["nrmse"] for x in r) / len(r) for r in rows.values()) / len(rows)
