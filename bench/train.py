@@ -17,6 +17,7 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: no spinning threads
 
@@ -24,6 +25,7 @@ import torch  # noqa: E402
 
 from pet_dl.geometry import ImageGeometry, SinogramGeometry, get_scanner  # noqa: E402
 from pet_dl.models import ReconBatch, build_model  # noqa: E402
+from pet_dl.recipes import read_yaml_mapping  # noqa: E402
 
 CASES = {
     "2d": dict(image=((96, 96, 1), (2.6, 2.6, 2.6)), rings=1, radial=128, mashing=2, span=1, mrd=None),
@@ -63,8 +65,8 @@ VARIANTS["unrolled_em"] = {**VARIANTS["unrolled_em_v7"], "flip_ensemble": [0]}  
 VARIANTS["unrolled_em_start4x7"] = {**VARIANTS["unrolled_em"], "init_iterations": 4, "init_subsets": 7}
 VARIANTS["unrolled_em_anchored"] = {
     **VARIANTS["unrolled_em_start4x7"], "anchor_in_training": True,
-    "anchor": {"sigma_voxels": 0.7, "subsets": 7,
-               "osem": [[1, 15, 2.0], [4, 10, 4.0], [10, 6, 4.0], [20, 4, 4.0], [50, 4, 6.0], [100, 2, 6.0]]},
+    "anchor": {**read_yaml_mapping(Path(__file__).resolve().parents[1] / "configs" / "anchor2d.yaml", "anchor"),
+               "sigma_voxels": 0.7},
 }
 
 

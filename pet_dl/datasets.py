@@ -31,6 +31,7 @@ from torch.utils.data import Dataset
 
 from pet_dl.recipes import (
     check_shared_keys,
+    full_dose_scan,
     load_recipe,
     phantom_of_seed,
     psf_of_recipe,
@@ -40,25 +41,10 @@ from pet_dl.recipes import (
 
 if TYPE_CHECKING:
     from pet_dl.geometry import ImageGeometry, SinogramGeometry
-    from pet_dl.phantoms import Phantom
-    from pet_dl.scan import Scan
 
 FORMAT_VERSION = 1
 PER_SCAN = ("prompts", "additive", "calibration", "dose_fraction", "initial", "phantom_index")
 PER_PHANTOM = ("target", "lesion_mask", "mu", "multiplicative", "seed")
-
-
-def simulate_full_dose(
-    recipe: Mapping[str, Any],
-    phantom: Phantom,
-    seed: int,
-    generator: torch.Generator,
-    geometry: tuple[SinogramGeometry, ImageGeometry] | None = None,
-) -> Scan:
-    """The full-dose acquisition of ``phantom``: :func:`pet_dl.recipes.full_dose_scan`."""
-    from pet_dl.recipes import full_dose_scan
-
-    return full_dose_scan(recipe, phantom, seed, generator, geometry)
 
 
 def simulate_phantom(
@@ -78,7 +64,7 @@ def simulate_phantom(
     sinogram, image = geometry if geometry is not None else recipe_geometry(recipe)
     phantom = phantom_of_seed(recipe, seed, image)
     g = torch.Generator().manual_seed(10_000_019 + int(seed))
-    full = simulate_full_dose(recipe, phantom, seed, g, (sinogram, image))
+    full = full_dose_scan(recipe, phantom, seed, g, (sinogram, image))
     lows = [thin_scan(full, 1.0 / float(r), g) for r in recipe["reduction_factors"]]
     fractions = torch.tensor([1.0 / float(r) for r in recipe["reduction_factors"]])
     prompts = torch.stack([s.prompts for s in lows]).float()

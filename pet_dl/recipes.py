@@ -49,7 +49,9 @@ CLINICAL_OSEM = (3, 7, 5.0, 4.07)
 #: per slice of a 10-min brain scan, so the truth's noise texture ranges from faint to coarse.
 CLINICAL_DOSE = (0.1, 1.0)
 RECONSTRUCTED_NOISE_SEED = 7_000_001  # the truth's own scan: noise independent of the evaluated scans
-RECONSTRUCTED_BODY_LEVEL = 0.03  # body outline of a reconstructed truth: above 3 % of its maximum
+#: Body outline of a PET image used as the activity (a reconstructed truth here, an ACRIN
+#: slice in :mod:`pet_dl.evaluate.external`): above 3 % of its maximum (FLT: lungs included).
+PET_IMAGE_BODY_LEVEL = 0.03
 
 
 def _unique_key_loader() -> type:
@@ -391,7 +393,7 @@ def reconstructed_activity(
     return image_phantom(
         resample_to_grid(activity, image, pixels), resample_to_grid(phantom.mu.float(), image, pixels),
         pixels, image, name=f"reconstructed_{recipe['phantom']}",
-        tissue_levels={"outside": 0.0, "body": RECONSTRUCTED_BODY_LEVEL},
+        tissue_levels={"outside": 0.0, "body": PET_IMAGE_BODY_LEVEL},
     )
 
 

@@ -162,6 +162,7 @@ def test_anchor_in_training_puts_the_anchored_image_under_the_loss(generator: to
     with pytest.raises(ValueError, match="anchor_in_training needs an anchor"):
         build_model({**small, "anchor_in_training": True})
 
+
 def test_export_adds_the_anchor_from_a_file_with_the_same_weights(tmp_path, generator: torch.Generator) -> None:
     """``--anchor FILE`` on a .safetensors: weights kept, the anchor in the config; a bad file is exit 2."""
     from pet_dl.io.checkpoint import load_checkpoint, save_checkpoint

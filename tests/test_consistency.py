@@ -115,16 +115,15 @@ def test_planted_blob_in_the_shipped_network_at_1_20_dose() -> None:
     a quarter of grey matter's activity, such a blob reaches z ~ 2-4 at 1/20 dose: see
     docs/inference.md for the detection rates.)"""
     from pet_dl.data_check import check_consistency, reference_osem
-    from pet_dl.datasets import simulate_full_dose
     from pet_dl.inference import load_model, scan_batch
-    from pet_dl.recipes import load_recipe, phantom_of_seed
+    from pet_dl.recipes import full_dose_scan, load_recipe, phantom_of_seed
     from pet_dl.recon.filters import gaussian_postfilter
     from pet_dl.simulate import thin_scan
 
     recipe = load_recipe(ROOT / "data" / "brain2d.yaml")
     phantom = phantom_of_seed(recipe, 101650)
     g = torch.Generator().manual_seed(7)
-    scan = thin_scan(simulate_full_dose(recipe, phantom, 101650, g), 1 / 20, g)
+    scan = thin_scan(full_dose_scan(recipe, phantom, 101650, g), 1 / 20, g)
     osem = reference_osem(scan, "cpu")
     with torch.no_grad():  # the network as reconstruct_with_network() runs it, without the geometry check
         network = load_model(None, torch.device("cpu")).model(scan_batch(scan, "cpu", osem))[0]

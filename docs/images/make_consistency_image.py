@@ -27,9 +27,8 @@ from pet_dl.data_check import (  # noqa: E402
     data_check_warning,
     reference_osem,
 )
-from pet_dl.datasets import simulate_full_dose  # noqa: E402
 from pet_dl.inference import load_model, scan_batch  # noqa: E402
-from pet_dl.recipes import load_recipe, phantom_of_seed  # noqa: E402
+from pet_dl.recipes import full_dose_scan, load_recipe, phantom_of_seed  # noqa: E402
 from pet_dl.recon.filters import gaussian_postfilter  # noqa: E402
 from pet_dl.simulate import thin_scan  # noqa: E402
 
@@ -51,7 +50,7 @@ def main(out: Path = Path(__file__).parent / "consistency_map.png") -> None:
     recipe = load_recipe(ROOT / "data" / "brain2d.yaml")
     phantom = phantom_of_seed(recipe, SEED)
     g = torch.Generator().manual_seed(7)
-    scan = thin_scan(simulate_full_dose(recipe, phantom, SEED, g), 1 / 20, g)
+    scan = thin_scan(full_dose_scan(recipe, phantom, SEED, g), 1 / 20, g)
     grid = scan.image
     osem = reference_osem(scan, "cpu")
     with torch.no_grad():

@@ -71,16 +71,15 @@ def anchored(net: torch.nn.Module, batch: ReconBatch, images: torch.Tensor, sigm
                       start=(start.initial, net.init_iterations, net.init_subsets))
 
 
-def with_final_em(net: torch.nn.Module, batch: ReconBatch, images: torch.Tensor, updates: int) -> torch.Tensor:
+def with_final_em(batch: ReconBatch, images: torch.Tensor, updates: int) -> torch.Tensor:
     """``images`` after ``updates`` plain MLEM updates on ``batch``'s counts (one subset), from the
     images themselves (negative voxels set to zero first): a final data step after the network
     (and its anchor, if any)."""
     from pet_dl.recon import osem
 
     with torch.no_grad():
-        start = net.start(batch)
         x0 = images.float().clamp_min(0.0)  # the anchored image may dip below zero
-        return osem(start.model, start.prompts.float(), updates, 1, x0=x0).to(images.dtype)
+        return osem(batch.forward_model(), batch.prompts.float(), updates, 1, x0=x0).to(images.dtype)
 
 
 def summary(rows: list[dict]) -> str:
@@ -183,7 +182,7 @@ def main() -> None:
                 images = {f: anchored(net, ev.batch(f), x, anchor) for f, x in images.items()}
             if final_em:
                 label += f" (final EM {final_em})"
-                images = {f: with_final_em(net, ev.batch(f), x, final_em) for f, x in images.items()}
+                images = {f: with_final_em(ev.batch(f), x, final_em) for f, x in images.items()}
             rows = {f: case_metrics(x, ev) for f, x in images.items()}
             cells = [f"f{f:g}: {summary(r)}" for f, r in rows.items()]
             mean = sum(sum(x["nrmse"] for x in r) / len(r) for r in rows.values()) / len(rows)

@@ -155,8 +155,7 @@ def simulate_eval_set(
     """
     from tqdm.auto import tqdm
 
-    from pet_dl.datasets import simulate_full_dose
-    from pet_dl.recipes import phantom_of_seed, psf_of_recipe, recipe_geometry
+    from pet_dl.recipes import full_dose_scan, phantom_of_seed, psf_of_recipe, recipe_geometry
     from pet_dl.simulate import thin_scan
 
     if realisations < 1:
@@ -184,7 +183,7 @@ def simulate_eval_set(
         diameters = {int(les.label): float(les.diameter_mm) for les in phantom.lesions if les.contrast > 1.0}
         for k in range(realisations):
             g = torch.Generator().manual_seed((int(seed) + 1) * 1_000_003 + k)
-            full = simulate_full_dose(recipe, phantom, int(seed), g, geometry)
+            full = full_dose_scan(recipe, phantom, int(seed), g, geometry)
             for f in factors:
                 scan = full if f == 1.0 else thin_scan(full, 1.0 / f, g)
                 per_factor[f]["p"].append(scan.prompts.float())

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 
 from pet_dl.phantoms import Phantom
+from pet_dl.recipes import PET_IMAGE_BODY_LEVEL
 
-ACRIN_BODY_LEVEL = 0.03  # body outline: activity above 3 % of the slice's maximum (FLT: lungs included)
 ACRIN_MEAN_BQML = 7000.0  # mean activity in the crop's body, about a BrainWeb slice's in its head
 WATER_MU_PER_MM = 0.0096  # 511 keV
 SIRF_PLANES = range(8, 15)  # axial planes of the SIRF brain at and above the ventricles
@@ -88,7 +88,7 @@ def acrin_slice_phantoms(
     square window as wide as the recipe's grid, at a random left-right position inside the
     body's extent and on its front-back centre; the activity outside the window is
     dropped (an object that fits the field of view). The activity is scaled so that its
-    mean inside the body outline (above :data:`ACRIN_BODY_LEVEL` of the slice's maximum)
+    mean inside the body outline (above :data:`pet_dl.recipes.PET_IMAGE_BODY_LEVEL` of the slice's maximum)
     is :data:`ACRIN_MEAN_BQML`; mu is water inside the outline. Then the recipe's random
     lesions are placed in the body. The image is a reconstructed PET itself (4 mm pixels,
     its own noise and resolution): as the truth it stands for real activity patterns, not
@@ -120,7 +120,7 @@ def acrin_slice_phantoms(
     for path in files:
         activity, grid, _ = read_pet_series(path)
         plane = torch.from_numpy(np.ascontiguousarray(activity[:, :, :1])).float().clamp_min(0)
-        body = plane > ACRIN_BODY_LEVEL * float(plane.max())
+        body = plane > PET_IMAGE_BODY_LEVEL * float(plane.max())
         xs, ys = torch.nonzero(body[:, :, 0], as_tuple=True)
         slices.append((plane, body, grid, xs, ys))
     width_mm = image.shape[0] * image.voxel_size_mm[0]
@@ -153,7 +153,7 @@ def acrin_slice_phantoms(
         )
         phantom = image_phantom(
             activity, mu, source, image, name="acrin_slice", z_mm=0.0,
-            tissue_levels={"outside": 0.0, "body": ACRIN_BODY_LEVEL},
+            tissue_levels={"outside": 0.0, "body": PET_IMAGE_BODY_LEVEL},
         )
         return add_recipe_lesions(recipe, phantom, g, tissues=("body",))
 
