@@ -231,3 +231,57 @@ def test_the_anchor_continues_from_the_networks_osem_start(generator: torch.Gene
     lv = torch.tensor([1.0])
     assert torch.allclose(anchor(image, model, batch.prompts, lv, grid, start=(other, 4, 1)),
                           anchor(image, model, batch.prompts, lv, grid), rtol=1e-6, atol=1e-6)
+
+
+def test_final_em_step_ends_the_network_on_a_data_step_that_fits_the_counts_better(
+    generator: torch.Generator,
+) -> None:
+    """``final_em_steps``: the output is plain MLEM updates from the (anchored) image with
+    negative voxels set to zero, in train and eval mode; each update raises the Poisson
+    log-likelihood (lowers the deviance), and with no background keeps ``sum(sens * x)``
+    at the measured count total (the EM count balance)."""
+    from pet_dl.metrics.image import poisson_deviance
+    from pet_dl.recon import em_update
+
+    grid, batch, small, config = _small_network_case(generator)
+    plain = build_model({**small, "anchor": config})
+    ended = build_model({**small, "anchor": config, "final_em_steps": 2})
+    ended.load_state_dict(plain.state_dict())
+    model = batch.forward_model()
+    sens = model.sensitivity().expand(1, *grid.shape)
+    for mode in ("eval", "train"):
+        getattr(plain, mode)()
+        getattr(ended, mode)()
+        with torch.no_grad():
+            x = plain(batch).clamp_min(0.0)
+            once = em_update(x, model, batch.prompts, sens)
+            twice = em_update(once, model, batch.prompts, sens)
+            out = ended(batch)
+        assert torch.allclose(out, twice, rtol=1e-5, atol=1e-5), mode
+        deviances = [float(poisson_deviance(model(im), batch.prompts).sum()) for im in (x, once, twice)]
+        assert deviances[0] > deviances[1] > deviances[2], (mode, deviances)
+        measured = float(batch.prompts.sum())
+        assert float((sens * out).sum()) == pytest.approx(measured, rel=1e-4), mode
+    with pytest.raises(ValueError, match="final_em_steps"):
+        build_model({**small, "final_em_steps": -1})
+
+
+def test_export_sets_the_final_em_steps_with_the_same_weights(tmp_path, generator: torch.Generator) -> None:
+    """``--final-em N`` on a .safetensors: weights kept, ``final_em_steps`` in the config; a
+    negative N is exit 2."""
+    from pet_dl.io.checkpoint import load_checkpoint, save_checkpoint
+    from pet_dl.training.export import main as export_main
+
+    _, _, small, _ = _small_network_case(generator)
+    plain = build_model(small)
+    src = save_checkpoint(tmp_path / "plain.safetensors", plain, small, {"training_command": "fit"})
+    out = tmp_path / "ended.safetensors"
+    assert export_main([str(src), str(out), "--final-em", "1"]) == 0
+    loaded = load_checkpoint(out, builder=build_model)
+    assert loaded.model.final_em_steps == 1
+    assert loaded.config["final_em_steps"] == 1
+    for (name, a), b in zip(plain.state_dict().items(), loaded.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    with pytest.raises(SystemExit) as exit_info:
+        export_main([str(src), str(tmp_path / "x.safetensors"), "--final-em", "-1"])
+    assert exit_info.value.code == 2

@@ -14,8 +14,9 @@ retrained); ``--flip-ensemble`` likewise with each UNet's output averaged over f
 those spatial axes (``none``, ``0`` = x, ``1`` = y, ``01`` = both; the network's
 ``flip_ensemble``); ``--anchor`` likewise with a low-frequency anchor of that many
 voxels at full dose to OSEM at :data:`OSEM_CHOSEN` applied to the network's images (any
-network; :mod:`pet_dl.models.anchor`, the same as ``UnrolledEM``'s option; 0: none;
-it replaces a file's own anchor; with ``--anchor-each`` one value per checkpoint, in order);
+network; :mod:`pet_dl.models.anchor`, the same as ``UnrolledEM``'s option; 0: none, or a
+file's own anchor, which a value > 0 replaces; with ``--anchor-each`` one value per
+checkpoint, in order);
 ``--final-em`` likewise after that many plain MLEM updates from the network's (anchored)
 image, a final data step on the counts (0: none);
 ``--osem`` adds OSEM with the parameters chosen on validation. With
@@ -162,33 +163,37 @@ def main() -> None:
     scored: list[tuple[str, list[dict]]] = []  # (label, factor-20 rows) per network
     for index, path in enumerate(args.checkpoints):
         loaded = load_model(path, torch.device("cpu"))  # once; rebuilt per option set below
-        # --anchor replaces a file's own anchor (a network trained with one carries it)
-        own = {"anchor": None, "anchor_in_training": False} if args.anchor and loaded.config.get("anchor") else {}
-        for subsets, flips, anchor, final_em in itertools.product(
+        for subsets, flips, anchor in itertools.product(
             args.data_subsets or [None], args.flip_ensemble or [None],
             [args.anchor[index]] if args.anchor_each else args.anchor or [None],
-            args.final_em or [0],
         ):
             options: dict = {}  # rescored with these network options (same weights)
+            if anchor and loaded.config.get("anchor"):  # --anchor S > 0 replaces a file's own anchor
+                if loaded.config.get("final_em_steps"):
+                    parser.error(f"{path} ends on final EM steps after its own anchor: score it with --anchor 0")
+                options.update(anchor=None, anchor_in_training=False)
             if subsets is not None:
                 options["data_subsets"] = subsets
             if flips is not None:
                 options["flip_ensemble"] = [] if flips == "none" else [int(a) for a in flips]
-            net = loaded.with_network_options({**own, **options}).model
-            label = (path or "shipped") + "".join(f" ({k} {v})" for k, v in options.items())
-            images = {f: network_reconstruction(net, ev.batch(f)) for f in FACTORS}
+            net = loaded.with_network_options(options).model
+            shown = {k: v for k, v in options.items() if k not in ("anchor", "anchor_in_training")}
+            base_label = (path or "shipped") + "".join(f" ({k} {v})" for k, v in shown.items())
+            base = {f: network_reconstruction(net, ev.batch(f)) for f in FACTORS}
             if anchor:  # after the network, whatever it is (the same as UnrolledEM's option)
-                label += f" (anchor {anchor:g})"
-                images = {f: anchored(net, ev.batch(f), x, anchor) for f, x in images.items()}
-            if final_em:
-                label += f" (final EM {final_em})"
-                images = {f: with_final_em(ev.batch(f), x, final_em) for f, x in images.items()}
-            rows = {f: case_metrics(x, ev) for f, x in images.items()}
-            cells = [f"f{f:g}: {summary(r)}" for f, r in rows.items()]
-            mean = sum(sum(x["nrmse"] for x in r) / len(r) for r in rows.values()) / len(rows)
-            hot = f" | {with_hot_spots(rows[20.0], images[20.0], ev)}" if args.hot_spots else ""
-            print(label, " | ".join(cells), f"| mean NRMSE {100 * mean:.2f}{hot}", flush=True)
-            scored.append((label, rows[20.0]))
+                base_label += f" (anchor {anchor:g})"
+                base = {f: anchored(net, ev.batch(f), x, anchor) for f, x in base.items()}
+            for final_em in args.final_em or [0]:
+                label, images = base_label, base
+                if final_em:
+                    label += f" (final EM {final_em})"
+                    images = {f: with_final_em(ev.batch(f), x, final_em) for f, x in base.items()}
+                rows = {f: case_metrics(x, ev) for f, x in images.items()}
+                cells = [f"f{f:g}: {summary(r)}" for f, r in rows.items()]
+                mean = sum(sum(x["nrmse"] for x in r) / len(r) for r in rows.values()) / len(rows)
+                hot = f" | {with_hot_spots(rows[20.0], images[20.0], ev)}" if args.hot_spots else ""
+                print(label, " | ".join(cells), f"| mean NRMSE {100 * mean:.2f}{hot}", flush=True)
+                scored.append((label, rows[20.0]))
     for label, rows in scored[1:]:
         print(f"f20 {label} - {scored[0][0]}: {paired_summary(rows, scored[0][1])}")
 

@@ -38,7 +38,7 @@ from pet_dl.models.blocks import (
     from_channels,
     to_channels,
 )
-from pet_dl.recon import OrderedSubsets
+from pet_dl.recon import OrderedSubsets, em_update
 
 
 def fbsem_fusion(
@@ -98,6 +98,11 @@ class UnrolledEM(ReconNetwork):
             anchor's scale (the gradient reaches it through ``I - G_s``). Each step then
             also runs the anchor's OSEM (up to its row's iterations, continued from the
             initial image). Needs ``anchor``.
+        final_em_steps: plain MLEM updates on the scan's counts (one subset, the exact
+            adjoint) after the last iteration and the anchor, from the image with negative
+            voxels set to zero, in training and in eval mode alike: the output ends on a
+            pure data step instead of the fusion's compromise with the regulariser. No
+            parameter depends on it. 0 (the default) is none.
     """
 
     def __init__(
@@ -118,6 +123,7 @@ class UnrolledEM(ReconNetwork):
         flip_ensemble: tuple[int, ...] = (),
         anchor: Mapping[str, Any] | None = None,
         anchor_in_training: bool = False,
+        final_em_steps: int = 0,
     ) -> None:
         super().__init__(
             spatial_dims, init_iterations, init_subsets, checkpointing, count_reference
@@ -126,6 +132,9 @@ class UnrolledEM(ReconNetwork):
             raise ValueError(f"num_iterations must be >= 1, got {num_iterations}")
         if data_subsets < 1:
             raise ValueError(f"data_subsets must be >= 1, got {data_subsets}")
+        if final_em_steps < 0:
+            raise ValueError(f"final_em_steps must be >= 0, got {final_em_steps}")
+        self.final_em_steps = int(final_em_steps)
         self.num_iterations = num_iterations
         self.data_subsets = data_subsets
         num_nets = 1 if share_weights else num_iterations
@@ -183,4 +192,9 @@ class UnrolledEM(ReconNetwork):
         if self.anchor is not None and (self.anchor_in_training or not self.training):
             x = self.anchor(x, model, prompts, dose, batch.image,
                             start=(x0, self.init_iterations, self.init_subsets))
+        if self.final_em_steps:
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                x = x.float().clamp_min(0.0)  # the anchored image may dip below zero
+                for _ in range(self.final_em_steps):
+                    x = em_update(x, model, prompts.float(), sens)
         return x

@@ -274,7 +274,7 @@ def _anchor_options(path: str) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m pet_dl.training.export CKPT OUT [--train-seeds START STOP] [--flip-ensemble AXIS ...] [--anchor YAML] [--float16] [--model-version NAME]``.
+    """``python -m pet_dl.training.export CKPT OUT [--train-seeds START STOP] [--flip-ensemble AXIS ...] [--anchor YAML] [--final-em N] [--float16] [--model-version NAME]``.
 
     Prints the path; a bad input is one ``error:`` line and exit code 2.
     """
@@ -297,6 +297,10 @@ def main(argv: list[str] | None = None) -> int:
         "--anchor", default=None, metavar="YAML",
         help="a low-frequency data anchor (pet_dl.models.anchor): sigma_voxels, osem rows, subsets",
     )
+    parser.add_argument(
+        "--final-em", type=int, default=None, metavar="N",
+        help="end the unrolled network on N plain MLEM updates (UnrolledEM final_em_steps)",
+    )
     parser.add_argument("--float16", action="store_true",
                         help="store the weights as float16 (half the file; loaded as float32)")
     parser.add_argument("--model-version", default=None, metavar="NAME",
@@ -308,11 +312,17 @@ def main(argv: list[str] | None = None) -> int:
     from_safetensors = args.ckpt.endswith(".safetensors")
     if from_safetensors and (
         seeds is not None
-        or (args.flip_ensemble is None and args.anchor is None and not args.float16 and args.model_version is None)
+        or (args.flip_ensemble is None and args.anchor is None and args.final_em is None
+            and not args.float16 and args.model_version is None)
     ):
-        parser.error("a .safetensors input takes --flip-ensemble, --anchor, --float16 and/or --model-version, "
+        parser.error("a .safetensors input takes --flip-ensemble, --anchor, --final-em, --float16 and/or "
+                     "--model-version, "
                      "and no --train-seeds")
     options: dict[str, Any] = {} if args.flip_ensemble is None else {"flip_ensemble": args.flip_ensemble}
+    if args.final_em is not None:
+        if args.final_em < 0:
+            parser.error(f"--final-em needs N >= 0, got {args.final_em}")
+        options["final_em_steps"] = args.final_em
     if args.anchor is not None:
         try:
             options["anchor"] = _anchor_options(args.anchor)
