@@ -691,7 +691,7 @@ def test_lesion_max_loss_is_the_absolute_suvmax_bias_and_acts_on_the_hottest_vox
 def test_shipped_models_recorded_command_rebuilds_its_network(capsys: pytest.CaptureFixture) -> None:
     """The training command in the shipped model's metadata still runs through train.py (on
     top of configs/base.yaml) and resolves to the network and training data of that file;
-    an export step after it (``--anchor FILE``) adds what it records."""
+    an export step after it (``--anchor FILE``, ``--final-em N``) adds what it records."""
     import shlex
 
     import yaml
@@ -716,6 +716,8 @@ def test_shipped_models_recorded_command_rebuilds_its_network(capsys: pytest.Cap
             from pet_dl.training.export import _anchor_options
 
             expected["anchor"] = _anchor_options(str(root / words[words.index("--anchor") + 1]))
+        if "--final-em" in words:
+            expected["final_em_steps"] = int(words[words.index("--final-em") + 1])
     assert expected == config
     folders = printed["data"]["data_dir"]
     folders = folders if isinstance(folders, list) else [folders]
