@@ -65,8 +65,7 @@ VARIANTS["unrolled_em"] = {**VARIANTS["unrolled_em_v7"], "flip_ensemble": [0]}  
 VARIANTS["unrolled_em_start4x7"] = {**VARIANTS["unrolled_em"], "init_iterations": 4, "init_subsets": 7}
 VARIANTS["unrolled_em_anchored"] = {
     **VARIANTS["unrolled_em_start4x7"], "anchor_in_training": True,
-    "anchor": {**read_yaml_mapping(Path(__file__).resolve().parents[1] / "configs" / "anchor2d.yaml", "anchor"),
-               "sigma_voxels": 0.7},
+    "anchor": read_yaml_mapping(Path(__file__).resolve().parents[1] / "configs" / "anchor2d_fine.yaml", "anchor"),
 }
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 
 import torch
+from lesion_targets import OSEM_CHOSEN_BRAINWEB
 
 from pet_dl.evaluate.data import simulate_eval_set
 from pet_dl.evaluate.methods import network_reconstruction, osem_trajectory
@@ -24,8 +25,7 @@ from pet_dl.phantoms.brainweb import BRAIN_TISSUES
 from pet_dl.recipes import load_recipe, phantom_of_seed
 from pet_dl.recon.filters import gaussian_postfilter
 
-#: OSEM (iterations x 7 subsets, post-filter FWHM mm) chosen on the BrainWeb validation subjects
-OSEM_CHOSEN_BRAINWEB = {1.0: (20, 4.0), 4.0: (8, 4.0), 20.0: (4, 6.0)}
+FACTORS = (1.0, 4.0, 20.0)
 
 
 def brain_nrmse(images: torch.Tensor, target: torch.Tensor, brain: torch.Tensor) -> torch.Tensor:
@@ -42,7 +42,7 @@ def main() -> None:
     args = parser.parse_args()
     recipe = load_recipe("data/brainweb2d.yaml")
     seeds = list(range(args.first, args.first + args.phantoms))
-    factors = list(OSEM_CHOSEN_BRAINWEB)
+    factors = list(FACTORS)
     ev = simulate_eval_set(recipe, seeds, 1, factors)
     masks = []
     for seed in seeds:
@@ -52,7 +52,8 @@ def main() -> None:
     brain = torch.stack(masks).to(ev.target.dtype)
     rows: dict[str, dict[float, float]] = {"OSEM": {}}
     with torch.no_grad():
-        for f, (iterations, fwhm) in OSEM_CHOSEN_BRAINWEB.items():
+        for f in factors:
+            iterations, fwhm = OSEM_CHOSEN_BRAINWEB[f]
             osem = gaussian_postfilter(osem_trajectory(ev.batch(f), iterations, 7)[-1], ev.image, fwhm)
             rows["OSEM"][f] = float(brain_nrmse(osem, ev.target, brain).mean())
         for spec in args.networks:

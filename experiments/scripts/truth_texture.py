@@ -18,26 +18,18 @@ import statistics
 import torch
 from phantom_set import add_source_arguments, phantom_source
 
+from pet_dl.geometry import ImageGeometry
 from pet_dl.recipes import load_recipe, phantom_of_seed, recipe_geometry
+from pet_dl.recon.filters import FWHM_PER_SIGMA, gaussian_postfilter
 
 
-def gaussian_blur_2d(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """``x (nx, ny)`` blurred by a Gaussian of ``sigma`` voxels (reflect padding)."""
-    radius = max(1, int(round(3 * sigma)))
-    t = torch.arange(-radius, radius + 1, dtype=torch.float64)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = (k / k.sum()).to(x.dtype)
-    y = torch.nn.functional.pad(x[None, None], (radius, radius, radius, radius), mode="reflect")
-    y = torch.nn.functional.conv2d(y, k.view(1, 1, 1, -1))
-    return torch.nn.functional.conv2d(y, k.view(1, 1, -1, 1))[0, 0]
-
-
-def roughness(activity: torch.Tensor, region: torch.Tensor, sigma: float) -> float:
-    """``std(x - G x) / mean(G x)`` over ``region`` of the 2D image ``activity (nx, ny, 1)``."""
-    x = activity[..., 0].double()
-    smooth = gaussian_blur_2d(x, sigma)
-    mask = region[..., 0]
-    return float((x - smooth)[mask].std() / smooth[mask].mean())
+def roughness(activity: torch.Tensor, region: torch.Tensor, grid: ImageGeometry, sigma: float) -> float:
+    """``std(x - G x) / mean(G x)`` over ``region`` of ``activity (nx, ny, nz)`` on ``grid``, ``G``
+    a Gaussian of ``sigma`` voxels in-plane (:func:`pet_dl.recon.filters.gaussian_postfilter`)."""
+    x = activity.double()
+    fwhm = [FWHM_PER_SIGMA * sigma * grid.voxel_size_mm[0], FWHM_PER_SIGMA * sigma * grid.voxel_size_mm[1], 0.0]
+    smooth = gaussian_postfilter(x, grid, fwhm)
+    return float((x - smooth)[region].std() / smooth[region].mean())
 
 
 def main() -> None:
@@ -55,7 +47,7 @@ def main() -> None:
     for seed in range(args.first, args.first + args.phantoms):
         phantom = phantom_of(seed)
         body = phantom.tissue == phantom.tissues["body"] if "body" in phantom.tissues else phantom.tissue > 0
-        values.append(roughness(phantom.activity, body & (phantom.labels == 0), args.sigma))
+        values.append(roughness(phantom.activity, body & (phantom.labels == 0), phantom.image, args.sigma))
     q1, median, q3 = statistics.quantiles(values, n=4)
     print(f"{len(values)} truths: roughness at {args.sigma:g} voxel median {median:.3f} "
           f"(quartiles {q1:.3f} - {q3:.3f})")
