@@ -5,9 +5,9 @@
 
 Prints, over the set's truths (activity images, no scan simulated), the median and quartiles
 of the fine-scale roughness ``std(x - G x) / mean(G x)`` in the body outside the lesions
-(``G`` a Gaussian of ``--sigma`` voxels, default 1): the share of a truth that is speckle at
-the scale of a few voxels. A proxy for the real ACRIN windows should have their roughness;
-it compares images only, no model's scores (docs/experiments.md, the v33 round).
+(``G`` a Gaussian of ``--sigma`` voxels, default 1; several scales give a line each): the
+share of a truth that is speckle at the scale of a few voxels. A proxy for the real ACRIN
+windows should have their roughness; it compares images only, no model's scores (docs/experiments.md, the v33 round).
 """
 
 from __future__ import annotations
@@ -37,20 +37,23 @@ def main() -> None:
     parser.add_argument("--recipe", default="data/brainweb2d.yaml")
     parser.add_argument("--first", type=int, default=0)
     parser.add_argument("--phantoms", type=int, default=40)
-    parser.add_argument("--sigma", type=float, default=1.0, help="the smoothing scale, voxels")
+    parser.add_argument("--sigma", type=float, nargs="+", default=[1.0],
+                        help="the smoothing scales, voxels (one line each)")
     add_source_arguments(parser)
     args = parser.parse_args()
     recipe = load_recipe(args.recipe)
     image = recipe_geometry(recipe)[1]
     phantom_of = phantom_source(args, recipe) or (lambda seed: phantom_of_seed(recipe, seed, image))
-    values = []
+    values: dict[float, list[float]] = {sigma: [] for sigma in args.sigma}
     for seed in range(args.first, args.first + args.phantoms):
         phantom = phantom_of(seed)
         body = phantom.tissue == phantom.tissues["body"] if "body" in phantom.tissues else phantom.tissue > 0
-        values.append(roughness(phantom.activity, body & (phantom.labels == 0), phantom.image, args.sigma))
-    q1, median, q3 = statistics.quantiles(values, n=4)
-    print(f"{len(values)} truths: roughness at {args.sigma:g} voxel median {median:.3f} "
-          f"(quartiles {q1:.3f} - {q3:.3f})")
+        for sigma in args.sigma:
+            values[sigma].append(roughness(phantom.activity, body & (phantom.labels == 0), phantom.image, sigma))
+    for sigma, rows in values.items():
+        q1, median, q3 = statistics.quantiles(rows, n=4)
+        print(f"{len(rows)} truths: roughness at {sigma:g} voxel median {median:.3f} "
+              f"(quartiles {q1:.3f} - {q3:.3f})")
 
 
 if __name__ == "__main__":
