@@ -2,7 +2,7 @@
 
     python experiments/scripts/validation_scores.py [CHECKPOINT ...] [--first 100000 --phantoms 32]
         [--data-subsets 1 2 3 7] [--flip-ensemble none 0 1 01] [--anchor 0 1.4 [--anchor-each]] [--final-em 0 1] [--osem]
-        [--sirf-brain $PET_DL_TEST_DATA/sirf_phantoms/brain | --acrin $PET_DL_TEST_DATA/acrin_pet_dicom] [--hot-spots]
+        [--sirf-brain $PET_DL_TEST_DATA/sirf_phantoms/brain | --acrin $PET_DL_TEST_DATA/acrin_pet_dicom] [--hot-spots] [--paired 20 100]
 
 For each checkpoint (default: the shipped model) prints, per dose factor, the mean NRMSE
 and the SUVmean / SUVmax bias of the lesions >= 8 mm pooled over the phantoms (%), then
@@ -20,8 +20,9 @@ checkpoint, in order);
 ``--final-em`` likewise after that many plain MLEM updates from the network's (anchored)
 image, a final data step on the counts (0: none);
 ``--osem`` adds OSEM with the parameters chosen on validation. With
-several networks, the last lines give each one's factor-20 differences from the first
-network, paired on the same phantoms and lesions (points, ± 1.96 standard errors).
+several networks, the last lines give each one's differences from the first network at the
+factors of ``--paired`` (default 20), paired on the same phantoms and lesions (points, ± 1.96
+standard errors).
 ``--hot-spots`` adds, at factor 20, the false hot spots per image
 (:func:`pet_dl.evaluate.scoring.false_hot_spots`: blobs twice the local true activity,
 outside the lesions) to each line and to the paired differences.
@@ -140,6 +141,8 @@ def main() -> None:
                              "instead of every value to every checkpoint")
     add_source_arguments(parser)
     parser.add_argument("--hot-spots", action="store_true", help="also count false hot spots at factor 20")
+    parser.add_argument("--paired", type=float, nargs="+", default=[20.0], metavar="FACTOR",
+                        help="dose factors of the paired differences against the first network (default 20)")
     args = parser.parse_args()
     if args.anchor_each and len(args.anchor or []) != len(args.checkpoints):
         parser.error("--anchor-each needs one --anchor value per checkpoint")
@@ -160,7 +163,7 @@ def main() -> None:
         cells = [f"f{f:g}: {summary(r)}" for f, r in rows.items()]
         hot = f" | {with_hot_spots(rows[20.0], images[20.0], ev)}" if args.hot_spots else ""
         print("OSEM (chosen)", " | ".join(cells) + hot, flush=True)
-    scored: list[tuple[str, list[dict]]] = []  # (label, factor-20 rows) per network
+    scored: list[tuple[str, dict[float, list[dict]]]] = []  # (label, rows per factor) per network
     for index, path in enumerate(args.checkpoints):
         loaded = load_model(path, torch.device("cpu"))  # once; rebuilt per option set below
         for subsets, flips, anchor in itertools.product(
@@ -193,9 +196,10 @@ def main() -> None:
                 mean = sum(sum(x["nrmse"] for x in r) / len(r) for r in rows.values()) / len(rows)
                 hot = f" | {with_hot_spots(rows[20.0], images[20.0], ev)}" if args.hot_spots else ""
                 print(label, " | ".join(cells), f"| mean NRMSE {100 * mean:.2f}{hot}", flush=True)
-                scored.append((label, rows[20.0]))
-    for label, rows in scored[1:]:
-        print(f"f20 {label} - {scored[0][0]}: {paired_summary(rows, scored[0][1])}")
+                scored.append((label, rows))
+    for factor in args.paired:
+        for label, rows in scored[1:]:
+            print(f"f{factor:g} {label} - {scored[0][0]}: {paired_summary(rows[factor], scored[0][1][factor])}")
 
 
 if __name__ == "__main__":
