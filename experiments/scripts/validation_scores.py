@@ -2,7 +2,7 @@
 
     python experiments/scripts/validation_scores.py [CHECKPOINT ...] [--first 100000 --phantoms 32]
         [--data-subsets 1 2 3 7] [--flip-ensemble none 0 1 01] [--anchor 0 1.4 [--anchor-each]] [--final-em 0 1] [--osem]
-        [--sirf-brain $PET_DL_TEST_DATA/sirf_phantoms/brain | --acrin $PET_DL_TEST_DATA/acrin_pet_dicom] [--hot-spots] [--paired 20 100]
+        [--sirf-brain $PET_DL_TEST_DATA/sirf_phantoms/brain | --acrin $PET_DL_TEST_DATA/acrin_pet_dicom] [--hot-spots] [--paired 20 100 [--paired-with-osem]]
 
 For each checkpoint (default: the shipped model) prints, per dose factor, the mean NRMSE
 and the SUVmean / SUVmax bias of the lesions >= 8 mm pooled over the phantoms (%), then
@@ -22,7 +22,7 @@ image, a final data step on the counts (0: none);
 ``--osem`` adds OSEM with the parameters chosen on validation. With
 several networks, the last lines give each one's differences from the first network at the
 factors of ``--paired`` (default 20), paired on the same phantoms and lesions (points, ± 1.96
-standard errors).
+standard errors); ``--paired-with-osem`` pairs them with OSEM instead.
 ``--hot-spots`` adds, at factor 20, the false hot spots per image
 (:func:`pet_dl.evaluate.scoring.false_hot_spots`: blobs twice the local true activity,
 outside the lesions) to each line and to the paired differences.
@@ -143,9 +143,13 @@ def main() -> None:
     parser.add_argument("--hot-spots", action="store_true", help="also count false hot spots at factor 20")
     parser.add_argument("--paired", type=float, nargs="+", default=[20.0], metavar="FACTOR",
                         help="dose factors of the paired differences against the first network (default 20)")
+    parser.add_argument("--paired-with-osem", action="store_true",
+                        help="with --osem: pair every network with OSEM instead of the first network")
     args = parser.parse_args()
     if args.anchor_each and len(args.anchor or []) != len(args.checkpoints):
         parser.error("--anchor-each needs one --anchor value per checkpoint")
+    if args.paired_with_osem and not args.osem:
+        parser.error("--paired-with-osem needs --osem")
     recipe = load_recipe(args.recipe)
     phantom_of = phantom_source(args, recipe)
     ev = simulate_eval_set(recipe, list(range(args.first, args.first + args.phantoms)), 1, FACTORS,
@@ -164,6 +168,8 @@ def main() -> None:
         hot = f" | {with_hot_spots(rows[20.0], images[20.0], ev)}" if args.hot_spots else ""
         print("OSEM (chosen)", " | ".join(cells) + hot, flush=True)
     scored: list[tuple[str, dict[float, list[dict]]]] = []  # (label, rows per factor) per network
+    if args.osem and args.paired_with_osem:
+        scored.append(("OSEM (chosen)", rows))
     for index, path in enumerate(args.checkpoints):
         loaded = load_model(path, torch.device("cpu"))  # once; rebuilt per option set below
         for subsets, flips, anchor in itertools.product(
