@@ -19,7 +19,7 @@ from pet_dl.evaluate.external import (
     sirf_brain_phantoms,
 )
 from pet_dl.phantoms import Phantom
-from pet_dl.recipes import load_recipe
+from pet_dl.recipes import load_recipe, phantom_of_seed, recipe_geometry
 
 
 def add_arguments(parser: argparse.ArgumentParser, first: int, phantoms: int) -> None:
@@ -43,16 +43,38 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --reconstructed: that reconstruction's post-filter FWHM (default 5 mm)")
     parser.add_argument("--reconstructed-dose", type=float, nargs=2, default=None, metavar=("LO", "HI"),
                         help="with --reconstructed: its scan's fraction of the full dose (default 0.1 1)")
+    parser.add_argument("--uptake", nargs="+", default=[], metavar="TISSUE=FACTOR",
+                        help="the recipe's phantoms with the activity of these tissues multiplied (another "
+                             "tracer's uptake on the same anatomy, e.g. marrow=6 for FLT), before --reconstructed")
+
+
+def with_uptake(phantom: Phantom, factors: dict[str, float]) -> Phantom:
+    """A copy of ``phantom`` with the activity of each named tissue multiplied by its factor;
+    tissues the phantom lacks are ignored."""
+    out = phantom.copy()
+    activity = out.activity.clone()
+    for name, factor in factors.items():
+        if name in out.tissues:
+            activity[out.tissue == out.tissues[name]] *= factor
+    out.activity = activity
+    return out
 
 
 def phantom_source(args: argparse.Namespace, recipe: dict) -> Callable[[int], Phantom] | None:
-    """``phantom_of(seed)`` of ``--sirf-brain`` / ``--acrin``, or None for the recipe's own
-    phantoms; with ``--reconstructed``, a reconstructed PET image of that anatomy instead."""
+    """``phantom_of(seed)`` of ``--sirf-brain`` / ``--acrin`` / ``--uptake``, or None for the
+    recipe's own phantoms; with ``--reconstructed``, a reconstructed PET image of that anatomy
+    instead."""
     source = None
     if args.sirf_brain:
         source = sirf_brain_phantoms(args.sirf_brain, recipe)
     elif args.acrin:
         source = acrin_slice_phantoms(args.acrin, recipe)
+    if args.uptake:
+        if source is not None:
+            raise SystemExit("error: --uptake applies to the recipe's phantoms, not --sirf-brain or --acrin")
+        factors = {name: float(v) for name, v in (item.split("=", 1) for item in args.uptake)}
+        image = recipe_geometry(recipe)[1]
+        source = lambda seed: with_uptake(phantom_of_seed(recipe, seed, image), factors)  # noqa: E731
     if args.reconstructed:
         return reconstructed_phantoms(recipe, source, args.reconstructed_filter, args.reconstructed_dose)
     return source
