@@ -46,6 +46,18 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--uptake", nargs="+", default=[], metavar="TISSUE=FACTOR",
                         help="the recipe's phantoms with the activity of these tissues multiplied (another "
                              "tracer's uptake on the same anatomy, e.g. marrow=6 for FLT), before --reconstructed")
+    parser.add_argument("--body-mean", type=float, default=None, metavar="BQML",
+                        help="scale each truth to this mean activity in its body, Bq/mL (7000: the ACRIN "
+                             "windows' scaling, pet_dl.evaluate.external.ACRIN_MEAN_BQML)")
+
+
+def with_body_mean(phantom: Phantom, mean_bqml: float) -> Phantom:
+    """A copy of ``phantom`` with its activity scaled to a mean of ``mean_bqml`` over its body
+    (tissue ``body`` if it has one, else every tissue but air), lesions included."""
+    out = phantom.copy()
+    body = out.tissue == out.tissues["body"] if "body" in out.tissues else out.tissue > 0
+    out.activity = out.activity * (mean_bqml / float(out.activity[body].mean()))
+    return out
 
 
 def with_uptake(phantom: Phantom, factors: dict[str, float]) -> Phantom:
@@ -76,7 +88,10 @@ def phantom_source(args: argparse.Namespace, recipe: dict) -> Callable[[int], Ph
         image = recipe_geometry(recipe)[1]
         source = lambda seed: with_uptake(phantom_of_seed(recipe, seed, image), factors)  # noqa: E731
     if args.reconstructed:
-        return reconstructed_phantoms(recipe, source, args.reconstructed_filter, args.reconstructed_dose)
+        source = reconstructed_phantoms(recipe, source, args.reconstructed_filter, args.reconstructed_dose)
+    if args.body_mean is not None:
+        inner = source or (lambda seed: phantom_of_seed(recipe, seed, recipe_geometry(recipe)[1]))
+        source = lambda seed: with_body_mean(inner(seed), args.body_mean)  # noqa: E731
     return source
 
 
