@@ -5,6 +5,10 @@ Arguments ``CHECKPOINT --recipe --first --phantoms --sirf-brain --acrin`` and th
 recipe with seeds ``first .. first + phantoms - 1``, or planes of the SIRF brain
 (:func:`pet_dl.evaluate.external.sirf_brain_phantoms`) or crops of the real whole-body PET
 slices (:func:`pet_dl.evaluate.external.acrin_slice_phantoms`), with the recipe's lesions.
+``--uptake TISSUE=FACTOR ...`` multiplies the recipe's phantoms' activity in those tissues
+(another tracer on the same anatomy), ``--reconstructed`` makes each truth a reconstructed PET
+image, and ``--body-mean BQML`` scales each truth to that mean in its body (the ACRIN
+windows' scaling); docs/experiments.md, v34.
 """
 
 from __future__ import annotations
