@@ -30,7 +30,12 @@ Modules, in the order of the data flow:
 
 from __future__ import annotations
 
-from pet_dl.evaluate.config import load_eval_config, load_networks, run_config
+from pet_dl.evaluate.config import (
+    external_source_phantoms,
+    load_eval_config,
+    load_networks,
+    run_config,
+)
 from pet_dl.evaluate.data import EvalSet, check_held_out, factor_key, simulate_eval_set
 from pet_dl.evaluate.methods import map_reconstruction, network_reconstruction, osem_trajectory
 from pet_dl.evaluate.pipeline import Curve, EvalResults, EvalSettings, evaluate, score_row
@@ -97,6 +102,7 @@ __all__ = [
     "results_markdown",
     "results_to_json",
     "run_config",
+    "external_source_phantoms",
     "sampling_error",
     "score_row",
     "select_map",

@@ -15,8 +15,11 @@ from pet_dl.evaluate.report import write_results
 
 _CONFIG_KEYS = {
     "recipe", "networks", "factors", "test_phantoms", "realisations", "val_phantoms",
-    "val_realisations", "settings",
+    "val_realisations", "settings", "test_source",
 }
+#: ``test_source`` kinds: anatomy no network trained on, scored on the recipe's geometry
+#: (:mod:`pet_dl.evaluate.external`).
+TEST_SOURCES = ("sirf_brain", "acrin")
 
 
 def load_eval_config(config: Mapping[str, Any] | str | os.PathLike[str]) -> dict[str, Any]:
@@ -24,8 +27,12 @@ def load_eval_config(config: Mapping[str, Any] | str | os.PathLike[str]) -> dict
 
     Keys: ``recipe`` (dataset recipe path), ``networks`` (display name -> checkpoint path,
     ``shipped`` for the shipped model), ``factors`` (1 = full dose), ``test_phantoms``,
-    ``realisations``, ``val_phantoms``, ``val_realisations`` and ``settings``
-    (the fields of :class:`EvalSettings`).
+    ``realisations``, ``val_phantoms``, ``val_realisations``, ``settings``
+    (the fields of :class:`EvalSettings`) and optionally ``test_source: {kind, dir}``: the
+    test phantoms are then planes of the SIRF brain (``kind: sirf_brain``) or windows of the
+    real ACRIN PET slices (``kind: acrin``) read from ``dir`` (absolute, or relative to
+    ``$PET_DL_TEST_DATA``), seeds ``0 .. test_phantoms - 1`` with the recipe's lesions; the
+    baselines' parameters are still chosen on the recipe's validation split.
 
     Returns:
         the config with defaults filled in and ``settings`` an :class:`EvalSettings`.
@@ -64,6 +71,13 @@ def load_eval_config(config: Mapping[str, Any] | str | os.PathLike[str]) -> dict
             raise ValueError(f"{key} must be an integer >= 1, got {c[key]!r}")
     if c["test_phantoms"] is not None and (not isinstance(c["test_phantoms"], int) or c["test_phantoms"] < 1):
         raise ValueError(f"test_phantoms must be an integer >= 1 (or null: all), got {c['test_phantoms']!r}")
+    source = c.setdefault("test_source", None)
+    if source is not None and (
+        not isinstance(source, Mapping) or set(source) != {"kind", "dir"} or source["kind"] not in TEST_SOURCES
+    ):
+        raise ValueError(f"test_source must be {{kind: {' | '.join(TEST_SOURCES)}, dir: PATH}}, got {source!r}")
+    if source is not None and c["test_phantoms"] is None:
+        raise ValueError("test_source needs test_phantoms (how many planes or windows to score)")
     if not isinstance(c["networks"], Mapping):
         raise ValueError("networks must map display names to checkpoint paths")
     return c
@@ -123,6 +137,25 @@ def load_networks(
     return nets
 
 
+def external_source_phantoms(source: Mapping[str, str], recipe: Mapping[str, Any]) -> Any:
+    """``seed -> Phantom`` of a config's ``test_source`` (:func:`load_eval_config`).
+
+    Raises:
+        ValueError: ``dir`` is not a folder (relative paths are read under ``$PET_DL_TEST_DATA``).
+    """
+    from pathlib import Path
+
+    from pet_dl.evaluate.external import acrin_slice_phantoms, sirf_brain_phantoms
+
+    folder = Path(source["dir"])
+    if not folder.is_absolute() and os.environ.get("PET_DL_TEST_DATA"):
+        folder = Path(os.environ["PET_DL_TEST_DATA"]) / folder
+    if not folder.is_dir():
+        raise ValueError(f"test_source dir {folder} is not a folder (set PET_DL_TEST_DATA or give an absolute path)")
+    make = sirf_brain_phantoms if source["kind"] == "sirf_brain" else acrin_slice_phantoms
+    return make(folder, recipe)
+
+
 def run_config(
     config: Mapping[str, Any] | str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
@@ -159,15 +192,22 @@ def run_config(
     n_test = test_phantoms or c["test_phantoms"]
     n_val = val_phantoms or c["val_phantoms"]
     n_real = realisations or c["realisations"]
-    test_seeds = list(split_seeds(recipe, "test"))[:n_test]
     val_seeds = list(split_seeds(recipe, "val"))[:n_val]
-    check_held_out(test_seeds, {"train": split_seeds(recipe, "train"), "validation": val_seeds})
-    nets = load_networks(c["networks"], recipe, test_seeds) if networks else {}
+    source = c["test_source"]
+    if source is None:
+        test_seeds = list(split_seeds(recipe, "test"))[:n_test]
+        check_held_out(test_seeds, {"train": split_seeds(recipe, "train"), "validation": val_seeds})
+        phantom_of = None
+    else:  # external anatomy: the seeds only draw planes or windows and lesions
+        test_seeds = list(range(n_test))
+        phantom_of = external_source_phantoms(source, recipe)
+    nets = load_networks(c["networks"], recipe, [] if source else test_seeds) if networks else {}
     val = simulate_eval_set(recipe, val_seeds, c["val_realisations"], c["factors"], progress) if classical else None
-    test = simulate_eval_set(recipe, test_seeds, n_real, c["factors"], progress)
+    test = simulate_eval_set(recipe, test_seeds, n_real, c["factors"], progress, phantom_of=phantom_of)
     results = evaluate(val, test, nets, c["settings"], progress, classical=classical)
+    what = "test phantoms" if source is None else f"{source['kind']} test cases"
     header = (
-        f"{results.num_phantoms} test phantoms (seeds {test_seeds[0]}..{test_seeds[-1]}) x "
+        f"{results.num_phantoms} {what} (seeds {test_seeds[0]}..{test_seeds[-1]}) x "
         f"{results.realisations} noise realisations; selection on {len(val_seeds)} validation "
         f"phantoms x {c['val_realisations']} realisation(s). "
         + ("Mean ± std over realisations.\n\n" if results.realisations >= 2 else "Means over the phantoms.\n\n")
