@@ -16,12 +16,9 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
+from pet_dl.evaluate import external_source_phantoms
 from pet_dl.evaluate.data import EvalSet, simulate_eval_set
-from pet_dl.evaluate.external import (
-    acrin_slice_phantoms,
-    reconstructed_phantoms,
-    sirf_brain_phantoms,
-)
+from pet_dl.evaluate.external import reconstructed_phantoms
 from pet_dl.phantoms import Phantom
 from pet_dl.recipes import load_recipe, phantom_of_seed, recipe_geometry
 
@@ -81,20 +78,19 @@ def phantom_source(args: argparse.Namespace, recipe: dict) -> Callable[[int], Ph
     recipe's own phantoms; with ``--reconstructed``, a reconstructed PET image of that anatomy
     instead."""
     source = None
-    if args.sirf_brain:
-        source = sirf_brain_phantoms(args.sirf_brain, recipe)
-    elif args.acrin:
-        source = acrin_slice_phantoms(args.acrin, recipe)
+    if args.sirf_brain or args.acrin:
+        kind, folder = ("sirf_brain", args.sirf_brain) if args.sirf_brain else ("acrin", args.acrin)
+        source = external_source_phantoms({"kind": kind, "dir": folder}, recipe)
+    image = recipe_geometry(recipe)[1]
     if args.uptake:
         if source is not None:
             raise SystemExit("error: --uptake applies to the recipe's phantoms, not --sirf-brain or --acrin")
         factors = {name: float(v) for name, v in (item.split("=", 1) for item in args.uptake)}
-        image = recipe_geometry(recipe)[1]
         source = lambda seed: with_uptake(phantom_of_seed(recipe, seed, image), factors)  # noqa: E731
     if args.reconstructed:
         source = reconstructed_phantoms(recipe, source, args.reconstructed_filter, args.reconstructed_dose)
     if args.body_mean is not None:
-        inner = source or (lambda seed: phantom_of_seed(recipe, seed, recipe_geometry(recipe)[1]))
+        inner = source or (lambda seed: phantom_of_seed(recipe, seed, image))
         source = lambda seed: with_body_mean(inner(seed), args.body_mean)  # noqa: E731
     return source
 

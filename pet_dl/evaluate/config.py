@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
 from pet_dl.evaluate.data import check_held_out, simulate_eval_set
 from pet_dl.evaluate.pipeline import EvalResults, EvalSettings, evaluate
 from pet_dl.evaluate.report import write_results
+
+if TYPE_CHECKING:
+    from pet_dl.phantoms import Phantom
 
 _CONFIG_KEYS = {
     "recipe", "networks", "factors", "test_phantoms", "realisations", "val_phantoms",
@@ -137,18 +140,23 @@ def load_networks(
     return nets
 
 
-def external_source_phantoms(source: Mapping[str, str], recipe: Mapping[str, Any]) -> Any:
+def external_source_phantoms(
+    source: Mapping[str, str], recipe: Mapping[str, Any]
+) -> Callable[[int], Phantom]:
     """``seed -> Phantom`` of a config's ``test_source`` (:func:`load_eval_config`).
 
+    ``dir`` is used as given when it is a folder; otherwise a relative ``dir`` is read under
+    ``$PET_DL_TEST_DATA``.
+
     Raises:
-        ValueError: ``dir`` is not a folder (relative paths are read under ``$PET_DL_TEST_DATA``).
+        ValueError: ``dir`` is not a folder either way.
     """
     from pathlib import Path
 
     from pet_dl.evaluate.external import acrin_slice_phantoms, sirf_brain_phantoms
 
     folder = Path(source["dir"])
-    if not folder.is_absolute() and os.environ.get("PET_DL_TEST_DATA"):
+    if not folder.is_dir() and not folder.is_absolute() and os.environ.get("PET_DL_TEST_DATA"):
         folder = Path(os.environ["PET_DL_TEST_DATA"]) / folder
     if not folder.is_dir():
         raise ValueError(f"test_source dir {folder} is not a folder (set PET_DL_TEST_DATA or give an absolute path)")
