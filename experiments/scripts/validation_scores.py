@@ -1,7 +1,8 @@
 """Validation scores that chose the shipped model (docs/experiments.md, "Experiments").
 
     python experiments/scripts/validation_scores.py [CHECKPOINT ...] [--first 100000 --phantoms 32]
-        [--data-subsets 1 2 3 7] [--flip-ensemble none 0 1 01] [--anchor 0 1.4 [--anchor-each]] [--final-em 0 1] [--osem]
+        [--data-subsets 1 2 3 7] [--flip-ensemble none 0 1 01] [--anchor 0 1.4 [--anchor-each]] [--final-em 0 1]
+        [--osem [--osem-rows synthetic brainweb] [--blend 0.2 0.4]]
         [--sirf-brain $PET_DL_TEST_DATA/sirf_phantoms/brain | --acrin $PET_DL_TEST_DATA/acrin_pet_dicom] [--hot-spots] [--paired 20 100 [--paired-with-osem]]
 
 For each checkpoint (default: the shipped model) prints, per dose factor, the mean NRMSE
@@ -19,7 +20,10 @@ file's own anchor, which a value > 0 replaces; with ``--anchor-each`` one value 
 checkpoint, in order);
 ``--final-em`` likewise after that many plain MLEM updates from the network's (anchored)
 image, a final data step on the counts (0: none);
-``--osem`` adds OSEM with the parameters chosen on validation. With
+``--osem`` adds OSEM with the parameters chosen on validation (``--osem-rows``: on the
+synthetic family, :data:`OSEM_CHOSEN`, the default, or on the BrainWeb validation subjects,
+:data:`OSEM_BRAINWEB`, as ``python -m pet_dl evaluate`` chooses them; several, a line each);
+``--blend W`` adds each network's image mixed with that OSEM image, ``(1 - W) x + W o``. With
 several networks, the last lines give each one's differences from the first network at the
 factors of ``--paired`` (default 20), paired on the same phantoms and lesions (points, ± 1.96
 standard errors); ``--paired-with-osem`` pairs them with OSEM instead.
@@ -57,6 +61,9 @@ from pet_dl.recon.filters import gaussian_postfilter  # noqa: E402
 FACTORS = [1.0, 4.0, 10.0, 20.0, 50.0, 100.0]
 # OSEM (iterations x 7 subsets, post-filter FWHM mm) chosen on validation, docs/experiments.md
 OSEM_CHOSEN = {1.0: (15, 2.0), 4.0: (10, 4.0), 10.0: (6, 4.0), 20.0: (4, 4.0), 50.0: (4, 6.0), 100.0: (2, 6.0)}
+# the same chosen on the BrainWeb validation subjects (docs/results.md, "Parameters chosen on validation")
+OSEM_BRAINWEB = {1.0: (20, 4.0), 4.0: (8, 4.0), 10.0: (6, 6.0), 20.0: (4, 6.0), 50.0: (2, 6.0), 100.0: (2, 6.0)}
+OSEM_ROWS = {"synthetic": OSEM_CHOSEN, "brainweb": OSEM_BRAINWEB}
 
 
 def anchored(net: torch.nn.Module, batch: ReconBatch, images: torch.Tensor, sigma_voxels: float) -> torch.Tensor:
@@ -133,6 +140,13 @@ def main() -> None:
                         help="rescore with a low-frequency anchor of SIGMA voxels at full dose "
                              "(OSEM at OSEM_CHOSEN; 0: none)")
     parser.add_argument("--osem", action="store_true", help="also score OSEM (chosen parameters)")
+    parser.add_argument("--osem-rows", choices=sorted(OSEM_ROWS), nargs="+", default=["synthetic"],
+                        help="with --osem: OSEM's parameters chosen on the synthetic family (OSEM_CHOSEN) "
+                             "or on the BrainWeb validation subjects (OSEM_BRAINWEB); several: one line each, "
+                             "the last one is paired with and blended")
+    parser.add_argument("--blend", type=float, nargs="+", default=None, metavar="W",
+                        help="with --osem: also score each network's image as (1 - W) x network + W x OSEM "
+                             "(the last --osem-rows)")
     parser.add_argument("--final-em", type=int, nargs="+", default=None, metavar="N",
                         help="rescore each network after N plain MLEM updates from its image "
                              "(after the anchor; 0: none)")
@@ -148,8 +162,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.anchor_each and len(args.anchor or []) != len(args.checkpoints):
         parser.error("--anchor-each needs one --anchor value per checkpoint")
-    if args.paired_with_osem and not args.osem:
-        parser.error("--paired-with-osem needs --osem")
+    if (args.paired_with_osem or args.blend) and not args.osem:
+        parser.error("--paired-with-osem and --blend need --osem")
     recipe = load_recipe(args.recipe)
     phantom_of = phantom_source(args, recipe)
     ev = simulate_eval_set(recipe, list(range(args.first, args.first + args.phantoms)), 1, FACTORS,
@@ -158,18 +172,19 @@ def main() -> None:
     prompts = float(ev.prompts[1.0].flatten(1).sum(1).mean())
     print(f"{ev.num_cases} phantoms, {n_lesions} lesions >= 8 mm, {prompts / 1e6:.2f} M prompts at full dose")
     print("NRMSE / SUVmean / SUVmax bias of lesions >= 8 mm (%), per dose factor")
-    if args.osem:
-        images = {}
+    osem_images: dict[float, torch.Tensor] = {}
+    for name in args.osem_rows if args.osem else []:
         for f in FACTORS:
-            iterations, fwhm = OSEM_CHOSEN[f]
-            images[f] = gaussian_postfilter(osem_trajectory(ev.batch(f), iterations, 7)[-1], ev.image, fwhm)
-        rows = {f: case_metrics(x, ev) for f, x in images.items()}
+            iterations, fwhm = OSEM_ROWS[name][f]
+            osem_images[f] = gaussian_postfilter(osem_trajectory(ev.batch(f), iterations, 7)[-1], ev.image, fwhm)
+        rows = {f: case_metrics(x, ev) for f, x in osem_images.items()}
         cells = [f"f{f:g}: {summary(r)}" for f, r in rows.items()]
-        hot = f" | {with_hot_spots(rows[20.0], images[20.0], ev)}" if args.hot_spots else ""
-        print("OSEM (chosen)", " | ".join(cells) + hot, flush=True)
+        mean = sum(sum(x["nrmse"] for x in r) / len(r) for r in rows.values()) / len(rows)
+        hot = f" | {with_hot_spots(rows[20.0], osem_images[20.0], ev)}" if args.hot_spots else ""
+        print(f"OSEM (chosen, {name})", " | ".join(cells), f"| mean NRMSE {100 * mean:.2f}{hot}", flush=True)
     scored: list[tuple[str, dict[float, list[dict]]]] = []  # (label, rows per factor) per network
     if args.osem and args.paired_with_osem:
-        scored.append(("OSEM (chosen)", rows))
+        scored.append((f"OSEM (chosen, {args.osem_rows[-1]})", rows))
     for index, path in enumerate(args.checkpoints):
         loaded = load_model(path, torch.device("cpu"))  # once; rebuilt per option set below
         for subsets, flips, anchor in itertools.product(
@@ -192,11 +207,14 @@ def main() -> None:
             if anchor:  # after the network, whatever it is (the same as UnrolledEM's option)
                 base_label += f" (anchor {anchor:g})"
                 base = {f: anchored(net, ev.batch(f), x, anchor) for f, x in base.items()}
-            for final_em in args.final_em or [0]:
+            for final_em, blend in itertools.product(args.final_em or [0], [0.0, *(args.blend or [])]):
                 label, images = base_label, base
                 if final_em:
                     label += f" (final EM {final_em})"
                     images = {f: with_final_em(ev.batch(f), x, final_em) for f, x in base.items()}
+                if blend:
+                    label += f" (blend {blend:g} with OSEM)"
+                    images = {f: (1 - blend) * x + blend * osem_images[f] for f, x in images.items()}
                 rows = {f: case_metrics(x, ev) for f, x in images.items()}
                 cells = [f"f{f:g}: {summary(r)}" for f, r in rows.items()]
                 mean = sum(sum(x["nrmse"] for x in r) / len(r) for r in rows.values()) / len(rows)
