@@ -35,7 +35,7 @@ SPLITS = ("train", "val", "test")
 _RECIPE_KEYS = {
     "name", "scanner", "num_rings", "sinogram", "image", "phantom", "lesions", "simulation",
     "reduction_factors", "init_iterations", "init_subsets", "splits", "shard_size", "texture",
-    "reconstructed",
+    "reconstructed", "body_mean_bqml",
 }
 # The generator of a phantom's texture is seeded with ``seed + TEXTURE_SEED_OFFSET``: a stream
 # of its own, so a recipe with ``texture`` gives the same phantoms and lesions as without.
@@ -49,6 +49,7 @@ CLINICAL_OSEM = (3, 7, 5.0, 4.07)
 #: per slice of a 10-min brain scan, so the truth's noise texture ranges from faint to coarse.
 CLINICAL_DOSE = (0.1, 1.0)
 RECONSTRUCTED_NOISE_SEED = 7_000_001  # the truth's own scan: noise independent of the evaluated scans
+BODY_MEAN_SEED_OFFSET = 3_000_017  # the draw of ``body_mean_bqml``: a stream of its own
 #: Body outline of a PET image used as the activity (a reconstructed truth here, an ACRIN
 #: slice in :mod:`pet_dl.evaluate.external`): above 3 % of its maximum (FLT: lungs included).
 PET_IMAGE_BODY_LEVEL = 0.03
@@ -127,6 +128,11 @@ def load_recipe(recipe: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str,
     r.setdefault("shard_size", 64)
     _check_texture(r.get("texture"))
     _check_reconstructed(r.get("reconstructed"))
+    body_mean = r.get("body_mean_bqml")
+    if body_mean is not None and not (
+        isinstance(body_mean, Sequence) and len(body_mean) == 2 and 0 < float(body_mean[0]) <= float(body_mean[1])
+    ):
+        raise ValueError(f"body_mean_bqml must be [low, high] Bq/mL with 0 < low <= high, got {body_mean!r}")
     factors = r["reduction_factors"]
     if not factors or any(float(f) < 1 for f in factors):
         raise ValueError(f"reduction_factors must be numbers >= 1, got {factors}")
@@ -269,6 +275,10 @@ def phantom_of_seed(recipe: Mapping[str, Any], seed: int, image: ImageGeometry |
     ``reconstructed: {postfilter_mm: mm, dose: [lo, hi]}`` then replaces the activity by a
     reconstructed PET image of it (:func:`reconstructed_activity`: a PET-like truth with a
     scanner's resolution and noise texture), and the lesions go into its body.
+    ``body_mean_bqml: [lo, hi]`` last scales the activity to a mean over the body drawn
+    log-uniform from that range (its own generator, seed ``seed + BODY_MEAN_SEED_OFFSET``;
+    :func:`scaled_to_body_mean`): the count density of a body at a clinical activity
+    concentration, whatever the phantom generator's own scale.
 
     Args:
         recipe: a validated recipe (:func:`load_recipe`).
@@ -299,8 +309,35 @@ def phantom_of_seed(recipe: Mapping[str, Any], seed: int, image: ImageGeometry |
     spec = recipe.get("reconstructed")
     if spec is not None:
         phantom = reconstructed_activity(recipe, phantom, seed, spec.get("postfilter_mm"), spec.get("dose"))
-        return add_recipe_lesions(recipe, phantom, g, tissues=("body",))
-    return add_recipe_lesions(recipe, phantom, g)
+        phantom = add_recipe_lesions(recipe, phantom, g, tissues=("body",))
+    else:
+        phantom = add_recipe_lesions(recipe, phantom, g)
+    body_mean = recipe.get("body_mean_bqml")
+    if body_mean is not None:
+        import math
+
+        g_mean = torch.Generator().manual_seed(int(seed) + BODY_MEAN_SEED_OFFSET)
+        lo, hi = (math.log(float(v)) for v in body_mean)
+        phantom = scaled_to_body_mean(phantom, math.exp(lo + (hi - lo) * float(torch.rand((), generator=g_mean))))
+    return phantom
+
+
+def scaled_to_body_mean(phantom: Phantom, mean_bqml: float) -> Phantom:
+    """A copy of ``phantom`` with its activity scaled so that its mean over the body is
+    ``mean_bqml`` Bq/mL (tissue ``body`` if the phantom has one, else every voxel of nonzero
+    tissue; lesions included): how the ACRIN slices are put on an absolute scale
+    (:data:`pet_dl.evaluate.external.ACRIN_MEAN_BQML`).
+
+    Raises:
+        ValueError: the body is empty or has no activity.
+    """
+    out = phantom.copy()
+    body = out.tissue == out.tissues["body"] if "body" in out.tissues else out.tissue > 0
+    current = float(out.activity[body].mean()) if bool(body.any()) else 0.0
+    if not current > 0:
+        raise ValueError(f"phantom {phantom.name!r} has no activity in its body to scale")
+    out.activity = out.activity * (mean_bqml / current)
+    return out
 
 
 def full_dose_scan(

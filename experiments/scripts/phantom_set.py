@@ -20,7 +20,7 @@ from pet_dl.evaluate import external_source_phantoms
 from pet_dl.evaluate.data import EvalSet, simulate_eval_set
 from pet_dl.evaluate.external import reconstructed_phantoms
 from pet_dl.phantoms import Phantom
-from pet_dl.recipes import load_recipe, phantom_of_seed, recipe_geometry
+from pet_dl.recipes import load_recipe, phantom_of_seed, recipe_geometry, scaled_to_body_mean
 
 
 def add_arguments(parser: argparse.ArgumentParser, first: int, phantoms: int) -> None:
@@ -50,15 +50,6 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--body-mean", type=float, default=None, metavar="BQML",
                         help="scale each truth to this mean activity in its body, Bq/mL (7000: the ACRIN "
                              "windows' scaling, pet_dl.evaluate.external.ACRIN_MEAN_BQML)")
-
-
-def with_body_mean(phantom: Phantom, mean_bqml: float) -> Phantom:
-    """A copy of ``phantom`` with its activity scaled to a mean of ``mean_bqml`` over its body
-    (tissue ``body`` if it has one, else every tissue but air), lesions included."""
-    out = phantom.copy()
-    body = out.tissue == out.tissues["body"] if "body" in out.tissues else out.tissue > 0
-    out.activity = out.activity * (mean_bqml / float(out.activity[body].mean()))
-    return out
 
 
 def with_uptake(phantom: Phantom, factors: dict[str, float]) -> Phantom:
@@ -91,7 +82,7 @@ def phantom_source(args: argparse.Namespace, recipe: dict) -> Callable[[int], Ph
         source = reconstructed_phantoms(recipe, source, args.reconstructed_filter, args.reconstructed_dose)
     if args.body_mean is not None:
         inner = source or (lambda seed: phantom_of_seed(recipe, seed, image))
-        source = lambda seed: with_body_mean(inner(seed), args.body_mean)  # noqa: E731
+        source = lambda seed: scaled_to_body_mean(inner(seed), args.body_mean)  # noqa: E731
     return source
 
 
