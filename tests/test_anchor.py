@@ -9,7 +9,7 @@ import torch
 
 from pet_dl.geometry import ImageGeometry, SinogramGeometry, get_scanner
 from pet_dl.models import ReconBatch, build_model
-from pet_dl.models.anchor import LowFrequencyAnchor, anchor_low_frequencies
+from pet_dl.models.anchor import LowFrequencyAnchor, OSEMBlend, anchor_low_frequencies
 
 ROWS = [[1, 15, 2.0], [4, 10, 4.0], [20, 4, 4.0], [100, 2, 6.0]]
 
@@ -285,3 +285,90 @@ def test_export_sets_the_final_em_steps_with_the_same_weights(tmp_path, generato
     with pytest.raises(SystemExit) as exit_info:
         export_main([str(src), str(tmp_path / "x.safetensors"), "--final-em", "-1"])
     assert exit_info.value.code == 2
+
+
+BLEND_ROWS = [[1, 6, 4.0, 0.25], [20, 2, 6.0, 0.5]]
+
+
+def test_osem_blend_mixes_each_scan_with_osem_at_its_own_count_level(generator: torch.Generator) -> None:
+    """``(1 - w) x + w o`` with ``o`` the row's post-filtered OSEM of that scan: w and the row
+    follow each scan's count level; weight 0 leaves the image alone."""
+    from pet_dl.recon import osem
+    from pet_dl.recon.filters import gaussian_postfilter
+
+    grid = ImageGeometry.centered((16, 16, 1), (4.0, 4.0, 4.0))
+    truth = 5.0 + 5.0 * _blob(grid, (4.0, 0.0), 8.0)
+    high, low = _scan(generator, truth, grid, 2e5), _scan(generator, truth, grid, 1e4)
+    both = ReconBatch(
+        torch.cat([high.prompts, low.prompts]), torch.cat([high.multiplicative, low.multiplicative]),
+        torch.cat([high.additive, low.additive]), torch.cat([high.calibration, low.calibration]),
+        torch.ones(2), high.sinogram, grid,
+    )
+    images = torch.stack([truth * 1.3, truth * 0.7])  # a network's images, off in level
+    levels = torch.tensor([1.0, 0.05])
+    out = OSEMBlend.from_config({"rows": BLEND_ROWS})(images, both.forward_model(), both.prompts, levels, grid)
+    o_high = gaussian_postfilter(osem(high.forward_model(), high.prompts, 6, 7), grid, 4.0)[0]
+    o_low = gaussian_postfilter(osem(low.forward_model(), low.prompts, 2, 7), grid, 6.0)[0]
+    assert torch.allclose(out[0], 0.75 * images[0] + 0.25 * o_high, rtol=1e-4, atol=1e-4)
+    assert torch.allclose(out[1], 0.5 * images[1] + 0.5 * o_low, rtol=1e-4, atol=1e-4)
+    # the data pull each image's level towards the truth's, by the row's weight
+    assert abs(float(out[0].mean() / truth.mean()) - 1) < 0.8 * 0.3
+    assert abs(float(out[1].mean() / truth.mean()) - 1) < 0.6 * 0.3
+    none = OSEMBlend.from_config({"rows": [[1, 6, 4.0, 0.0]]})
+    assert torch.equal(none(images, both.forward_model(), both.prompts, levels, grid), images)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"rows": []},
+        {"rows": [[1, 6, 4.0]]},
+        {"rows": [[1, 6, 4.0, 1.5]]},
+        {"rows": [[0.5, 6, 4.0, 0.2]]},
+        {"rows": [[1, 0, 4.0, 0.2]]},
+        {"rows": BLEND_ROWS, "subsets": 0},
+        {"rows": BLEND_ROWS, "weight": 0.2},
+    ],
+)
+def test_osem_blend_rejects_bad_settings(config: dict) -> None:
+    with pytest.raises(ValueError, match="osem_blend"):
+        OSEMBlend.from_config(config)
+
+
+def test_unrolled_em_blends_with_osem_in_eval_mode_only_and_export_sets_it(
+    tmp_path, generator: torch.Generator
+) -> None:
+    """The blend comes after the final EM update, in eval mode only; ``--blend FILE`` on a
+    .safetensors keeps the weights; a bad file is exit 2."""
+    from pet_dl.io.checkpoint import load_checkpoint, save_checkpoint
+    from pet_dl.training.export import main as export_main
+
+    grid, batch, small, _ = _small_network_case(generator)
+    ended = {**small, "final_em_steps": 1}
+    plain = build_model(ended)
+    blended = build_model({**ended, "osem_blend": {"rows": BLEND_ROWS}})
+    blended.load_state_dict(plain.state_dict())
+    plain.eval()
+    blended.eval()
+    with torch.no_grad():
+        x = plain(batch)
+        expected = OSEMBlend.from_config({"rows": BLEND_ROWS})(
+            x, batch.forward_model(), batch.prompts, plain.start(batch).dose, grid
+        )
+        assert torch.allclose(blended(batch), expected, rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(expected, x, rtol=1e-3, atol=1e-3)
+        blended.train()
+        plain.train()
+        assert torch.allclose(blended(batch), plain(batch))
+    src = save_checkpoint(tmp_path / "plain.safetensors", plain, ended, {"training_command": "fit"})
+    out = tmp_path / "blended.safetensors"
+    assert export_main([str(src), str(out), "--blend", "configs/blend2d.yaml"]) == 0
+    loaded = load_checkpoint(out, builder=build_model)
+    assert loaded.model.osem_blend is not None
+    assert [r[3] for r in loaded.model.osem_blend.rows] == [0.25] * 6
+    for (name, a), b in zip(plain.state_dict().items(), loaded.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rows: [[1, 6, 4.0, 2.0]]\n")
+    assert export_main([str(src), str(tmp_path / "x.safetensors"), "--blend", str(bad)]) == 2
+    assert not (tmp_path / "x.safetensors").exists()

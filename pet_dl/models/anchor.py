@@ -63,8 +63,7 @@ class LowFrequencyAnchor:
 
     def osem_settings(self, level: float) -> tuple[int, float]:
         """``(iterations, fwhm_mm)`` of the row nearest to the factor ``1 / level``."""
-        factor = 1.0 / max(float(level), 1e-6)
-        row = min(self.osem, key=lambda r: abs(math.log(r[0]) - math.log(factor)))
+        row = nearest_row(self.osem, level)
         return row[1], row[2]
 
     def sigma_mm(self, level: float, voxel_mm: float) -> float:
@@ -110,6 +109,91 @@ class LowFrequencyAnchor:
                 out[b] = anchor_low_frequencies(
                     image[b], reference[b], grid, self.sigma_mm(levels[b], float(grid.voxel_size_mm[0]))
                 )
+        return out
+
+
+def nearest_row(rows: Sequence[Sequence[float]], level: float) -> Sequence[float]:
+    """The row whose first entry, a dose reduction factor, is nearest in ``log`` to ``1 / level``
+    (``level``: the count level measured from a scan, 1 = full dose)."""
+    factor = 1.0 / max(float(level), 1e-6)
+    return min(rows, key=lambda r: abs(math.log(r[0]) - math.log(factor)))
+
+
+@dataclass(frozen=True)
+class OSEMBlend:
+    """The output mixed with OSEM of the same scan: ``(1 - w) x + w o``.
+
+    ``o`` is OSEM at the settings of the row nearest the scan's measured count level,
+    post-filtered, and ``w`` that row's weight. Where a network's prior does not fit the
+    activity (a body smoother than anything it was trained on), part of the image stays the
+    classical one; the v35 round (docs/experiments.md) measured what it costs and buys.
+
+    Args:
+        rows: ``(dose reduction factor, iterations, postfilter FWHM mm, weight)``; factors
+            >= 1, iterations >= 1, FWHM >= 0, weight in [0, 1].
+        subsets: OSEM view subsets.
+    """
+
+    rows: tuple[tuple[float, int, float, float], ...]
+    subsets: int = 7
+
+    def __post_init__(self) -> None:
+        if not self.rows:
+            raise ValueError("osem_blend needs at least one row (factor, iterations, fwhm_mm, weight)")
+        for row in self.rows:
+            factor, iterations, fwhm, weight = row
+            if not (factor >= 1 and iterations >= 1 and fwhm >= 0 and 0 <= weight <= 1):
+                raise ValueError(f"osem_blend row {list(row)}: need factor >= 1, iterations >= 1, "
+                                 "fwhm_mm >= 0, 0 <= weight <= 1")
+        if self.subsets < 1:
+            raise ValueError(f"osem_blend subsets must be >= 1, got {self.subsets}")
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> OSEMBlend:
+        """From ``{"rows": [[f, it, fwhm, w], ...], "subsets": 7}``."""
+        unknown = set(config) - {"rows", "subsets"}
+        if unknown:
+            raise ValueError(f"osem_blend: unknown keys {sorted(unknown)} (rows, subsets)")
+        if any(len(r) != 4 for r in config.get("rows", ())):
+            raise ValueError("osem_blend rows are [factor, iterations, fwhm_mm, weight]")
+        rows = tuple((float(f), int(i), float(fw), float(w)) for f, i, fw, w in config.get("rows", ()))
+        return cls(rows, int(config.get("subsets", 7)))
+
+    def config(self) -> dict[str, Any]:
+        """The ``from_config`` mapping of these settings."""
+        return {"rows": [list(r) for r in self.rows], "subsets": self.subsets}
+
+    def __call__(
+        self, image: torch.Tensor, model: PETForwardModel, prompts: torch.Tensor,
+        level: torch.Tensor, grid: ImageGeometry,
+    ) -> torch.Tensor:
+        """Mix ``image`` with OSEM of the same scans.
+
+        Args:
+            image: ``(B, nx, ny, nz)`` Bq/mL.
+            model: the scans' batched forward model.
+            prompts: measured counts ``(B, *sino)``.
+            level: ``(B,)`` count level of each scan (1 = full dose).
+            grid: the image grid.
+
+        Returns:
+            ``(B, nx, ny, nz)`` Bq/mL: ``(1 - w) image + w o`` per scan.
+        """
+        from pet_dl.recon import osem
+        from pet_dl.recon.filters import gaussian_postfilter
+
+        rows = [tuple(nearest_row(self.rows, float(v))) for v in level.flatten()]
+        out = image.clone()
+        for row in sorted(set(rows)):
+            _, iterations, fwhm, weight = row
+            cases = [b for b, r in enumerate(rows) if r == row]
+            if weight == 0:
+                continue
+            with torch.no_grad():
+                o = osem(model, prompts.float(), int(iterations), self.subsets)
+                reference = gaussian_postfilter(o, grid, fwhm).to(image.dtype)
+            for b in cases:
+                out[b] = (1 - weight) * image[b] + weight * reference[b]
         return out
 
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from pet_dl.models.anchor import LowFrequencyAnchor
+from pet_dl.models.anchor import LowFrequencyAnchor, OSEMBlend
 from pet_dl.models.base import ReconNetwork
 from pet_dl.models.batch import ReconBatch
 from pet_dl.models.blocks import (
@@ -103,6 +103,10 @@ class UnrolledEM(ReconNetwork):
             voxels set to zero, in training and in eval mode alike: the output ends on a
             pure data step instead of the fusion's compromise with the regulariser. No
             parameter depends on it. 0 (the default) is none.
+        osem_blend: ``{"rows": [[factor, iterations, fwhm_mm, weight], ...], "subsets"}`` of
+            an :class:`~pet_dl.models.anchor.OSEMBlend`: in eval mode the output (after the
+            anchor and the final EM updates) is mixed with OSEM of the same scan,
+            ``(1 - w) x + w o``, at the row of the scan's measured count level; or None.
     """
 
     def __init__(
@@ -124,6 +128,7 @@ class UnrolledEM(ReconNetwork):
         anchor: Mapping[str, Any] | None = None,
         anchor_in_training: bool = False,
         final_em_steps: int = 0,
+        osem_blend: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(
             spatial_dims, init_iterations, init_subsets, checkpointing, count_reference
@@ -151,6 +156,7 @@ class UnrolledEM(ReconNetwork):
         if anchor_in_training and self.anchor is None:
             raise ValueError("anchor_in_training needs an anchor (sigma_voxels, osem, subsets)")
         self.anchor_in_training = bool(anchor_in_training)
+        self.osem_blend = None if osem_blend is None else OSEMBlend.from_config(osem_blend)
 
     def _iteration(
         self,
@@ -197,4 +203,6 @@ class UnrolledEM(ReconNetwork):
                 x = x.float().clamp_min(0.0)  # the anchored image may dip below zero
                 for _ in range(self.final_em_steps):
                     x = em_update(x, model, prompts.float(), sens)
+        if self.osem_blend is not None and not self.training:
+            x = self.osem_blend(x, model, prompts, dose, batch.image)
         return x

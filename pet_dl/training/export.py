@@ -273,8 +273,21 @@ def _anchor_options(path: str) -> dict[str, Any]:
     return {"sigma_voxels": anchor.sigma_voxels, "osem": [list(r) for r in anchor.osem], "subsets": anchor.subsets}
 
 
+def _blend_options(path: str) -> dict[str, Any]:
+    """The ``osem_blend`` network option from a YAML file, checked (:class:`~pet_dl.models.anchor.OSEMBlend`)."""
+    import yaml
+
+    from pet_dl.models.anchor import OSEMBlend
+
+    with open(path) as f:
+        config = yaml.safe_load(f)
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: a blend file is a mapping (rows, subsets)")
+    return OSEMBlend.from_config(config).config()
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m pet_dl.training.export CKPT OUT [--train-seeds START STOP] [--flip-ensemble AXIS ...] [--anchor YAML] [--final-em N] [--float16] [--model-version NAME]``.
+    """``python -m pet_dl.training.export CKPT OUT [--train-seeds START STOP] [--flip-ensemble AXIS ...] [--anchor YAML] [--final-em N] [--blend YAML] [--float16] [--model-version NAME]``.
 
     Prints the path; a bad input is one ``error:`` line and exit code 2.
     """
@@ -301,6 +314,10 @@ def main(argv: list[str] | None = None) -> int:
         "--final-em", type=int, default=None, metavar="N",
         help="end the unrolled network on N plain MLEM updates (UnrolledEM final_em_steps)",
     )
+    parser.add_argument(
+        "--blend", default=None, metavar="YAML",
+        help="mix the output with OSEM of the same scan (pet_dl.models.anchor.OSEMBlend): rows, subsets",
+    )
     parser.add_argument("--float16", action="store_true",
                         help="store the weights as float16 (half the file; loaded as float32)")
     parser.add_argument("--model-version", default=None, metavar="NAME",
@@ -313,9 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     if from_safetensors and (
         seeds is not None
         or (args.flip_ensemble is None and args.anchor is None and args.final_em is None
-            and not args.float16 and args.model_version is None)
+            and args.blend is None and not args.float16 and args.model_version is None)
     ):
-        parser.error("a .safetensors input takes --flip-ensemble, --anchor, --final-em, --float16 and/or "
+        parser.error("a .safetensors input takes --flip-ensemble, --anchor, --final-em, --blend, --float16 and/or "
                      "--model-version, "
                      "and no --train-seeds")
     options: dict[str, Any] = {} if args.flip_ensemble is None else {"flip_ensemble": args.flip_ensemble}
@@ -323,12 +340,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.final_em < 0:
             parser.error(f"--final-em needs N >= 0, got {args.final_em}")
         options["final_em_steps"] = args.final_em
-    if args.anchor is not None:
-        try:
+    try:
+        if args.anchor is not None:
             options["anchor"] = _anchor_options(args.anchor)
-        except (OSError, ValueError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+        if args.blend is not None:
+            options["osem_blend"] = _blend_options(args.blend)
+    except (OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     dtype = torch.float16 if args.float16 else None
     command = args.training_command
     if options or dtype is not None:  # the export changed the network or its storage: record how
