@@ -362,10 +362,11 @@ def test_unrolled_em_blends_with_osem_in_eval_mode_only_and_export_sets_it(
         assert torch.allclose(blended(batch), plain(batch))
     src = save_checkpoint(tmp_path / "plain.safetensors", plain, ended, {"training_command": "fit"})
     out = tmp_path / "blended.safetensors"
-    assert export_main([str(src), str(out), "--blend", "configs/blend2d.yaml"]) == 0
+    good = tmp_path / "blend.yaml"
+    good.write_text("subsets: 7\nrows: [[1, 20, 4.0, 0.25], [20, 4, 6.0, 0.4]]\n")
+    assert export_main([str(src), str(out), "--blend", str(good)]) == 0
     loaded = load_checkpoint(out, builder=build_model)
-    assert loaded.model.osem_blend is not None
-    assert [r[3] for r in loaded.model.osem_blend.rows] == [0.25] * 6
+    assert loaded.model.osem_blend == OSEMBlend(((1.0, 20, 4.0, 0.25), (20.0, 4, 6.0, 0.4)), 7)
     for (name, a), b in zip(plain.state_dict().items(), loaded.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
     bad = tmp_path / "bad.yaml"
