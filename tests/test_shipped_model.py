@@ -68,7 +68,7 @@ def scored() -> dict:
 
 @pytest.mark.parametrize("factor", [4.0, 20.0])
 def test_network_beats_osem_at_the_same_dose_on_unseen_anatomy(scored: dict, factor: float) -> None:
-    """Issue 18: below OSEM at the same dose on subjects never trained on (v34-organ-em1
+    """Issue 18: below OSEM at the same dose on subjects never trained on (v35-counts-em1
     on the 40 x 2 test slices: 30.7 vs 32.3 % at 1/4, 35.8 vs 38.2 % at 1/20; v20-mixdense, shipped
     before the BrainWeb rounds, was worse than OSEM: 43 % at 1/20 on the validation subjects)."""
     assert float(scored[("net", factor)].mean()) < float(scored[("osem", factor)].mean())
@@ -76,7 +76,7 @@ def test_network_beats_osem_at_the_same_dose_on_unseen_anatomy(scored: dict, fac
 
 def test_no_more_false_hot_spots_than_osem(scored: dict) -> None:
     """Issue 18: lesion-like blobs the truth does not have, at 1/20 dose, at or below OSEM's
-    (v34-organ-em1 4.61 per image against OSEM's 8.24 on the 40 x 2 test slices; v20-mixdense 15.5)."""
+    (v35-counts-em1 4.56 per image against OSEM's 8.24 on the 40 x 2 test slices; v20-mixdense 15.5)."""
     assert scored[("net hot spots", 20.0)] <= scored[("osem hot spots", 20.0)]
 
 
