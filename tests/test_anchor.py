@@ -187,8 +187,11 @@ def test_export_adds_the_anchor_from_a_file_with_the_same_weights(tmp_path, gene
     assert not (tmp_path / "x.safetensors").exists()
 
 
-def test_a_batch_of_scans_at_different_count_levels_is_anchored_scan_by_scan(generator: torch.Generator) -> None:
-    """Each scan of a batch gets the OSEM settings and the scale of its own count level."""
+def _two_count_levels(
+    generator: torch.Generator,
+) -> tuple[ImageGeometry, torch.Tensor, ReconBatch, ReconBatch, ReconBatch]:
+    """A 16 x 16 blob scanned with 2e5 and 1e4 counts: ``(grid, truth, high, low, both)``,
+    ``both`` the two scans in one batch."""
     grid = ImageGeometry.centered((16, 16, 1), (4.0, 4.0, 4.0))
     truth = 5.0 + 5.0 * _blob(grid, (4.0, 0.0), 8.0)
     high, low = _scan(generator, truth, grid, 2e5), _scan(generator, truth, grid, 1e4)
@@ -197,6 +200,12 @@ def test_a_batch_of_scans_at_different_count_levels_is_anchored_scan_by_scan(gen
         torch.cat([high.additive, low.additive]), torch.cat([high.calibration, low.calibration]),
         torch.ones(2), high.sinogram, grid,
     )
+    return grid, truth, high, low, both
+
+
+def test_a_batch_of_scans_at_different_count_levels_is_anchored_scan_by_scan(generator: torch.Generator) -> None:
+    """Each scan of a batch gets the OSEM settings and the scale of its own count level."""
+    grid, truth, high, low, both = _two_count_levels(generator)
     anchor = LowFrequencyAnchor.from_config({"sigma_voxels": 1.0, "osem": ROWS})
     images = torch.stack([truth * 1.3, truth * 0.7])  # a network's images, off in level
     levels = torch.tensor([1.0, 0.05])
@@ -296,14 +305,7 @@ def test_osem_blend_mixes_each_scan_with_osem_at_its_own_count_level(generator: 
     from pet_dl.recon import osem
     from pet_dl.recon.filters import gaussian_postfilter
 
-    grid = ImageGeometry.centered((16, 16, 1), (4.0, 4.0, 4.0))
-    truth = 5.0 + 5.0 * _blob(grid, (4.0, 0.0), 8.0)
-    high, low = _scan(generator, truth, grid, 2e5), _scan(generator, truth, grid, 1e4)
-    both = ReconBatch(
-        torch.cat([high.prompts, low.prompts]), torch.cat([high.multiplicative, low.multiplicative]),
-        torch.cat([high.additive, low.additive]), torch.cat([high.calibration, low.calibration]),
-        torch.ones(2), high.sinogram, grid,
-    )
+    grid, truth, high, low, both = _two_count_levels(generator)
     images = torch.stack([truth * 1.3, truth * 0.7])  # a network's images, off in level
     levels = torch.tensor([1.0, 0.05])
     out = OSEMBlend.from_config({"rows": BLEND_ROWS})(images, both.forward_model(), both.prompts, levels, grid)
