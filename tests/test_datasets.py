@@ -205,3 +205,34 @@ def test_recipe_reconstructed_gives_a_pet_image_of_the_same_anatomy() -> None:
     for bad in ({"dose": [0.5, 0.1]}, {"postfilter_mm": -1.0}, {"filter": 2.0}):
         with pytest.raises(ValueError, match="reconstructed"):
             load_recipe(dict(pet, reconstructed=bad))
+
+
+def test_recipe_body_mean_scales_the_activity_only() -> None:
+    """``body_mean_bqml: [lo, hi]`` scales each phantom's activity to a mean over its body
+    drawn in that range (seeded per phantom): the same anatomy, mu and lesions, the ratio
+    of any two voxels kept; a fixed value gives exactly that mean; bad ranges are refused."""
+    from pet_dl.recipes import scaled_to_body_mean
+
+    plain = load_recipe("data/torso_window2d.yaml")
+    scaled = load_recipe(dict(plain, body_mean_bqml=[5000.0, 10000.0]))
+    means = []
+    for seed in (0, 7, 11):
+        a, b = phantom_of_seed(plain, seed), phantom_of_seed(scaled, seed)
+        assert torch.equal(a.mu, b.mu) and torch.equal(a.labels, b.labels)
+        body = b.tissue > 0
+        mean = float(b.activity[body].mean())
+        assert 5000.0 * (1 - 1e-5) <= mean <= 10000.0 * (1 + 1e-5)
+        factor = mean / float(a.activity[body].mean())
+        assert torch.allclose(b.activity, a.activity * factor, rtol=1e-5, atol=1e-3)
+        assert torch.equal(phantom_of_seed(scaled, seed).activity, b.activity)  # seeded
+        means.append(mean)
+    assert len({round(m) for m in means}) == 3  # drawn per phantom
+    fixed = phantom_of_seed(load_recipe(dict(plain, body_mean_bqml=[7000, 7000])), 3)
+    assert float(fixed.activity[fixed.tissue > 0].mean()) == pytest.approx(7000.0, rel=1e-5)
+    for bad in ([0, 7000], [8000, 7000], [7000], "7000"):
+        with pytest.raises(ValueError, match="body_mean_bqml"):
+            load_recipe(dict(plain, body_mean_bqml=bad))
+    empty = phantom_of_seed(plain, 0).copy()
+    empty.activity = torch.zeros_like(empty.activity)
+    with pytest.raises(ValueError, match="no activity"):
+        scaled_to_body_mean(empty, 7000.0)
