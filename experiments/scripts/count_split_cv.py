@@ -33,6 +33,7 @@ from pet_dl.evaluate.scoring import case_metrics  # noqa: E402
 from pet_dl.forward_model import FWHM_PER_SIGMA, GaussianResolution  # noqa: E402
 from pet_dl.inference import load_model  # noqa: E402
 from pet_dl.models import ReconBatch  # noqa: E402
+from pet_dl.models.anchor import nearest_row  # noqa: E402
 from pet_dl.recipes import load_recipe  # noqa: E402
 from pet_dl.recon.filters import gaussian_postfilter  # noqa: E402
 
@@ -47,11 +48,9 @@ def halves(batch: ReconBatch, generator: torch.Generator) -> tuple[ReconBatch, R
 
 
 def osem_image(batch: ReconBatch, factor: float) -> torch.Tensor:
-    """OSEM at the BrainWeb-chosen row nearest ``factor`` (log scale)."""
-    import math
-
-    key = min(OSEM_BRAINWEB, key=lambda f: abs(math.log(f) - math.log(factor)))
-    iterations, fwhm = OSEM_BRAINWEB[key]
+    """OSEM at the BrainWeb-chosen row nearest ``factor`` (log scale,
+    :func:`pet_dl.models.anchor.nearest_row`)."""
+    _, iterations, fwhm = nearest_row([(f, *row) for f, row in OSEM_BRAINWEB.items()], 1.0 / factor)
     return gaussian_postfilter(osem_trajectory(batch, iterations, 7)[-1], batch.image, fwhm)
 
 
