@@ -35,7 +35,7 @@ SPLITS = ("train", "val", "test")
 _RECIPE_KEYS = {
     "name", "scanner", "num_rings", "sinogram", "image", "phantom", "lesions", "simulation",
     "reduction_factors", "init_iterations", "init_subsets", "splits", "shard_size", "texture",
-    "reconstructed", "body_mean_bqml",
+    "reconstructed", "body_mean_bqml", "uptake",
 }
 # The generator of a phantom's texture is seeded with ``seed + TEXTURE_SEED_OFFSET``: a stream
 # of its own, so a recipe with ``texture`` gives the same phantoms and lesions as without.
@@ -128,6 +128,12 @@ def load_recipe(recipe: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str,
     r.setdefault("shard_size", 64)
     _check_texture(r.get("texture"))
     _check_reconstructed(r.get("reconstructed"))
+    uptake = r.get("uptake")
+    if uptake is not None and not (
+        isinstance(uptake, Mapping) and uptake
+        and all(isinstance(k, str) and isinstance(v, (int, float)) and v > 0 for k, v in uptake.items())
+    ):
+        raise ValueError(f"uptake must map tissue names to positive factors, e.g. {{marrow: 6}}, got {uptake!r}")
     body_mean = r.get("body_mean_bqml")
     if body_mean is not None and not (
         isinstance(body_mean, Sequence) and len(body_mean) == 2 and 0 < float(body_mean[0]) <= float(body_mean[1])
@@ -272,6 +278,9 @@ def phantom_of_seed(recipe: Mapping[str, Any], seed: int, image: ImageGeometry |
     (:func:`pet_dl.phantoms.texture.add_texture`), drawn from a
     generator of its own (seed ``seed + TEXTURE_SEED_OFFSET``), before the lesions: the
     same seed gives the same anatomy and lesions with or without it.
+    ``uptake: {tissue: factor, ...}`` multiplies the activity of those tissues
+    (:func:`with_uptake`: another tracer's uptake pattern on the same anatomy, e.g. FLT's hot
+    marrow), after the texture and before the lesions.
     ``reconstructed: {postfilter_mm: mm, dose: [lo, hi]}`` then replaces the activity by a
     reconstructed PET image of it (:func:`reconstructed_activity`: a PET-like truth with a
     scanner's resolution and noise texture), and the lesions go into its body.
@@ -306,6 +315,8 @@ def phantom_of_seed(recipe: Mapping[str, Any], seed: int, image: ImageGeometry |
         g_texture = torch.Generator().manual_seed(int(seed) + TEXTURE_SEED_OFFSET)
         phantom = add_texture(phantom, g_texture, tuple(texture["amplitude"]), tuple(texture["correlation_mm"]),
                               tuple(texture.get("blur_fwhm_mm", (0.0, 0.0))))
+    if recipe.get("uptake"):
+        phantom = with_uptake(phantom, recipe["uptake"])
     spec = recipe.get("reconstructed")
     if spec is not None:
         phantom = reconstructed_activity(recipe, phantom, seed, spec.get("postfilter_mm"), spec.get("dose"))
@@ -320,6 +331,25 @@ def phantom_of_seed(recipe: Mapping[str, Any], seed: int, image: ImageGeometry |
         lo, hi = (math.log(float(v)) for v in body_mean)
         phantom = scaled_to_body_mean(phantom, math.exp(lo + (hi - lo) * float(torch.rand((), generator=g_mean))))
     return phantom
+
+
+def with_uptake(phantom: Phantom, factors: Mapping[str, float]) -> Phantom:
+    """A copy of ``phantom`` with the activity of each named tissue multiplied by its factor
+    (another tracer's uptake on the same anatomy; lesions already in the image are multiplied
+    with the tissue they sit in).
+
+    Raises:
+        ValueError: a name that is not one of the phantom's tissues.
+    """
+    unknown = sorted(set(factors) - set(phantom.tissues))
+    if unknown:
+        raise ValueError(f"uptake: phantom {phantom.name!r} has no tissue(s) {unknown}; it has {sorted(phantom.tissues)}")
+    out = phantom.copy()
+    activity = out.activity.clone()
+    for name, factor in factors.items():
+        activity[out.tissue == out.tissues[name]] *= float(factor)
+    out.activity = activity
+    return out
 
 
 def scaled_to_body_mean(phantom: Phantom, mean_bqml: float) -> Phantom:

@@ -9,7 +9,12 @@ import torch
 
 from pet_dl.geometry import ImageGeometry, SinogramGeometry, get_scanner
 from pet_dl.models import ReconBatch, build_model
-from pet_dl.models.anchor import LowFrequencyAnchor, OSEMBlend, anchor_low_frequencies
+from pet_dl.models.anchor import (
+    LowFrequencyAnchor,
+    OSEMBlend,
+    anchor_low_frequencies,
+    contrast_kept_fraction,
+)
 
 ROWS = [[1, 15, 2.0], [4, 10, 4.0], [20, 4, 4.0], [100, 2, 6.0]]
 
@@ -320,9 +325,49 @@ def test_osem_blend_mixes_each_scan_with_osem_at_its_own_count_level(generator: 
     assert torch.equal(none(images, both.forward_model(), both.prompts, levels, grid), images)
 
 
+def test_contrast_kept_fraction_marks_what_is_hotter_than_its_background() -> None:
+    """0 on a flat region and in a cold spot, 1 at the centre of a blob 50 % above its
+    background (threshold 0.25), and between them where the contrast is below the threshold."""
+    grid = ImageGeometry.centered((64, 64, 1), (2.0, 2.0, 2.0))
+    flat = torch.full(grid.shape, 5000.0)
+    hot = flat * (1 + 0.5 * _blob(grid, (0.0, 0.0), 3.0))
+    faint = flat * (1 + 0.1 * _blob(grid, (0.0, 0.0), 3.0))
+    cold = flat * (1 - 0.5 * _blob(grid, (0.0, 0.0), 3.0))
+    inner = (slice(20, 44), slice(20, 44))  # away from the border, where the background falls
+    assert float(contrast_kept_fraction(flat, grid, 15.0, 0.25)[inner].abs().max()) < 1e-5
+    assert float(contrast_kept_fraction(hot, grid, 15.0, 0.25)[32, 32, 0]) == pytest.approx(1.0)
+    cold_kept = contrast_kept_fraction(cold, grid, 15.0, 0.25)
+    assert float(cold_kept[32, 32, 0]) == 0.0
+    assert float(cold_kept[inner].max()) < 0.2  # the rim, above a background the cold spot lowers
+    mid = float(contrast_kept_fraction(faint, grid, 15.0, 0.25)[32, 32, 0])
+    assert 0.05 < mid < 0.4  # about (0.1 - what the background takes) / 0.25
+
+
+def test_osem_blend_keep_contrast_leaves_hot_spots_to_the_network(generator: torch.Generator) -> None:
+    """With ``keep_contrast`` the weight is ``w (1 - k)``, ``k`` the network image's kept
+    fraction: a hot spot keeps the network's value, the rest is the plain blend."""
+    grid, truth, high, low, both = _two_count_levels(generator)
+    images = torch.stack([truth * 1.3, truth * 0.7])
+    levels = torch.tensor([1.0, 0.05])
+    plain = OSEMBlend.from_config({"rows": BLEND_ROWS})(images, both.forward_model(), both.prompts, levels, grid)
+    keep = OSEMBlend.from_config({"rows": BLEND_ROWS, "keep_contrast": [15.0, 0.5]})
+    assert OSEMBlend.from_config(keep.config()) == keep
+    out = keep(images, both.forward_model(), both.prompts, levels, grid)
+    for b, w in enumerate((0.25, 0.5)):
+        k = contrast_kept_fraction(images[b], grid, 15.0, 0.5)
+        assert bool((k == 1).any()) and bool((k == 0).any())
+        osem_part = (plain[b] - (1 - w) * images[b]) / w  # the row's OSEM image
+        expected = (1 - w * (1 - k)) * images[b] + w * (1 - k) * osem_part
+        assert torch.allclose(out[b], expected, rtol=1e-4, atol=1e-2)
+        assert torch.allclose(out[b][k == 1], images[b][k == 1])
+        assert torch.allclose(out[b][k == 0], plain[b][k == 0], rtol=1e-4, atol=1e-2)
+
+
 @pytest.mark.parametrize(
     "config",
     [
+        {"rows": BLEND_ROWS, "keep_contrast": [0.0, 0.5]},
+        {"rows": BLEND_ROWS, "keep_contrast": [15.0]},
         {"rows": []},
         {"rows": [[1, 6, 4.0]]},
         {"rows": [[1, 6, 4.0, 1.5]]},

@@ -236,3 +236,30 @@ def test_recipe_body_mean_scales_the_activity_only() -> None:
     empty.activity = torch.zeros_like(empty.activity)
     with pytest.raises(ValueError, match="no activity"):
         scaled_to_body_mean(empty, 7000.0)
+
+
+def test_recipe_uptake_multiplies_the_named_tissues_only() -> None:
+    """``uptake: {tissue: factor}`` (another tracer on the same anatomy, the v36 FLT windows)
+    multiplies those tissues' activity before the lesions: outside the lesions, marrow is
+    exactly 6 times the plain phantom's and an unnamed tissue is unchanged; the mu-map and the
+    lesions' places are the same; a tissue the phantom lacks or a bad factor is refused."""
+    from pet_dl.recipes import with_uptake
+
+    plain = load_recipe("data/torso_window2d.yaml")
+    flt = load_recipe(dict(plain, uptake={"marrow": 6.0, "liver": 2.2}))
+    for seed in (4, 6):  # windows with marrow, liver and lung
+        a, b = phantom_of_seed(plain, seed), phantom_of_seed(flt, seed)
+        assert torch.equal(a.mu, b.mu) and torch.equal(a.labels, b.labels)
+        free = a.labels == 0
+        marrow = (a.tissue == a.tissues["marrow"]) & free
+        liver = (a.tissue == a.tissues["liver"]) & free
+        lung = (a.tissue == a.tissues["lung"]) & free
+        assert bool(marrow.any()) and bool(liver.any()) and bool(lung.any())
+        assert torch.allclose(b.activity[marrow], 6.0 * a.activity[marrow], rtol=1e-6)
+        assert torch.allclose(b.activity[liver], 2.2 * a.activity[liver], rtol=1e-6)
+        assert torch.equal(b.activity[lung], a.activity[lung])
+    for bad in ({"marrow": 0}, {"marrow": "6"}, {}, [6.0]):
+        with pytest.raises(ValueError, match="uptake"):
+            load_recipe(dict(plain, uptake=bad))
+    with pytest.raises(ValueError, match="no tissue"):
+        with_uptake(phantom_of_seed(plain, 0), {"grey_matter": 3.0})

@@ -20,7 +20,13 @@ from pet_dl.evaluate import external_source_phantoms
 from pet_dl.evaluate.data import EvalSet, simulate_eval_set
 from pet_dl.evaluate.external import reconstructed_phantoms
 from pet_dl.phantoms import Phantom
-from pet_dl.recipes import load_recipe, phantom_of_seed, recipe_geometry, scaled_to_body_mean
+from pet_dl.recipes import (
+    load_recipe,
+    phantom_of_seed,
+    recipe_geometry,
+    scaled_to_body_mean,
+    with_uptake,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser, first: int, phantoms: int) -> None:
@@ -50,18 +56,6 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--body-mean", type=float, default=None, metavar="BQML",
                         help="scale each truth to this mean activity in its body, Bq/mL (7000: the ACRIN "
                              "windows' scaling, pet_dl.evaluate.external.ACRIN_MEAN_BQML)")
-
-
-def with_uptake(phantom: Phantom, factors: dict[str, float]) -> Phantom:
-    """A copy of ``phantom`` with the activity of each named tissue multiplied by its factor;
-    tissues the phantom lacks are ignored."""
-    out = phantom.copy()
-    activity = out.activity.clone()
-    for name, factor in factors.items():
-        if name in out.tissues:
-            activity[out.tissue == out.tissues[name]] *= factor
-    out.activity = activity
-    return out
 
 
 def phantom_source(args: argparse.Namespace, recipe: dict) -> Callable[[int], Phantom] | None:

@@ -2,7 +2,7 @@
 
     python experiments/scripts/validation_scores.py [CHECKPOINT ...] [--first 100000 --phantoms 32]
         [--data-subsets 1 2 3 7] [--flip-ensemble none 0 1 01] [--anchor 0 1.4 [--anchor-each]] [--final-em 0 1]
-        [--osem [--osem-rows synthetic brainweb] [--blend 0.2 0.4]]
+        [--osem [--osem-rows synthetic brainweb] [--blend 0.2 0.4 [--keep-contrast 15,0.5]]]
         [--sirf-brain $PET_DL_TEST_DATA/sirf_phantoms/brain | --acrin $PET_DL_TEST_DATA/acrin_pet_dicom] [--hot-spots] [--paired 20 100 [--paired-with-osem]]
 
 For each checkpoint (default: the shipped model) prints, per dose factor, the mean NRMSE
@@ -23,7 +23,10 @@ image, a final data step on the counts (0: none);
 ``--osem`` adds OSEM with the parameters chosen on validation (``--osem-rows``: on the
 synthetic family, :data:`OSEM_CHOSEN`, the default, or on the BrainWeb validation subjects,
 :data:`OSEM_BRAINWEB`, as ``python -m pet_dl evaluate`` chooses them; several, a line each);
-``--blend W`` adds each network's image mixed with that OSEM image, ``(1 - W) x + W o``. With
+``--blend W`` adds each network's image mixed with that OSEM image, ``(1 - W) x + W o``;
+``--keep-contrast FWHM,T`` adds each blend again with the weight falling where the network's
+image is hotter than its own background (:func:`pet_dl.models.anchor.contrast_kept_fraction`,
+the ``keep_contrast`` of ``OSEMBlend``). With
 several networks, the last lines give each one's differences from the first network at the
 factors of ``--paired`` (default 20), paired on the same phantoms and lesions (points, ± 1.96
 standard errors); ``--paired-with-osem`` pairs them with OSEM instead.
@@ -55,6 +58,7 @@ from pet_dl.evaluate.report import Z95  # noqa: E402
 from pet_dl.evaluate.scoring import case_metrics, false_hot_spots, paired_difference  # noqa: E402
 from pet_dl.inference import load_model  # noqa: E402
 from pet_dl.models import ReconBatch  # noqa: E402
+from pet_dl.models.anchor import contrast_kept_fraction  # noqa: E402
 from pet_dl.recipes import load_recipe  # noqa: E402
 from pet_dl.recon.filters import gaussian_postfilter  # noqa: E402
 
@@ -157,6 +161,9 @@ def main() -> None:
     parser.add_argument("--hot-spots", action="store_true", help="also count false hot spots at factor 20")
     parser.add_argument("--paired", type=float, nargs="+", default=[20.0], metavar="FACTOR",
                         help="dose factors of the paired differences against the first network (default 20)")
+    parser.add_argument("--keep-contrast", nargs="+", default=[], metavar="FWHM,T",
+                        help="with --blend: each blend again, its weight falling where the image is hotter "
+                             "than its background filtered at FWHM mm, to 0 at relative contrast T")
     parser.add_argument("--paired-with-osem", action="store_true",
                         help="with --osem: pair every network with OSEM instead of the first network")
     args = parser.parse_args()
@@ -164,6 +171,12 @@ def main() -> None:
         parser.error("--anchor-each needs one --anchor value per checkpoint")
     if (args.paired_with_osem or args.blend) and not args.osem:
         parser.error("--paired-with-osem and --blend need --osem")
+    if args.keep_contrast and not args.blend:
+        parser.error("--keep-contrast needs --blend")
+    try:
+        keeps = [None, *(tuple(float(v) for v in k.split(",")) for k in args.keep_contrast)]
+    except ValueError:
+        parser.error("--keep-contrast takes FWHM,T pairs such as 15,0.5")
     recipe = load_recipe(args.recipe)
     phantom_of = phantom_source(args, recipe)
     ev = simulate_eval_set(recipe, list(range(args.first, args.first + args.phantoms)), 1, FACTORS,
@@ -207,14 +220,20 @@ def main() -> None:
             if anchor:  # after the network, whatever it is (the same as UnrolledEM's option)
                 base_label += f" (anchor {anchor:g})"
                 base = {f: anchored(net, ev.batch(f), x, anchor) for f, x in base.items()}
-            for final_em, blend in itertools.product(args.final_em or [0], [0.0, *(args.blend or [])]):
+            for final_em, blend, keep in itertools.product(args.final_em or [0], [0.0, *(args.blend or [])], keeps):
+                if keep and not blend:
+                    continue
                 label, images = base_label, base
                 if final_em:
                     label += f" (final EM {final_em})"
                     images = {f: with_final_em(ev.batch(f), x, final_em) for f, x in base.items()}
                 if blend:
                     label += f" (blend {blend:g} with OSEM)"
-                    images = {f: (1 - blend) * x + blend * osem_images[f] for f, x in images.items()}
+                    weights = {f: torch.tensor(blend) for f in images}
+                    if keep:
+                        label += f" (keep contrast {keep[0]:g} mm, {keep[1]:g})"
+                        weights = {f: blend * (1 - contrast_kept_fraction(x, ev.image, *keep)) for f, x in images.items()}
+                    images = {f: (1 - weights[f]) * x + weights[f] * osem_images[f] for f, x in images.items()}
                 rows = {f: case_metrics(x, ev) for f, x in images.items()}
                 cells = [f"f{f:g}: {summary(r)}" for f, r in rows.items()]
                 mean = sum(sum(x["nrmse"] for x in r) / len(r) for r in rows.values()) / len(rows)

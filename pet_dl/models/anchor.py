@@ -132,10 +132,16 @@ class OSEMBlend:
         rows: ``(dose reduction factor, iterations, postfilter FWHM mm, weight)``; factors
             >= 1, iterations >= 1, FWHM >= 0, weight in [0, 1].
         subsets: OSEM view subsets.
+        keep_contrast: ``(background FWHM mm, threshold)`` or ``None``: where the image is
+            hotter than its own background (the image filtered at that FWHM) by a relative
+            contrast ``c``, the weight falls to ``w (1 - min(c / threshold, 1))``
+            (:func:`contrast_kept_fraction`), so a lesion keeps the network's level; ``None``
+            mixes every voxel with ``w``.
     """
 
     rows: tuple[tuple[float, int, float, float], ...]
     subsets: int = 7
+    keep_contrast: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if not self.rows:
@@ -147,21 +153,32 @@ class OSEMBlend:
                                  "fwhm_mm >= 0, 0 <= weight <= 1")
         if self.subsets < 1:
             raise ValueError(f"osem_blend subsets must be >= 1, got {self.subsets}")
+        if self.keep_contrast is not None and not (
+            len(self.keep_contrast) == 2 and self.keep_contrast[0] > 0 and self.keep_contrast[1] > 0
+        ):
+            raise ValueError(f"osem_blend keep_contrast {self.keep_contrast}: need [background fwhm_mm > 0, threshold > 0]")
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> OSEMBlend:
-        """From ``{"rows": [[f, it, fwhm, w], ...], "subsets": 7}``."""
-        unknown = set(config) - {"rows", "subsets"}
+        """From ``{"rows": [[f, it, fwhm, w], ...], "subsets": 7, "keep_contrast": [fwhm_mm, threshold]}``
+        (``keep_contrast`` optional)."""
+        unknown = set(config) - {"rows", "subsets", "keep_contrast"}
         if unknown:
-            raise ValueError(f"osem_blend: unknown keys {sorted(unknown)} (rows, subsets)")
+            raise ValueError(f"osem_blend: unknown keys {sorted(unknown)} (rows, subsets, keep_contrast)")
         if any(len(r) != 4 for r in config.get("rows", ())):
             raise ValueError("osem_blend rows are [factor, iterations, fwhm_mm, weight]")
         rows = tuple((float(f), int(i), float(fw), float(w)) for f, i, fw, w in config.get("rows", ()))
-        return cls(rows, int(config.get("subsets", 7)))
+        keep = config.get("keep_contrast")
+        if keep is not None:
+            keep = tuple(float(v) for v in keep)
+        return cls(rows, int(config.get("subsets", 7)), keep)
 
     def config(self) -> dict[str, Any]:
         """The ``from_config`` mapping of these settings."""
-        return {"rows": [list(r) for r in self.rows], "subsets": self.subsets}
+        out: dict[str, Any] = {"rows": [list(r) for r in self.rows], "subsets": self.subsets}
+        if self.keep_contrast is not None:
+            out["keep_contrast"] = list(self.keep_contrast)
+        return out
 
     def __call__(
         self, image: torch.Tensor, model: PETForwardModel, prompts: torch.Tensor,
@@ -177,7 +194,8 @@ class OSEMBlend:
             grid: the image grid.
 
         Returns:
-            ``(B, nx, ny, nz)`` Bq/mL: ``(1 - w) image + w o`` per scan.
+            ``(B, nx, ny, nz)`` Bq/mL: ``(1 - w) image + w o`` per scan (``w`` per voxel
+            with ``keep_contrast``).
         """
         from pet_dl.recon import osem
         from pet_dl.recon.filters import gaussian_postfilter
@@ -193,8 +211,37 @@ class OSEMBlend:
                 o = osem(model, prompts.float(), int(iterations), self.subsets)
                 reference = gaussian_postfilter(o, grid, fwhm).to(image.dtype)
             for b in cases:
-                out[b] = (1 - weight) * image[b] + weight * reference[b]
+                w = torch.as_tensor(weight, dtype=image.dtype)
+                if self.keep_contrast is not None:
+                    w = w * (1 - contrast_kept_fraction(image[b], grid, *self.keep_contrast))
+                out[b] = (1 - w) * image[b] + w * reference[b]
         return out
+
+
+def contrast_kept_fraction(
+    image: torch.Tensor, grid: ImageGeometry, background_fwhm_mm: float, threshold: float
+) -> torch.Tensor:
+    """Where an image is hotter than its surroundings: ``clamp(c / threshold, 0, 1)``.
+
+    ``c = (x - b) / b`` is the relative contrast of each voxel against its background ``b``,
+    the image filtered with a Gaussian of ``background_fwhm_mm`` (wider than a lesion);
+    voxels at or below their background give 0, those ``threshold`` or more above give 1.
+
+    Args:
+        image: ``(*batch, nx, ny, nz)`` Bq/mL (non-negative).
+        grid: the image grid.
+        background_fwhm_mm: FWHM of the background filter, mm (> 0).
+        threshold: relative contrast at which the fraction reaches 1 (> 0).
+
+    Returns:
+        ``image``'s shape, values in [0, 1] (unitless).
+    """
+    from pet_dl.recon.filters import gaussian_postfilter
+
+    background = gaussian_postfilter(image, grid, background_fwhm_mm)
+    floor = 1e-3 * background.flatten(-3).amax(-1).clamp_min(1e-12)[..., None, None, None]
+    contrast = (image - background) / torch.maximum(background, floor)
+    return (contrast / threshold).clamp(0, 1)
 
 
 def anchor_low_frequencies(
