@@ -183,6 +183,7 @@ class OSEMBlend:
     def __call__(
         self, image: torch.Tensor, model: PETForwardModel, prompts: torch.Tensor,
         level: torch.Tensor, grid: ImageGeometry,
+        start: tuple[torch.Tensor, int, int] | None = None,
     ) -> torch.Tensor:
         """Mix ``image`` with OSEM of the same scans.
 
@@ -192,6 +193,9 @@ class OSEMBlend:
             prompts: measured counts ``(B, *sino)``.
             level: ``(B,)`` count level of each scan (1 = full dose).
             grid: the image grid.
+            start: ``(x0, iterations, subsets)``: an OSEM image of these scans from the
+                uniform start; a row's OSEM continues from it as in
+                :meth:`LowFrequencyAnchor.__call__` (the same image, fewer iterations).
 
         Returns:
             ``(B, nx, ny, nz)`` Bq/mL: ``(1 - w) image + w o`` per scan (``w`` per voxel
@@ -208,7 +212,11 @@ class OSEMBlend:
             if weight == 0:
                 continue
             with torch.no_grad():
-                o = osem(model, prompts.float(), int(iterations), self.subsets)
+                if start is not None and start[2] == self.subsets and start[1] <= iterations:
+                    x0, done = start[0], start[1]
+                else:
+                    x0, done = None, 0
+                o = x0 if iterations == done else osem(model, prompts.float(), int(iterations) - done, self.subsets, x0=x0)
                 reference = gaussian_postfilter(o, grid, fwhm).to(image.dtype)
             for b in cases:
                 w = torch.as_tensor(weight, dtype=image.dtype)

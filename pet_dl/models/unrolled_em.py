@@ -204,5 +204,6 @@ class UnrolledEM(ReconNetwork):
                 for _ in range(self.final_em_steps):
                     x = em_update(x, model, prompts.float(), sens)
         if self.osem_blend is not None and not self.training:
-            x = self.osem_blend(x, model, prompts, dose, batch.image)
+            x = self.osem_blend(x, model, prompts, dose, batch.image,
+                                start=(x0, self.init_iterations, self.init_subsets))
         return x
