@@ -373,8 +373,8 @@ def test_configs_folder_is_found() -> None:
 def test_every_config_loads(path: Path, capsys: pytest.CaptureFixture) -> None:
     """Every file in configs/ has a one-line header and loads: a training config through
     train.py on top of configs/base.yaml (its network also builds), an evaluation config
-    through ``load_eval_config``, an anchor file through ``LowFrequencyAnchor``, and
-    base.yaml is train.py's base."""
+    through ``load_eval_config``, an anchor file through ``LowFrequencyAnchor``, a mix with
+    OSEM through ``OSEMBlend``, and base.yaml is train.py's base."""
     import yaml
 
     from pet_dl.evaluate import load_eval_config
@@ -391,6 +391,11 @@ def test_every_config_loads(path: Path, capsys: pytest.CaptureFixture) -> None:
         from pet_dl.models.anchor import LowFrequencyAnchor
 
         LowFrequencyAnchor.from_config(data)
+        return
+    if "rows" in data:
+        from pet_dl.models.anchor import OSEMBlend
+
+        OSEMBlend.from_config(data)
         return
     if "model" not in data:
         assert path == BASE_CONFIG
@@ -691,7 +696,8 @@ def test_lesion_max_loss_is_the_absolute_suvmax_bias_and_acts_on_the_hottest_vox
 def test_shipped_models_recorded_command_rebuilds_its_network(capsys: pytest.CaptureFixture) -> None:
     """The training command in the shipped model's metadata still runs through train.py (on
     top of configs/base.yaml) and resolves to the network and training data of that file;
-    an export step after it (``--anchor FILE``, ``--final-em N``) adds what it records."""
+    an export step after it (``--anchor FILE``, ``--final-em N``, ``--blend FILE``) adds what
+    it records."""
     import shlex
 
     import yaml
@@ -718,6 +724,10 @@ def test_shipped_models_recorded_command_rebuilds_its_network(capsys: pytest.Cap
             expected["anchor"] = _anchor_options(str(root / words[words.index("--anchor") + 1]))
         if "--final-em" in words:
             expected["final_em_steps"] = int(words[words.index("--final-em") + 1])
+        if "--blend" in words:
+            from pet_dl.training.export import _blend_options
+
+            expected["osem_blend"] = _blend_options(str(root / words[words.index("--blend") + 1]))
     assert expected == config
     folders = printed["data"]["data_dir"]
     folders = folders if isinstance(folders, list) else [folders]
