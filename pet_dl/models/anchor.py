@@ -84,14 +84,12 @@ class LowFrequencyAnchor:
             level: ``(B,)`` count level of each scan (1 = full dose).
             grid: the image grid.
             start: ``(x0, iterations, subsets)``: an OSEM image of these scans from the
-                uniform start (the network's initial image). With the same subsets and no
-                more iterations than a row asks for, that OSEM continues from it instead
-                of starting again (the same image, for the cost of the missing iterations).
+                uniform start (the network's initial image); a row's OSEM continues from
+                it where it can (:func:`continued_osem`: the same image, fewer iterations).
 
         Returns:
             ``(B, nx, ny, nz)`` Bq/mL: ``image + G_s (o - image)`` per scan.
         """
-        from pet_dl.recon import osem
         from pet_dl.recon.filters import gaussian_postfilter
 
         levels = [float(v) for v in level.flatten()]
@@ -99,17 +97,40 @@ class LowFrequencyAnchor:
         for iterations, fwhm in sorted({self.osem_settings(v) for v in levels}):
             cases = [b for b, v in enumerate(levels) if self.osem_settings(v) == (iterations, fwhm)]
             with torch.no_grad():
-                if start is not None and start[2] == self.subsets and start[1] <= iterations:
-                    x0, done = start[0], start[1]
-                else:
-                    x0, done = None, 0
-                o = x0 if iterations == done else osem(model, prompts.float(), iterations - done, self.subsets, x0=x0)
+                o = continued_osem(model, prompts, iterations, self.subsets, start)
                 reference = gaussian_postfilter(o, grid, fwhm).to(image.dtype)
             for b in cases:
                 out[b] = anchor_low_frequencies(
                     image[b], reference[b], grid, self.sigma_mm(levels[b], float(grid.voxel_size_mm[0]))
                 )
         return out
+
+
+def continued_osem(
+    model: PETForwardModel, prompts: torch.Tensor, iterations: int, subsets: int,
+    start: tuple[torch.Tensor, int, int] | None = None,
+) -> torch.Tensor:
+    """OSEM of ``iterations`` x ``subsets`` from the uniform image, continued from ``start``
+    where it allows.
+
+    Args:
+        model: the scans' batched forward model.
+        prompts: measured counts ``(B, *sino)``.
+        iterations, subsets: the OSEM asked for.
+        start: ``(x0, iterations, subsets)``: an OSEM image ``(B, nx, ny, nz)`` of these
+            scans from the uniform start; used when its subsets are the same and it has no
+            more iterations than asked (then only the missing ones run: the same image).
+
+    Returns:
+        ``(B, nx, ny, nz)`` Bq/mL.
+    """
+    from pet_dl.recon import osem
+
+    if start is not None and start[2] == subsets and start[1] <= iterations:
+        x0, done = start[0], start[1]
+    else:
+        x0, done = None, 0
+    return x0 if iterations == done else osem(model, prompts.float(), iterations - done, subsets, x0=x0)
 
 
 def nearest_row(rows: Sequence[Sequence[float]], level: float) -> Sequence[float]:
@@ -194,14 +215,13 @@ class OSEMBlend:
             level: ``(B,)`` count level of each scan (1 = full dose).
             grid: the image grid.
             start: ``(x0, iterations, subsets)``: an OSEM image of these scans from the
-                uniform start; a row's OSEM continues from it as in
-                :meth:`LowFrequencyAnchor.__call__` (the same image, fewer iterations).
+                uniform start; a row's OSEM continues from it where it can
+                (:func:`continued_osem`).
 
         Returns:
             ``(B, nx, ny, nz)`` Bq/mL: ``(1 - w) image + w o`` per scan (``w`` per voxel
             with ``keep_contrast``).
         """
-        from pet_dl.recon import osem
         from pet_dl.recon.filters import gaussian_postfilter
 
         rows = [tuple(nearest_row(self.rows, float(v))) for v in level.flatten()]
@@ -212,11 +232,7 @@ class OSEMBlend:
             if weight == 0:
                 continue
             with torch.no_grad():
-                if start is not None and start[2] == self.subsets and start[1] <= iterations:
-                    x0, done = start[0], start[1]
-                else:
-                    x0, done = None, 0
-                o = x0 if iterations == done else osem(model, prompts.float(), int(iterations) - done, self.subsets, x0=x0)
+                o = continued_osem(model, prompts, int(iterations), self.subsets, start)
                 reference = gaussian_postfilter(o, grid, fwhm).to(image.dtype)
             for b in cases:
                 w = torch.as_tensor(weight, dtype=image.dtype)
