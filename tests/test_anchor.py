@@ -142,7 +142,9 @@ def test_anchor_in_training_puts_the_anchored_image_under_the_loss(generator: to
     the gradient reaches the network only through ``I - G``: a departure the anchor takes back
     costs nothing, so the network is not pushed to fix what OSEM's low frequencies fix."""
     grid, batch, small, config = _small_network_case(generator)
-    trained = build_model({**small, "anchor": config, "anchor_in_training": True})
+    with torch.random.fork_rng():  # a fixed initialisation: the gradient ratio varies with it
+        torch.manual_seed(0)     # (0.08-0.5 over 30 seeds; a random one failed about 1 run in 50)
+        trained = build_model({**small, "anchor": config, "anchor_in_training": True})
     plain = build_model(small)
     plain.load_state_dict(trained.state_dict())
     trained.eval()
