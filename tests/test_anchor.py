@@ -14,6 +14,7 @@ from pet_dl.models.anchor import (
     OSEMBlend,
     anchor_low_frequencies,
     contrast_kept_fraction,
+    osem_excess_fraction,
 )
 
 ROWS = [[1, 15, 2.0], [4, 10, 4.0], [20, 4, 4.0], [100, 2, 6.0]]
@@ -365,10 +366,52 @@ def test_osem_blend_keep_contrast_leaves_hot_spots_to_the_network(generator: tor
         assert torch.allclose(out[b][k == 0], plain[b][k == 0], rtol=1e-4, atol=1e-2)
 
 
+def test_osem_excess_fraction_marks_where_osem_is_hotter_than_the_image() -> None:
+    """0 where OSEM is at or below the image, 1 where it is the threshold share of the image's
+    background or more above it, linear between."""
+    grid = ImageGeometry.centered((64, 64, 1), (2.0, 2.0, 2.0))
+    image = torch.full(grid.shape, 4000.0)
+    blob = _blob(grid, (0.0, 0.0), 3.0)
+    inner = (slice(20, 44), slice(20, 44))
+    hot_osem = image * (1 + 0.6 * blob)  # an OSEM noise blob 60 % above flat tissue
+    e = osem_excess_fraction(image, hot_osem, grid, 15.0, 0.5)
+    assert float(e[32, 32, 0]) == pytest.approx(1.0)
+    faint = osem_excess_fraction(image, image * (1 + 0.2 * blob), grid, 15.0, 0.5)
+    assert torch.allclose(faint, (0.2 * blob / 0.5), atol=1e-4)  # OSEM 0.2 x blob above, threshold 0.5
+    assert float(osem_excess_fraction(image, image * (1 - 0.5 * blob), grid, 15.0, 0.5)[inner].max()) == 0.0
+    assert float(e[inner][blob[inner] < 1e-3].max()) < 1e-3  # away from the blob, nothing
+
+
+def test_osem_blend_osem_excess_keeps_the_network_where_osem_has_a_blob(generator: torch.Generator) -> None:
+    """With a third ``keep_contrast`` value the weight is ``w (1 - k) (1 - e)``, ``e`` the
+    OSEM-excess fraction of the row's OSEM image over the network's: where OSEM is hotter the
+    output keeps the network's value; elsewhere it is the two-value blend."""
+    grid, truth, high, low, both = _two_count_levels(generator)
+    images = torch.stack([truth * 1.3, truth * 0.5])  # OSEM below the first image, about twice the second
+    levels = torch.tensor([1.0, 0.05])
+    plain = OSEMBlend.from_config({"rows": BLEND_ROWS})(images, both.forward_model(), both.prompts, levels, grid)
+    two = OSEMBlend.from_config({"rows": BLEND_ROWS, "keep_contrast": [15.0, 0.5]})(
+        images, both.forward_model(), both.prompts, levels, grid)
+    three = OSEMBlend.from_config({"rows": BLEND_ROWS, "keep_contrast": [15.0, 0.5, 0.5]})
+    assert OSEMBlend.from_config(three.config()) == three
+    out = three(images, both.forward_model(), both.prompts, levels, grid)
+    for b, w in enumerate((0.25, 0.5)):
+        osem_part = (plain[b] - (1 - w) * images[b]) / w
+        k = contrast_kept_fraction(images[b], grid, 15.0, 0.5)
+        e = osem_excess_fraction(images[b], osem_part, grid, 15.0, 0.5)
+        assert float((e == (0 if b == 0 else 1)).float().mean()) > 0.5
+        expected = (1 - w * (1 - k) * (1 - e)) * images[b] + w * (1 - k) * (1 - e) * osem_part
+        assert torch.allclose(out[b], expected, rtol=1e-4, atol=1e-2)
+        assert torch.allclose(out[b][e == 1], images[b][e == 1])
+        assert torch.allclose(out[b][e == 0], two[b][e == 0], rtol=1e-4, atol=1e-2)
+
+
 @pytest.mark.parametrize(
     "config",
     [
         {"rows": BLEND_ROWS, "keep_contrast": [0.0, 0.5]},
+        {"rows": BLEND_ROWS, "keep_contrast": [15.0, 0.5, 0.0]},
+        {"rows": BLEND_ROWS, "keep_contrast": [15.0, 0.5, 0.5, 1.0]},
         {"rows": BLEND_ROWS, "keep_contrast": [15.0]},
         {"rows": []},
         {"rows": [[1, 6, 4.0]]},

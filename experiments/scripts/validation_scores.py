@@ -27,7 +27,7 @@ synthetic family, :data:`OSEM_CHOSEN`, the default, or on the BrainWeb validatio
 ``--keep-contrast FWHM,T`` adds each blend again with the weight falling where the network's
 image is hotter than its own background (:func:`pet_dl.models.anchor.contrast_kept_fraction`,
 the ``keep_contrast`` of ``OSEMBlend``); ``FWHM,T,T_O`` also where OSEM is hotter than the
-network by ``T_O`` of that background (:func:`osem_excess_fraction`, a probe). With
+network by ``T_O`` of that background (:func:`pet_dl.models.anchor.osem_excess_fraction`). With
 several networks, the last lines give each one's differences from the first network at the
 factors of ``--paired`` (default 20), paired on the same phantoms and lesions (points, ± 1.96
 standard errors); ``--paired-with-osem`` pairs them with OSEM instead.
@@ -59,7 +59,7 @@ from pet_dl.evaluate.report import Z95  # noqa: E402
 from pet_dl.evaluate.scoring import case_metrics, false_hot_spots, paired_difference  # noqa: E402
 from pet_dl.inference import load_model  # noqa: E402
 from pet_dl.models import ReconBatch  # noqa: E402
-from pet_dl.models.anchor import contrast_kept_fraction  # noqa: E402
+from pet_dl.models.anchor import contrast_kept_fraction, osem_excess_fraction  # noqa: E402
 from pet_dl.recipes import load_recipe  # noqa: E402
 from pet_dl.recon.filters import gaussian_postfilter  # noqa: E402
 
@@ -94,14 +94,6 @@ def with_final_em(batch: ReconBatch, images: torch.Tensor, updates: int) -> torc
     with torch.no_grad():
         x0 = images.float().clamp_min(0.0)  # the anchored image may dip below zero
         return osem(batch.forward_model(), batch.prompts.float(), updates, 1, x0=x0).to(images.dtype)
-
-
-def osem_excess_fraction(x: torch.Tensor, o: torch.Tensor, ev: EvalSet, fwhm_mm: float, threshold: float) -> torch.Tensor:
-    """``clamp((o - x) / (threshold b), 0, 1)``, ``b`` the network's image ``x`` filtered at
-    ``fwhm_mm``: where OSEM ``o`` is hotter than the network by that share of its background
-    (OSEM's noise blobs in a flat region), in [0, 1]."""
-    background = gaussian_postfilter(x, ev.image, fwhm_mm).clamp_min(1e-6)
-    return ((o - x) / (threshold * background)).clamp(0, 1)
 
 
 def summary(rows: list[dict]) -> str:
@@ -244,7 +236,7 @@ def main() -> None:
                         weights = {f: blend * (1 - contrast_kept_fraction(x, ev.image, *keep[:2])) for f, x in images.items()}
                     if keep and len(keep) == 3:  # and where OSEM is hotter than the network's background
                         label += f" (OSEM excess {keep[2]:g})"
-                        weights = {f: w * (1 - osem_excess_fraction(images[f], osem_images[f], ev, keep[0], keep[2]))
+                        weights = {f: w * (1 - osem_excess_fraction(images[f], osem_images[f], ev.image, keep[0], keep[2]))
                                    for f, w in weights.items()}
                     images = {f: (1 - weights[f]) * x + weights[f] * osem_images[f] for f, x in images.items()}
                 rows = {f: case_metrics(x, ev) for f, x in images.items()}

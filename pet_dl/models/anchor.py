@@ -153,16 +153,20 @@ class OSEMBlend:
         rows: ``(dose reduction factor, iterations, postfilter FWHM mm, weight)``; factors
             >= 1, iterations >= 1, FWHM >= 0, weight in [0, 1].
         subsets: OSEM view subsets.
-        keep_contrast: ``(background FWHM mm, threshold)`` or ``None``: where the image is
-            hotter than its own background (the image filtered at that FWHM) by a relative
-            contrast ``c``, the weight falls to ``w (1 - min(c / threshold, 1))``
-            (:func:`contrast_kept_fraction`), so a lesion keeps the network's level; ``None``
-            mixes every voxel with ``w``.
+        keep_contrast: ``(background FWHM mm, threshold)``, ``(background FWHM mm,
+            threshold, OSEM-excess threshold)`` or ``None``. Where the image is hotter than
+            its own background (the image filtered at that FWHM) by a relative contrast
+            ``c``, the weight falls to ``w (1 - min(c / threshold, 1))``
+            (:func:`contrast_kept_fraction`), so a lesion keeps the network's level. With the
+            third value it falls further, by ``1 - e`` (:func:`osem_excess_fraction`), where
+            OSEM is hotter than the network by that share of the network's background, so
+            OSEM's noise blobs in flat tissue are not mixed in. ``None`` mixes every voxel
+            with ``w``.
     """
 
     rows: tuple[tuple[float, int, float, float], ...]
     subsets: int = 7
-    keep_contrast: tuple[float, float] | None = None
+    keep_contrast: tuple[float, float] | tuple[float, float, float] | None = None
 
     def __post_init__(self) -> None:
         if not self.rows:
@@ -175,14 +179,15 @@ class OSEMBlend:
         if self.subsets < 1:
             raise ValueError(f"osem_blend subsets must be >= 1, got {self.subsets}")
         if self.keep_contrast is not None and not (
-            len(self.keep_contrast) == 2 and self.keep_contrast[0] > 0 and self.keep_contrast[1] > 0
+            len(self.keep_contrast) in (2, 3) and all(v > 0 for v in self.keep_contrast)
         ):
-            raise ValueError(f"osem_blend keep_contrast {self.keep_contrast}: need [background fwhm_mm > 0, threshold > 0]")
+            raise ValueError(f"osem_blend keep_contrast {self.keep_contrast}: need [background fwhm_mm > 0, "
+                             "threshold > 0] or [fwhm_mm, threshold, osem_excess_threshold], all > 0")
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> OSEMBlend:
         """From ``{"rows": [[f, it, fwhm, w], ...], "subsets": 7, "keep_contrast": [fwhm_mm, threshold]}``
-        (``keep_contrast`` optional)."""
+        (``keep_contrast`` optional, with an optional third value, the OSEM-excess threshold)."""
         unknown = set(config) - {"rows", "subsets", "keep_contrast"}
         if unknown:
             raise ValueError(f"osem_blend: unknown keys {sorted(unknown)} (rows, subsets, keep_contrast)")
@@ -237,7 +242,10 @@ class OSEMBlend:
             for b in cases:
                 w = torch.as_tensor(weight, dtype=image.dtype)
                 if self.keep_contrast is not None:
-                    w = w * (1 - contrast_kept_fraction(image[b], grid, *self.keep_contrast))
+                    background_fwhm, threshold, *excess = self.keep_contrast
+                    w = w * (1 - contrast_kept_fraction(image[b], grid, background_fwhm, threshold))
+                    if excess:
+                        w = w * (1 - osem_excess_fraction(image[b], reference[b], grid, background_fwhm, excess[0]))
                 out[b] = (1 - w) * image[b] + w * reference[b]
         return out
 
@@ -266,6 +274,33 @@ def contrast_kept_fraction(
     floor = 1e-3 * background.flatten(-3).amax(-1).clamp_min(1e-12)[..., None, None, None]
     contrast = (image - background) / torch.maximum(background, floor)
     return (contrast / threshold).clamp(0, 1)
+
+
+def osem_excess_fraction(
+    image: torch.Tensor, reference: torch.Tensor, grid: ImageGeometry, background_fwhm_mm: float, threshold: float
+) -> torch.Tensor:
+    """Where a reference (OSEM) is hotter than an image: ``clamp((o - x) / (threshold b), 0, 1)``.
+
+    ``b`` is the image ``x`` filtered with a Gaussian of ``background_fwhm_mm``; the fraction
+    is 0 where OSEM ``o`` is at or below the image and 1 where it is ``threshold`` of that
+    background or more above it (a noise blob of OSEM's in flat tissue, or a lesion the image
+    lost: the mix then keeps the image there).
+
+    Args:
+        image: ``(*batch, nx, ny, nz)`` Bq/mL (non-negative).
+        reference: the same shape and units.
+        grid: the image grid.
+        background_fwhm_mm: FWHM of the background filter, mm (> 0).
+        threshold: excess over the background at which the fraction reaches 1 (> 0).
+
+    Returns:
+        ``image``'s shape, values in [0, 1] (unitless).
+    """
+    from pet_dl.recon.filters import gaussian_postfilter
+
+    background = gaussian_postfilter(image, grid, background_fwhm_mm)
+    floor = 1e-3 * background.flatten(-3).amax(-1).clamp_min(1e-12)[..., None, None, None]
+    return ((reference - image) / (threshold * torch.maximum(background, floor))).clamp(0, 1)
 
 
 def anchor_low_frequencies(
