@@ -272,6 +272,22 @@ def test_table_has_a_finite_row_per_method_and_factor(
     osem, map_ = (next(r for r in res.rows if (r["method"], r["factor"]) == (m, 20.0)) for m in ("OSEM", "MAP-RDP"))
     mean, sem = ev.paired_difference(osem["case_nrmse"], map_["case_nrmse"], osem["case_seed"])
     assert cells[("20", "OSEM")] == f"{100 * mean:+.2f} ± {100 * 1.96 * sem:.2f}"
+    # and the false hot spots are paired with that method too (OSEM's with the default):
+    # hot-spot counts set per case so that the two references give different differences
+    counts = {"OSEM": [4.0, 6.0, 5.0, 9.0], "MAP-RDP": [1.0, 2.0, 2.0, 3.0], "TinyUNet": [2.0, 2.0, 3.0, 5.0]}
+    rows = [{**r, "case_hot_spots": counts[r["method"]][: len(r["case_seed"])]} if r["factor"] == 20.0 else r
+            for r in res.rows]
+    hot_res = replace(res, rows=rows)
+    by_map = ev.uncertainty_markdown(hot_res, ("MAP-RDP", None)).strip().splitlines()
+    by_osem = ev.uncertainty_markdown(hot_res).strip().splitlines()
+    assert "hot spots - MAP-RDP at the same factor" in by_map[0] and "hot spots - OSEM at the same factor" in by_osem[0]
+    net = next(r for r in rows if (r["method"], r["factor"]) == ("TinyUNet", 20.0))
+    for lines, ref in ((by_map, "MAP-RDP"), (by_osem, "OSEM")):
+        hot = {(c[1].strip(), c[2].strip()): c[8].strip() for c in (line.split("|") for line in lines[2:])}
+        other = next(r for r in rows if (r["method"], r["factor"]) == (ref, 20.0))
+        mean, sem = ev.paired_difference(net["case_hot_spots"], other["case_hot_spots"], net["case_seed"])
+        assert hot[("20", "TinyUNet")] == f"{mean:+.2f} ± {1.96 * sem:.2f}"
+        assert hot[("20", ref)] == "+0.00 ± 0.00"
     with pytest.raises(ValueError, match="paired reference 'OSEM' at factor 7"):
         ev.uncertainty_markdown(res, ("OSEM", 7.0))
     # bias by lesion size: every lesion of the test set falls in one bin, the same

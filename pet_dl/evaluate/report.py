@@ -74,7 +74,8 @@ def uncertainty_markdown(results: EvalResults, reference: tuple[str, float | Non
     standard errors over phantoms / lesions (:func:`pet_dl.evaluate.scoring.sampling_error`),
     and the NRMSE difference to the ``reference`` rows paired over the same phantoms and
     noise realisations (:func:`pet_dl.evaluate.scoring.paired_difference`); false hot spots
-    per image and their paired difference to OSEM at the row's own factor. ``reference``
+    per image and their paired difference at the row's own factor to OSEM, or to the
+    reference method when ``reference`` has factor ``None``. ``reference``
     is ``(method, factor)``: that one row, or with factor ``None`` the method's row at each
     row's own factor; ``None``: :data:`PAIRED_REFERENCE` (OSEM at full dose), the column
     showing ``n/a`` when the results have no such row (e.g. networks only). A target such as "NRMSE at or
@@ -93,10 +94,11 @@ def uncertainty_markdown(results: EvalResults, reference: tuple[str, float | Non
         at = "" if factor is None else f" at factor {factor_label(factor)}"
         raise ValueError(f"no results for the paired reference {method!r}{at}")
     where = "the same factor" if factor is None else ("full dose" if factor == 1.0 else f"factor {factor:g}")
+    hot_reference = method if factor is None else "OSEM"
     lines = [
         f"| factor | method | NRMSE (%) | NRMSE - {method} at {where} (%, paired) "
         f"| SUVmean bias >={LARGE_LESION_MM:g} mm (%) | SUVmax bias >={LARGE_LESION_MM:g} mm (%) "
-        "| false hot spots / image | hot spots - OSEM at the same factor (paired) |",
+        f"| false hot spots / image | hot spots - {hot_reference} at the same factor (paired) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in results.rows:
@@ -104,10 +106,10 @@ def uncertainty_markdown(results: EvalResults, reference: tuple[str, float | Non
         diff = "n/a"
         if ref is not None and "case_nrmse" in row and "case_nrmse" in ref and row["case_seed"] == ref["case_seed"]:
             diff = _interval(*paired_difference(row["case_nrmse"], ref["case_nrmse"], row["case_seed"]), 2, True)
-        osem = by_key.get(("OSEM", row["factor"]))
+        hot_ref = by_key.get((hot_reference, row["factor"]))
         hot_diff = "n/a"
-        if osem is not None and "case_hot_spots" in row and "case_hot_spots" in osem and row["case_seed"] == osem["case_seed"]:
-            mean, sem = paired_difference(row["case_hot_spots"], osem["case_hot_spots"], row["case_seed"])
+        if hot_ref is not None and "case_hot_spots" in row and "case_hot_spots" in hot_ref and row["case_seed"] == hot_ref["case_seed"]:
+            mean, sem = paired_difference(row["case_hot_spots"], hot_ref["case_hot_spots"], row["case_seed"])
             hot_diff = "n/a" if math.isnan(sem) else f"{mean:+.2f} ± {Z95 * sem:.2f}"
         hot = row.get("hot_spots", math.nan)
         hot_sem = row.get("hot_spots_sem", math.nan)
