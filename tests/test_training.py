@@ -655,6 +655,80 @@ def test_lesion_mean_weight_adds_the_term_to_the_loss() -> None:
         ReconModule(NETWORK, lesion_mean_weight=-1.0)
 
 
+def _blob_case() -> tuple[ImageGeometry, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A flat disc of activity 1 on a 40 x 40 grid of 2 mm, a copy with a Gaussian blob of
+    peak 1.5 added at (-12, 0) mm, and a lesion label covering a disc at (+12, 0) mm."""
+    grid = ImageGeometry.centered((40, 40, 1), (2.0, 2.0, 2.0))
+    c = (torch.arange(40, dtype=torch.float32) - 19.5) * 2.0
+    x, y = c[:, None, None], c[None, :, None]
+    truth = ((x**2 + y**2) < 35.0**2).float()[None]
+    blob = 1.5 * torch.exp(-((x + 12) ** 2 + y**2) / (2 * 3.0**2))[None]
+    lesion = (((x - 12) ** 2 + y**2) < 5.0**2).long()[None]
+    return grid, truth, truth + blob * truth, lesion
+
+
+def test_hot_spot_loss_is_zero_on_the_truth_and_acts_on_an_invented_blob_only() -> None:
+    """Against the truth blurred by a 4.5 mm PSF: the truth itself costs 0; a blob 2.5 x the
+    local activity costs > 0 with its gradient only around the blob; the same blob inside
+    the excluded lesion costs 0; a uniformly scaled image 1.2 x costs 0 (below 1.5 x)."""
+    from pet_dl.forward_model import GaussianResolution
+    from pet_dl.training.losses import hot_spot_error
+
+    grid, truth, blobbed, lesion = _blob_case()
+    reference = GaussianResolution(grid, 4.5)(truth)
+    voxel = tuple(float(v) for v in grid.voxel_size_mm)
+    assert float(hot_spot_error(truth, reference, None, voxel)) == 0.0
+    assert float(hot_spot_error(1.2 * truth, reference, None, voxel)) == 0.0
+    pred = blobbed.clone().requires_grad_(True)
+    cost = hot_spot_error(pred, reference, None, voxel)
+    cost.backward()
+    assert float(cost.detach()) > 0
+    c = (torch.arange(40, dtype=torch.float32) - 19.5) * 2.0
+    dist = ((c[:, None] + 12) ** 2 + c[None, :] ** 2).sqrt()[None, :, :, None]
+    assert float(pred.grad.abs()[dist > 12].max()) == 0.0  # blob radius ~ 6 mm + the 4 mm ball
+    assert float(pred.grad.abs()[dist < 3].min()) > 0
+    moved = truth + (blobbed - truth).roll(12, dims=1)  # the blob moved onto the lesion at +12 mm
+    assert float(hot_spot_error(moved, reference, None, voxel)) > 0
+    assert float(hot_spot_error(moved, reference, _dilated(lesion), voxel)) == 0.0
+    with pytest.raises(ValueError, match="threshold"):
+        hot_spot_error(truth, reference, None, voxel, threshold=0.0)
+
+
+def _dilated(lesion: torch.Tensor) -> torch.Tensor:
+    from pet_dl.metrics import dilate_mask
+
+    return dilate_mask(lesion, 2, 2).long()
+
+
+def test_hot_spot_weight_adds_the_term_against_the_psf_blurred_truth() -> None:
+    """The module blurs the target with the batch geometry's PSF and leaves out the lesions
+    dilated by 2 voxels, on target-mean-normalised images; it needs the mask and geometry."""
+    from pet_dl.forward_model import GaussianResolution
+    from pet_dl.metrics import dilate_mask
+    from pet_dl.training.losses import hot_spot_error
+
+    grid, truth, blobbed, lesion = _blob_case()
+    target, pred = 5000.0 * truth, 5000.0 * blobbed  # Bq/mL
+    geometry = BatchGeometry(None, grid, 4.5)
+    plain = ReconModule(NETWORK)
+    both = ReconModule(NETWORK, hot_spot_weight=10.0)
+    scale = float(target.mean())
+    term = hot_spot_error(pred / scale, GaussianResolution(grid, 4.5)(target / scale), dilate_mask(lesion, 2, 2),
+                          tuple(float(v) for v in grid.voxel_size_mm))
+    assert float(term) > 0
+    assert float(both.compute_loss(pred, target, lesion, geometry)) == pytest.approx(
+        float(plain.compute_loss(pred, target, lesion)) + 10.0 * float(term), rel=1e-5
+    )
+    with pytest.raises(ValueError, match="lesion_mask"):
+        both.compute_loss(pred, target, None, geometry)
+    with pytest.raises(ValueError, match="geometry"):
+        both.compute_loss(pred, target, lesion)
+    with pytest.raises(ValueError, match="hot_spot_weight"):
+        ReconModule(NETWORK, hot_spot_weight=-1.0)
+    with pytest.raises(ValueError, match="hot_spot_threshold"):
+        ReconModule(NETWORK, hot_spot_weight=1.0, hot_spot_threshold=0.0)
+
+
 def test_lesion_max_loss_is_the_absolute_suvmax_bias_and_acts_on_the_hottest_voxel() -> None:
     """Scan 0: a lesion whose hottest voxel is 30 % over the truth's maximum (noise left
     inside it) and an exact one; scan 1: a lesion whose maximum is 10 % under. The term is

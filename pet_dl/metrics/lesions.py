@@ -33,20 +33,20 @@ def local_mean(image: torch.Tensor, radius_mm: float, voxel_size_mm: Sequence[fl
     """Mean of ``image`` in a ball of ``radius_mm`` around each voxel (inside the image).
 
     Args:
-        image: ``(nx, ny, nz)``.
+        image: ``(*batch, nx, ny, nz)``.
         radius_mm: ball radius, mm.
         voxel_size_mm: voxel size, mm.
 
     Returns:
-        ``(nx, ny, nz)`` float64, same units as ``image``.
+        ``image``'s shape, float64, same units as ``image`` (differentiable).
     """
-    kernel = _ball_kernel(radius_mm, voxel_size_mm, image.shape[2]).to(image.device)
+    kernel = _ball_kernel(radius_mm, voxel_size_mm, image.shape[-1]).to(image.device)
     pad = [s // 2 for s in kernel.shape]
-    x = image.double()[None, None]
-    ones = torch.ones_like(x)
+    x = image.double().reshape(-1, 1, *image.shape[-3:])
+    ones = torch.ones_like(x[:1])
     total = F.conv3d(x, kernel[None, None], padding=pad)
     count = F.conv3d(ones, kernel[None, None], padding=pad)
-    return (total / count)[0, 0]
+    return (total / count).reshape(image.shape)
 
 
 def dilate_mask(mask: torch.Tensor, dilation: int, spatial_dims: int) -> torch.Tensor:

@@ -13,6 +13,10 @@ the median, does not shrink a likely lesion towards the background as MSE's mean
 
 :func:`nrmse_error` is the evaluation's NRMSE (:func:`pet_dl.metrics.nrmse`) as a loss
 term: added to an L1 loss it pulls the network towards the image metric it is judged by.
+
+:func:`hot_spot_error` penalises what the evaluation counts as a false hot spot
+(:func:`pet_dl.metrics.hot_spots`): blob-scale activity well above the resolution-blurred
+truth outside the true lesions, the invented lesion a voxel-wise loss barely notices.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from pet_dl.metrics import dilate_mask
+from pet_dl.metrics import dilate_mask, local_mean
 
 ERRORS = ("l1", "mse", "smooth_l1")
 
@@ -172,3 +176,50 @@ def nrmse_error(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     err = torch.linalg.vector_norm((pred - target).flatten(1), dim=1)
     norm = torch.linalg.vector_norm(target.flatten(1), dim=1).clamp_min(1e-12)
     return (err / norm).mean()
+
+
+def hot_spot_error(
+    pred: torch.Tensor,
+    reference: torch.Tensor,
+    exclude: torch.Tensor | None,
+    voxel_size_mm: tuple[float, float, float],
+    threshold: float = 0.5,
+    radius_mm: float = 4.0,
+    min_reference: float = 0.1,
+) -> torch.Tensor:
+    """Mean excess of ``pred``'s ball means over ``(1 + threshold)`` times ``reference``'s.
+
+    ``relu(m(pred) - (1 + threshold) m(reference))`` with ``m`` the mean over balls of
+    ``radius_mm`` (:func:`pet_dl.metrics.local_mean`, the averaging of
+    :func:`pet_dl.metrics.hot_spots`), averaged over the voxels inside the object (where
+    ``m(reference)`` is at least ``min_reference`` of its maximum) and outside ``exclude``.
+    With ``reference`` the true activity blurred by the scanner's resolution and ``exclude``
+    the dilated true lesions, it is zero unless the prediction holds a blob ``threshold``
+    above what the truth explains there; below the hot-spot count's own threshold (1.0) the
+    gradient already acts.
+
+    Args:
+        pred, reference: ``(B, nx, ny, nz)``, same units (e.g. normalised by the target mean).
+        exclude: ``(B, nx, ny, nz)`` bool or labels (non-zero: left out), or ``None``.
+        voxel_size_mm: voxel size, mm.
+        threshold: relative excess above which activity counts (> 0).
+        radius_mm: ball radius, mm.
+        min_reference: fraction of the reference's maximum ball mean (per scan) below which
+            voxels are left out.
+
+    Returns:
+        scalar in ``pred``'s units (0 when there is no such blob), in ``pred``'s dtype.
+    """
+    if pred.shape != reference.shape:
+        raise ValueError(f"pred {tuple(pred.shape)} and reference {tuple(reference.shape)} differ in shape")
+    if not threshold > 0:
+        raise ValueError(f"threshold must be > 0, got {threshold}")
+    m_pred = local_mean(pred, radius_mm, voxel_size_mm)
+    with torch.no_grad():
+        m_ref = local_mean(reference, radius_mm, voxel_size_mm)
+        peak = m_ref.flatten(1).amax(1).view(-1, *([1] * (m_ref.dim() - 1)))
+        keep = m_ref >= min_reference * peak
+        if exclude is not None:
+            keep = keep & (exclude == 0)
+    excess = F.relu(m_pred - (1 + threshold) * m_ref) * keep
+    return (excess.flatten(1).sum(1) / keep.flatten(1).sum(1).clamp_min(1)).mean().to(pred.dtype)

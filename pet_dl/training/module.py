@@ -7,16 +7,22 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
+from pet_dl.metrics import dilate_mask
 from pet_dl.models import build_model
-from pet_dl.training.batching import to_recon_batch
+from pet_dl.training.batching import BatchGeometry, to_recon_batch
 from pet_dl.training.losses import ERRORS as LOSSES
 from pet_dl.training.losses import (
+    hot_spot_error,
     lesion_max_error,
     lesion_mean_error,
     lesion_weights,
     nrmse_error,
     weighted_error,
 )
+
+#: Dilation of the true lesions, voxels, before the false-hot-spot term leaves them out (as
+#: :func:`pet_dl.evaluate.false_hot_spots` counts).
+HOT_SPOT_LESION_DILATION = 2
 
 
 class ReconModule(pl.LightningModule):
@@ -43,6 +49,12 @@ class ReconModule(pl.LightningModule):
             (:func:`pet_dl.training.losses.lesion_max_error`; 0: off).
         nrmse_weight: weight of the batch's mean NRMSE, the evaluation's image metric
             (:func:`pet_dl.training.losses.nrmse_error`; 0: off).
+        hot_spot_weight: weight of the false-hot-spot term
+            (:func:`pet_dl.training.losses.hot_spot_error`: 4 mm-ball means of the
+            prediction more than ``hot_spot_threshold`` above the truth blurred by the
+            batch's PSF, outside the true lesions dilated by 2 voxels; 0: off). Needs
+            batches with a ``lesion_mask``.
+        hot_spot_threshold: the relative excess above which that term acts (> 0).
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
         cosine_steps: cosine learning-rate decay over this many steps (0: constant).
@@ -67,6 +79,8 @@ class ReconModule(pl.LightningModule):
         lesion_mean_weight: float = 0.0,
         lesion_max_weight: float = 0.0,
         nrmse_weight: float = 0.0,
+        hot_spot_weight: float = 0.0,
+        hot_spot_threshold: float = 0.5,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         cosine_steps: int = 0,
@@ -89,6 +103,10 @@ class ReconModule(pl.LightningModule):
             raise ValueError(f"lesion_max_weight must be >= 0, got {lesion_max_weight}")
         if nrmse_weight < 0:
             raise ValueError(f"nrmse_weight must be >= 0, got {nrmse_weight}")
+        if hot_spot_weight < 0:
+            raise ValueError(f"hot_spot_weight must be >= 0, got {hot_spot_weight}")
+        if not hot_spot_threshold > 0:
+            raise ValueError(f"hot_spot_threshold must be > 0, got {hot_spot_threshold}")
         self.save_hyperparameters()
         self.net = build_model(network)
         if init_weights is not None:
@@ -146,18 +164,24 @@ class ReconModule(pl.LightningModule):
         return SSIMLoss(spatial_dims=dims, data_range=data_range)(p, t)
 
     def compute_loss(
-        self, pred: torch.Tensor, target: torch.Tensor, lesion_mask: torch.Tensor | None = None
+        self, pred: torch.Tensor, target: torch.Tensor, lesion_mask: torch.Tensor | None = None,
+        geometry: BatchGeometry | None = None,
     ) -> torch.Tensor:
         """Loss between prediction and target ``(B, nx, ny, nz)`` Bq/mL (normalised per scan).
 
         ``lesion_mask`` ``(B, nx, ny, nz)`` int (0 = background) is required when
-        ``lesion_weight``, ``lesion_mean_weight`` or ``lesion_max_weight`` is > 0.
+        ``lesion_weight``, ``lesion_mean_weight``, ``lesion_max_weight`` or
+        ``hot_spot_weight`` is > 0; ``geometry`` (the batch's image grid and PSF) when
+        ``hot_spot_weight`` is.
         """
         p, t = self._normalise(pred.float(), target.float())
         hp = self.hparams
-        lesion_terms = hp.lesion_weight > 0 or hp.lesion_mean_weight > 0 or hp.lesion_max_weight > 0
+        hot_spot_weight = hp.hot_spot_weight
+        lesion_terms = (hp.lesion_weight > 0 or hp.lesion_mean_weight > 0 or hp.lesion_max_weight > 0
+                        or hot_spot_weight > 0)
         if lesion_terms and lesion_mask is None:
-            raise ValueError("lesion_weight / lesion_mean_weight / lesion_max_weight > 0 need batches with a 'lesion_mask'")
+            raise ValueError("lesion_weight / lesion_mean_weight / lesion_max_weight / hot_spot_weight > 0 "
+                             "need batches with a 'lesion_mask'")
         mask = lesion_mask.to(p.device) if lesion_terms else None
         weights = None
         if hp.lesion_weight > 0:
@@ -171,11 +195,26 @@ class ReconModule(pl.LightningModule):
             loss = loss + hp.nrmse_weight * nrmse_error(p, t)
         if hp.ssim_weight > 0:
             loss = loss + hp.ssim_weight * self._ssim(p, t)
+        if hot_spot_weight > 0:
+            if geometry is None:
+                raise ValueError("hot_spot_weight > 0 needs the batch's geometry (image grid and PSF)")
+            loss = loss + hot_spot_weight * self._hot_spots(p, t, mask, geometry)
         return loss
+
+    def _hot_spots(
+        self, p: torch.Tensor, t: torch.Tensor, lesion_mask: torch.Tensor, geometry: BatchGeometry
+    ) -> torch.Tensor:
+        from pet_dl.forward_model import GaussianResolution
+
+        with torch.no_grad():
+            blurred = GaussianResolution(geometry.image, geometry.psf_fwhm_mm).to(t.device)(t)
+            exclude = dilate_mask(lesion_mask, HOT_SPOT_LESION_DILATION, self.net.spatial_dims)
+        voxel = tuple(float(v) for v in geometry.image.voxel_size_mm)
+        return hot_spot_error(p, blurred, exclude, voxel, self.hparams.hot_spot_threshold)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         pred = self(batch)
-        loss = self.compute_loss(pred, batch["target"], batch.get("lesion_mask"))
+        loss = self.compute_loss(pred, batch["target"], batch.get("lesion_mask"), batch.get("geometry"))
         self.log("train/loss", loss, prog_bar=True, batch_size=pred.shape[0])
         return loss
 
@@ -186,7 +225,8 @@ class ReconModule(pl.LightningModule):
         target = batch["target"].float()
         b = pred.shape[0]
         mask = batch.get("lesion_mask")
-        self.log("val/loss", self.compute_loss(pred, target, mask), prog_bar=True, batch_size=b, sync_dist=True)
+        loss = self.compute_loss(pred, target, mask, batch.get("geometry"))
+        self.log("val/loss", loss, prog_bar=True, batch_size=b, sync_dist=True)
         nrmse = metrics.nrmse(pred.detach(), target).mean().float()
         psnr = metrics.psnr(pred.detach(), target).mean().float()
         self.log("val/nrmse", nrmse, prog_bar=True, batch_size=b, sync_dist=True)
