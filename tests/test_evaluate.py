@@ -322,6 +322,11 @@ def test_table_has_a_finite_row_per_method_and_factor(
     assert merged.curves.keys() == res.curves.keys()
     with pytest.raises(ValueError, match="same method twice"):
         ev.merge_results([res, nets])
+    renamed = ev.rename_methods(nets, {"TinyUNet": "TinyUNet (shipped before)"})
+    assert ev.merge_results([res, renamed]).rows[-1]["method"] == "TinyUNet (shipped before)"
+    assert set(renamed.curves) == {"TinyUNet (shipped before)"}
+    with pytest.raises(ValueError, match="cannot rename"):
+        ev.rename_methods(nets, {"Nobody": "X"})
 
 
 def test_aggregate_means_over_phantoms_then_realisations() -> None:
@@ -516,6 +521,16 @@ def test_command_line_quick_run_writes_outputs(tmp_path: Path) -> None:
     assert main(["evaluate", "--merge", str(out / "results.json"), "--out", str(merged),
                  "--paired-with", "MAP-RDP"]) == 0
     assert "NRMSE - MAP-RDP at the same factor" in (merged / "results.md").read_text()
+    # --rename: a method renamed before the merge (rows and curves); a bad or unknown name is exit 2
+    assert main(["evaluate", "--merge", str(out / "results.json"), "--out", str(merged),
+                 "--rename", "Tiny=Tiny (shipped before)", "--paired-with", "Tiny (shipped before)"]) == 0
+    renamed = list(csv.DictReader((merged / "results.csv").open()))
+    assert [r["method"] for r in renamed] == [r["method"].replace("Tiny", "Tiny (shipped before)") for r in rows]
+    assert [r["nrmse"] for r in renamed] == [r["nrmse"] for r in rows]
+    assert "NRMSE - Tiny (shipped before) at the same factor" in (merged / "results.md").read_text()
+    for bad in ("Tiny", "Nobody=X", "=X"):
+        assert main(["evaluate", "--merge", str(out / "results.json"), "--out", str(merged), "--rename", bad]) == 2
+    assert main(["evaluate", "--config", str(cfg), "--out", str(merged), "--rename", "Tiny=T"]) == 2
     for bad in ("OSEM@x", "Nobody@20", "OSEM@7"):  # one error line, exit 2
         assert main(["evaluate", "--merge", str(out / "results.json"), "--out", str(merged),
                      "--paired-with", bad]) == 2

@@ -12,6 +12,8 @@ Examples::
     python -m pet_dl evaluate --config configs/evaluate2d.yaml --out outputs/c --skip classical \\
         --checkpoint "My net=model.safetensors" --network "My net"   # a checkpoint of your own
     python -m pet_dl evaluate --merge outputs/a/results.json outputs/b/results.json --out outputs/ab
+    python -m pet_dl evaluate --merge old/results.json new/results.json --out outputs/both \
+        --rename "v1 (shipped)=v1 (shipped before)"    # a method renamed in every part first
 
 Writes ``results.md`` and ``results.csv`` (PSNR, SSIM, NRMSE, lesion SUVmean / SUVmax
 bias per method and reduction factor, mean ± std over noise realisations; ``results.md``
@@ -50,6 +52,8 @@ def add_parser(subparsers: Any) -> None:
                    help="evaluate only this network of the config (repeatable)")
     p.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSON",
                    help="combine results.json files of runs on the same test set (no --config)")
+    p.add_argument("--rename", action="append", default=None, metavar="OLD=NEW",
+                   help="with --merge: rename a method of the merged runs (repeatable)")
     p.add_argument("--paired-with", default=None, metavar="METHOD[@FACTOR]",
                    help="reference of the paired NRMSE difference in results.md: a method at one "
                    "factor (default OSEM@full), or without @FACTOR the method at each row's factor")
@@ -72,12 +76,23 @@ def paired_reference(text: str) -> tuple[str, float | None]:
     return method.strip(), value
 
 
+def renaming(text: str) -> tuple[str, str]:
+    """``"OLD=NEW"`` -> ``(old, new)``, both non-empty."""
+    from pet_dl.errors import InvalidInputError
+
+    old, eq, new = text.partition("=")
+    if not eq or not old.strip() or not new.strip():
+        raise InvalidInputError(f"--rename needs OLD=NEW, got {text!r}")
+    return old.strip(), new.strip()
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the evaluation (or merge earlier runs); prints the markdown table."""
     from pet_dl.errors import InvalidInputError
     from pet_dl.evaluate import (
         load_eval_config,
         merge_results,
+        rename_methods,
         results_from_json,
         results_markdown,
         run_config,
@@ -91,8 +106,17 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise InvalidInputError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.rename and args.merge is None:
+        raise InvalidInputError("--rename goes with --merge")
+    names = dict(renaming(text) for text in args.rename or [])
     if args.merge is not None:
         parts = [results_from_json(path.read_text()) for path in args.merge]
+        methods = [{r["method"] for r in part.rows} for part in parts]
+        unknown = sorted(set(names) - set().union(*methods))
+        if unknown:
+            raise InvalidInputError(f"--rename: {unknown} not among {sorted(set().union(*methods))}")
+        parts = [rename_methods(part, {old: new for old, new in names.items() if old in found})
+                 for part, found in zip(parts, methods)]
         results = merge_results(parts)
         args.out.mkdir(parents=True, exist_ok=True)
         write_results(results, args.out, f"Merged from {', '.join(map(str, args.merge))}.\n\n", paired)

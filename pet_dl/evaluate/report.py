@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 from pet_dl.evaluate.pipeline import EvalResults
 from pet_dl.evaluate.scoring import LARGE_LESION_MM, METRICS
@@ -225,6 +226,25 @@ def results_from_json(text: str) -> EvalResults:
     curves = {k: [(str(p[0]), float(p[1]), float(p[2])) for p in v] for k, v in d["curves"].items()}
     return EvalResults(d["rows"], osem, maps, curves, d["plot_factor"], d["num_phantoms"],
                        d["realisations"], d["val_cases"])
+
+
+def rename_methods(results: EvalResults, names: Mapping[str, str]) -> EvalResults:
+    """The same results with methods renamed (rows and contrast-noise curves).
+
+    Args:
+        results: one evaluation (or merge).
+        names: old method name -> new name.
+
+    Raises:
+        ValueError: a name to change is not among the results' methods.
+    """
+    methods = {r["method"] for r in results.rows}
+    unknown = sorted(set(names) - methods)
+    if unknown:
+        raise ValueError(f"cannot rename {unknown}: not among {sorted(methods)}")
+    rows = [{**r, "method": names.get(r["method"], r["method"])} for r in results.rows]
+    curves = {names.get(k, k): v for k, v in results.curves.items()}
+    return replace(results, rows=rows, curves=curves)
 
 
 def merge_results(parts: Sequence[EvalResults]) -> EvalResults:
