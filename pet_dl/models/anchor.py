@@ -268,12 +268,18 @@ def contrast_kept_fraction(
     Returns:
         ``image``'s shape, values in [0, 1] (unitless).
     """
+    background, scale = _background(image, grid, background_fwhm_mm)
+    return ((image - background) / (threshold * scale)).clamp(0, 1)
+
+
+def _background(image: torch.Tensor, grid: ImageGeometry, fwhm_mm: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``image`` filtered with a Gaussian of ``fwhm_mm``, and the same floored at 1e-3 of
+    its maximum per image (a divisor that stays positive outside the object)."""
     from pet_dl.recon.filters import gaussian_postfilter
 
-    background = gaussian_postfilter(image, grid, background_fwhm_mm)
+    background = gaussian_postfilter(image, grid, fwhm_mm)
     floor = 1e-3 * background.flatten(-3).amax(-1).clamp_min(1e-12)[..., None, None, None]
-    contrast = (image - background) / torch.maximum(background, floor)
-    return (contrast / threshold).clamp(0, 1)
+    return background, torch.maximum(background, floor)
 
 
 def osem_excess_fraction(
@@ -296,11 +302,8 @@ def osem_excess_fraction(
     Returns:
         ``image``'s shape, values in [0, 1] (unitless).
     """
-    from pet_dl.recon.filters import gaussian_postfilter
-
-    background = gaussian_postfilter(image, grid, background_fwhm_mm)
-    floor = 1e-3 * background.flatten(-3).amax(-1).clamp_min(1e-12)[..., None, None, None]
-    return ((reference - image) / (threshold * torch.maximum(background, floor))).clamp(0, 1)
+    _, scale = _background(image, grid, background_fwhm_mm)
+    return ((reference - image) / (threshold * scale)).clamp(0, 1)
 
 
 def anchor_low_frequencies(
