@@ -119,20 +119,41 @@ def generate_dataset(
     out_dir: str | os.PathLike[str],
     splits: Sequence[str] | None = None,
     progress: bool = False,
+    max_phantoms: Mapping[str, int] | None = None,
 ) -> list[Path]:
     """Simulate the recipe's splits and write sharded HDF5 files under ``out_dir/<split>/``.
 
+    Args:
+        recipe: the recipe (mapping or YAML path).
+        out_dir: the dataset folder.
+        splits: the splits to write (default: all in the recipe).
+        progress: show a progress bar per split.
+        max_phantoms: per split, write at most this many phantoms, the first seeds of its
+            range (e.g. ``{"val": 40}``: a training run's validation loss needs a few dozen,
+            while a recipe's validation range also holds every model round's fresh seeds).
+
     Returns:
         the written shard paths.
+
+    Raises:
+        ValueError: ``max_phantoms`` names a split the recipe lacks or a count below 1.
     """
     from tqdm.auto import tqdm
 
     r = load_recipe(recipe)
     geometry = recipe_geometry(r)
     out = Path(out_dir)
+    limits = dict(max_phantoms or {})
+    for split, n in limits.items():
+        if split not in r["splits"]:
+            raise ValueError(f"max_phantoms names split {split!r}, which recipe {r.get('name')!r} lacks")
+        if int(n) < 1:
+            raise ValueError(f"max_phantoms for split {split!r} must be >= 1, got {n}")
     written: list[Path] = []
     for split in splits or list(r["splits"]):
         seeds = split_seeds(r, split)
+        if split in limits:
+            seeds = seeds[: int(limits[split])]
         (out / split).mkdir(parents=True, exist_ok=True)
         phantoms: list[dict] = []
         scans: list[dict] = []

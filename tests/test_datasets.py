@@ -71,6 +71,44 @@ def test_shards_round_trip_the_on_the_fly_items(tmp_path: Path) -> None:
     assert all(float(only[i]["dose_fraction"]) == pytest.approx(1 / factors[-1]) for i in range(2))
 
 
+def test_max_phantoms_writes_the_first_seeds_of_a_split(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # a recipe's validation range grows with every model round; a training run's
+    # validation loss needs only its first phantoms
+    recipe = _tiny(splits={"train": {"seeds": [0, 3]}, "val": {"seeds": [100000, 100003]},
+                           "test": {"seeds": [200000, 200001]}})
+    generate_dataset(recipe, tmp_path, splits=["train", "val"], max_phantoms={"val": 1})
+    factors = recipe["reduction_factors"]
+    train, val = PairedScanDataset(tmp_path, "train"), PairedScanDataset(tmp_path, "val")
+    assert len(train) == 3 * len(factors)  # other splits untouched
+    assert len(val) == len(factors)
+    assert {int(val[i]["seed"]) for i in range(len(val))} == {100000}
+    fly = OnTheFlyDataset(recipe, "val")[0]
+    assert torch.equal(val[0]["target"], fly["target"]) and torch.equal(val[0]["prompts"], fly["prompts"])
+    for bad, word in (({"tune": 1}, "tune"), ({"val": 0}, ">= 1")):
+        with pytest.raises(ValueError, match=word):
+            generate_dataset(recipe, tmp_path / "bad", max_phantoms=bad)
+    assert not (tmp_path / "bad").exists()  # refused before anything is written
+
+    # the command line: python -m pet_dl dataset ... --max-phantoms val=1
+    import yaml
+
+    from pet_dl.cli import main
+
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    out = tmp_path / "cli"
+    assert main(["dataset", "--recipe", str(path), "--out", str(out), "--splits", "val",
+                 "--max-phantoms", "val=2"]) == 0
+    assert len(PairedScanDataset(out, "val")) == 2 * len(factors)
+    capsys.readouterr()
+    for item, word in (("val", "SPLIT=N"), ("val=x", "SPLIT=N"), ("tune=1", "tune")):
+        code = main(["dataset", "--recipe", str(path), "--out", str(tmp_path / "cli_bad"),
+                     "--max-phantoms", item])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and word in err[0], err
+    assert not (tmp_path / "cli_bad").exists()
+
+
 def test_two_dataset_folders_read_as_one(tmp_path: Path) -> None:
     # two phantom families on one geometry (here: other seeds and more lesions) train
     # together; their train seeds are the union; another image grid is refused

@@ -21,7 +21,23 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--out", required=True, help="output folder (data/generated/<name>)")
     p.add_argument("--splits", nargs="+", choices=["train", "val", "test"], default=None,
                    help="splits to generate (default: all in the recipe)")
+    p.add_argument("--max-phantoms", nargs="+", default=None, metavar="SPLIT=N",
+                   help="write at most N phantoms of that split, the first seeds of its range "
+                   "(e.g. val=40: a training run's validation loss needs a few dozen)")
     p.set_defaults(run=run)
+
+
+def split_limits(items: list[str] | None) -> dict[str, int]:
+    """``["val=40", ...]`` -> ``{"val": 40, ...}`` (N a positive integer)."""
+    from pet_dl.errors import InvalidInputError
+
+    limits: dict[str, int] = {}
+    for item in items or []:
+        split, eq, count = item.partition("=")
+        if not eq or not split.strip() or not count.strip().isdigit() or int(count) < 1:
+            raise InvalidInputError(f"--max-phantoms needs SPLIT=N with N >= 1, got {item!r}")
+        limits[split.strip()] = int(count)
+    return limits
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,8 +45,10 @@ def run(args: argparse.Namespace) -> int:
     from pet_dl.datasets import generate_dataset
     from pet_dl.recipes import load_recipe
 
+    limits = split_limits(args.max_phantoms)
     recipe = load_recipe(args.recipe)
-    paths = generate_dataset(recipe, args.out, splits=args.splits, progress=sys.stderr.isatty())
+    paths = generate_dataset(recipe, args.out, splits=args.splits, progress=sys.stderr.isatty(),
+                             max_phantoms=limits)
     for path in paths:
         print(path)
     return 0
