@@ -9,3 +9,14 @@ command under another name (``import_scan`` registers ``import``, a Python keywo
 COMMANDS: tuple[str, ...] = (
     "simulate", "recon", "evaluate", "dataset", "demo", "export", "import_scan",
 )
+
+
+def name_value(text: str, flag: str, form: str = "NAME=VALUE") -> tuple[str, str]:
+    """``"NAME=VALUE"`` -> ``(name, value)``, both stripped and non-empty (the value may hold
+    ``=``); otherwise :class:`pet_dl.errors.InvalidInputError` naming ``flag`` and ``form``."""
+    from pet_dl.errors import InvalidInputError
+
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip() or not value.strip():
+        raise InvalidInputError(f"{flag} needs {form}, got {text!r}")
+    return name.strip(), value.strip()

@@ -28,15 +28,17 @@ def add_parser(subparsers: Any) -> None:
 
 
 def split_limits(items: list[str] | None) -> dict[str, int]:
-    """``["val=40", ...]`` -> ``{"val": 40, ...}`` (N a positive integer)."""
+    """``["val=40", ...]`` -> ``{"val": 40, ...}`` (the counts are checked by
+    :func:`pet_dl.datasets.generate_dataset`)."""
+    from pet_dl.commands import name_value
     from pet_dl.errors import InvalidInputError
 
     limits: dict[str, int] = {}
     for item in items or []:
-        split, eq, count = item.partition("=")
-        if not eq or not split.strip() or not count.strip().isdigit() or int(count) < 1:
-            raise InvalidInputError(f"--max-phantoms needs SPLIT=N with N >= 1, got {item!r}")
-        limits[split.strip()] = int(count)
+        split, count = name_value(item, "--max-phantoms", "SPLIT=N")
+        if not count.lstrip("-").isdigit():
+            raise InvalidInputError(f"--max-phantoms needs SPLIT=N with N an integer, got {item!r}")
+        limits[split] = int(count)
     return limits
 
 

@@ -76,18 +76,9 @@ def paired_reference(text: str) -> tuple[str, float | None]:
     return method.strip(), value
 
 
-def renaming(text: str) -> tuple[str, str]:
-    """``"OLD=NEW"`` -> ``(old, new)``, both non-empty."""
-    from pet_dl.errors import InvalidInputError
-
-    old, eq, new = text.partition("=")
-    if not eq or not old.strip() or not new.strip():
-        raise InvalidInputError(f"--rename needs OLD=NEW, got {text!r}")
-    return old.strip(), new.strip()
-
-
 def run(args: argparse.Namespace) -> int:
     """Run the evaluation (or merge earlier runs); prints the markdown table."""
+    from pet_dl.commands import name_value
     from pet_dl.errors import InvalidInputError
     from pet_dl.evaluate import (
         load_eval_config,
@@ -108,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
             raise InvalidInputError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     if args.rename and args.merge is None:
         raise InvalidInputError("--rename goes with --merge")
-    names = dict(renaming(text) for text in args.rename or [])
+    names = dict(name_value(text, "--rename", "OLD=NEW") for text in args.rename or [])
     if args.merge is not None:
         parts = [results_from_json(path.read_text()) for path in args.merge]
         methods = [{r["method"] for r in part.rows} for part in parts]
@@ -123,10 +114,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         config = load_eval_config(args.config)  # a bad config fails before any output
         for item in args.checkpoint or []:
-            name, sep, path = item.partition("=")
-            if not sep or not name.strip() or not path.strip():
-                raise InvalidInputError(f"--checkpoint needs NAME=PATH, got {item!r}")
-            config["networks"] = {**config["networks"], name.strip(): path.strip()}
+            name, path = name_value(item, "--checkpoint", "NAME=PATH")
+            config["networks"] = {**config["networks"], name: path}
         if args.network:
             unknown = sorted(set(args.network) - set(config["networks"]))
             if unknown:
