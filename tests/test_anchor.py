@@ -14,7 +14,6 @@ from pet_dl.models.anchor import (
     OSEMBlend,
     anchor_low_frequencies,
     contrast_kept_fraction,
-    lesion_sized_excess,
     osem_excess_fraction,
 )
 
@@ -56,30 +55,6 @@ def test_anchor_settings_follow_the_count_level() -> None:
     assert anchor.osem_settings(3.0) == (15, 2.0)  # more counts than the reference
     for level in (1.0, 0.25, 0.05, 0.01):
         assert anchor.sigma_mm(level, 2.0) == pytest.approx(1.4 * 2.0 / math.sqrt(level))
-
-
-def test_osem_blend_lesion_size_mixes_wide_hot_regions(generator: torch.Generator) -> None:
-    """With a fourth ``keep_contrast`` value, ``k`` is the kept fraction of lesion-sized
-    excess alone: the output is ``(1 - w') x + w' o`` with ``w' = w (1 - k_L) (1 - e)``, and
-    it mixes more of the image than the three-value blend, never less."""
-    grid, truth, high, low, both = _two_count_levels(generator)
-    images = torch.stack([truth * 1.3, truth * 0.7])
-    levels = torch.tensor([1.0, 0.05])
-    plain = OSEMBlend.from_config({"rows": BLEND_ROWS})(images, both.forward_model(), both.prompts, levels, grid)
-    three = OSEMBlend.from_config({"rows": BLEND_ROWS, "keep_contrast": [15.0, 0.5, 0.5]})
-    four = OSEMBlend.from_config({"rows": BLEND_ROWS, "keep_contrast": [15.0, 0.5, 0.5, 12.0]})
-    assert OSEMBlend.from_config(four.config()) == four
-    out3 = three(images, both.forward_model(), both.prompts, levels, grid)
-    out4 = four(images, both.forward_model(), both.prompts, levels, grid)
-    for b, w in enumerate((0.25, 0.5)):
-        osem_part = (plain[b] - (1 - w) * images[b]) / w
-        k = contrast_kept_fraction(images[b], grid, 15.0, 0.5, 12.0)
-        e = osem_excess_fraction(images[b], osem_part, grid, 15.0, 0.5)
-        weight = w * (1 - k) * (1 - e)
-        assert torch.allclose(out4[b], (1 - weight) * images[b] + weight * osem_part, rtol=1e-4, atol=1e-2)
-        # at least as close to OSEM as the three-value blend everywhere
-        assert bool(((out4[b] - images[b]).abs() >= (out3[b] - images[b]).abs() - 1e-2).all())
-    assert float((out4 - out3).abs().max()) > 0.2  # the blob, wider than 12 mm, now mixes where it is hot
 
 
 @pytest.mark.parametrize(
@@ -371,32 +346,6 @@ def test_contrast_kept_fraction_marks_what_is_hotter_than_its_background() -> No
     assert 0.05 < mid < 0.4  # about (0.1 - what the background takes) / 0.25
 
 
-def test_lesion_sized_excess_keeps_small_hot_spots_and_drops_wide_hot_regions() -> None:
-    """The top-hat with a 25 mm box (13 voxels of 2 mm): a flat region 50 % above its
-    surroundings and wider than the box gives 0 everywhere; a 10 mm square as hot gives its
-    whole excess; a cold square gives 0. With the lesion size, the kept fraction is that of
-    the small square alone, where without it the wide region's rim counts as contrast too."""
-    grid = ImageGeometry.centered((64, 64, 1), (2.0, 2.0, 2.0))
-    wide = torch.full(grid.shape, 4000.0)
-    wide[10:30, 10:40] = 6000.0  # 40 x 60 mm
-    assert float(lesion_sized_excess(wide, grid, 25.0).abs().max()) == 0.0
-    small = wide.clone()
-    small[44:49, 44:49] = 6000.0  # 10 mm
-    t = lesion_sized_excess(small, grid, 25.0)
-    assert torch.allclose(t[44:49, 44:49], torch.full((5, 5, 1), 2000.0))
-    assert float(t.sum()) == pytest.approx(25 * 2000.0)  # the small square, nothing else
-    cold = wide.clone()
-    cold[44:49, 44:49] = 2000.0
-    assert float(lesion_sized_excess(cold, grid, 25.0).abs().max()) == 0.0
-    plain = contrast_kept_fraction(small, grid, 15.0, 0.5)
-    sized = contrast_kept_fraction(small, grid, 15.0, 0.5, 25.0)
-    assert float(plain[10:30, 10:40].max()) > 0.2  # the wide region's edge, hotter than its blurred background
-    assert float(sized[10:30, 10:40].max()) == 0.0
-    assert torch.equal(sized[44:49, 44:49], plain[44:49, 44:49])  # the small square: its full contrast
-    assert float(sized[46, 46, 0]) > 0.5
-    assert bool((sized <= plain).all())
-
-
 def test_osem_blend_keep_contrast_leaves_hot_spots_to_the_network(generator: torch.Generator) -> None:
     """With ``keep_contrast`` the weight is ``w (1 - k)``, ``k`` the network image's kept
     fraction: a hot spot keeps the network's value, the rest is the plain blend."""
@@ -462,8 +411,7 @@ def test_osem_blend_osem_excess_keeps_the_network_where_osem_has_a_blob(generato
     [
         {"rows": BLEND_ROWS, "keep_contrast": [0.0, 0.5]},
         {"rows": BLEND_ROWS, "keep_contrast": [15.0, 0.5, 0.0]},
-        {"rows": BLEND_ROWS, "keep_contrast": [15.0, 0.5, 0.5, 0.0]},
-        {"rows": BLEND_ROWS, "keep_contrast": [15.0, 0.5, 0.5, 25.0, 1.0]},
+        {"rows": BLEND_ROWS, "keep_contrast": [15.0, 0.5, 0.5, 1.0]},
         {"rows": BLEND_ROWS, "keep_contrast": [15.0]},
         {"rows": []},
         {"rows": [[1, 6, 4.0]]},

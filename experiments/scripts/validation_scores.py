@@ -27,9 +27,7 @@ synthetic family, :data:`OSEM_CHOSEN`, the default, or on the BrainWeb validatio
 ``--keep-contrast FWHM,T`` adds each blend again with the weight falling where the network's
 image is hotter than its own background (:func:`pet_dl.models.anchor.contrast_kept_fraction`,
 the ``keep_contrast`` of ``OSEMBlend``); ``FWHM,T,T_O`` also where OSEM is hotter than the
-network by ``T_O`` of that background (:func:`pet_dl.models.anchor.osem_excess_fraction`);
-``FWHM,T,T_O,L`` counts only excess the size of a lesion of ``L`` mm or less as contrast
-(:func:`pet_dl.models.anchor.lesion_sized_excess`). With
+network by ``T_O`` of that background (:func:`pet_dl.models.anchor.osem_excess_fraction`). With
 several networks, the last lines give each one's differences from the first network at the
 factors of ``--paired`` (default 20), paired on the same phantoms and lesions (points, ± 1.96
 standard errors); ``--paired-with-osem`` pairs them with OSEM instead.
@@ -235,12 +233,8 @@ def main() -> None:
                     weights = {f: torch.tensor(blend) for f in images}
                     if keep:
                         label += f" (keep contrast {keep[0]:g} mm, {keep[1]:g})"
-                        lesion_size = keep[3] if len(keep) == 4 else None
-                        if lesion_size:
-                            label += f" (lesion size {lesion_size:g} mm)"
-                        weights = {f: blend * (1 - contrast_kept_fraction(x, ev.image, *keep[:2], lesion_size))
-                                   for f, x in images.items()}
-                    if keep and len(keep) >= 3:  # and where OSEM is hotter than the network's background
+                        weights = {f: blend * (1 - contrast_kept_fraction(x, ev.image, *keep[:2])) for f, x in images.items()}
+                    if keep and len(keep) == 3:  # and where OSEM is hotter than the network's background
                         label += f" (OSEM excess {keep[2]:g})"
                         weights = {f: w * (1 - osem_excess_fraction(images[f], osem_images[f], ev.image, keep[0], keep[2]))
                                    for f, w in weights.items()}

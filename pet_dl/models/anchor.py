@@ -154,22 +154,19 @@ class OSEMBlend:
             >= 1, iterations >= 1, FWHM >= 0, weight in [0, 1].
         subsets: OSEM view subsets.
         keep_contrast: ``(background FWHM mm, threshold)``, ``(background FWHM mm,
-            threshold, OSEM-excess threshold)``, ``(..., OSEM-excess threshold, lesion size
-            mm)`` or ``None``. Where the image is hotter than its own background (the image
-            filtered at that FWHM) by a relative contrast ``c``, the weight falls to
-            ``w (1 - min(c / threshold, 1))`` (:func:`contrast_kept_fraction`), so a lesion
-            keeps the network's level. With the third value it falls further, by ``1 - e``
-            (:func:`osem_excess_fraction`), where OSEM is hotter than the network by that
-            share of the network's background, so OSEM's noise blobs in flat tissue are not
-            mixed in. With the fourth, only lesion-sized excess counts as contrast (hot
-            structure that a box of that size does not fit in, :func:`lesion_sized_excess`):
-            a hot organ or marrow wider than it is mixed like flat tissue. ``None`` mixes
-            every voxel with ``w``.
+            threshold, OSEM-excess threshold)`` or ``None``. Where the image is hotter than
+            its own background (the image filtered at that FWHM) by a relative contrast
+            ``c``, the weight falls to ``w (1 - min(c / threshold, 1))``
+            (:func:`contrast_kept_fraction`), so a lesion keeps the network's level. With the
+            third value it falls further, by ``1 - e`` (:func:`osem_excess_fraction`), where
+            OSEM is hotter than the network by that share of the network's background, so
+            OSEM's noise blobs in flat tissue are not mixed in. ``None`` mixes every voxel
+            with ``w``.
     """
 
     rows: tuple[tuple[float, int, float, float], ...]
     subsets: int = 7
-    keep_contrast: tuple[float, ...] | None = None
+    keep_contrast: tuple[float, float] | tuple[float, float, float] | None = None
 
     def __post_init__(self) -> None:
         if not self.rows:
@@ -182,17 +179,15 @@ class OSEMBlend:
         if self.subsets < 1:
             raise ValueError(f"osem_blend subsets must be >= 1, got {self.subsets}")
         if self.keep_contrast is not None and not (
-            len(self.keep_contrast) in (2, 3, 4) and all(v > 0 for v in self.keep_contrast)
+            len(self.keep_contrast) in (2, 3) and all(v > 0 for v in self.keep_contrast)
         ):
             raise ValueError(f"osem_blend keep_contrast {self.keep_contrast}: need [background fwhm_mm > 0, "
-                             "threshold > 0], [fwhm_mm, threshold, osem_excess_threshold] or [fwhm_mm, "
-                             "threshold, osem_excess_threshold, lesion_size_mm], all > 0")
+                             "threshold > 0] or [fwhm_mm, threshold, osem_excess_threshold], all > 0")
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> OSEMBlend:
         """From ``{"rows": [[f, it, fwhm, w], ...], "subsets": 7, "keep_contrast": [fwhm_mm, threshold]}``
-        (``keep_contrast`` optional, with an optional third value, the OSEM-excess threshold,
-        and after it an optional fourth, the lesion size in mm)."""
+        (``keep_contrast`` optional, with an optional third value, the OSEM-excess threshold)."""
         unknown = set(config) - {"rows", "subsets", "keep_contrast"}
         if unknown:
             raise ValueError(f"osem_blend: unknown keys {sorted(unknown)} (rows, subsets, keep_contrast)")
@@ -248,8 +243,7 @@ class OSEMBlend:
                 w = torch.as_tensor(weight, dtype=image.dtype)
                 if self.keep_contrast is not None:
                     background_fwhm, threshold, *excess = self.keep_contrast
-                    lesion_size = excess[1] if len(excess) > 1 else None
-                    w = w * (1 - contrast_kept_fraction(image[b], grid, background_fwhm, threshold, lesion_size))
+                    w = w * (1 - contrast_kept_fraction(image[b], grid, background_fwhm, threshold))
                     if excess:
                         w = w * (1 - osem_excess_fraction(image[b], reference[b], grid, background_fwhm, excess[0]))
                 out[b] = (1 - w) * image[b] + w * reference[b]
@@ -257,65 +251,25 @@ class OSEMBlend:
 
 
 def contrast_kept_fraction(
-    image: torch.Tensor, grid: ImageGeometry, background_fwhm_mm: float, threshold: float,
-    lesion_size_mm: float | None = None,
+    image: torch.Tensor, grid: ImageGeometry, background_fwhm_mm: float, threshold: float
 ) -> torch.Tensor:
     """Where an image is hotter than its surroundings: ``clamp(c / threshold, 0, 1)``.
 
     ``c = (x - b) / b`` is the relative contrast of each voxel against its background ``b``,
     the image filtered with a Gaussian of ``background_fwhm_mm`` (wider than a lesion);
     voxels at or below their background give 0, those ``threshold`` or more above give 1.
-    With ``lesion_size_mm``, ``c`` is at most ``t / b``, ``t`` the image's lesion-sized
-    excess (:func:`lesion_sized_excess`): inside hot structure wider than that size (an
-    organ, a marrow space) it is 0.
 
     Args:
         image: ``(*batch, nx, ny, nz)`` Bq/mL (non-negative).
         grid: the image grid.
         background_fwhm_mm: FWHM of the background filter, mm (> 0).
         threshold: relative contrast at which the fraction reaches 1 (> 0).
-        lesion_size_mm: the largest lesion, mm (> 0), or ``None``: any excess counts.
 
     Returns:
         ``image``'s shape, values in [0, 1] (unitless).
     """
     background, scale = _background(image, grid, background_fwhm_mm)
-    excess = image - background
-    if lesion_size_mm is not None:
-        excess = torch.minimum(excess, lesion_sized_excess(image, grid, lesion_size_mm))
-    return (excess / (threshold * scale)).clamp(0, 1)
-
-
-def lesion_sized_excess(image: torch.Tensor, grid: ImageGeometry, size_mm: float) -> torch.Tensor:
-    """The hot structure of an image that a box of ``size_mm`` does not fit in: the white
-    top-hat ``x - open(x)``.
-
-    ``open`` is the grey-level opening (erosion, then dilation) with a box of an odd number
-    of voxels per axis nearest ``size_mm`` (at least 1); voxels outside the image take no
-    part. A hot region that holds the box anywhere keeps its level through the opening
-    (top-hat 0 inside it); a smaller one is cut down to its surroundings (top-hat = its
-    excess over them).
-
-    Args:
-        image: ``(*batch, nx, ny, nz)`` Bq/mL.
-        grid: the image grid (voxel size in mm).
-        size_mm: the box's edge, mm (> 0).
-
-    Returns:
-        ``image``'s shape, Bq/mL, >= 0.
-    """
-    kernel = [max(1, 2 * round((size_mm / float(v) - 1) / 2) + 1) for v in grid.voxel_size_mm]
-    volumes = image.reshape(-1, 1, *image.shape[-3:])
-
-    def running_max(x: torch.Tensor) -> torch.Tensor:  # the box's maximum, one axis at a time
-        for axis, k in enumerate(kernel):
-            size, pad = [1, 1, 1], [0, 0, 0]
-            size[axis], pad[axis] = k, k // 2
-            x = torch.nn.functional.max_pool3d(x, size, stride=1, padding=pad)
-        return x
-
-    opened = running_max(-running_max(-volumes))
-    return (volumes - opened).reshape(image.shape)
+    return ((image - background) / (threshold * scale)).clamp(0, 1)
 
 
 def _background(image: torch.Tensor, grid: ImageGeometry, fwhm_mm: float) -> tuple[torch.Tensor, torch.Tensor]:
