@@ -5,6 +5,7 @@
     python bench/infer.py --device cuda --3d   # 3D mMR (span 11) on a GPU
     python bench/infer.py --startup [--before DIR]   # infer.py start-up split (2D, CPU)
     python bench/infer.py --rebinned [--rings 64]    # 3D mMR span 11 through the 2D model
+    python bench/infer.py --wide [--repeats 5]      # 2D objects wider than the model's grid
 
 Uses the shipped model when it exists and the geometry fits, otherwise an untrained
 network of the same architecture (latency does not depend on the weights). Prints a
@@ -417,6 +418,61 @@ def rebinned_main(rings: int, native: bool) -> int:
     return 0
 
 
+def wide_main(repeats: int) -> int:
+    """The shipped 2D model on native-layout mMR slices (252 x 344) of water discs: a 200 mm
+    disc on the model's own 96 x 96 grid of 2.6 mm and on the import's default 718 mm grid
+    (a first look finds it inside the model's bins: the model's layout), and discs of 300
+    and 480 mm (grids grown around them; ``pet_dl.plane_inference.covering_layout``). Timed
+    side by side in this process, in rotation, medians of ``repeats``."""
+    from pet_dl.geometry import ImageGeometry, SinogramGeometry, get_scanner
+    from pet_dl.inference import load_model, reconstruct_with_network
+    from pet_dl.plane_inference import WHOLE_FIELD, covering_layout, object_extent_mm
+    from pet_dl.rebin import relayout_2d
+    from pet_dl.simulate import simulate_scan
+
+    loaded = load_model(None, torch.device("cpu"))
+    trained = SinogramGeometry.from_dict(loaded.metadata["sinogram"])
+    trained_image = ImageGeometry.from_dict(loaded.metadata["image"])
+    sino = SinogramGeometry.two_d(get_scanner("mmr"))
+    cases = [  # (scan grid, disc diameter mm)
+        (ImageGeometry.centered((96, 96, 1), 2.6), 200.0),
+        (ImageGeometry.centered((172, 172, 1), 4.1725), 200.0),
+        (ImageGeometry.centered((128, 128, 1), 2.6), 300.0),
+        (ImageGeometry.centered((192, 192, 1), 2.6), 480.0),
+    ]
+    scans = []
+    for image, diameter in cases:
+        x = torch.from_numpy(image.voxel_centers(0)).float()
+        disc = ((x[:, None] ** 2 + x[None, :] ** 2) < (diameter / 2) ** 2).float()[..., None]
+        scans.append(simulate_scan(disc * 6000.0, disc * 0.0096, sino, image, duration_s=600.0,
+                                   psf_fwhm_mm=4.5, generator=torch.Generator().manual_seed(1)))
+    for scan in scans:  # warm-up
+        reconstruct_with_network(scan, loaded, device="cpu")
+    times: list[list[float]] = [[] for _ in scans]
+    for _ in range(repeats):
+        for i, scan in enumerate(scans):
+            t0 = time.perf_counter()
+            reconstruct_with_network(scan, loaded, device="cpu")
+            times[i].append(time.perf_counter() - t0)
+    print("| water disc | scan grid | reconstructed on | radial bins | reconstruct (s, median) "
+          "| ratio to the first row |")
+    print("|---|---|---|---|---|---|")
+    base = sorted(times[0])[repeats // 2]
+    for (image, diameter), scan, t in zip(cases, scans, times):
+        grid, bins = covering_layout(scan, trained, trained_image)
+        if grid.shape != trained_image.shape:
+            look, look_bins = covering_layout(scan, trained, trained_image, WHOLE_FIELD)
+            extent = object_extent_mm(relayout_2d(scan, look_bins, trained.view_mashing), look)
+            grid, bins = covering_layout(scan, trained, trained_image, extent)
+        med = sorted(t)[repeats // 2]
+        side = image.shape[0] * image.voxel_size_mm[0]
+        print(f"| {diameter:.0f} mm | {image.shape[0]} x {image.shape[1]} of {image.voxel_size_mm[0]:g} mm "
+              f"({side:.0f} mm) | {grid.shape[0]} x {grid.shape[1]} | {bins} | {med:.2f} | {med / base:.2f} |")
+    print(f"\nCPU ({os.cpu_count()} threads), torch threads {torch.get_num_threads()}, "
+          f"load average {os.getloadavg()[0]:.1f}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -432,7 +488,11 @@ def main() -> int:
     parser.add_argument("--rings", type=int, default=64, help="with --rebinned: mMR rings kept")
     parser.add_argument("--native", action="store_true",
                         help="with --rebinned: the vendor's 344 bins x 252 views (else the model's)")
+    parser.add_argument("--wide", action="store_true",
+                        help="2D slices of objects wider than the model's grid (grown grids)")
     args = parser.parse_args()
+    if args.wide:
+        return wide_main(args.repeats)
     if args.startup:
         return startup_main(args.before, args.repeats)
     if args.rebinned:

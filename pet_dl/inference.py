@@ -283,7 +283,8 @@ def reconstruct_and_check(
     (``DataFit.consistency``, :func:`pet_dl.data_check.check_consistency`) about 20
     back-projections more.
     A 3D scan rebinned for a 2D model gets the per-plane global check only
-    (``consistency`` None).
+    (``consistency`` None); a one-ring scan on another layout or grid, the map of the
+    plane the model reconstructed, on the scan's grid.
 
     Returns:
         ``(image (nx, ny, nz) Bq/mL on CPU, DataFit)``; raises as :func:`reconstruct_with_network`.

@@ -9,18 +9,27 @@ exact), each of the ``2 N - 1`` planes is reconstructed on the model's 2D grid, 
 planes per network call, and the stack is resampled onto the scan's image grid
 (:func:`pet_dl.rebin.stack_planes`). The data check runs per plane (the worst plane is
 reported).
+
+A scan whose image grid reaches beyond the model's bins gets a first look (OSEM over
+every bin) to find the object (:func:`object_extent_mm`); an object wider than the
+model's field of view (a body, the NEMA IEC phantom: the shipped model's grid is 250 mm)
+is reconstructed on the model's grid grown around it, at the model's voxel size, with as
+many more radial bins (:func:`covering_layout`): the networks are convolutional and their
+data steps follow the geometry, so only the field of view changes, not what a voxel
+means. A one-ring scan also gets its consistency map (:func:`plane_consistency_map`).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
+from pet_dl.consistency import ConsistencyMap
 from pet_dl.data_check import DataFit
-from pet_dl.errors import InvalidInputError
+from pet_dl.errors import GeometryError, InvalidInputError
 from pet_dl.geometry import ImageGeometry, SinogramGeometry
 from pet_dl.inference import check_compatible
 from pet_dl.rebin import (
@@ -52,6 +61,163 @@ class PlaneFit(DataFit):
 
     plane: int
     ratios: tuple[float, ...]
+
+
+def radial_reach_mm(sinogram: SinogramGeometry, num_radial: int) -> float:
+    """How far from the scanner's axis ``num_radial`` bins of ``sinogram``'s layout reach, mm:
+    a voxel within it is seen in every view."""
+    return float(replace(sinogram, num_radial=num_radial).radial_positions_mm().abs().max())
+
+
+def field_of_view(image: ImageGeometry, radius_mm: float) -> torch.Tensor:
+    """``(nx, ny)`` bool: the voxels of a 2D grid whose centres lie within ``radius_mm`` of the axis."""
+    x = torch.from_numpy(image.voxel_centers(0))
+    y = torch.from_numpy(image.voxel_centers(1))
+    return x[:, None] ** 2 + y[None, :] ** 2 <= radius_mm**2
+
+
+#: Margin of a grown grid beyond the object's outline, in the model's voxels (21 mm on 2.6 mm).
+OBJECT_MARGIN_VOXELS = 8
+#: The object's outline, for the size of a grown grid: where the 5-voxel mean of its OSEM
+#: exceeds this share of its maximum (the count level's 10 % leaves out a body's cool
+#: edges when a hot organ sets the maximum: cutting them off paints bands at the cut).
+OUTLINE_LEVEL = 0.03
+
+
+class ObjectExtent(NamedTuple):
+    """How far from the scanner's axis the scanned object reaches, mm.
+
+    Attributes:
+        core_mm: its support as the networks' count level measures it
+            (:func:`pet_dl.models.blocks.object_support`, 10 % of the maximum): whether
+            the grid must grow.
+        outline_mm: its outline at :data:`OUTLINE_LEVEL`: how far the grid must reach.
+    """
+
+    core_mm: float
+    outline_mm: float
+
+
+#: Every voxel the scan's bins reach (a first look, to find the object).
+WHOLE_FIELD = ObjectExtent(math.inf, math.inf)
+
+
+def object_extent_mm(rebinned: Scan, image: ImageGeometry, device: torch.device | str = "cpu") -> ObjectExtent:
+    """How far from the axis the scanned object reaches, mm (zeros for an empty scan).
+
+    The rebinned planes are summed into one 2D scan and reconstructed by OSEM (4
+    iterations x 7 subsets) on ``image``, within the bins' reach (beyond it, in a square
+    grid's corners, OSEM is not determined); the object is where the image's 5-voxel
+    mean exceeds 10 % (``core_mm``) or :data:`OUTLINE_LEVEL` (``outline_mm``) of its
+    maximum, its extent the largest ``|x|`` or ``|y|`` of those voxels plus half a
+    voxel. A real mMR head without scatter correction: core 125 mm, so the model's own
+    layout.
+
+    Args:
+        rebinned: direct planes (``(P, V, R)`` tensors, from :func:`pet_dl.rebin.ssrb` or
+            :func:`pet_dl.rebin.relayout_2d`).
+        image: a 2D grid ``(nx, ny, 1)`` on which the planes' bins see the whole object.
+        device: where to reconstruct.
+    """
+    from pet_dl.models.batch import initial_image
+    from pet_dl.models.blocks import object_support
+
+    summed = replace(
+        rebinned,
+        prompts=rebinned.prompts.sum(0, keepdim=True),
+        multiplicative=rebinned.multiplicative.sum(0, keepdim=True),
+        additive=rebinned.additive.sum(0, keepdim=True),
+    )
+    one = _plane_batch(plane_scan(summed, slice(None), image), torch.device(device), None)
+    osem = initial_image(one.forward_model(), one.prompts, 4, 7).cpu()
+    seen = field_of_view(image, radial_reach_mm(rebinned.sinogram, rebinned.sinogram.num_radial))
+    osem = osem * seen[None, :, :, None]
+    if not float(osem.max()) > 0:
+        return ObjectExtent(0.0, 0.0)
+    x = torch.from_numpy(image.voxel_centers(0)).abs()
+    y = torch.from_numpy(image.voxel_centers(1)).abs()
+    half = 0.5 * max(image.voxel_size_mm[:2])
+
+    def reach(level: float) -> float:
+        inside = torch.nonzero(object_support(osem, level)[0, ..., 0])
+        return float(max(x[inside[:, 0]].max(), y[inside[:, 1]].max())) + half
+
+    return ObjectExtent(reach(0.1), reach(OUTLINE_LEVEL))
+
+
+def crop_radial(rebinned: Scan, num_radial: int) -> Scan:
+    """Direct planes with their central ``num_radial`` radial bins (as :func:`pet_dl.rebin.relayout_2d` keeps them)."""
+    from pet_dl.rebin import radial_window
+
+    first, _, count = radial_window(rebinned.sinogram.num_radial, num_radial)
+    if count != num_radial:
+        raise GeometryError(f"cannot crop {rebinned.sinogram.num_radial} radial bins to {num_radial}")
+    cut = {name: getattr(rebinned, name)[..., first : first + count] for name in ("prompts", "multiplicative", "additive")}
+    return replace(rebinned, sinogram=replace(rebinned.sinogram, num_radial=num_radial), **cut)
+
+
+def covering_layout(
+    scan: Scan, trained: SinogramGeometry, trained_image: ImageGeometry,
+    object_extent: ObjectExtent | None = None, multiple: int = 4,
+) -> tuple[ImageGeometry, int]:
+    """The model's 2D grid and radial bins, grown where the scan needs a wider field of view.
+
+    Without ``object_extent``: a scan whose image grid reaches no further from the axis
+    than the model's radial bins (the shipped model's 128 bins: 130 mm) gets the model's
+    own grid and bins, unchanged; otherwise the grid grows to cover the scan's grid. With
+    ``object_extent`` (:func:`object_extent_mm`; :data:`WHOLE_FIELD` for the whole field
+    of view): an object whose core lies within the model's bins gets the model's own
+    layout, a wider one a grid that covers its outline and :data:`OBJECT_MARGIN_VOXELS`
+    around it, whatever grid the scan's image asks for (the networks' images depend on
+    how much empty grid surrounds the object: their normalisations are over the whole
+    grid).
+
+    A grown grid keeps the model's voxel size and centring, is the smallest multiple of
+    ``multiple`` voxels per side that covers that extent (at most the field of view of
+    the scan's bins), and its radial bins grow in pairs until they reach its corners
+    (capped at the scan's bins), so that every voxel is seen in every view: a voxel
+    beyond the bins' reach is seen in some views only, and the networks fill such voxels
+    from context.
+
+    Args:
+        scan: the scan to reconstruct (its ``image`` and ``sinogram``).
+        trained: the model's 2D sinogram layout.
+        trained_image: the model's 2D grid ``(nx, ny, 1)``, centred on the scanner's axis.
+        object_extent: how far from the axis the object reaches, or None.
+        multiple: the grown side is a multiple of this (the UNets' total stride).
+
+    Returns:
+        ``(grid (nx', ny', 1), num_radial)``; ``nx' >= nx``, ``num_radial >= trained.num_radial``.
+    """
+    vx, vy = trained_image.voxel_size_mm[:2]
+    if object_extent is None:  # the scan grid's largest transaxial distance from the axis, mm
+        extent = max(abs(edge) for bounds in scan.image.bounds_mm()[:2] for edge in bounds)
+    elif object_extent.core_mm <= radial_reach_mm(trained, trained.num_radial):
+        return trained_image, trained.num_radial  # the object fits the model's own layout
+    else:
+        extent = max(object_extent.core_mm, object_extent.outline_mm) + OBJECT_MARGIN_VOXELS * max(vx, vy)
+
+    def reach(num_radial: int) -> float:
+        return radial_reach_mm(trained, num_radial)
+
+    extent = min(extent, reach(scan.sinogram.num_radial))
+    if extent <= reach(trained.num_radial) + 1e-3:
+        return trained_image, trained.num_radial
+    nx = max(trained_image.shape[0], multiple * math.ceil(2.0 * extent / vx / multiple))
+    ny = max(trained_image.shape[1], multiple * math.ceil(2.0 * extent / vy / multiple))
+    grown = ImageGeometry.centered((nx, ny, 1), trained_image.voxel_size_mm)
+    wanted = 0.5 * math.hypot(nx * vx, ny * vy)  # every voxel seen in every view
+    num_radial = trained.num_radial
+    while num_radial + 2 <= scan.sinogram.num_radial and reach(num_radial) < wanted:
+        num_radial += 2
+    return grown, num_radial
+
+
+def grown_metadata(metadata: dict[str, Any], image: ImageGeometry, num_radial: int) -> dict[str, Any]:
+    """The model's metadata with its 2D grid and radial bins replaced by grown ones
+    (:func:`covering_layout`), for the model's geometry check of the grown planes."""
+    sinogram = dict(metadata["sinogram"], num_radial=int(num_radial))
+    return dict(metadata, sinogram=sinogram, image=image.to_dict())
 
 
 def needs_rebinning(scan: Scan, metadata: dict[str, Any]) -> bool:
@@ -105,16 +271,21 @@ def reconstruct_planes(
     check: bool = True,
     batch: int = PLANE_BATCH,
 ) -> tuple[torch.Tensor, PlaneFit | None]:
-    """Reconstruct a 3D scan plane by plane with a 2D model.
+    """Reconstruct a 3D scan plane by plane with a 2D model (or a 2D scan on another layout or grid).
+
+    The planes are reconstructed on the model's grid, or on a grid grown around a wider
+    object (:func:`covering_layout`, :func:`object_extent_mm`).
 
     Args:
         scan: a checked scan (:func:`pet_dl.inference.check_scan`) of a scanner with
-            several rings, any span / mashing / TOF.
+            several rings, any span / mashing / TOF, or of one ring on another layout or
+            image grid.
         loaded: a 2D model (trained on one ring) on ``device``.
         device: where to run.
         amp: bf16 autocast on CUDA (``None``: off; the planes are 2D).
         check: also run the data check (reference OSEM 4 x 7 per plane, shared with the
-            network as its start when it starts from the same OSEM).
+            network as its start when it starts from the same OSEM; for a one-ring scan
+            also the consistency map, :func:`plane_consistency_map`).
         batch: planes per network call.
 
     Returns:
@@ -130,16 +301,28 @@ def reconstruct_planes(
     if batch < 1:
         raise InvalidInputError(f"plane batch must be >= 1, got {batch}")
     trained = SinogramGeometry.from_dict(loaded.metadata["sinogram"])
-    image2d = ImageGeometry.from_dict(loaded.metadata["image"])
-    if scan.sinogram.scanner.num_rings >= 2:
-        target = direct_planes_geometry(scan.sinogram, trained.num_radial, trained.view_mashing)
-        # the model's own check, on the 2D layout every plane will have: nothing is relaxed
-        check_compatible(replace(scan, sinogram=plane_geometry(target), image=image2d), loaded.metadata)
-        rebinned = ssrb(scan, trained.num_radial, trained.view_mashing)
-    else:  # a 2D scan on another layout or image grid: brought to the model's
-        rebinned = relayout_2d(scan, trained.num_radial, trained.view_mashing)
-        target = rebinned.sinogram
-        check_compatible(replace(rebinned, image=image2d), loaded.metadata)
+    trained_image = ImageGeometry.from_dict(loaded.metadata["image"])
+    image2d, num_radial = covering_layout(scan, trained, trained_image)
+    grown = image2d.shape != trained_image.shape
+    if grown:  # a first look with every bin, on a grid they cover, to find the object
+        image2d, num_radial = covering_layout(scan, trained, trained_image, WHOLE_FIELD)
+    three_d = scan.sinogram.scanner.num_rings >= 2
+    if three_d:  # the model's own check first (nothing is relaxed but a grown grid's size and bins)
+        target = direct_planes_geometry(scan.sinogram, num_radial, trained.view_mashing)
+        metadata = grown_metadata(loaded.metadata, image2d, num_radial)
+        check_compatible(replace(scan, sinogram=plane_geometry(target), image=image2d), metadata)
+    # a 3D scan rebinned to direct planes, a 2D one brought to the model's layout
+    rebinned = (ssrb if three_d else relayout_2d)(scan, num_radial, trained.view_mashing)
+    if grown:  # the grid around the object, whatever grid the scan's image asks for
+        extent = object_extent_mm(rebinned, image2d, device)
+        image2d, num_radial = covering_layout(scan, trained, trained_image, extent)
+        rebinned = crop_radial(rebinned, num_radial)
+    target = rebinned.sinogram
+    check_compatible(replace(rebinned, sinogram=plane_geometry(target), image=image2d),
+                     grown_metadata(loaded.metadata, image2d, num_radial))
+    # a grown grid's corners can lie beyond the scanner's bins (the mMR's 344 reach 294 mm):
+    # nothing is measured there, so the planes are zero there, as in a scanner's own images
+    seen = None if image2d.shape == trained_image.shape else field_of_view(image2d, radial_reach_mm(trained, num_radial))
     model = loaded.model
     same_start = (getattr(model, "init_iterations", None), getattr(model, "init_subsets", None)) == (4, 7)
     use_amp = device.type == "cuda" and bool(amp)
@@ -152,6 +335,7 @@ def reconstruct_planes(
     from tqdm import tqdm
 
     chunks = [active[i : i + batch] for i in range(0, len(active), batch)]
+    osem_of_plane = None  # a one-ring scan's reference OSEM, for its consistency map
     for chunk in tqdm(chunks, desc="planes", unit="batch", disable=None, leave=False):
         index = torch.tensor(chunk)
         stack = plane_scan(
@@ -176,8 +360,11 @@ def reconstruct_planes(
         images = images.float()
         if not bool(torch.isfinite(images).all()):
             raise InvalidInputError("the reconstruction has NaN or Inf values (scan data out of range?)")
+        if seen is not None:
+            images = images * seen.to(images.device)[:, :, None]
         planes[index] = images[..., 0].cpu()
         if check:
+            osem_of_plane = osem[0].cpu() if num == 1 else None
             dev = poisson_deviance(forward(images), recon_batch.prompts)
             ref = poisson_deviance(forward(osem), recon_batch.prompts)
             for j, a, b in zip(chunk, dev.tolist(), ref.tolist()):
@@ -189,4 +376,25 @@ def reconstruct_planes(
     ratios = tuple(f[0] / max(f[1], 1e-12) if f else math.nan for f in fits)
     worst = max(active, key=lambda j: ratios[j]) if active else 0
     dev, ref = fits[worst] if fits[worst] else (math.nan, math.nan)
-    return image, PlaneFit(dev, ref, ratios[worst], worst, ratios)
+    consistency = None
+    if num == 1 and active:  # a one-ring scan: its map, on the scan's grid
+        consistency = plane_consistency_map(
+            plane_scan(rebinned, 0, image2d), planes[0][..., None], osem_of_plane, z, scan.image
+        )
+    return image, PlaneFit(dev, ref, ratios[worst], worst, ratios, consistency=consistency)
+
+
+def plane_consistency_map(
+    plane: Scan, image: torch.Tensor, osem: torch.Tensor | None, z: torch.Tensor, target: ImageGeometry
+) -> ConsistencyMap:
+    """The data-consistency map of one reconstructed plane (``image (nx, ny, 1)`` on
+    ``plane.image``; ``osem`` its 4 x 7 OSEM), resampled onto ``target`` like the image.
+    Its regions are in world mm, so they stay as they are."""
+    from pet_dl.data_check import check_consistency
+
+    maps = check_consistency(plane, image, device=image.device, osem_image=osem)
+
+    def onto(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else stack_planes(t[..., 0][None].cpu(), plane.image, z, target)
+
+    return replace(maps, z=onto(maps.z), excess=onto(maps.excess), reference_z=onto(maps.reference_z))

@@ -95,8 +95,9 @@ def plane_secants(sinogram: SinogramGeometry) -> torch.Tensor:
     return torch.sqrt(1.0 + (dz / length[None, :]) ** 2)
 
 
-def _radial_window(source: int, target: int) -> tuple[int, int, int]:
-    """(first source bin, first target bin, count) of the bins both layouts share."""
+def radial_window(source: int, target: int) -> tuple[int, int, int]:
+    """(first source bin, first target bin, count) of the radial bins that a layout of
+    ``source`` bins and one of ``target`` bins share (both centred as everywhere)."""
     # bin r has offset r - n // 2 in both layouts
     lo = max(-(source // 2), -(target // 2))
     hi = min(source - source // 2, target - target // 2)
@@ -133,7 +134,7 @@ def ssrb(
     if chunk_planes < 1:
         raise ValueError(f"chunk_planes must be >= 1, got {chunk_planes}")
     f = target.view_mashing // sino.view_mashing
-    r_src, r_dst, count = _radial_window(sino.num_radial, target.num_radial)
+    r_src, r_dst, count = radial_window(sino.num_radial, target.num_radial)
     sums = plane_ring_sums(sino)
     sec = plane_secants(sino)[:, r_src : r_src + count]
     out = {
@@ -176,7 +177,7 @@ def relayout_2d(scan: Scan, num_radial: int, view_mashing: int) -> Scan:
         raise GeometryError(f"view_mashing {view_mashing} is not a multiple of the scan's {sino.view_mashing}")
     f = view_mashing // sino.view_mashing
     target = replace(sino, num_radial=num_radial, view_mashing=view_mashing, tof=False)
-    r_src, r_dst, count = _radial_window(sino.num_radial, num_radial)
+    r_src, r_dst, count = radial_window(sino.num_radial, num_radial)
     out = {}
     for name in ("prompts", "multiplicative", "additive"):
         t = getattr(scan, name)

@@ -259,3 +259,31 @@ def test_3d_scan_that_cannot_reach_the_models_layout_is_refused(
                            {"sinogram": other.to_dict(), "image": image2d.to_dict()})
     with pytest.raises(GeometryError, match="view_mashing"):
         reconstruct_with_network(scan, ckpt, device="cpu")
+
+
+def test_3d_scan_wider_than_the_models_grid_is_reconstructed_on_a_grown_grid(
+    scan_and_model: tuple[Scan, Path, Path], tmp_path: Path
+) -> None:
+    """A model whose 2D grid (64 mm) and bins (34 mm from the axis) do not cover the
+    scan's 100 mm disk: every plane is reconstructed on the model's grid grown to the
+    scan's, with bins to match, instead of being cut at 32 mm."""
+    from pet_dl.inference import reconstruct_and_check
+    from pet_dl.io.checkpoint import save_checkpoint
+    from pet_dl.models import build_model
+    from pet_dl.plane_inference import covering_layout
+
+    scan, _, _ = scan_and_model
+    small = SinogramGeometry.two_d(scan.sinogram.scanner, num_radial=32, view_mashing=4)
+    image2d = ImageGeometry.centered((16, 16, 1), (4.0, 4.0, 4.0))
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "small.safetensors", build_model(TINY), TINY,
+                           {"sinogram": small.to_dict(), "image": image2d.to_dict()})
+    grown, bins = covering_layout(scan, small, image2d)
+    assert grown.shape == (32, 32, 1) and 32 < bins <= scan.sinogram.num_radial
+    image, fit = reconstruct_and_check(scan, ckpt, device="cpu")
+    assert len(fit.ratios) == 2 * RINGS - 1
+    act, _ = phantom(scan.image, axial=True)
+    x = torch.from_numpy(scan.image.voxel_centers(0))
+    outside = (x.abs() > 34.0)[:, None, None] & (act > 0)  # beyond the model's own field of view
+    assert int(outside.sum()) > 100
+    assert float(image[outside].mean()) > 0.5 * float(act[outside].mean())
