@@ -89,7 +89,7 @@ class ObjectExtent(NamedTuple):
 
     Attributes:
         core_mm: its support as the networks' count level measures it
-            (:func:`pet_dl.models.blocks.object_support`, 10 % of the maximum): whether
+            (:func:`pet_dl.models.blocks.count_level_support`, 10 % of the maximum): whether
             the grid must grow.
         outline_mm: its outline at :data:`OUTLINE_LEVEL`: how far the grid must reach.
     """
@@ -120,7 +120,7 @@ def object_extent_mm(rebinned: Scan, image: ImageGeometry, device: torch.device 
         device: where to reconstruct.
     """
     from pet_dl.models.batch import initial_image
-    from pet_dl.models.blocks import object_support
+    from pet_dl.models.blocks import count_level_support
 
     summed = replace(
         rebinned,
@@ -139,7 +139,7 @@ def object_extent_mm(rebinned: Scan, image: ImageGeometry, device: torch.device 
     half = 0.5 * max(image.voxel_size_mm[:2])
 
     def reach(level: float) -> float:
-        inside = torch.nonzero(object_support(osem, level)[0, ..., 0])
+        inside = torch.nonzero(count_level_support(osem, level)[0, ..., 0])
         return float(max(x[inside[:, 0]].max(), y[inside[:, 1]].max())) + half
 
     return ObjectExtent(reach(0.1), reach(OUTLINE_LEVEL))

@@ -55,9 +55,9 @@ def image_scale(initial: torch.Tensor, sensitivity: torch.Tensor) -> torch.Tenso
     return mean.clamp_min(1e-12).view(-1, 1, 1, 1)
 
 
-def object_support(image: torch.Tensor, level: float = 0.1) -> torch.Tensor:
-    """The imaged object in an image: where its 5-voxel box mean exceeds ``level`` (10 %)
-    of its maximum.
+def count_level_support(image: torch.Tensor, level: float = 0.1) -> torch.Tensor:
+    """The imaged object as the count level measures it: where the image's 5-voxel box
+    mean exceeds ``level`` (10 %) of its maximum.
 
     Args:
         image: ``(B, nx, ny, nz)`` (any unit; negative values count as 0); ``nz == 1``
@@ -86,8 +86,8 @@ def count_density(
     The count level that sets a reconstruction's noise: the estimated trues (prompts less
     the additive randoms + scatter expectation, summed over the sinogram) divided by the
     volume of the object, which is the support of the initial image after a 5-voxel box
-    filter (voxels above 10 % of its maximum; :func:`object_support`). It needs no dose metadata, so a real scan
-    gets the same treatment as a simulated one.
+    filter (voxels above 10 % of its maximum; :func:`count_level_support`). It needs no
+    dose metadata, so a real scan gets the same treatment as a simulated one.
 
     Args:
         prompts, additive: ``(B, *sino)`` counts.
@@ -98,7 +98,7 @@ def count_density(
         ``(B,)`` counts per mL (float32, positive).
     """
     trues = (prompts.float() - additive.float()).flatten(1).sum(1).clamp_min(1.0)
-    support = object_support(initial).flatten(1).sum(1).clamp_min(1)
+    support = count_level_support(initial).flatten(1).sum(1).clamp_min(1)
     voxel_ml = float(voxel_size_mm[0]) * float(voxel_size_mm[1]) * float(voxel_size_mm[2]) / 1000.0
     return trues / (support.float() * voxel_ml)
 
