@@ -4,7 +4,7 @@
     python bench/infer.py --serve              # + one TorchServe request (needs java, serve extra)
     python bench/infer.py --device cuda --3d   # 3D mMR (span 11) on a GPU
     python bench/infer.py --startup [--before DIR]   # infer.py start-up split (2D, CPU)
-    python bench/infer.py --rebinned [--rings 64]    # 3D mMR span 11 through the 2D model
+    python bench/infer.py --rebinned [--rings 64] [--check-cost]   # 3D mMR span 11 through the 2D model
     python bench/infer.py --wide [--repeats 5]      # 2D objects wider than the model's grid
 
 Uses the shipped model when it exists and the geometry fits, otherwise an untrained
@@ -348,10 +348,12 @@ def startup_main(before: Path | None, repeats: int) -> int:
 
 
 # ----------------------------------------------------------------------------- 3D, rebinned
-def rebinned_main(rings: int, native: bool) -> int:
+def rebinned_main(rings: int, native: bool, check_cost: bool = False) -> int:
     """A simulated mMR span-11 scan (``rings`` rings) through ``infer.py`` with the shipped 2D
     model: seconds of simulation (not part of inference), then infer.py end to end in a
-    fresh process, with SSRB and the plane reconstructions timed on their own."""
+    fresh process, with SSRB and the plane reconstructions timed on their own; with
+    ``check_cost`` also, in this process side by side, the network alone against the
+    network with the data check and its consistency map (``reconstruct_and_check``)."""
     from dataclasses import replace
 
     from pet_dl.geometry import ImageGeometry, SinogramGeometry
@@ -408,6 +410,19 @@ def rebinned_main(rings: int, native: bool) -> int:
             check=True, env=dict(os.environ, OMP_WAIT_POLICY="PASSIVE"),
         )
         wall, cpu = time.perf_counter() - t0, _child_cpu_s() - cpu0
+        if check_cost:  # in this process, side by side: the network alone, then with the check and map
+            from pet_dl.inference import reconstruct_and_check, reconstruct_with_network
+            from pet_dl.io.scanfile import read_scan
+
+            scan = read_scan(work / "scan.h5")
+            costs = {"network": [], "network + check + map": []}
+            for _ in range(2):
+                for name, run in (("network", reconstruct_with_network), ("network + check + map", reconstruct_and_check)):
+                    t1 = time.perf_counter()
+                    run(scan, loaded, device="cpu")
+                    costs[name].append(time.perf_counter() - t1)
+            print("| in-process, 2 runs in rotation | " + " | ".join(
+                f"{name}: {min(t):.1f} s" for name, t in costs.items()) + " |\n")
     print("| scan | sinogram | image | simulate + write (s) | SSRB alone (s) | infer.py wall (s) "
           "| infer.py CPU (s) | peak RSS of infer.py (MB) | SSRB of a whole native mMR, CPU (s) |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -488,6 +503,8 @@ def main() -> int:
     parser.add_argument("--rings", type=int, default=64, help="with --rebinned: mMR rings kept")
     parser.add_argument("--native", action="store_true",
                         help="with --rebinned: the vendor's 344 bins x 252 views (else the model's)")
+    parser.add_argument("--check-cost", action="store_true",
+                        help="with --rebinned: the network alone against it with the data check, in-process")
     parser.add_argument("--wide", action="store_true",
                         help="2D slices of objects wider than the model's grid (grown grids)")
     args = parser.parse_args()
@@ -496,7 +513,7 @@ def main() -> int:
     if args.startup:
         return startup_main(args.before, args.repeats)
     if args.rebinned:
-        return rebinned_main(args.rings, args.native)
+        return rebinned_main(args.rings, args.native, args.check_cost)
     from pet_dl.io.scanfile import write_scan
 
     generator = torch.Generator().manual_seed(0)

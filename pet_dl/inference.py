@@ -282,9 +282,9 @@ def reconstruct_and_check(
     two projections instead of a second reconstruction; the consistency map
     (``DataFit.consistency``, :func:`pet_dl.data_check.check_consistency`) about 20
     back-projections more.
-    A 3D scan rebinned for a 2D model gets the per-plane global check only
-    (``consistency`` None); a one-ring scan on another layout or grid, the map of the
-    plane the model reconstructed, on the scan's grid.
+    A scan rebinned for a 2D model (3D, or 2D on another layout or grid) gets the global
+    check per plane (the worst plane's) and the planes' maps stacked onto its grid
+    (:func:`pet_dl.plane_inference.planes_consistency_map`).
 
     Returns:
         ``(image (nx, ny, nz) Bq/mL on CPU, DataFit)``; raises as :func:`reconstruct_with_network`.

@@ -16,7 +16,8 @@ model's field of view (a body, the NEMA IEC phantom: the shipped model's grid is
 is reconstructed on the model's grid grown around it, at the model's voxel size, with as
 many more radial bins (:func:`covering_layout`): the networks are convolutional and their
 data steps follow the geometry, so only the field of view changes, not what a voxel
-means. A one-ring scan also gets its consistency map (:func:`plane_consistency_map`).
+means. The data check's consistency map is computed plane by plane and stacked, its
+regions found in 3D (:func:`planes_consistency_map`).
 """
 
 from __future__ import annotations
@@ -284,8 +285,8 @@ def reconstruct_planes(
         device: where to run.
         amp: bf16 autocast on CUDA (``None``: off; the planes are 2D).
         check: also run the data check (reference OSEM 4 x 7 per plane, shared with the
-            network as its start when it starts from the same OSEM; for a one-ring scan
-            also the consistency map, :func:`plane_consistency_map`).
+            network as its start when it starts from the same OSEM, and the consistency
+            map, :func:`planes_consistency_map`).
         batch: planes per network call.
 
     Returns:
@@ -335,7 +336,7 @@ def reconstruct_planes(
     from tqdm import tqdm
 
     chunks = [active[i : i + batch] for i in range(0, len(active), batch)]
-    osem_of_plane = None  # a one-ring scan's reference OSEM, for its consistency map
+    osems = torch.zeros(num, *image2d.shape[:2]) if check else None  # for the consistency map
     for chunk in tqdm(chunks, desc="planes", unit="batch", disable=None, leave=False):
         index = torch.tensor(chunk)
         stack = plane_scan(
@@ -364,7 +365,7 @@ def reconstruct_planes(
             images = images * seen.to(images.device)[:, :, None]
         planes[index] = images[..., 0].cpu()
         if check:
-            osem_of_plane = osem[0].cpu() if num == 1 else None
+            osems[index] = osem[..., 0].cpu() if seen is None else osem[..., 0].cpu() * seen
             dev = poisson_deviance(forward(images), recon_batch.prompts)
             ref = poisson_deviance(forward(osem), recon_batch.prompts)
             for j, a, b in zip(chunk, dev.tolist(), ref.tolist()):
@@ -377,24 +378,65 @@ def reconstruct_planes(
     worst = max(active, key=lambda j: ratios[j]) if active else 0
     dev, ref = fits[worst] if fits[worst] else (math.nan, math.nan)
     consistency = None
-    if num == 1 and active:  # a one-ring scan: its map, on the scan's grid
-        consistency = plane_consistency_map(
-            plane_scan(rebinned, 0, image2d), planes[0][..., None], osem_of_plane, z, scan.image
-        )
+    if active:
+        consistency = planes_consistency_map(rebinned, active, planes, osems, image2d, z, scan.image, device)
     return image, PlaneFit(dev, ref, ratios[worst], worst, ratios, consistency=consistency)
 
 
-def plane_consistency_map(
-    plane: Scan, image: torch.Tensor, osem: torch.Tensor | None, z: torch.Tensor, target: ImageGeometry
+def planes_consistency_map(
+    rebinned: Scan,
+    active: list[int],
+    planes: torch.Tensor,
+    osems: torch.Tensor,
+    image2d: ImageGeometry,
+    plane_z_mm: torch.Tensor,
+    target: ImageGeometry,
+    device: torch.device | str = "cpu",
 ) -> ConsistencyMap:
-    """The data-consistency map of one reconstructed plane (``image (nx, ny, 1)`` on
-    ``plane.image``; ``osem`` its 4 x 7 OSEM), resampled onto ``target`` like the image.
-    Its regions are in world mm, so they stay as they are."""
-    from pet_dl.data_check import check_consistency
+    """The data-consistency map of reconstructed planes, on ``target``, regions in 3D.
 
-    maps = check_consistency(plane, image, device=image.device, osem_image=osem)
+    Each active plane's map (:func:`pet_dl.consistency.consistency_map` against its own
+    counts, with its OSEM as the reference) is computed on ``image2d``; the stack is
+    resampled onto ``target`` like the image (:func:`pet_dl.rebin.stack_planes`), and the
+    flagged regions are the connected components of the stack in 3D (a blob that spans
+    several planes is one region; centres in world mm).
 
-    def onto(t: torch.Tensor | None) -> torch.Tensor | None:
-        return None if t is None else stack_planes(t[..., 0][None].cpu(), plane.image, z, target)
+    Args:
+        rebinned: the direct planes (``(P, V, R)`` tensors) on the layout of ``image2d``.
+        active: the planes that were reconstructed (the others stay zero).
+        planes: ``(P, nx, ny)`` the images, Bq/mL, on ``image2d``.
+        osems: ``(P, nx, ny)`` their 4 x 7 OSEM, Bq/mL.
+        image2d: the planes' 2D grid.
+        plane_z_mm: ``(P,)`` the planes' axial positions, uniformly spaced, mm.
+        target: the scan's image grid.
+        device: where to project.
+    """
+    from pet_dl.consistency import (
+        CONSISTENCY_THRESHOLD,
+        MIN_RELATIVE_EXCESS,
+        consistency_map,
+        find_regions,
+        object_support,
+    )
 
-    return replace(maps, z=onto(maps.z), excess=onto(maps.excess), reference_z=onto(maps.reference_z))
+    num = planes.shape[0]
+    z, excess, reference_z = (torch.zeros(num, *image2d.shape[:2]) for _ in range(3))
+    for j in active:
+        one = _plane_batch(plane_scan(rebinned, slice(j, j + 1), image2d), torch.device(device), None)
+        maps = consistency_map(one.forward_model(), one.prompts[0], planes[j][..., None], image2d,
+                               float(rebinned.psf_fwhm_mm), reference=osems[j][..., None])
+        z[j], excess[j], reference_z[j] = maps.z[..., 0], maps.excess[..., 0], maps.reference_z[..., 0]
+    spacing = float(plane_z_mm[1] - plane_z_mm[0]) if num > 1 else image2d.voxel_size_mm[2]
+    stack = ImageGeometry((*image2d.shape[:2], num), (*image2d.voxel_size_mm[:2], spacing),
+                          (*image2d.origin_mm[:2], float(plane_z_mm[0])))
+
+    def volume(t: torch.Tensor) -> torch.Tensor:
+        return t.permute(1, 2, 0)
+
+    support = object_support(volume(osems), stack) & (volume(excess) > MIN_RELATIVE_EXCESS)
+    regions = find_regions(volume(z), stack, CONSISTENCY_THRESHOLD, support=support)
+
+    def onto(t: torch.Tensor) -> torch.Tensor:
+        return stack_planes(t, image2d, plane_z_mm, target)
+
+    return ConsistencyMap(onto(z), regions, CONSISTENCY_THRESHOLD, onto(excess), onto(reference_z))

@@ -174,7 +174,7 @@ def test_native_scan_gets_the_consistency_map_on_its_grid(tmp_path) -> None:
     from pet_dl.inference import load_model, reconstruct_and_check, reconstruct_with_network
     from pet_dl.io.nifti import load_nifti
     from pet_dl.io.scanfile import write_scan
-    from pet_dl.plane_inference import plane_consistency_map
+    from pet_dl.plane_inference import planes_consistency_map
     from pet_dl.rebin import plane_scan, relayout_2d
 
     _, scan, g = _native_scan()
@@ -186,14 +186,16 @@ def test_native_scan_gets_the_consistency_map_on_its_grid(tmp_path) -> None:
     # in world mm, and the map on the scan's grid peaks there
     meta = load_model(None, torch.device("cpu")).metadata
     trained, grid = SinogramGeometry.from_dict(meta["sinogram"]), ImageGeometry.from_dict(meta["image"])
-    plane = plane_scan(relayout_2d(low, trained.num_radial, trained.view_mashing), 0, grid)
+    moved = relayout_2d(low, trained.num_radial, trained.view_mashing)
+    plane = plane_scan(moved, 0, grid)
     osem = reference_osem(plane)
     image = reconstruct_with_network(plane, device="cpu", initial=osem)
     x = torch.from_numpy(grid.voxel_centers(0))[:, None]
     y = torch.from_numpy(grid.voxel_centers(1))[None, :]
     blob = torch.exp(-((x - 30.0) ** 2 + (y + 20.0) ** 2) / (2 * 4.0**2))[..., None]
     local = float(image[(x - 30.0).abs().argmin(), (y + 20.0).abs().argmin(), 0])
-    planted = plane_consistency_map(plane, image + 2.0 * local * blob, osem, torch.zeros(1), NATIVE_GRID)
+    planted = planes_consistency_map(moved, [0], (image + 2.0 * local * blob)[None, ..., 0], osem[None, ..., 0],
+                                     grid, torch.zeros(1), NATIVE_GRID)
     assert planted.z.shape == NATIVE_GRID.shape
     assert any(abs(r.centre_mm[0] - 30.0) < 5 and abs(r.centre_mm[1] + 20.0) < 5 for r in planted.regions)
     peak = divmod(int(planted.z[..., 0].argmax()), NATIVE_GRID.shape[1])

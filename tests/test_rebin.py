@@ -287,3 +287,41 @@ def test_3d_scan_wider_than_the_models_grid_is_reconstructed_on_a_grown_grid(
     outside = (x.abs() > 34.0)[:, None, None] & (act > 0)  # beyond the model's own field of view
     assert int(outside.sum()) > 100
     assert float(image[outside].mean()) > 0.5 * float(act[outside].mean())
+
+
+def test_3d_consistency_map_finds_a_planted_blob_once_across_planes(
+    scan_and_model: tuple[Scan, Path, Path],
+) -> None:
+    """The map of a rebinned 3D scan: each plane's map against its own counts, stacked onto
+    the scan's grid; a blob planted over five planes of images that fit the data (each
+    plane's OSEM) is one region where it was put, and the data alone flag nothing there."""
+    from pet_dl.inference import reconstruct_and_check
+    from pet_dl.models.batch import initial_image
+    from pet_dl.plane_inference import _plane_batch, planes_consistency_map
+
+    scan, _, ckpt = scan_and_model
+    _, fit = reconstruct_and_check(scan, ckpt, device="cpu")
+    assert fit.consistency is not None and fit.consistency.z.shape == scan.image.shape
+    rebinned = ssrb(scan, num_radial=64, view_mashing=4)
+    image2d = ImageGeometry.centered((32, 32, 1), (4.0, 4.0, 4.0))
+    num = rebinned.prompts.shape[0]
+    batch = _plane_batch(plane_scan(rebinned, slice(None), image2d), torch.device("cpu"), None)
+    osems = initial_image(batch.forward_model(), batch.prompts, 4, 7)[..., 0]
+    plane_z = direct_planes_geometry(scan.sinogram, 64, 4).plane_z()[0]
+    clean = planes_consistency_map(rebinned, list(range(num)), osems, osems, image2d, plane_z, scan.image)
+    x = torch.from_numpy(image2d.voxel_centers(0))[:, None]
+    y = torch.from_numpy(image2d.voxel_centers(1))[None, :]
+    blob = torch.exp(-((x + 20.0) ** 2 + (y - 10.0) ** 2) / (2 * 4.0**2)).float()
+    centre = num // 2
+    planted = osems.clone()
+    for j in range(centre - 2, centre + 3):
+        planted[j] += 1.5 * float(osems[centre].max()) * blob
+    flagged = planes_consistency_map(rebinned, list(range(num)), planted, osems, image2d, plane_z, scan.image)
+
+    def near(regions) -> list:
+        return [r for r in regions if abs(r.centre_mm[0] + 20) < 6 and abs(r.centre_mm[1] - 10) < 6
+                and abs(r.centre_mm[2] - float(plane_z[centre])) < 6]
+
+    assert near(clean.regions) == []
+    assert len(near(flagged.regions)) == 1, flagged.regions
+    assert flagged.z.shape == scan.image.shape and float(flagged.z.max()) > float(clean.z.max())
