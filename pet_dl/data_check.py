@@ -212,7 +212,8 @@ def data_check_warning(name: str, fit: DataFit) -> str | None:
     It names the count of regions where the image has more activity than the counts
     support (``fit.consistency``, written by ``infer.py`` as ``<name>_consistency.nii.gz``)
     and, when the whole image fits the data worse than OSEM by more than
-    :data:`DATA_FIT_LIMIT`, that ratio (for a rebinned 3D scan: its worst plane's).
+    :data:`DATA_FIT_LIMIT`, that ratio (for a rebinned 3D scan: its worst plane's), and
+    the rebinned planes too sparse for the map.
     ``infer.py`` prints it; the TorchServe handler sends it as a header.
     """
     parts = []
@@ -224,6 +225,13 @@ def data_check_warning(name: str, fit: DataFit) -> str | None:
             f"{maps.count} region{'s' if maps.count > 1 else ''} where the image has more "
             f"activity than the measured counts support (z > {maps.threshold:g}; strongest "
             f"z {top.peak:.1f} at ({where}) mm; map {name}_consistency.nii.gz)"
+        )
+    unmapped = getattr(fit, "unmapped", 0)  # pet_dl.plane_inference.PlaneFit
+    if unmapped:
+        total = sum(1 for r in getattr(fit, "ratios", ()) if r == r)
+        parts.append(
+            f"no consistency map for {unmapped} of {total} rebinned planes (fewer counts than "
+            "1/100 of the model's training level: too few to tell)"
         )
     if fit.suspect:
         plane = getattr(fit, "plane", None)  # pet_dl.plane_inference.PlaneFit

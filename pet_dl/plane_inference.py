@@ -58,10 +58,20 @@ class PlaneFit(DataFit):
     Attributes:
         plane: index of that plane among the ``2 N - 1`` rebinned planes.
         ratios: every plane's ratio (NaN for planes without counts), ``2 N - 1`` floats.
+        unmapped: reconstructed planes left out of the consistency map, their count level
+            below :data:`MAP_MIN_COUNT_LEVEL`.
     """
 
     plane: int
     ratios: tuple[float, ...]
+    unmapped: int = 0
+
+
+#: The lowest count level (:func:`pet_dl.models.blocks.count_level`) of a plane in the
+#: consistency map: its threshold was calibrated from full dose to 1/100; below that a
+#: plane's map is dominated by the randoms and scatter estimate (the end planes of the
+#: 0.6 s real mMR scan, 100-500 prompts each, read z 4-6 with an all-zero image).
+MAP_MIN_COUNT_LEVEL = 0.01
 
 
 def radial_reach_mm(sinogram: SinogramGeometry, num_radial: int) -> float:
@@ -337,6 +347,7 @@ def reconstruct_planes(
 
     chunks = [active[i : i + batch] for i in range(0, len(active), batch)]
     osems = torch.zeros(num, *image2d.shape[:2]) if check else None  # for the consistency map
+    levels = torch.zeros(num)
     for chunk in tqdm(chunks, desc="planes", unit="batch", disable=None, leave=False):
         index = torch.tensor(chunk)
         stack = plane_scan(
@@ -366,6 +377,7 @@ def reconstruct_planes(
         planes[index] = images[..., 0].cpu()
         if check:
             osems[index] = osem[..., 0].cpu() if seen is None else osem[..., 0].cpu() * seen
+            levels[index] = plane_count_levels(model, recon_batch, osem).cpu()
             dev = poisson_deviance(forward(images), recon_batch.prompts)
             ref = poisson_deviance(forward(osem), recon_batch.prompts)
             for j, a, b in zip(chunk, dev.tolist(), ref.tolist()):
@@ -377,10 +389,24 @@ def reconstruct_planes(
     ratios = tuple(f[0] / max(f[1], 1e-12) if f else math.nan for f in fits)
     worst = max(active, key=lambda j: ratios[j]) if active else 0
     dev, ref = fits[worst] if fits[worst] else (math.nan, math.nan)
+    mapped = [j for j in active if float(levels[j]) >= MAP_MIN_COUNT_LEVEL]
     consistency = None
-    if active:
-        consistency = planes_consistency_map(rebinned, active, planes, osems, image2d, z, scan.image, device)
-    return image, PlaneFit(dev, ref, ratios[worst], worst, ratios, consistency=consistency)
+    if mapped:
+        consistency = planes_consistency_map(rebinned, mapped, planes, osems, image2d, z, scan.image, device)
+    return image, PlaneFit(dev, ref, ratios[worst], worst, ratios, len(active) - len(mapped),
+                           consistency=consistency)
+
+
+def plane_count_levels(model: torch.nn.Module, batch: ReconBatch, osem: torch.Tensor) -> torch.Tensor:
+    """``(n,)`` the count level of each plane of ``batch`` (its OSEM ``(n, nx, ny, 1)``):
+    :func:`pet_dl.models.blocks.count_level` against the model's ``count_reference``, or
+    the planes' dose fraction for a model without one."""
+    from pet_dl.models.blocks import count_level
+
+    reference = getattr(model, "count_reference", None)
+    if reference is None:
+        return batch.dose_fraction.float()
+    return count_level(batch.prompts, batch.additive, osem, batch.image.voxel_size_mm, reference)
 
 
 def planes_consistency_map(

@@ -325,3 +325,30 @@ def test_3d_consistency_map_finds_a_planted_blob_once_across_planes(
     assert near(clean.regions) == []
     assert len(near(flagged.regions)) == 1, flagged.regions
     assert flagged.z.shape == scan.image.shape and float(flagged.z.max()) > float(clean.z.max())
+
+
+def test_planes_too_sparse_for_the_map_are_left_out_and_named(
+    scan_and_model: tuple[Scan, Path, Path], tmp_path: Path
+) -> None:
+    """A plane whose count level is below 1/100 of the model's training level gets no map
+    (there the randoms and scatter estimate alone reads z 4-6); the warning names how many."""
+    from pet_dl.data_check import data_check_warning
+    from pet_dl.inference import reconstruct_and_check
+    from pet_dl.io.checkpoint import save_checkpoint
+    from pet_dl.models import build_model
+
+    scan, _, _ = scan_and_model
+    two_d = SinogramGeometry.two_d(scan.sinogram.scanner, num_radial=64, view_mashing=4)
+    image2d = ImageGeometry.centered((32, 32, 1), (4.0, 4.0, 4.0))
+    meta = {"sinogram": two_d.to_dict(), "image": image2d.to_dict()}
+    fits = {}
+    for name, reference in (("dense", 1.0), ("sparse", 1e12)):  # counts per mL at full dose
+        config = {**TINY, "count_reference": reference}
+        torch.manual_seed(0)
+        ckpt = save_checkpoint(tmp_path / f"{name}.safetensors", build_model(config), config, meta)
+        fits[name] = reconstruct_and_check(scan, ckpt, device="cpu")[1]
+    assert fits["dense"].unmapped == 0 and fits["dense"].consistency is not None
+    sparse = fits["sparse"]
+    assert sparse.consistency is None and sparse.unmapped == sum(1 for r in sparse.ratios if r == r) > 0
+    line = data_check_warning("scan3d", sparse)
+    assert line is not None and f"no consistency map for {sparse.unmapped} of {sparse.unmapped}" in line
