@@ -53,7 +53,8 @@ PLANE_BATCH = 16
 
 @dataclass(frozen=True)
 class PlaneFit(DataFit):
-    """The data check of a rebinned 3D scan: the worst plane's :class:`DataFit`.
+    """The data check of a rebinned scan (3D, or 2D on another layout or grid): the worst
+    plane's :class:`DataFit`, with the planes' consistency map.
 
     Attributes:
         plane: index of that plane among the ``2 N - 1`` rebinned planes.
