@@ -13,11 +13,12 @@ grid it grows around the object (``pet_dl.plane_inference.covering_layout``; ``-
 adds the network on the model's own 250 mm grid, as before grids grew: the object's
 sides cut off).
 
-Per method and dose, means over the realisations: NRMSE inside the object, the mean
-bias of the NEMA background or of the body (%), false hot spots (blobs 2x the
-PSF-blurred truth outside the dilated spheres or lesions, ``pet_dl.metrics.hot_spots``)
-and, for NEMA, the contrast recovery of the 10, 13, 17 and 22 mm spheres, their mean and
-the background variability (10 mm ROIs).
+Per method and dose, means over the realisations: NRMSE inside the object, SSIM over
+the image, the mean bias of the NEMA background or of the body (%), false hot spots
+(blobs 2x the PSF-blurred truth outside the dilated spheres or lesions,
+``pet_dl.metrics.hot_spots``) and, for NEMA, the contrast recovery of the 10, 13, 17 and
+22 mm spheres, their mean and the background variability (10 mm ROIs); for the ACRIN
+slices the SUVmean / SUVmax bias of the hot lesions of 8 mm and more, pooled over cases.
 
     PYTHONPATH=. python experiments/scripts/wide_object_scores.py --object nema --realisations 8 --cut --picture nema.png
     PYTHONPATH=. PET_DL_TEST_DATA=../shared/data python experiments/scripts/wide_object_scores.py --object acrin --realisations 8 --cut
@@ -35,7 +36,15 @@ from pet_dl.evaluate.external import acrin_slice_phantoms
 from pet_dl.forward_model import GaussianResolution
 from pet_dl.geometry import ImageGeometry, SinogramGeometry, get_scanner
 from pet_dl.inference import load_model, reconstruct_with_network
-from pet_dl.metrics import dilate_mask, hot_spots, nema_image_quality, nema_regions, nrmse
+from pet_dl.metrics import (
+    dilate_mask,
+    hot_spots,
+    lesion_bias,
+    nema_image_quality,
+    nema_regions,
+    nrmse,
+    ssim,
+)
 from pet_dl.phantoms.nema import nema_phantom
 from pet_dl.recipes import load_recipe
 from pet_dl.recon import gaussian_postfilter, reconstruct_classical
@@ -56,9 +65,16 @@ def scores(image, phantom, grid: ImageGeometry, blurred, exclude) -> dict[str, f
     region = nema_regions(phantom)[1] if nema else inside & (phantom.labels == 0)
     out = {
         "nrmse": 100 * float(nrmse(image, phantom.activity, inside)),
+        "ssim": float(ssim(image, phantom.activity.float())),
         "bg_bias": 100 * (float(image[region].mean()) / float(phantom.activity[region].mean()) - 1),
         "hot_spots": float(spots.sum()),
     }
+    if not nema:  # the recipe's hot lesions of 8 mm and more: SUVmean / SUVmax bias, pooled over cases
+        large = {lesion.label for lesion in phantom.lesions if lesion.diameter_mm >= 8.0}
+        biases = [b for b in lesion_bias(image, phantom.activity.float(), phantom.labels, grid.voxel_size_mm)
+                  if b.label in large]
+        out["suvmean"] = [100 * b.mean_bias for b in biases]
+        out["suvmax"] = [100 * b.max_bias for b in biases]
     if nema:
         labels, background, ratio, diameters = nema_regions(phantom)
         quality = nema_image_quality(image, labels, background, grid.voxel_size_mm, ratio, diameters)
@@ -68,6 +84,12 @@ def scores(image, phantom, grid: ImageGeometry, blurred, exclude) -> dict[str, f
         for q in small:
             out[f"cr{q.diameter_mm:g}"] = 100 * q.contrast_recovery
     return out
+
+
+def _mean(values: list) -> float:  # noqa: ANN001
+    """Mean of numbers, or of lists of numbers pooled (the lesions of all cases)."""
+    flat = [v for item in values for v in (item if isinstance(item, list) else [item])]
+    return sum(flat) / len(flat) if flat else float("nan")
 
 
 def main() -> None:
@@ -121,22 +143,26 @@ def main() -> None:
             if r == 0:
                 shown_truth = phantom.activity
         print(f"realisation {r + 1}/{args.realisations} done", flush=True)
-    keys = ["nrmse", "bg_bias", "hot_spots"]
-    heads = ["NRMSE %", "background bias %" if args.object == "nema" else "body bias %", "false hot spots"]
+    keys = ["nrmse", "ssim", "bg_bias", "hot_spots"]
+    heads = ["NRMSE %", "SSIM", "background bias %" if args.object == "nema" else "body bias %", "false hot spots"]
     if args.object == "nema":
         keys += ["cr10", "cr13", "cr17", "cr22", "cr_mean", "bv10"]
         heads += ["CR 10", "CR 13", "CR 17", "CR 22", "CR mean (10-22)", "BV 10 mm %"]
+    else:
+        keys += ["suvmean", "suvmax"]
+        heads += ["SUVmean bias >= 8 mm %", "SUVmax bias >= 8 mm %"]
     print(f"\n{args.object}, {args.realisations} realisations\n")
     print("| method | dose | " + " | ".join(heads) + " | NRMSE − OSEM (paired, 95 %) |")
     print("|---|---|" + "---|" * (len(keys) + 1))
     for name in methods:
         for f in FACTORS:
             rows = table[(name, f)]
-            means = [sum(row[k] for row in rows) / len(rows) for k in keys]
+            means = [_mean([row[k] for row in rows]) for k in keys]
             diffs = torch.tensor([a["nrmse"] - b["nrmse"] for a, b in zip(rows, table[("OSEM", f)])])
             half = 1.96 * float(diffs.std()) / math.sqrt(len(diffs)) if len(diffs) > 1 else float("nan")
             dose = "full" if f == 1 else f"1/{f}"
-            cells = [f"{m:.1f}" if k != "hot_spots" else f"{m:.2f}" for k, m in zip(keys, means)]
+            cells = [f"{m:.2f}" if k == "hot_spots" else f"{m:.3f}" if k == "ssim" else f"{m:.1f}"
+                     for k, m in zip(keys, means)]
             print(f"| {name} | {dose} | " + " | ".join(cells) + f" | {float(diffs.mean()):+.2f} ± {half:.2f} |")
     if args.picture:
         import matplotlib
