@@ -126,8 +126,9 @@ def test_covering_layout_grows_the_grid_and_bins_only_beyond_the_models_reach() 
 
 def test_an_object_wider_than_the_models_grid_is_reconstructed_whole() -> None:
     """The NEMA IEC phantom (294 mm) on the native layout: before the grown grid the
-    shipped model cut it at 250 mm and painted bright bands at the cut (13 false hot spots
-    at full dose, NRMSE 36 % against OSEM's 19 %; experiments/scripts/nema_scores.py)."""
+    shipped model cut it at 250 mm and painted bright bands at the cut (8.5 false hot spots
+    per image at full dose, NRMSE 34 % against OSEM's 20 %;
+    ``experiments/scripts/wide_object_scores.py --cut``)."""
     from pet_dl.forward_model import GaussianResolution
     from pet_dl.inference import reconstruct_and_check
     from pet_dl.metrics import dilate_mask, hot_spots, nrmse
