@@ -211,26 +211,43 @@ def test_native_scan_gets_the_consistency_map_on_its_grid(tmp_path) -> None:
     torch.testing.assert_close(torch.as_tensor(z).float(), maps.z, atol=1e-3, rtol=1e-3)
 
 
-def test_the_object_not_the_grid_asked_for_sets_the_grown_grid(test_data) -> None:
-    """The object's extent (OSEM's support within the bins' reach): the IEC phantom's
-    147 mm half-width; the real mMR head imported on the import's 718 mm default grid
-    stays on the model's own 250 mm layout, as it did before grids grew."""
-    from pet_dl.importing import import_listmode
+def test_the_object_not_the_grid_asked_for_sets_the_grown_grid() -> None:
+    """The object's extent from a first look: the IEC phantom's 147 mm half-width; a brain
+    on the import's 718 mm default grid keeps the model's own layout; an FLT-like torso
+    whose hot marrow is 18 x its median (at 10 % of the maximum it read 108 mm and was cut
+    at 250 mm) gets a grid that covers its whole body."""
+    from pet_dl.phantoms import make_phantom
     from pet_dl.phantoms.nema import nema_phantom
     from pet_dl.plane_inference import WHOLE_FIELD, covering_layout, object_extent_mm
+    from pet_dl.recipes import load_recipe, phantom_of_seed
 
     trained, grid = _shipped_layout()
-    phantom = nema_phantom(WIDE_GRID, torch.Generator().manual_seed(1))
-    scan = simulate_scan(phantom.activity, phantom.mu, SinogramGeometry.two_d(get_scanner("mmr")), WIDE_GRID,
-                         duration_s=60.0, scatter_fraction=0.3, randoms_fraction=0.2, psf_fwhm_mm=4.5,
-                         generator=torch.Generator().manual_seed(2))
-    look, bins = covering_layout(scan, trained, grid, WHOLE_FIELD)
-    extent = object_extent_mm(relayout_2d(scan, bins, trained.view_mashing), look)
-    assert 147.0 <= extent.core_mm <= extent.outline_mm <= 160.0, extent
-    mmr = test_data / "mmr_scanner"
-    real, _ = import_listmode(mmr / "PET_ACQ_small.l.hdr.STIR", norm_path=mmr / "norm.n.hdr", span="2d")
-    look, bins = covering_layout(real, trained, grid, WHOLE_FIELD)
-    assert look.shape[0] > 200  # the first look covers the scanner's 588 mm field of view
-    extent = object_extent_mm(relayout_2d(real, bins, trained.view_mashing), look)
-    assert 90.0 < extent.core_mm < 130.0, extent
-    assert covering_layout(real, trained, grid, extent) == (grid, trained.num_radial)
+    native = SinogramGeometry.two_d(get_scanner("mmr"))
+
+    def first_look(phantom, image, seed):  # noqa: ANN001, ANN202
+        scan = simulate_scan(phantom.activity, phantom.mu, native, image, duration_s=600.0, scatter_fraction=0.3,
+                             randoms_fraction=0.2, psf_fwhm_mm=4.5, generator=torch.Generator().manual_seed(seed))
+        look, bins = covering_layout(scan, trained, grid, WHOLE_FIELD)
+        assert bins == 344 and look.shape[0] > 200  # the scanner's whole 588 mm field of view
+        extent = object_extent_mm(relayout_2d(scan, bins, trained.view_mashing), look)
+        return scan, extent, covering_layout(scan, trained, grid, extent)[0]
+
+    nema = nema_phantom(WIDE_GRID, torch.Generator().manual_seed(1))
+    _, extent, _ = first_look(nema, WIDE_GRID, 2)
+    assert 147.0 <= extent.body_mm <= extent.outline_mm <= 160.0, extent
+    big = ImageGeometry.centered((172, 172, 1), 4.1725)  # the import's default grid
+    brain = make_phantom("brain", big, torch.Generator().manual_seed(3))
+    _, extent, chosen = first_look(brain, big, 4)
+    assert extent.body_mm < 130.0 and chosen == grid, extent
+    recipe = load_recipe("data/torso_window2d_flt.yaml")
+    wide = ImageGeometry.centered((192, 192, 1), (2.6, 2.6, 2.6))
+    recipe.update(phantom="torso", image={"shape": [192, 192, 1], "voxel_size_mm": [2.6] * 3},
+                  sinogram={"num_radial": 344, "view_mashing": 1})
+    torso = phantom_of_seed(recipe, 110008)
+    inside = torso.mu[..., 0] > 0
+    x = torch.from_numpy(wide.voxel_centers(0)).abs()[:, None].expand_as(inside)
+    y = torch.from_numpy(wide.voxel_centers(1)).abs()[None, :].expand_as(inside)
+    true_extent = float(torch.maximum(x[inside].max(), y[inside].max()))  # 157 mm
+    _, extent, chosen = first_look(torso, wide, 5)
+    assert extent.body_mm > 130.0, extent
+    assert 0.5 * chosen.shape[0] * 2.6 >= true_extent + 2.6, (chosen.shape, true_extent)

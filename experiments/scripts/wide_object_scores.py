@@ -4,7 +4,11 @@
 its sphere plane on a 128 x 128 grid of 2.6 mm. ``--object acrin``: the two real ACRIN
 FLT whole-body PET slices used as activity, whole (not the 250 mm windows of
 configs/evaluate_acrin2d.yaml), on a 192 x 192 grid of 2.6 mm, with the recipe's random
-lesions (``$PET_DL_TEST_DATA/acrin_pet_dicom``). Both on the mMR's native 2D layout (252
+lesions (``$PET_DL_TEST_DATA/acrin_pet_dicom``). ``--object torso``: a validation proxy
+for whole bodies (not a test set): whole synthetic torsos made as the FLT-like training
+windows are (``data/torso_window2d_flt.yaml``: FLT's uptake, a reconstructed PET image as
+the activity, a clinical body's mean), on a 192 x 192 grid of 2.6 mm, seeds ``--first`` on
+(default 110000, outside every recipe's splits). All on the mMR's native 2D layout (252
 views x 344 bins) with the data/brainweb2d.yaml scan (600 s, 30 % scatter, 20 % randoms,
 PSF 4.5 mm, 5 % crystal efficiencies), thinned to 1/4 ... 1/100. Each scan is
 reconstructed by OSEM at the BrainWeb-chosen settings (configs/blend2d_kco5.yaml's rows)
@@ -22,6 +26,7 @@ slices the SUVmean / SUVmax bias of the hot lesions of 8 mm and more, pooled ove
 
     PYTHONPATH=. python experiments/scripts/wide_object_scores.py --object nema --realisations 8 --cut --picture nema.png
     PYTHONPATH=. PET_DL_TEST_DATA=../shared/data python experiments/scripts/wide_object_scores.py --object acrin --realisations 8 --cut
+    PYTHONPATH=. python experiments/scripts/wide_object_scores.py --object torso --realisations 16 --cut
 """
 
 from __future__ import annotations
@@ -46,14 +51,18 @@ from pet_dl.metrics import (
     ssim,
 )
 from pet_dl.phantoms.nema import nema_phantom
-from pet_dl.recipes import load_recipe
+from pet_dl.recipes import load_recipe, phantom_of_seed
 from pet_dl.recon import gaussian_postfilter, reconstruct_classical
 from pet_dl.simulate import simulate_scan, thin_scan
 
 FACTORS = (1, 4, 10, 20, 50, 100)
 #: OSEM (iterations x 7 subsets, post-filter mm) per factor: the BrainWeb-chosen settings
 OSEM = {1: (20, 4.0), 4: (8, 4.0), 10: (6, 6.0), 20: (4, 6.0), 50: (2, 6.0), 100: (2, 6.0)}
-GRIDS = {"nema": ImageGeometry.centered((128, 128, 1), 2.6), "acrin": ImageGeometry.centered((192, 192, 1), 2.6)}
+GRIDS = {
+    "nema": ImageGeometry.centered((128, 128, 1), 2.6),
+    "acrin": ImageGeometry.centered((192, 192, 1), 2.6),
+    "torso": ImageGeometry.centered((192, 192, 1), 2.6),
+}
 PSF_MM = 4.5
 
 
@@ -96,6 +105,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--object", choices=sorted(GRIDS), default="nema")
     parser.add_argument("--realisations", type=int, default=4)
+    parser.add_argument("--first", type=int, default=110000, help="--object torso: the first phantom seed")
     parser.add_argument("--checkpoint", default=None, help="model (default: the shipped one)")
     parser.add_argument("--cut", action="store_true", help="also the network on the model's own grid")
     parser.add_argument("--picture", default=None, help="PNG of the images at 1/20 dose")
@@ -111,12 +121,22 @@ def main() -> None:
         recipe["image"] = {"shape": list(grid.shape), "voxel_size_mm": list(grid.voxel_size_mm)}
         folder = os.path.join(os.environ["PET_DL_TEST_DATA"], "acrin_pet_dicom")
         acrin = acrin_slice_phantoms(folder, recipe)
+    if args.object == "torso":  # the FLT-like training windows' recipe, whole torsos on the wide grid
+        torso_recipe = load_recipe("data/torso_window2d_flt.yaml")
+        torso_recipe["phantom"] = "torso"
+        torso_recipe["image"] = {"shape": list(grid.shape), "voxel_size_mm": list(grid.voxel_size_mm)}
+        torso_recipe["sinogram"] = {"num_radial": sino.num_radial, "view_mashing": sino.view_mashing}
     import pet_dl.plane_inference as plane_inference
 
     grown_layout = plane_inference.covering_layout
     for r in range(args.realisations):
         g = torch.Generator().manual_seed(300000 + r)
-        phantom = nema_phantom(grid, g) if args.object == "nema" else acrin(r)
+        if args.object == "nema":
+            phantom = nema_phantom(grid, g)
+        elif args.object == "acrin":
+            phantom = acrin(r)
+        else:
+            phantom = phantom_of_seed(torso_recipe, args.first + r)
         blurred = GaussianResolution(grid, PSF_MM)(phantom.activity.float()[None])[0]
         exclude = dilate_mask((phantom.labels > 0)[None], 2, 2)[0]
         full = simulate_scan(

@@ -55,28 +55,6 @@ def image_scale(initial: torch.Tensor, sensitivity: torch.Tensor) -> torch.Tenso
     return mean.clamp_min(1e-12).view(-1, 1, 1, 1)
 
 
-def count_level_support(image: torch.Tensor, level: float = 0.1) -> torch.Tensor:
-    """The imaged object as the count level measures it: where the image's 5-voxel box
-    mean exceeds ``level`` (10 %) of its maximum.
-
-    Args:
-        image: ``(B, nx, ny, nz)`` (any unit; negative values count as 0); ``nz == 1``
-            is a 2D plane.
-        level: share of the maximum, in (0, 1).
-
-    Returns:
-        ``(B, nx, ny, nz)`` bool (all False for an all-zero image).
-    """
-    x = image.float().clamp_min(0.0)
-    if x.shape[-1] == 1:  # 2D: one plane
-        smooth = F.avg_pool2d(x[..., 0].unsqueeze(1), 5, stride=1, padding=2, count_include_pad=False)
-        smooth = smooth[:, 0, ..., None]
-    else:
-        smooth = F.avg_pool3d(x.unsqueeze(1), 5, stride=1, padding=2, count_include_pad=False)[:, 0]
-    peak = smooth.flatten(1).amax(1).clamp_min(1e-30)
-    return smooth > level * peak.view(-1, *([1] * (smooth.dim() - 1)))
-
-
 def count_density(
     prompts: torch.Tensor, additive: torch.Tensor, initial: torch.Tensor,
     voxel_size_mm: tuple[float, float, float],
@@ -86,8 +64,8 @@ def count_density(
     The count level that sets a reconstruction's noise: the estimated trues (prompts less
     the additive randoms + scatter expectation, summed over the sinogram) divided by the
     volume of the object, which is the support of the initial image after a 5-voxel box
-    filter (voxels above 10 % of its maximum; :func:`count_level_support`). It needs no
-    dose metadata, so a real scan gets the same treatment as a simulated one.
+    filter (voxels above 10 % of its maximum). It needs no dose metadata, so a real scan
+    gets the same treatment as a simulated one.
 
     Args:
         prompts, additive: ``(B, *sino)`` counts.
@@ -98,7 +76,13 @@ def count_density(
         ``(B,)`` counts per mL (float32, positive).
     """
     trues = (prompts.float() - additive.float()).flatten(1).sum(1).clamp_min(1.0)
-    support = count_level_support(initial).flatten(1).sum(1).clamp_min(1)
+    x = initial.float().clamp_min(0.0)
+    if x.shape[-1] == 1:  # 2D: one plane
+        smooth = F.avg_pool2d(x[..., 0].unsqueeze(1), 5, stride=1, padding=2, count_include_pad=False)
+    else:
+        smooth = F.avg_pool3d(x.unsqueeze(1), 5, stride=1, padding=2, count_include_pad=False)
+    peak = smooth.flatten(1).amax(1).clamp_min(1e-30)
+    support = (smooth.flatten(1) > 0.1 * peak[:, None]).sum(1).clamp_min(1)
     voxel_ml = float(voxel_size_mm[0]) * float(voxel_size_mm[1]) * float(voxel_size_mm[2]) / 1000.0
     return trues / (support.float() * voxel_ml)
 
