@@ -78,7 +78,7 @@ MAP_MIN_COUNT_LEVEL = 0.01
 def radial_reach_mm(sinogram: SinogramGeometry, num_radial: int) -> float:
     """How far from the scanner's axis ``num_radial`` bins of ``sinogram``'s layout reach, mm:
     a voxel within it is seen in every view."""
-    return float(replace(sinogram, num_radial=num_radial).radial_positions_mm().abs().max())
+    return replace(sinogram, num_radial=num_radial).field_of_view_radius_mm()
 
 
 def field_of_view(image: ImageGeometry, radius_mm: float) -> torch.Tensor:
@@ -386,7 +386,7 @@ def reconstruct_planes(
         planes[index] = images[..., 0].cpu()
         if check:
             osems[index] = osem[..., 0].cpu() if seen is None else osem[..., 0].cpu() * seen
-            levels[index] = plane_count_levels(model, recon_batch, osem).cpu()
+            levels[index] = model.conditioning(recon_batch, osem).float().cpu()  # what the network reads
             dev = poisson_deviance(forward(images), recon_batch.prompts)
             ref = poisson_deviance(forward(osem), recon_batch.prompts)
             for j, a, b in zip(chunk, dev.tolist(), ref.tolist()):
@@ -404,18 +404,6 @@ def reconstruct_planes(
         consistency = planes_consistency_map(rebinned, mapped, planes, osems, image2d, z, scan.image, device)
     return image, PlaneFit(dev, ref, ratios[worst], worst, ratios, len(active) - len(mapped),
                            consistency=consistency)
-
-
-def plane_count_levels(model: torch.nn.Module, batch: ReconBatch, osem: torch.Tensor) -> torch.Tensor:
-    """``(n,)`` the count level of each plane of ``batch`` (its OSEM ``(n, nx, ny, 1)``):
-    :func:`pet_dl.models.blocks.count_level` against the model's ``count_reference``, or
-    the planes' dose fraction for a model without one."""
-    from pet_dl.models.blocks import count_level
-
-    reference = getattr(model, "count_reference", None)
-    if reference is None:
-        return batch.dose_fraction.float()
-    return count_level(batch.prompts, batch.additive, osem, batch.image.voxel_size_mm, reference)
 
 
 def planes_consistency_map(

@@ -188,7 +188,7 @@ def activity_outside_fov(activity: Any, image: Any, sinogram: Any) -> tuple[floa
     """
     import torch
 
-    radius = float(sinogram.radial_positions_mm().abs().max())
+    radius = sinogram.field_of_view_radius_mm()
     x = torch.as_tensor(image.voxel_centers(0), dtype=torch.float64)
     y = torch.as_tensor(image.voxel_centers(1), dtype=torch.float64)
     z = torch.as_tensor(image.voxel_centers(2), dtype=torch.float64)

@@ -295,6 +295,12 @@ class SinogramGeometry:
         normal = torch.stack((d[:, 1], -d[:, 0]), dim=-1) / d.norm(dim=-1, keepdim=True)
         return (start * normal).sum(-1)
 
+    def field_of_view_radius_mm(self) -> float:
+        """Radius of the transaxial field of view, mm: how far from the axis the outermost
+        radial bins reach. A point within it is seen in every view; beyond it, in some
+        views or none."""
+        return float(self.radial_positions_mm().abs().max())
+
     # ------------------------------------------------------------------ LORs
     def lor_endpoints(
         self,
