@@ -11,7 +11,12 @@ its scan's data (:func:`pet_dl.inference.reconstruct_and_check`): the data-consi
 ``DIR/<scan name>_consistency.nii.gz`` (z, noise SDs; positive where the image has more
 activity than the counts support) is written beside it, and where regions are flagged, or
 the whole image explains the counts much worse than OSEM does, one ``warning: ...`` line on
-stderr names their count; the images are still written (``--no-data-check`` skips it). Exit codes: 0 success,
+stderr names their count; the images are still written (``--no-data-check`` skips it).
+``--osem`` also writes an OSEM of each scan for reading beside the network's image
+(``DIR/<scan name>_osem.nii.gz`` and ``_osem_dicom/``, in the same formats), at the
+settings chosen on validation for the scan's measured count level
+(:func:`pet_dl.reading_osem.osem_for_reading`; at low dose the network fades hot lesions
+of 10 mm and less), and prints the settings on one line. Exit codes: 0 success,
 2 bad input (one line ``error: ...`` on stderr), 1 unexpected failure. Every output is
 written under a temporary name and renamed, so a failure leaves no partial file.
 """
@@ -77,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="write <scan>_consistency.nii.gz and warn where the image has more activity than "
         "the counts support, or fits them much worse than OSEM (default: on)",
+    )
+    parser.add_argument(
+        "--osem",
+        action="store_true",
+        help="also write <scan>_osem (OSEM at the settings chosen for the scan's count level) "
+        "to read small lesions beside the network's image",
     )
     return parser
 
@@ -159,11 +170,12 @@ def _import_monai_networks() -> None:
 
 def _write_outputs(
     out_dir: Path, name: str, image: Any, scan: Any, formats: tuple[str, ...], checkpoint: str,
-    consistency: Any = None,
+    consistency: Any = None, reading: Any = None,
 ) -> list[Path]:
     """Write the requested outputs of one scan (and ``<name>_consistency.nii.gz``, the
-    data-consistency map's z ``(nx, ny, nz)``, when given); on failure remove what this
-    scan wrote."""
+    data-consistency map's z ``(nx, ny, nz)``, when given, and ``<name>_osem`` in the same
+    formats, the :class:`~pet_dl.reading_osem.ReadingOSEM`'s image, when given); on failure
+    remove what this scan wrote."""
     from pet_dl.io.dicom import write_pet_series
     from pet_dl.io.nifti import save_nifti
 
@@ -173,21 +185,26 @@ def _write_outputs(
             path = out_dir / f"{name}_consistency.nii.gz"
             save_nifti(path, consistency.z, scan.image, units="z (noise SD)")
             written.append(path)
-        if "nifti" in formats:
-            path = out_dir / f"{name}.nii.gz"
-            save_nifti(path, image, scan.image)
-            written.append(path)
-        if "dicom" in formats:
-            path = out_dir / f"{name}_dicom"
-            write_pet_series(
-                path,
-                image,
-                scan.image,
-                scan.metadata,
-                series_description=f"pet_dl {name}",
-                reconstruction_method=f"pet_dl {checkpoint}"[:64],
-            )
-            written.append(path)
+        images = [(name, image, f"pet_dl {name}", f"pet_dl {checkpoint}")]
+        if reading is not None:
+            method = f"OSEM {reading.iterations}x{reading.subsets} {reading.postfilter_fwhm_mm:g}mm"
+            images.append((f"{name}_osem", reading.image, f"pet_dl {name} OSEM", method))
+        for stem, pixels, description, method in images:
+            if "nifti" in formats:
+                path = out_dir / f"{stem}.nii.gz"
+                save_nifti(path, pixels, scan.image)
+                written.append(path)
+            if "dicom" in formats:
+                path = out_dir / f"{stem}_dicom"
+                write_pet_series(
+                    path,
+                    pixels,
+                    scan.image,
+                    scan.metadata,
+                    series_description=description,
+                    reconstruction_method=method[:64],
+                )
+                written.append(path)
     except BaseException:
         for path in written:
             shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(
@@ -225,6 +242,7 @@ def _run(args: argparse.Namespace) -> int:
         resolve_device,
     )
     from pet_dl.io.scanfile import read_scan
+    from pet_dl.reading_osem import osem_for_reading, reading_settings
 
     formats = parse_formats(args.format)
     overrides = read_side_metadata(args.metadata)
@@ -237,6 +255,8 @@ def _run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     _import_monai_networks()
     loaded = load_model(args.checkpoint, device)
+    if args.osem:  # before any scan: a model without the settings is refused at once
+        reading_settings(loaded)
     label = args.checkpoint.name if args.checkpoint else "shipped model"
     args.out.mkdir(parents=True, exist_ok=True)
     for path, name in zip(tqdm(args.scans, desc="infer", unit="scan", disable=None), names):
@@ -250,7 +270,10 @@ def _run(args: argparse.Namespace) -> int:
         else:
             image, fit = reconstruct_with_network(scan, loaded, device=device, amp=args.amp), None
         consistency = None if fit is None else fit.consistency
-        _write_outputs(args.out, name, image, scan, formats, label, consistency)
+        reading = osem_for_reading(scan, loaded, device) if args.osem else None
+        _write_outputs(args.out, name, image, scan, formats, label, consistency, reading)
+        if reading is not None:
+            print(f"{name}: wrote {name}_osem for reading beside the network: {reading.describe()}")
         line = None if fit is None else data_check_warning(name, fit)
         if line:
             print(line, file=sys.stderr)

@@ -6,6 +6,7 @@
     python bench/infer.py --startup [--before DIR]   # infer.py start-up split (2D, CPU)
     python bench/infer.py --rebinned [--rings 64] [--check-cost]   # 3D mMR span 11 through the 2D model
     python bench/infer.py --wide [--repeats 5]      # 2D objects wider than the model's grid
+    python bench/infer.py --osem [--repeats 5]      # infer.py --osem: OSEM for reading beside the network
 
 Uses the shipped model when it exists and the geometry fits, otherwise an untrained
 network of the same architecture (latency does not depend on the weights). Prints a
@@ -488,6 +489,53 @@ def wide_main(repeats: int) -> int:
     return 0
 
 
+def osem_main(repeats: int) -> int:
+    """``infer.py --osem``'s cost: the OSEM for reading (:func:`pet_dl.reading_osem.osem_for_reading`)
+    beside the network with its data check (:func:`pet_dl.inference.reconstruct_and_check`),
+    on 2D mMR slices of a 200 mm water disc: on the model's layout at full and 1/20 dose (20
+    and 4 OSEM iterations) and on the native 252 x 344 layout at 1/20. Timed side by side in
+    this process, in rotation, medians of ``repeats``."""
+    from pet_dl.geometry import ImageGeometry, SinogramGeometry, get_scanner
+    from pet_dl.inference import load_model, reconstruct_and_check
+    from pet_dl.reading_osem import osem_for_reading
+    from pet_dl.simulate import simulate_scan, thin_scan
+
+    loaded = load_model(None, torch.device("cpu"))
+    model_sino = SinogramGeometry.from_dict(loaded.metadata["sinogram"])
+    image = ImageGeometry.from_dict(loaded.metadata["image"])
+    x = torch.from_numpy(image.voxel_centers(0)).float()
+    disc = ((x[:, None] ** 2 + x[None, :] ** 2) < 100.0**2).float()[..., None]
+    cases = []
+    for label, sino, dose in (("model layout, full dose", model_sino, 1.0),
+                              ("model layout, 1/20", model_sino, 0.05),
+                              ("native 252 x 344, 1/20", SinogramGeometry.two_d(get_scanner("mmr")), 0.05)):
+        g = torch.Generator().manual_seed(1)
+        scan = simulate_scan(disc * 6000.0, disc * 0.0096, sino, image, duration_s=600.0, psf_fwhm_mm=4.5,
+                             scatter_fraction=0.3, randoms_fraction=0.2, generator=g)
+        cases.append((label, scan if dose == 1.0 else thin_scan(scan, dose, g)))
+    steps = {"network + data check": lambda s: reconstruct_and_check(s, loaded, device="cpu"),
+             "OSEM for reading": lambda s: osem_for_reading(s, loaded, device="cpu")}
+    for _, scan in cases:  # warm-up
+        for step in steps.values():
+            step(scan)
+    times = {(c, k): [] for c, _ in cases for k in steps}
+    for _ in range(repeats):
+        for label, scan in cases:
+            for name, step in steps.items():
+                t0 = time.perf_counter()
+                step(scan)
+                times[(label, name)].append(time.perf_counter() - t0)
+    print("| 2D slice | settings | network + data check (s, median) | OSEM for reading (s, median) | ratio |")
+    print("|---|---|---|---|---|")
+    for label, scan in cases:
+        net, osem = (sorted(times[(label, k)])[repeats // 2] for k in steps)
+        print(f"| {label} | {osem_for_reading(scan, loaded, device='cpu').describe()} | {net:.2f} | {osem:.2f} "
+              f"| {osem / net:.2f} |")
+    print(f"\nCPU ({os.cpu_count()} threads), torch threads {torch.get_num_threads()}, "
+          f"load average {os.getloadavg()[0]:.1f}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -505,11 +553,15 @@ def main() -> int:
                         help="with --rebinned: the vendor's 344 bins x 252 views (else the model's)")
     parser.add_argument("--check-cost", action="store_true",
                         help="with --rebinned: the network alone against it with the data check, in-process")
+    parser.add_argument("--osem", action="store_true",
+                        help="infer.py --osem's OSEM for reading beside the network with its data check")
     parser.add_argument("--wide", action="store_true",
                         help="2D slices of objects wider than the model's grid (grown grids)")
     args = parser.parse_args()
     if args.wide:
         return wide_main(args.repeats)
+    if args.osem:
+        return osem_main(args.repeats)
     if args.startup:
         return startup_main(args.before, args.repeats)
     if args.rebinned:

@@ -1,0 +1,136 @@
+"""OSEM of a scan for reading beside the network's image, at the settings chosen for its counts.
+
+The shipped network fades hot lesions of 10 mm and less at low dose (the NEMA IEC phantom's
+10 mm sphere: contrast recovery 7 % against OSEM's 17 % at 1/20; docs/results.md), and
+neither a loss term nor the measured counts could give them back (docs/experiments.md,
+the v43 round and the probe after it). So at low dose a reader looks at small lesions on an
+OSEM of the same scan too. This is that OSEM, on the scan's own geometry and image grid
+(``python -m pet_dl recon`` with the settings filled in): the iterations and post-filter
+chosen on the BrainWeb validation subjects for the dose nearest the scan's count level
+(the rows the model mixes with, ``OSEMBlend.rows``; docs/results.md, "Parameters chosen on
+validation"), the count level measured from the scan itself as the network measures it
+(:func:`pet_dl.models.blocks.count_level`: net trues per mL of the object, relative to the
+training's full dose), so a scan with no dose metadata gets the right settings.
+
+Layer: above ``inference`` (it loads the model for its settings) and ``recon``; below
+``infer.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from pet_dl.io.checkpoint import LoadedModel
+    from pet_dl.models.anchor import OSEMBlend
+    from pet_dl.scan import Scan
+
+
+@dataclass(frozen=True)
+class ReadingOSEM:
+    """An OSEM image of one scan and the settings it was made with.
+
+    Attributes:
+        image: ``(nx, ny, nz)`` float32 Bq/mL on the scan's image grid, on the CPU.
+        count_level: the scan's measured count level (1 = the training's full dose).
+        dose_factor: the dose reduction factor of the settings' row (nearest the level).
+        iterations: OSEM iterations.
+        subsets: OSEM view subsets.
+        postfilter_fwhm_mm: Gaussian post-filter FWHM, mm.
+    """
+
+    image: torch.Tensor
+    count_level: float
+    dose_factor: float
+    iterations: int
+    subsets: int
+    postfilter_fwhm_mm: float
+
+    def describe(self) -> str:
+        """One line: the settings and why (``OSEM 4 x 7, 6 mm post-filter (count level 0.051:
+        the settings chosen for 1/20 dose)``)."""
+        dose = "full dose" if self.dose_factor == 1 else f"1/{self.dose_factor:g} dose"
+        return (f"OSEM {self.iterations} x {self.subsets}, {self.postfilter_fwhm_mm:g} mm post-filter "
+                f"(count level {self.count_level:.3g}: the settings chosen for {dose})")
+
+
+def reading_settings(loaded: LoadedModel) -> tuple[OSEMBlend, float]:
+    """The OSEM rows per dose and the full-dose count density a model carries.
+
+    Returns:
+        ``(the model's OSEMBlend, its count_reference in net counts per mL)``.
+
+    Raises:
+        CheckpointError: the model has no OSEM mix or no ``count_reference``.
+    """
+    from pet_dl.io.checkpoint import CheckpointError
+
+    blend = getattr(loaded.model, "osem_blend", None)
+    reference = getattr(loaded.model, "count_reference", None)
+    if blend is None or reference is None:
+        raise CheckpointError("this model carries no OSEM settings per count level (no osem_blend or "
+                              "count_reference); run python -m pet_dl recon with settings of your choice")
+    return blend, float(reference)
+
+
+def osem_for_reading(
+    scan: Scan,
+    checkpoint: str | os.PathLike[str] | LoadedModel | None = None,
+    device: str | torch.device | None = None,
+) -> ReadingOSEM:
+    """OSEM of ``scan`` at the settings a model carries for the scan's measured count level.
+
+    One OSEM iteration gives the object's support, from which the count level is measured
+    (:func:`pet_dl.models.blocks.count_level` with the model's ``count_reference``); the
+    row of the model's OSEM mix nearest that level gives the iterations and the
+    post-filter; OSEM goes on from the first iteration to that count and is post-filtered.
+    The image is the one ``python -m pet_dl recon --algorithm osem`` gives with the same
+    settings (the same subsets in the same order).
+
+    Args:
+        scan: the scan, on any geometry the scanner's forward model takes (2D, 3D, native
+            layout); checked as :func:`pet_dl.inference.reconstruct_with_network` checks it.
+        checkpoint: a ``.safetensors`` path, a loaded model, or ``None`` (the shipped one).
+        device: ``"cpu"``, ``"cuda"`` or ``None`` (CUDA when available).
+
+    Returns:
+        a :class:`ReadingOSEM`.
+
+    Raises:
+        InvalidInputError: bad scan data.
+        CheckpointError: the model carries no OSEM settings per count level (no OSEM mix
+            or no ``count_reference``): use ``python -m pet_dl recon`` and choose them.
+    """
+    from pet_dl.inference import check_scan, load_model, resolve_device
+    from pet_dl.models.anchor import nearest_row
+    from pet_dl.models.blocks import count_level
+    from pet_dl.recon import gaussian_postfilter
+    from pet_dl.recon.em import osem
+
+    check_scan(scan)
+    dev = resolve_device(device)
+    blend, reference = reading_settings(load_model(checkpoint, dev))
+    subsets = min(int(blend.subsets), scan.sinogram.num_views)
+    forward = scan.forward_model(dev)
+    prompts = scan.prompts.to(device=dev, dtype=torch.float32)
+    # a 3D scan's subset sensitivities are minutes of back-projection: computed once, kept
+    # in a temporary folder for the second call, and the iterations get a progress bar
+    three_d = scan.sinogram.scanner.num_rings >= 2
+    folder = tempfile.TemporaryDirectory(prefix="pet_dl_reading_") if three_d else contextlib.nullcontext()
+    with torch.no_grad(), folder as cache:
+        first = osem(forward, prompts, 1, subsets, progress=three_d, sensitivity_cache=cache)
+        level = float(count_level(prompts[None], scan.additive.to(dev, torch.float32)[None], first[None],
+                                  scan.image.voxel_size_mm, reference)[0])
+        factor, iterations, fwhm, _ = nearest_row(blend.rows, level)
+        image = first
+        if int(iterations) > 1:
+            image = osem(forward, prompts, int(iterations) - 1, subsets, x0=first, progress=three_d,
+                         sensitivity_cache=cache)
+        image = gaussian_postfilter(image, scan.image, float(fwhm)) if fwhm > 0 else image
+    return ReadingOSEM(image.float().cpu(), level, float(factor), int(iterations), subsets, float(fwhm))

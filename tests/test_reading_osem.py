@@ -1,0 +1,125 @@
+"""OSEM for reading beside the network (``infer.py --osem``): the settings follow the count
+level measured from the scan, not its metadata, and the image is ``recon``'s with them."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from pet_dl.geometry import ImageGeometry, SinogramGeometry
+from pet_dl.simulate import simulate_scan, thin_scan
+
+
+@pytest.fixture(scope="module")
+def brain_scan():
+    """A brain slice on the shipped model's own layout, full dose (600 s, the evaluations' scan)."""
+    from pet_dl.inference import load_model
+    from pet_dl.phantoms import make_phantom
+
+    meta = load_model(None, torch.device("cpu")).metadata
+    sino, image = SinogramGeometry.from_dict(meta["sinogram"]), ImageGeometry.from_dict(meta["image"])
+    g = torch.Generator().manual_seed(5)
+    phantom = make_phantom("brain", image, g)
+    return simulate_scan(
+        phantom.activity, phantom.mu, sino, image, duration_s=600.0, scatter_fraction=0.3,
+        randoms_fraction=0.2, psf_fwhm_mm=4.5, crystal_efficiency_sigma=0.05, generator=g,
+    )
+
+
+def test_settings_follow_the_measured_count_level_and_the_image_is_recons(brain_scan) -> None:
+    from pet_dl.models.anchor import nearest_row
+    from pet_dl.reading_osem import osem_for_reading, reading_settings
+    from pet_dl.inference import load_model
+    from pet_dl.recon import gaussian_postfilter, reconstruct_classical
+
+    blend, _ = reading_settings(load_model(None, torch.device("cpu")))
+    g = torch.Generator().manual_seed(6)
+    readings = {}
+    for factor in (1, 20, 100):
+        scan = brain_scan if factor == 1 else thin_scan(brain_scan, 1.0 / factor, g)
+        # a low-dose scan whose metadata claims full dose (a real scan carries no dose field)
+        scan = dataclasses.replace(scan, metadata=dataclasses.replace(scan.metadata, dose_fraction=1.0))
+        reading = osem_for_reading(scan, device="cpu")
+        readings[factor] = reading
+        assert tuple(nearest_row(blend.rows, reading.count_level)[:3]) == (
+            reading.dose_factor, reading.iterations, reading.postfilter_fwhm_mm)
+        expected = gaussian_postfilter(
+            reconstruct_classical(scan, "osem", reading.iterations, reading.subsets), scan.image,
+            reading.postfilter_fwhm_mm,
+        )
+        torch.testing.assert_close(reading.image, expected, rtol=1e-5, atol=1e-5 * float(expected.max()))
+    # the level is measured from the counts: thinning divides it by the factor (Poisson
+    # thinning keeps the object's support), whatever the metadata says
+    for factor in (20, 100):
+        assert readings[factor].count_level * factor == pytest.approx(readings[1].count_level, rel=0.1)
+    # fewer counts: fewer iterations and at least as much smoothing
+    assert readings[1].iterations > readings[20].iterations >= readings[100].iterations
+    assert readings[1].postfilter_fwhm_mm <= readings[20].postfilter_fwhm_mm <= readings[100].postfilter_fwhm_mm
+
+
+def test_infer_writes_the_osem_beside_the_network_image(brain_scan, tmp_path: Path, capsys) -> None:
+    import infer
+    from pet_dl.io.dicom import read_pet_series
+    from pet_dl.io.nifti import load_nifti
+    from pet_dl.io.scanfile import write_scan
+    from pet_dl.reading_osem import osem_for_reading
+
+    low = thin_scan(brain_scan, 1.0 / 20, torch.Generator().manual_seed(7))
+    write_scan(tmp_path / "slice.h5", low)
+    out = tmp_path / "out"
+    assert infer.main([str(tmp_path / "slice.h5"), "--out", str(out), "--osem", "--device", "cpu"]) == 0
+    reading = osem_for_reading(low, device="cpu")
+    written, grid = load_nifti(out / "slice_osem.nii.gz")
+    assert grid.shape == low.image.shape
+    torch.testing.assert_close(written.float(), reading.image, rtol=1e-5, atol=1e-4 * float(reading.image.max()))
+    dicom, _, _ = read_pet_series(out / "slice_osem_dicom")
+    assert abs(dicom - reading.image.double().numpy()).max() < 1e-3 * float(reading.image.max())
+    network, _ = load_nifti(out / "slice.nii.gz")
+    assert not torch.allclose(network.float(), reading.image)  # two images, not one written twice
+    line = capsys.readouterr().out
+    assert f"OSEM {reading.iterations} x {reading.subsets}" in line and "1/20 dose" in line
+
+
+def test_a_model_without_osem_settings_is_refused_before_any_scan(tmp_path: Path, capsys) -> None:
+    """A checkpoint without an OSEM mix or count reference: one line, exit 2, nothing written."""
+    import infer
+    from test_inference import make_checkpoint, make_scan
+
+    from pet_dl.io.scanfile import write_scan
+
+    g = torch.Generator().manual_seed(8)
+    scan = make_scan(g)
+    write_scan(tmp_path / "small.h5", scan)
+    ckpt = make_checkpoint(tmp_path, g, scan)
+    out = tmp_path / "out"
+    status = infer.main([str(tmp_path / "small.h5"), "--checkpoint", str(ckpt), "--out", str(out), "--osem",
+                         "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(err) == 1 and "no OSEM settings per count level" in err[0]
+    assert not out.exists()
+
+
+def test_a_3d_scan_gets_its_osem_in_3d_on_its_own_grid() -> None:
+    """A 17-ring span-11 scan: the OSEM runs on the 3D sinogram (its subset sensitivities
+    computed once for both calls) and is ``recon``'s with the same settings."""
+    from test_rebin import expected_scan, geometry, phantom
+
+    from pet_dl.reading_osem import osem_for_reading
+    from pet_dl.recon import gaussian_postfilter, reconstruct_classical
+
+    sino, image = geometry(num_radial=96, view_mashing=2)
+    act, mu = phantom(image, axial=True)
+    scan = expected_scan(sino, image, act, mu)
+    reading = osem_for_reading(scan, device="cpu")
+    assert reading.image.shape == image.shape
+    expected = gaussian_postfilter(
+        reconstruct_classical(scan, "osem", reading.iterations, reading.subsets), image, reading.postfilter_fwhm_mm
+    )
+    torch.testing.assert_close(reading.image, expected, rtol=1e-5, atol=1e-5 * float(expected.max()))
+    # the hot band in the middle third is there: the planes are not one plane repeated
+    inside = act[..., act.shape[2] // 2] > 0
+    middle, end = reading.image[..., image.shape[2] // 2][inside].mean(), reading.image[..., 2][inside].mean()
+    assert float(middle / end) > 1.3
