@@ -30,9 +30,9 @@ def brain_scan():
 
 
 def test_settings_follow_the_measured_count_level_and_the_image_is_recons(brain_scan) -> None:
+    from pet_dl.inference import load_model
     from pet_dl.models.anchor import nearest_row
     from pet_dl.reading_osem import osem_for_reading, reading_settings
-    from pet_dl.inference import load_model
     from pet_dl.recon import gaussian_postfilter, reconstruct_classical
 
     blend, _ = reading_settings(load_model(None, torch.device("cpu")))
@@ -85,9 +85,9 @@ def test_infer_writes_the_osem_beside_the_network_image(brain_scan, tmp_path: Pa
 
 def test_a_model_without_osem_settings_is_refused_before_any_scan(tmp_path: Path, capsys) -> None:
     """A checkpoint without an OSEM mix or count reference: one line, exit 2, nothing written."""
-    import infer
     from test_inference import make_checkpoint, make_scan
 
+    import infer
     from pet_dl.io.scanfile import write_scan
 
     g = torch.Generator().manual_seed(8)
