@@ -123,3 +123,52 @@ def test_a_3d_scan_gets_its_osem_in_3d_on_its_own_grid() -> None:
     inside = act[..., act.shape[2] // 2] > 0
     middle, end = reading.image[..., image.shape[2] // 2][inside].mean(), reading.image[..., 2][inside].mean()
     assert float(middle / end) > 1.3
+
+
+def test_torchserve_zip_carries_the_osem_when_asked(brain_scan, tmp_path: Path) -> None:
+    """The handler (no server: its inference and postprocess steps): with ``X-PET-DL-OSEM: 1``
+    and ``Accept: application/zip`` the zip holds ``osem.nii.gz`` (infer.py --osem's image)
+    and its settings in check.json; without the header it does not; the header without a
+    zip is a 400."""
+    pytest.importorskip("ts", reason="needs the serve extra (TorchServe)")
+    import io
+    import json
+    import zipfile
+
+    from test_consistency import _Context
+    from ts.utils.util import PredictionException
+
+    from pet_dl.inference import load_model
+    from pet_dl.io.nifti import load_nifti
+    from pet_dl.reading_osem import osem_for_reading
+    from pet_dl.serving import handler as serving
+
+    low = thin_scan(brain_scan, 1.0 / 20, torch.Generator().manual_seed(9))
+    worker = serving.PetReconHandler()
+    worker.loaded = load_model(None, torch.device("cpu"))
+    worker.device = torch.device("cpu")
+    reading = osem_for_reading(low, device="cpu")
+    for osem in (False, True):
+        worker.context = _Context("application/zip")
+        if osem:
+            worker.context.request["X-PET-DL-OSEM"] = "1"
+        body = worker.postprocess(worker.inference([low]))[0]
+        with zipfile.ZipFile(io.BytesIO(body)) as archive:
+            names = sorted(archive.namelist())
+            check = json.loads(archive.read("check.json"))
+            if osem:
+                (tmp_path / "osem.nii.gz").write_bytes(archive.read("osem.nii.gz"))
+        if not osem:
+            assert "osem.nii.gz" not in names and "reading_osem" not in check
+            continue
+        assert names == ["check.json", "consistency.nii.gz", "image.nii.gz", "osem.nii.gz"]
+        served, grid = load_nifti(tmp_path / "osem.nii.gz")
+        assert grid.shape == low.image.shape and grid.voxel_size_mm == pytest.approx(low.image.voxel_size_mm)
+        torch.testing.assert_close(torch.as_tensor(served).float(), reading.image, rtol=1e-5,
+                                   atol=1e-4 * float(reading.image.max()))
+        assert check["reading_osem"]["iterations"] == reading.iterations == 4
+    worker.context = _Context(None)
+    worker.context.request["X-PET-DL-OSEM"] = "true"
+    with pytest.raises(PredictionException) as info:
+        worker.inference([low])
+    assert info.value.error_code == 400 and "Accept: application/zip" in info.value.message

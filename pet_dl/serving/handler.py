@@ -3,13 +3,16 @@
 Thin by design: decode with :func:`pet_dl.io.scanfile.read_scan_bytes` (from memory, every
 dataset checked against the geometry and a cap before its data is read), reconstruct with
 :func:`pet_dl.inference.reconstruct_and_check` (the function ``infer.py`` calls: the image
-and the data check, whose flagged-region count and map go out as headers or a zip), encode
+and the data check, whose flagged-region count and map go out as headers or a zip; with
+the request header ``X-PET-DL-OSEM: 1`` the zip also holds the OSEM for reading of
+:func:`pet_dl.reading_osem.osem_for_reading`), encode
 with :func:`pet_dl.io.nifti.save_nifti`; the answer to one request is built by
 :meth:`PetReconHandler.respond`. Status codes (one-line messages that never name a server
 path; the worker keeps serving):
 
 - 400: the body is not a valid scan file (empty, form-encoded, JSON, truncated, corrupt,
-  NaN / negative counts), or a scan the model was not trained for;
+  NaN / negative counts), or a scan the model was not trained for, or ``X-PET-DL-OSEM``
+  without ``Accept: application/zip``;
 - 400 too: a scan that declares more elements than the served model's geometry
   (``scan too large: ...``; refused before its data is read). TorchServe's frontend turns
   a worker's 413 into 507, so the worker cannot answer 413;
@@ -48,11 +51,15 @@ from pet_dl.inference import reconstruct_and_check, resolve_device
 from pet_dl.io.checkpoint import LoadedModel, load_checkpoint
 from pet_dl.io.scanfile import ScanTooLargeError, max_scan_elements, read_scan_bytes
 from pet_dl.models import build_model
+from pet_dl.reading_osem import osem_for_reading
 
 logger = logging.getLogger(__name__)
 
 NIFTI_CONTENT_TYPE = "application/gzip"
 ZIP_CONTENT_TYPE = "application/zip"
+# Request header asking for the OSEM for reading beside the image (``1`` / ``true`` / ``yes``;
+# with ``Accept: application/zip``): pet_dl.reading_osem, infer.py --osem.
+OSEM_HEADER = "x-pet-dl-osem"
 # Torch intra-op threads of a worker (default: OMP_NUM_THREADS, else torch's own choice).
 THREADS_ENV = "PET_DL_THREADS"
 
@@ -175,12 +182,19 @@ class PetReconHandler(BaseHandler):
         return scans
 
     def inference(self, data: list[Any], *args: Any, **kwargs: Any) -> list[Any]:
-        """``reconstruct_and_check`` each scan (the image is ``reconstruct``'s); returns
-        ``(scan, image (nx, ny, nz) Bq/mL, DataFit with its consistency map)`` triples."""
+        """``reconstruct_and_check`` each scan (the image is ``reconstruct``'s), and the OSEM
+        for reading where the request asks for it (``X-PET-DL-OSEM``); returns ``(scan, image
+        (nx, ny, nz) Bq/mL, DataFit with its consistency map, ReadingOSEM or None)``."""
         out = []
-        for scan in data:
+        for index, scan in enumerate(data):
             try:
-                out.append((scan, *reconstruct_and_check(scan, self.loaded, device=self.device)))
+                reading = None
+                if self._header(index, OSEM_HEADER) in ("1", "true", "yes"):
+                    if ZIP_CONTENT_TYPE not in self._header(index, "accept"):
+                        raise ValueError("X-PET-DL-OSEM needs Accept: application/zip (the OSEM is a "
+                                         "second image)")
+                    reading = osem_for_reading(scan, self.loaded, device=self.device)
+                out.append((scan, *reconstruct_and_check(scan, self.loaded, device=self.device), reading))
             except (PetDLError, ValueError) as exc:
                 raise PredictionException(_one_line(exc), 400) from exc
             except RuntimeError as exc:  # torch's allocators: CPU "can't allocate memory"
@@ -193,7 +207,9 @@ class PetReconHandler(BaseHandler):
         """The answer to each request: :meth:`respond`."""
         return [self.respond(index, *entry) for index, entry in enumerate(data)]
 
-    def respond(self, index: int, scan: Any, image: torch.Tensor, fit: Any = None) -> bytes:
+    def respond(
+        self, index: int, scan: Any, image: torch.Tensor, fit: Any = None, reading: Any = None
+    ) -> bytes:
         """The body (and content type) answering request ``index``: the image
         ``(nx, ny, nz)`` Bq/mL as gzip-compressed NIfTI with the RAS affine of ``scan.image``.
 
@@ -201,7 +217,9 @@ class PetReconHandler(BaseHandler):
         With the data check (``fit``, :func:`pet_dl.inference.reconstruct_and_check`) the
         headers of :func:`check_headers` go with it, and a request with ``Accept:
         application/zip`` gets a zip of ``image.nii.gz``, ``consistency.nii.gz`` (the map,
-        z in noise SDs) and ``check.json`` instead (docs/serving.md).
+        z in noise SDs) and ``check.json`` instead, with ``osem.nii.gz`` and its settings in
+        ``check.json`` when ``reading`` (:class:`~pet_dl.reading_osem.ReadingOSEM`) is given
+        (docs/serving.md).
         """
         from pet_dl.io.nifti import save_nifti
 
@@ -210,10 +228,14 @@ class PetReconHandler(BaseHandler):
             save_nifti(path, image, scan.image)
             body = path.read_bytes()
             maps = getattr(fit, "consistency", None)
-            as_zip = maps is not None and ZIP_CONTENT_TYPE in self._accept(index)
+            as_zip = maps is not None and ZIP_CONTENT_TYPE in self._header(index, "accept")
             if as_zip:
                 save_nifti(Path(tmp) / "map.nii.gz", maps.z, scan.image, units="z (noise SD)")
-                body = zip_body(body, (Path(tmp) / "map.nii.gz").read_bytes(), fit)
+                osem = None
+                if reading is not None:
+                    save_nifti(Path(tmp) / "osem.nii.gz", reading.image, scan.image)
+                    osem = (Path(tmp) / "osem.nii.gz").read_bytes()
+                body = zip_body(body, (Path(tmp) / "map.nii.gz").read_bytes(), fit, osem, reading)
         if self.context is not None:
             content_type = ZIP_CONTENT_TYPE if as_zip else NIFTI_CONTENT_TYPE
             self.context.set_response_content_type(index, content_type)
@@ -221,15 +243,16 @@ class PetReconHandler(BaseHandler):
                 self.context.set_response_header(index, key, value)
         return body
 
-    def _accept(self, index: int) -> str:
-        """The request's ``Accept`` header (any case), lower-cased; '' when absent."""
+    def _header(self, index: int, name: str) -> str:
+        """Request ``index``'s header ``name`` (lower-case; any case in the request),
+        lower-cased; '' when absent."""
         try:
             headers = self.context.get_all_request_header(index) or {}
         except Exception:  # noqa: BLE001 (no context or no request properties)
             return ""
         for key, value in headers.items():
-            if str(key).lower() == "accept":
-                return (value.decode() if isinstance(value, bytes) else str(value)).lower()
+            if str(key).lower() == name:
+                return (value.decode() if isinstance(value, bytes) else str(value)).strip().lower()
         return ""
 
 
@@ -271,9 +294,12 @@ def check_headers(fit: Any) -> dict[str, str]:
     return headers
 
 
-def zip_body(image_nifti: bytes, map_nifti: bytes, fit: Any) -> bytes:
+def zip_body(
+    image_nifti: bytes, map_nifti: bytes, fit: Any, osem_nifti: bytes | None = None, reading: Any = None
+) -> bytes:
     """A zip (stored, the NIfTIs are gzip already) of ``image.nii.gz``,
-    ``consistency.nii.gz`` and ``check.json`` (:func:`check_summary`)."""
+    ``consistency.nii.gz`` and ``check.json`` (:func:`check_summary`), and ``osem.nii.gz``
+    with its settings under ``check.json``'s ``"reading_osem"`` when given."""
     import io
     import zipfile
 
@@ -281,7 +307,15 @@ def zip_body(image_nifti: bytes, map_nifti: bytes, fit: Any) -> bytes:
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
         archive.writestr("image.nii.gz", image_nifti)
         archive.writestr("consistency.nii.gz", map_nifti)
-        archive.writestr("check.json", json.dumps(check_summary(fit), indent=1))
+        summary = check_summary(fit)
+        if osem_nifti is not None:
+            archive.writestr("osem.nii.gz", osem_nifti)
+            summary["reading_osem"] = {
+                "iterations": reading.iterations, "subsets": reading.subsets,
+                "postfilter_fwhm_mm": reading.postfilter_fwhm_mm, "count_level": reading.count_level,
+                "dose_factor": reading.dose_factor, "description": reading.describe(),
+            }
+        archive.writestr("check.json", json.dumps(summary, indent=1))
     return buffer.getvalue()
 
 
