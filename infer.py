@@ -189,7 +189,12 @@ def _write_outputs(
         if reading is not None:
             method = f"OSEM {reading.iterations}x{reading.subsets} {reading.postfilter_fwhm_mm:g}mm"
             images.append((f"{name}_osem", reading.image, f"pet_dl {name} OSEM", method))
-        for stem, pixels, description, method in images:
+        # one study and frame of reference for the scan's series (network 1, OSEM 2), so a
+        # viewer shows them side by side, registered
+        from pydicom.uid import generate_uid
+
+        study, frame = generate_uid(), generate_uid()
+        for number, (stem, pixels, description, method) in enumerate(images, start=1):
             if "nifti" in formats:
                 path = out_dir / f"{stem}.nii.gz"
                 save_nifti(path, pixels, scan.image)
@@ -203,6 +208,9 @@ def _write_outputs(
                     scan.metadata,
                     series_description=description,
                     reconstruction_method=method[:64],
+                    series_number=number,
+                    study_uid=study,
+                    frame_of_reference_uid=frame,
                 )
                 written.append(path)
     except BaseException:

@@ -75,8 +75,12 @@ def test_infer_writes_the_osem_beside_the_network_image(brain_scan, tmp_path: Pa
     written, grid = load_nifti(out / "slice_osem.nii.gz")
     assert grid.shape == low.image.shape
     torch.testing.assert_close(written.float(), reading.image, rtol=1e-5, atol=1e-4 * float(reading.image.max()))
-    dicom, _, _ = read_pet_series(out / "slice_osem_dicom")
+    dicom, _, info = read_pet_series(out / "slice_osem_dicom")
     assert abs(dicom - reading.image.double().numpy()).max() < 1e-3 * float(reading.image.max())
+    # one study, one frame of reference, two series: a viewer shows them side by side
+    _, _, beside = read_pet_series(out / "slice_dicom")
+    assert (info.study_uid, info.frame_of_reference_uid) == (beside.study_uid, beside.frame_of_reference_uid)
+    assert info.series_uid != beside.series_uid
     network, _ = load_nifti(out / "slice.nii.gz")
     assert not torch.allclose(network.float(), reading.image)  # two images, not one written twice
     line = capsys.readouterr().out
