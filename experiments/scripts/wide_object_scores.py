@@ -108,7 +108,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--object", choices=sorted(GRIDS), default="nema")
     parser.add_argument("--realisations", type=int, default=4)
-    parser.add_argument("--first", type=int, default=110000, help="--object torso: the first phantom seed")
+    parser.add_argument("--first", type=int, default=None,
+                        help="the first phantom seed: --object torso (default 110000) or acrin (default 0)")
     parser.add_argument("--scan-seed", type=int, default=300000,
                         help="the first realisation's noise (and NEMA's) seed: 300000-300007 are the test scans, "
                              "300100 on the v43 round's validation scans")
@@ -140,9 +141,9 @@ def main() -> None:
         if args.object == "nema":
             phantom = nema_phantom(grid, g)
         elif args.object == "acrin":
-            phantom = acrin(r)
+            phantom = acrin((args.first or 0) + r)
         else:
-            phantom = phantom_of_seed(torso_recipe, args.first + r)
+            phantom = phantom_of_seed(torso_recipe, (110000 if args.first is None else args.first) + r)
         blurred = GaussianResolution(grid, PSF_MM)(phantom.activity.float()[None])[0]
         exclude = dilate_mask((phantom.labels > 0)[None], 2, 2)[0]
         full = simulate_scan(
