@@ -371,11 +371,21 @@ def reconstruct_planes(
         )
         recon_batch = _plane_batch(stack, device, None)
         osem = None
-        if check:
+        if check or seen is not None:
             forward = recon_batch.forward_model()
+        if check:
             osem = initial_image(forward, recon_batch.prompts, 4, 7)
+            if seen is not None:
+                osem = osem * seen.to(osem.device)[:, :, None]
             if same_start:
                 recon_batch = replace(recon_batch, initial=osem)
+        if seen is not None and recon_batch.initial is None:
+            # the network's start, zero beyond the bins' reach too: there the sensitivity is
+            # all but zero and OSEM blows up (single voxels of 10^6-10^7 Bq/mL on a whole
+            # ACRIN slice at 1/50), which set the count level, the intensity scale and the
+            # networks' norms: 12-20 false hot spots (docs/experiments.md, "After v43")
+            start = initial_image(forward, recon_batch.prompts, model.init_iterations, model.init_subsets)
+            recon_batch = replace(recon_batch, initial=start * seen.to(start.device)[:, :, None])
         with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=use_amp):
             images = model(recon_batch)
         images = images.float()
@@ -385,7 +395,7 @@ def reconstruct_planes(
             images = images * seen.to(images.device)[:, :, None]
         planes[index] = images[..., 0].cpu()
         if check:
-            osems[index] = osem[..., 0].cpu() if seen is None else osem[..., 0].cpu() * seen
+            osems[index] = osem[..., 0].cpu()
             levels[index] = model.conditioning(recon_batch, osem).float().cpu()  # what the network reads
             dev = poisson_deviance(forward(images), recon_batch.prompts)
             ref = poisson_deviance(forward(osem), recon_batch.prompts)

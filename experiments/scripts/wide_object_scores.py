@@ -98,6 +98,12 @@ def scores(image, phantom, grid: ImageGeometry, blurred, exclude) -> dict[str, f
     return out
 
 
+def _model_layout(loaded) -> tuple[SinogramGeometry, ImageGeometry]:  # noqa: ANN001
+    """The model's own sinogram layout and image grid (its checkpoint's metadata)."""
+    return (SinogramGeometry.from_dict(loaded.metadata["sinogram"]),
+            ImageGeometry.from_dict(loaded.metadata["image"]))
+
+
 def _mean(values: list) -> float:  # noqa: ANN001
     """Mean of numbers, or of lists of numbers pooled (the lesions of all cases)."""
     flat = [v for item in values for v in (item if isinstance(item, list) else [item])]
@@ -116,6 +122,8 @@ def main() -> None:
     parser.add_argument("--checkpoint", default=None, help="model (default: the shipped one)")
     parser.add_argument("--cut", action="store_true", help="also the network on the model's own grid")
     parser.add_argument("--picture", default=None, help="PNG of the images at 1/20 dose")
+    parser.add_argument("--per-case", action="store_true",
+                        help="also each case's network-minus-OSEM NRMSE per dose, its false hot spots and grid")
     args = parser.parse_args()
     loaded = load_model(args.checkpoint, torch.device("cpu"))
     sino = SinogramGeometry.two_d(get_scanner("mmr"))
@@ -136,6 +144,7 @@ def main() -> None:
     import pet_dl.plane_inference as plane_inference
 
     grown_layout = plane_inference.covering_layout
+    per_case: list[list[str]] = []
     for r in range(args.realisations):
         g = torch.Generator().manual_seed(args.scan_seed + r)
         if args.object == "nema":
@@ -150,6 +159,16 @@ def main() -> None:
             phantom.activity, phantom.mu, sino, grid, duration_s=600.0, scatter_fraction=0.3,
             randoms_fraction=0.2, psf_fwhm_mm=PSF_MM, crystal_efficiency_sigma=0.05, generator=g,
         )
+        if args.per_case:
+            grids = plane_inference.covering_layout(full, *_model_layout(loaded))
+            if grids[0].shape != _model_layout(loaded)[1].shape:
+                look = plane_inference.covering_layout(full, *_model_layout(loaded), plane_inference.WHOLE_FIELD)
+                from pet_dl.rebin import relayout_2d
+
+                extent = plane_inference.object_extent_mm(relayout_2d(full, look[1], _model_layout(loaded)[0].view_mashing),
+                                                          look[0])
+                grids = plane_inference.covering_layout(full, *_model_layout(loaded), extent)
+            per_case.append([f"{r}", f"{grids[0].shape[0]}"])
         for f in FACTORS:
             scan = full if f == 1 else thin_scan(full, 1.0 / f, g)
             its, fwhm = OSEM[f]
@@ -165,6 +184,9 @@ def main() -> None:
                 table.setdefault((name, f), []).append(
                     scores(image.float(), phantom, grid, blurred, exclude)
                 )
+            if args.per_case:
+                net, osem = table[("network", f)][-1], table[("OSEM", f)][-1]
+                per_case[-1].append(f"{net['nrmse'] - osem['nrmse']:+.1f} ({net['hot_spots']:.0f} / {osem['hot_spots']:.0f})")
                 if r == 0 and f == 20:
                     shown[name] = image
             if r == 0:
@@ -191,6 +213,12 @@ def main() -> None:
             cells = [f"{m:.2f}" if k == "hot_spots" else f"{m:.3f}" if k == "ssim" else f"{m:.1f}"
                      for k, m in zip(keys, means)]
             print(f"| {name} | {dose} | " + " | ".join(cells) + f" | {float(diffs.mean()):+.2f} ± {half:.2f} |")
+    if args.per_case:
+        print("\nper case: network − OSEM NRMSE (points) and false hot spots (network / OSEM)\n")
+        print("| case | grid | " + " | ".join("full" if f == 1 else f"1/{f}" for f in FACTORS) + " |")
+        print("|---|---|" + "---|" * len(FACTORS))
+        for row in per_case:
+            print("| " + " | ".join(row) + " |")
     if args.picture:
         import matplotlib
 
