@@ -251,3 +251,40 @@ def test_the_object_not_the_grid_asked_for_sets_the_grown_grid() -> None:
     _, extent, chosen = first_look(torso, wide, 5)
     assert extent.body_mm > 130.0, extent
     assert 0.5 * chosen.shape[0] * 2.6 >= true_extent + 2.6, (chosen.shape, true_extent)
+
+
+def test_a_grown_grids_corners_beyond_the_bins_are_zero_in_the_networks_start() -> None:
+    """A 460 mm body gets a grid whose corners lie beyond the 344 bins' reach (294 mm). There
+    the sensitivity is all but zero and OSEM blows up (single voxels of 10^6-10^7 Bq/mL on a
+    whole ACRIN slice at 1/50), and left in the network's start they set its count level and
+    norms: 20 false hot spots. The start the network gets is zero there, and the level it
+    reads follows the dose."""
+    from pet_dl.inference import load_model, reconstruct_with_network
+    from pet_dl.plane_inference import field_of_view, radial_reach_mm
+
+    grid = ImageGeometry.centered((192, 192, 1), 2.6)
+    x = torch.from_numpy(grid.voxel_centers(0)).float()
+    disc = ((x[:, None] ** 2 + x[None, :] ** 2) < 230.0**2).float()[..., None]
+    sino = SinogramGeometry.two_d(get_scanner("mmr"))
+    g = torch.Generator().manual_seed(4)
+    full = simulate_scan(disc * 7000.0, disc * 0.0096, sino, grid, duration_s=600.0, scatter_fraction=0.3,
+                         randoms_fraction=0.2, psf_fwhm_mm=4.5, generator=g)
+    loaded = load_model(None, torch.device("cpu"))
+    seen_starts, levels = [], {}
+    network = loaded.model.forward
+
+    def spy(batch):  # noqa: ANN001, ANN202
+        seen_starts.append((batch.image, batch.initial))
+        if batch.initial is not None:
+            levels[len(levels)] = float(loaded.model.conditioning(batch, batch.initial)[0])
+        return network(batch)
+
+    loaded.model.forward = spy
+    for dose in (1.0, 0.02):
+        reconstruct_with_network(full if dose == 1.0 else thin_scan(full, dose, g), loaded, "cpu")
+    reach = radial_reach_mm(SinogramGeometry.from_dict(loaded.metadata["sinogram"]), 344)  # all the mMR's bins
+    for image, start in seen_starts:
+        beyond = ~field_of_view(image, reach)
+        assert start is not None and int(beyond.sum()) > 0
+        assert float(start[0, ..., 0][beyond].abs().max()) == 0.0
+    assert 0.01 < levels[1] / levels[0] < 0.04, levels  # 1/50 of the full dose's level
