@@ -438,17 +438,14 @@ def wide_main(repeats: int) -> int:
     """The shipped 2D model on native-layout mMR slices (252 x 344) of water discs: a 200 mm
     disc on the model's own 96 x 96 grid of 2.6 mm and on the import's default 718 mm grid
     (a first look finds it inside the model's bins: the model's layout), and discs of 300
-    and 480 mm (grids grown around them; ``pet_dl.plane_inference.covering_layout``). Timed
+    and 480 mm (grids grown around them; ``pet_dl.plane_inference.model_planes``). Timed
     side by side in this process, in rotation, medians of ``repeats``."""
     from pet_dl.geometry import ImageGeometry, SinogramGeometry, get_scanner
     from pet_dl.inference import load_model, reconstruct_with_network
-    from pet_dl.plane_inference import WHOLE_FIELD, covering_layout, object_extent_mm
-    from pet_dl.rebin import relayout_2d
+    from pet_dl.plane_inference import model_planes
     from pet_dl.simulate import simulate_scan
 
     loaded = load_model(None, torch.device("cpu"))
-    trained = SinogramGeometry.from_dict(loaded.metadata["sinogram"])
-    trained_image = ImageGeometry.from_dict(loaded.metadata["image"])
     sino = SinogramGeometry.two_d(get_scanner("mmr"))
     cases = [  # (scan grid, disc diameter mm)
         (ImageGeometry.centered((96, 96, 1), 2.6), 200.0),
@@ -475,11 +472,8 @@ def wide_main(repeats: int) -> int:
     print("|---|---|---|---|---|---|")
     base = sorted(times[0])[repeats // 2]
     for (image, diameter), scan, t in zip(cases, scans, times):
-        grid, bins = covering_layout(scan, trained, trained_image)
-        if grid.shape != trained_image.shape:
-            look, look_bins = covering_layout(scan, trained, trained_image, WHOLE_FIELD)
-            extent = object_extent_mm(relayout_2d(scan, look_bins, trained.view_mashing), look)
-            grid, bins = covering_layout(scan, trained, trained_image, extent)
+        planes, grid = model_planes(scan, loaded.metadata)
+        bins = planes.sinogram.num_radial
         med = sorted(t)[repeats // 2]
         side = image.shape[0] * image.voxel_size_mm[0]
         print(f"| {diameter:.0f} mm | {image.shape[0]} x {image.shape[1]} of {image.voxel_size_mm[0]:g} mm "

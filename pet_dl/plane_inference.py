@@ -283,6 +283,52 @@ def _plane_batch(stack: Scan, device: torch.device, initial: torch.Tensor | None
 
 
 @torch.no_grad()
+def model_planes(
+    scan: Scan, metadata: dict[str, Any], device: torch.device | str = "cpu"
+) -> tuple[Scan, ImageGeometry]:
+    """A scan's direct planes on the layout a 2D model reconstructs them on, and its grid.
+
+    A 3D scan is rebinned to direct planes (SSRB), a 2D one brought to the model's layout
+    (:func:`pet_dl.rebin.relayout_2d`); where the scan's grid reaches beyond the model's
+    bins, a first look over every bin finds the object (:func:`object_extent_mm`) and the
+    grid grows around it (:func:`covering_layout`), the bins cropped to match. Both the
+    scan (before rebinning, for a 3D scan) and the planes are checked against the model's
+    geometry with only a grown grid's size and bins relaxed.
+
+    Args:
+        scan: a checked scan (:func:`pet_dl.inference.check_scan`).
+        metadata: the model's checkpoint metadata (its ``sinogram`` and ``image``).
+        device: where the first look reconstructs.
+
+    Returns:
+        ``(planes, grid)``: ``(P, V, R)`` direct planes on the model's view mashing and the
+        grid's radial bins, and the 2D grid ``(nx, ny, 1)`` they are reconstructed on.
+
+    Raises:
+        GeometryError: the scan's layout cannot be brought to the model's.
+    """
+    trained = SinogramGeometry.from_dict(metadata["sinogram"])
+    trained_image = ImageGeometry.from_dict(metadata["image"])
+    image2d, num_radial = covering_layout(scan, trained, trained_image)
+    grown = image2d.shape != trained_image.shape
+    if grown:  # a first look with every bin, on a grid they cover, to find the object
+        image2d, num_radial = covering_layout(scan, trained, trained_image, WHOLE_FIELD)
+    three_d = scan.sinogram.scanner.num_rings >= 2
+    if three_d:  # the model's own check first (nothing is relaxed but a grown grid's size and bins)
+        target = direct_planes_geometry(scan.sinogram, num_radial, trained.view_mashing)
+        check_compatible(replace(scan, sinogram=plane_geometry(target), image=image2d),
+                         grown_metadata(metadata, image2d, num_radial))
+    # a 3D scan rebinned to direct planes, a 2D one brought to the model's layout
+    rebinned = (ssrb if three_d else relayout_2d)(scan, num_radial, trained.view_mashing)
+    if grown:  # the grid around the object, whatever grid the scan's image asks for
+        extent = object_extent_mm(rebinned, image2d, device)
+        image2d, num_radial = covering_layout(scan, trained, trained_image, extent)
+        rebinned = crop_radial(rebinned, num_radial)
+    check_compatible(replace(rebinned, sinogram=plane_geometry(rebinned.sinogram), image=image2d),
+                     grown_metadata(metadata, image2d, num_radial))
+    return rebinned, image2d
+
+
 def reconstruct_planes(
     scan: Scan,
     loaded: LoadedModel,
@@ -322,24 +368,8 @@ def reconstruct_planes(
         raise InvalidInputError(f"plane batch must be >= 1, got {batch}")
     trained = SinogramGeometry.from_dict(loaded.metadata["sinogram"])
     trained_image = ImageGeometry.from_dict(loaded.metadata["image"])
-    image2d, num_radial = covering_layout(scan, trained, trained_image)
-    grown = image2d.shape != trained_image.shape
-    if grown:  # a first look with every bin, on a grid they cover, to find the object
-        image2d, num_radial = covering_layout(scan, trained, trained_image, WHOLE_FIELD)
-    three_d = scan.sinogram.scanner.num_rings >= 2
-    if three_d:  # the model's own check first (nothing is relaxed but a grown grid's size and bins)
-        target = direct_planes_geometry(scan.sinogram, num_radial, trained.view_mashing)
-        metadata = grown_metadata(loaded.metadata, image2d, num_radial)
-        check_compatible(replace(scan, sinogram=plane_geometry(target), image=image2d), metadata)
-    # a 3D scan rebinned to direct planes, a 2D one brought to the model's layout
-    rebinned = (ssrb if three_d else relayout_2d)(scan, num_radial, trained.view_mashing)
-    if grown:  # the grid around the object, whatever grid the scan's image asks for
-        extent = object_extent_mm(rebinned, image2d, device)
-        image2d, num_radial = covering_layout(scan, trained, trained_image, extent)
-        rebinned = crop_radial(rebinned, num_radial)
-    target = rebinned.sinogram
-    check_compatible(replace(rebinned, sinogram=plane_geometry(target), image=image2d),
-                     grown_metadata(loaded.metadata, image2d, num_radial))
+    rebinned, image2d = model_planes(scan, loaded.metadata, device)
+    target, num_radial = rebinned.sinogram, rebinned.sinogram.num_radial
     # a grown grid's corners can lie beyond the scanner's bins (the mMR's 344 reach 294 mm):
     # nothing is measured there, so the planes are zero there, as in a scanner's own images
     seen = None if image2d.shape == trained_image.shape else field_of_view(image2d, radial_reach_mm(trained, num_radial))

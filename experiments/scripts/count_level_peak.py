@@ -51,14 +51,8 @@ def densities(batch, x0) -> dict[float, torch.Tensor]:  # noqa: ANN001
 def grown_batch(scan, loaded):  # noqa: ANN001, ANN201
     """The scan on the grid the product grows around it, as one plane batch."""
     import pet_dl.plane_inference as pi
-    from pet_dl.rebin import relayout_2d
 
-    trained = SinogramGeometry.from_dict(loaded.metadata["sinogram"])
-    image = ImageGeometry.from_dict(loaded.metadata["image"])
-    look, bins = pi.covering_layout(scan, trained, image, pi.WHOLE_FIELD)
-    extent = pi.object_extent_mm(relayout_2d(scan, bins, trained.view_mashing), look)
-    grid, num = pi.covering_layout(scan, trained, image, extent)
-    rebinned = pi.crop_radial(relayout_2d(scan, bins, trained.view_mashing), num)
+    rebinned, grid = pi.model_planes(scan, loaded.metadata)
     return pi._plane_batch(pi.plane_scan(rebinned, slice(None), grid), torch.device("cpu"), None)
 
 

@@ -98,12 +98,6 @@ def scores(image, phantom, grid: ImageGeometry, blurred, exclude) -> dict[str, f
     return out
 
 
-def _model_layout(loaded) -> tuple[SinogramGeometry, ImageGeometry]:  # noqa: ANN001
-    """The model's own sinogram layout and image grid (its checkpoint's metadata)."""
-    return (SinogramGeometry.from_dict(loaded.metadata["sinogram"]),
-            ImageGeometry.from_dict(loaded.metadata["image"]))
-
-
 def _mean(values: list) -> float:  # noqa: ANN001
     """Mean of numbers, or of lists of numbers pooled (the lesions of all cases)."""
     flat = [v for item in values for v in (item if isinstance(item, list) else [item])]
@@ -159,16 +153,8 @@ def main() -> None:
             phantom.activity, phantom.mu, sino, grid, duration_s=600.0, scatter_fraction=0.3,
             randoms_fraction=0.2, psf_fwhm_mm=PSF_MM, crystal_efficiency_sigma=0.05, generator=g,
         )
-        if args.per_case:
-            grids = plane_inference.covering_layout(full, *_model_layout(loaded))
-            if grids[0].shape != _model_layout(loaded)[1].shape:
-                look = plane_inference.covering_layout(full, *_model_layout(loaded), plane_inference.WHOLE_FIELD)
-                from pet_dl.rebin import relayout_2d
-
-                extent = plane_inference.object_extent_mm(relayout_2d(full, look[1], _model_layout(loaded)[0].view_mashing),
-                                                          look[0])
-                grids = plane_inference.covering_layout(full, *_model_layout(loaded), extent)
-            per_case.append([f"{r}", f"{grids[0].shape[0]}"])
+        if args.per_case:  # the grid the product reconstructs the full-dose scan on
+            per_case.append([f"{r}", f"{plane_inference.model_planes(full, loaded.metadata)[1].shape[0]}"])
         for f in FACTORS:
             scan = full if f == 1 else thin_scan(full, 1.0 / f, g)
             its, fwhm = OSEM[f]
