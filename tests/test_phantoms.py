@@ -408,3 +408,30 @@ def test_texture_blur_softens_edges_and_keeps_the_total_activity() -> None:
     assert soft.extra["texture_blur_fwhm_mm"] == 8.0
     sharp = add_texture(flat, torch.Generator().manual_seed(1), (0.0, 0.0), (2.0, 2.0))
     assert torch.equal(sharp.activity, flat.activity) and "texture_blur_fwhm_mm" not in sharp.extra
+
+
+def test_torso_arms_are_separate_objects_beside_the_same_body() -> None:
+    # the arms down at the sides: the same seed paints the same torso, and each arm is an
+    # object of its own (air between it and the body along the row through its centre),
+    # within ARMS_REACH_MM of the axis, with the humerus as bone
+    from pet_dl.phantoms import MU_BONE
+    from pet_dl.phantoms.torso import ARMS_REACH_MM
+
+    grid = ImageGeometry.centered((216, 216, 1), (2.6, 2.6, 2.6))
+    for seed in range(3):
+        plain = make_phantom("torso", grid, _seeded(seed))
+        armed = make_phantom("torso_arms", grid, _seeded(seed))
+        body = plain.mu[..., 0] > 0
+        assert torch.equal(armed.activity[..., 0][body], plain.activity[..., 0][body])
+        arms = (armed.mu[..., 0] > 0) & ~body
+        x = float(grid.origin_mm[0]) + 2.6 * torch.arange(216)  # voxel centres, mm
+        body_cols = torch.nonzero(body.any(1)).flatten()
+        arm_cols = torch.nonzero(arms.any(1)).flatten()
+        left, right = arm_cols[arm_cols < body_cols.min()], arm_cols[arm_cols > body_cols.max()]
+        assert len(left) > 20 and len(right) > 20  # 70-100 mm wide at 2.6 mm
+        assert float(x[int(right.max())]) <= ARMS_REACH_MM + 2.6 and float(x[int(left.min())]) >= -ARMS_REACH_MM - 2.6
+        assert int(left.max()) < int(body_cols.min()) - 1 and int(right.min()) > int(body_cols.max()) + 1
+        assert bool((armed.tissue == armed.tissues["arm_cortex"]).any())
+        assert float(armed.mu[armed.tissue == armed.tissues["arm_cortex"]].max()) == pytest.approx(MU_BONE, rel=1e-5)
+    with pytest.raises(ValueError, match="torso with arms"):
+        make_phantom("torso_arms", ImageGeometry.centered((192, 192, 1), (2.6, 2.6, 2.6)), _seeded(0))

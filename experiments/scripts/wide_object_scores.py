@@ -8,7 +8,9 @@ lesions (``$PET_DL_TEST_DATA/acrin_pet_dicom``). ``--object torso``: a validatio
 for whole bodies (not a test set): whole synthetic torsos made as the FLT-like training
 windows are (``data/torso_window2d_flt.yaml``: FLT's uptake, a reconstructed PET image as
 the activity, a clinical body's mean), on a 192 x 192 grid of 2.6 mm, seeds ``--first`` on
-(default 110000, outside every recipe's splits). All on the mMR's native 2D layout (252
+(default 110000, outside every recipe's splits); ``--width-scale`` draws them larger (1.25:
+383-476 mm wide). ``--object torso_arms``: the same torsos with the arms down at their sides
+(separate objects, 530-556 mm across in all), on a 216 x 216 grid. All on the mMR's native 2D layout (252
 views x 344 bins) with the data/brainweb2d.yaml scan (600 s, 30 % scatter, 20 % randoms,
 PSF 4.5 mm, 5 % crystal efficiencies), thinned to 1/4 ... 1/100. Each scan is
 reconstructed by OSEM at the BrainWeb-chosen settings (configs/blend2d_kco5.yaml's rows)
@@ -37,6 +39,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+from dataclasses import replace
 
 import torch
 
@@ -53,6 +56,7 @@ from pet_dl.metrics import (
     nrmse,
     ssim,
 )
+from pet_dl.phantoms import Phantom
 from pet_dl.phantoms.nema import nema_phantom
 from pet_dl.recipes import load_recipe, phantom_of_seed
 from pet_dl.recon import gaussian_postfilter, reconstruct_classical
@@ -65,6 +69,7 @@ GRIDS = {
     "nema": ImageGeometry.centered((128, 128, 1), 2.6),
     "acrin": ImageGeometry.centered((192, 192, 1), 2.6),
     "torso": ImageGeometry.centered((192, 192, 1), 2.6),
+    "torso_arms": ImageGeometry.centered((216, 216, 1), 2.6),
 }
 PSF_MM = 4.5
 
@@ -98,6 +103,14 @@ def scores(image, phantom, grid: ImageGeometry, blurred, exclude) -> dict[str, f
     return out
 
 
+def scaled_phantom(phantom: Phantom, grid: ImageGeometry, factor: float) -> Phantom:
+    """``phantom``'s arrays on ``grid`` (same shape, voxels ``factor`` x the phantom's):
+    every length, lesions' too, x ``factor``; activity and mu per voxel unchanged."""
+    lesions = tuple(replace(lesion, diameter_mm=lesion.diameter_mm * factor,
+                            centre_mm=tuple(c * factor for c in lesion.centre_mm)) for lesion in phantom.lesions)
+    return replace(phantom, image=grid, lesions=lesions)
+
+
 def _mean(values: list) -> float:  # noqa: ANN001
     """Mean of numbers, or of lists of numbers pooled (the lesions of all cases)."""
     flat = [v for item in values for v in (item if isinstance(item, list) else [item])]
@@ -113,6 +126,9 @@ def main() -> None:
     parser.add_argument("--scan-seed", type=int, default=300000,
                         help="the first realisation's noise (and NEMA's) seed: 300000-300007 are the test scans, "
                              "300100 on the v43 round's validation scans")
+    parser.add_argument("--width-scale", type=float, default=1.0,
+                        help="--object torso: every length x this (the torso drawn on voxels of 2.6 / this mm, "
+                             "read on 2.6 mm): 1.25 gives bodies 383-476 mm wide, the widest ACRIN slice's width")
     parser.add_argument("--checkpoint", default=None, help="model (default: the shipped one)")
     parser.add_argument("--cut", action="store_true", help="also the network on the model's own grid")
     parser.add_argument("--picture", default=None, help="PNG of the images at 1/20 dose")
@@ -130,10 +146,11 @@ def main() -> None:
         recipe["image"] = {"shape": list(grid.shape), "voxel_size_mm": list(grid.voxel_size_mm)}
         folder = os.path.join(os.environ["PET_DL_TEST_DATA"], "acrin_pet_dicom")
         acrin = acrin_slice_phantoms(folder, recipe)
-    if args.object == "torso":  # the FLT-like training windows' recipe, whole torsos on the wide grid
+    if args.object.startswith("torso"):  # the FLT-like training windows' recipe, whole torsos on the wide grid
         torso_recipe = load_recipe("data/torso_window2d_flt.yaml")
-        torso_recipe["phantom"] = "torso"
-        torso_recipe["image"] = {"shape": list(grid.shape), "voxel_size_mm": list(grid.voxel_size_mm)}
+        torso_recipe["phantom"] = args.object
+        torso_recipe["image"] = {"shape": list(grid.shape),
+                                 "voxel_size_mm": [v / args.width_scale for v in grid.voxel_size_mm]}
         torso_recipe["sinogram"] = {"num_radial": sino.num_radial, "view_mashing": sino.view_mashing}
     import pet_dl.plane_inference as plane_inference
 
@@ -147,6 +164,8 @@ def main() -> None:
             phantom = acrin((args.first or 0) + r)
         else:
             phantom = phantom_of_seed(torso_recipe, (110000 if args.first is None else args.first) + r)
+            if args.width_scale != 1.0:  # the same arrays read on 2.6 mm voxels: every length x scale
+                phantom = scaled_phantom(phantom, grid, args.width_scale)
         blurred = GaussianResolution(grid, PSF_MM)(phantom.activity.float()[None])[0]
         exclude = dilate_mask((phantom.labels > 0)[None], 2, 2)[0]
         full = simulate_scan(

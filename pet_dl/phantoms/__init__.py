@@ -39,6 +39,7 @@ PHANTOMS: dict[str, Callable[..., Phantom]] = {
     "brain_varied": varied_brain_phantom,
     "brainweb": brainweb_phantom,
     "torso": torso_phantom,
+    "torso_arms": functools.partial(torso_phantom, arms=True),
     "torso_window": torso_window_phantom,
     "nema": nema_phantom,
 }
@@ -47,7 +48,7 @@ PHANTOMS: dict[str, Callable[..., Phantom]] = {
 def make_phantom(
     name: str, image: ImageGeometry, generator: torch.Generator, **kwargs: Any
 ) -> Phantom:
-    """Build the phantom called ``name`` (``"brain"``, ``"brain_folded"``, ``"brain_varied"``, ``"brainweb"``, ``"torso"``, ``"torso_window"``, ``"nema"``) on ``image``.
+    """Build the phantom called ``name`` (``"brain"``, ``"brain_folded"``, ``"brain_varied"``, ``"brainweb"``, ``"torso"``, ``"torso_arms"`` (with the arms down at its sides), ``"torso_window"``, ``"nema"``) on ``image``.
 
     Keyword arguments go to the phantom's function (e.g. ``grey_white_ratio``; ``"brainweb"``
     needs ``subject``, a real anatomy: :mod:`pet_dl.phantoms.brainweb`).

@@ -55,6 +55,7 @@ def torso_phantom(
     suv1_bqml: float = SUV1_BQML,
     bed_offset_mm: float = 0.0,
     supersampling: int = 4,
+    arms: bool = False,
 ) -> Phantom:
     """A randomised FDG torso on ``image``.
 
@@ -62,16 +63,25 @@ def torso_phantom(
     (+-5 mm) and sizes (+-10 %), organ uptakes (+-20 %; myocardium x0.4..2 and bladder
     x0.5..2, as in patients).
 
+    ``arms=True`` adds the arms down at the body's sides, as in a whole-body scan with the
+    arms not raised: each a separate object (a gap of air from the body), muscle in a fat
+    rim around the humerus, 35-50 mm in radius, 10-40 mm from the body; radius and gap
+    shrink (to 5 mm of gap) where the arms would reach beyond :data:`ARMS_REACH_MM` from the axis (then the grid must cover
+    that far). They are drawn after everything else, so a
+    seed gives the same torso with or without them.
+
     Args:
         image: the grid (needs about 390 x 260 mm transaxially).
         generator: seeded torch generator.
         suv1_bqml: activity of SUV 1, Bq/mL (370 MBq in 70 kg after 60 min: about 4 kBq/mL).
         bed_offset_mm: anatomy shifted by minus this along z (image z = anatomy z - offset).
         supersampling: sub-samples per axis for partial-volume voxels.
+        arms: add the arms at the body's sides.
 
     Returns:
         Phantom with tissues fat, soft_tissue, lung, liver, spleen, kidney, bladder,
-        aorta, myocardium, blood, spine_cortex, marrow; no lesions.
+        aorta, myocardium, blood, spine_cortex, marrow (and arm_cortex, arm_marrow with
+        ``arms``); no lesions.
     """
     if not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
@@ -92,7 +102,7 @@ def torso_phantom(
         return SUV[name] * suv1_bqml * u(lo, hi)
 
     w, d = 170.0 * u(0.9, 1.12), 110.0 * u(0.9, 1.15)
-    check_fov(image, w + 5.0, d + 5.0, "torso")
+    check_fov(image, ARMS_REACH_MM if arms else w + 5.0, d + 5.0, "torso with arms" if arms else "torso")
     z0 = -90.0 - bed_offset_mm
     cv = Canvas(image, supersampling)
     cv.paint(elliptic_cylinder((0.0, 0.0, z0), (w, d), 390.0), act("fat"), MU_FAT, "fat")
@@ -162,9 +172,29 @@ def torso_phantom(
     cv.paint(
         elliptic_cylinder(spine_c, (15.0, 13.0), 390.0), act("marrow"), MU_SPONGY_BONE, "marrow"
     )
+    if arms:
+        _paint_arms(cv, w, d, z0, u, act)
     phantom = cv.to_phantom("torso", seed=seed_of(g))
     phantom.extra.update(suv1_bqml=suv1_bqml, bed_offset_mm=bed_offset_mm)
     return phantom
+
+
+#: the arms' outer edge lies within this distance of the axis (mm): inside the mMR's bins (294 mm)
+ARMS_REACH_MM = 275.0
+
+
+def _paint_arms(cv: Canvas, w: float, d: float, z0: float, u, act) -> None:  # noqa: ANN001
+    """Paint two arms beside a body of semi-axes ``(w, d)`` mm (see :func:`torso_phantom`)."""
+    for side in (-1.0, 1.0):
+        radius = min(u(35.0, 50.0), 0.5 * (ARMS_REACH_MM - w - 5.0))
+        gap = min(u(10.0, 40.0), ARMS_REACH_MM - w - 2.0 * radius)
+        centre = (side * (w + gap + radius), -0.1 * d + u(-15.0, 15.0), z0)
+        cv.paint(elliptic_cylinder(centre, (radius, radius * u(0.9, 1.1)), 390.0), act("fat"), MU_FAT, "fat")
+        inner = radius - u(4.0, 10.0)
+        cv.paint(elliptic_cylinder(centre, (inner, inner), 390.0), act("soft_tissue"), MU_SOFT_TISSUE, "soft_tissue")
+        bone = (centre[0] + u(-5.0, 5.0), centre[1] + u(-5.0, 5.0), z0)
+        cv.paint(elliptic_cylinder(bone, (11.0, 11.0), 390.0), act("bone"), MU_BONE, "arm_cortex")
+        cv.paint(elliptic_cylinder(bone, (6.0, 6.0), 390.0), act("fat"), MU_SPONGY_BONE, "arm_marrow")
 
 
 def torso_window_phantom(
