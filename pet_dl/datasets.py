@@ -30,6 +30,8 @@ import torch
 from torch.utils.data import Dataset
 
 from pet_dl.recipes import (
+    GRID_RECIPE_KEYS,
+    SHARED_RECIPE_KEYS,
     check_shared_keys,
     full_dose_scan,
     load_recipe,
@@ -263,6 +265,96 @@ class PairedScanDataset(_GeometryMixin, Dataset):
         state = dict(self.__dict__)
         state["_handles"] = {}
         return state
+
+
+def folder_recipe(folder: str | os.PathLike[str], split: str) -> dict[str, Any]:
+    """The recipe a dataset folder's ``split`` was written with (its first shard's).
+
+    Raises:
+        ValueError: the folder has no shards of that split.
+    """
+    import h5py
+
+    files = sorted((Path(folder) / split).glob("shard-*.h5"))
+    if not files:
+        raise ValueError(f"no shards in {Path(folder) / split} (run `python -m pet_dl dataset`)")
+    with h5py.File(files[0], "r") as f:
+        return json.loads(f.attrs["recipe"])
+
+
+def group_by_grid(roots: Sequence[str | os.PathLike[str]], split: str) -> list[list[str]]:
+    """Dataset folders grouped by their grid (sinogram layout and image grid), in the order
+    of each grid's first folder.
+
+    Raises:
+        ValueError: folders that differ in what the network sees of the acquisition other
+            than the grid (scanner, PSF, reduction factors, initial image).
+    """
+    recipes = [folder_recipe(folder, split) for folder in roots]
+    others = [key for key in SHARED_RECIPE_KEYS if key not in GRID_RECIPE_KEYS]
+    check_shared_keys(recipes, [str(folder) for folder in roots], others)
+    groups: dict[str, list[str]] = {}
+    for folder, recipe in zip(roots, recipes):
+        grid = json.dumps([recipe.get(key) for key in GRID_RECIPE_KEYS], sort_keys=True)
+        groups.setdefault(grid, []).append(str(folder))
+    return list(groups.values())
+
+
+class GridGroups(_GeometryMixin, Dataset):
+    """Dataset folders on several grids read as one; each item says its grid.
+
+    Whole bodies on the wide grid the product grows for them, beside the model's own grid:
+    the folders are grouped by grid (:func:`group_by_grid`), each group read as one
+    :class:`PairedScanDataset`, and each item carries ``grid_group`` (``()`` int64, the
+    group's index) so that batches hold one grid each
+    (:class:`pet_dl.training.batching.GridBatchSampler`). The first folder's grid is the
+    model's (``sinogram``, ``image`` and the other geometry attributes are its group's).
+
+    Args:
+        groups: folders per grid (:func:`group_by_grid`), the model's first.
+        split: ``"train"``, ``"val"`` or ``"test"``.
+        reduction_factors: keep only scans at these factors (default: all).
+
+    Attributes:
+        parts: one :class:`PairedScanDataset` per grid.
+        group_of: the grid group of every item, ``len(self)`` ints.
+        recipes: every folder's recipe, group by group.
+    """
+
+    def __init__(
+        self, groups: Sequence[Sequence[str | os.PathLike[str]]], split: str,
+        reduction_factors: Sequence[float] | None = None,
+    ) -> None:
+        self.parts = [PairedScanDataset(list(folders), split, reduction_factors) for folders in groups]
+        self.recipes = [recipe for part in self.parts for recipe in part.recipes]
+        self.recipe = self.parts[0].recipe
+        self._init_geometry()
+        self.group_of = [g for g, part in enumerate(self.parts) for _ in range(len(part))]
+        self._starts = [0]
+        for part in self.parts:
+            self._starts.append(self._starts[-1] + len(part))
+
+    def __len__(self) -> int:
+        return self._starts[-1]
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        g = self.group_of[i]
+        item = self.parts[g][i - self._starts[g]]
+        item["grid_group"] = torch.tensor(g)
+        return item
+
+
+def open_paired_scans(
+    root: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], split: str,
+    reduction_factors: Sequence[float] | None = None,
+) -> PairedScanDataset | GridGroups:
+    """Dataset folders as one dataset: a :class:`PairedScanDataset` when they share one grid,
+    :class:`GridGroups` when they are on several."""
+    roots = [root] if isinstance(root, (str, os.PathLike)) else list(root)
+    groups = group_by_grid(roots, split) if len(roots) > 1 else [[str(roots[0])]] if roots else []
+    if len(groups) > 1:
+        return GridGroups(groups, split, reduction_factors)
+    return PairedScanDataset(roots, split, reduction_factors)
 
 
 class OnTheFlyDataset(_GeometryMixin, Dataset):

@@ -549,18 +549,26 @@ def recipes_train_seeds(recipes: Sequence[Mapping[str, Any]]) -> range | list[in
     return sorted({int(s) for r in ranges for s in r})
 
 
-def check_shared_keys(recipes: Sequence[Mapping[str, Any]], sources: Sequence[str]) -> None:
-    """Check that recipes read together agree on :data:`SHARED_RECIPE_KEYS`.
+#: What datasets read together in groups of one grid each may differ in (a whole body on the
+#: grid the product grows for it, beside the model's own grid): :class:`pet_dl.datasets.GridGroups`.
+GRID_RECIPE_KEYS = ("sinogram", "image")
+
+
+def check_shared_keys(
+    recipes: Sequence[Mapping[str, Any]], sources: Sequence[str], keys: Sequence[str] = SHARED_RECIPE_KEYS
+) -> None:
+    """Check that recipes read together agree on :data:`SHARED_RECIPE_KEYS` (or ``keys``).
 
     Args:
         recipes: the recipes, the first one the reference.
         sources: where each recipe came from (a dataset folder), for the message.
+        keys: the keys to compare.
 
     Raises:
         ValueError: naming the first key on which a recipe differs from the first one.
     """
     for source, recipe in zip(sources[1:], recipes[1:]):
-        for key in SHARED_RECIPE_KEYS:
+        for key in keys:
             if _shared(recipe, key) != _shared(recipes[0], key):
                 raise ValueError(
                     f"{source}: recipe {key!r} is {_shared(recipe, key)!r}, {sources[0]}'s is "

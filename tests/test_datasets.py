@@ -301,3 +301,96 @@ def test_recipe_uptake_multiplies_the_named_tissues_only() -> None:
             load_recipe(dict(plain, uptake=bad))
     with pytest.raises(ValueError, match="no tissue"):
         with_uptake(phantom_of_seed(plain, 0), {"grey_matter": 3.0})
+
+
+def test_folders_on_two_grids_train_in_batches_of_one_grid(tmp_path: Path) -> None:
+    # whole bodies on a wider grid beside the model's own: read as one dataset whose
+    # batches each hold one grid (with its own batch size), every item once per epoch;
+    # the first folder's grid is the model's; a folder that differs in more than the grid
+    # (here the PSF) is refused
+    import lightning.pytorch as pl
+
+    from pet_dl.datasets import GridGroups, group_by_grid, open_paired_scans
+    from pet_dl.training import ReconModule
+    from pet_dl.training.datamodule import PETDataModule
+
+    own = _tiny(splits={"train": {"seeds": [0, 2]}, "val": {"seeds": [100000, 100001]}})
+    wide = _tiny(name="tiny_wide", image={"shape": [40, 40, 1], "voxel_size_mm": [7.0, 7.0, 7.0]},
+                 sinogram={"num_radial": 128, "view_mashing": 6}, splits={"train": {"seeds": [10, 12]},
+                                                                        "val": {"seeds": [100010, 100011]}})
+    for name, recipe in (("own", own), ("wide", wide)):
+        generate_dataset(recipe, tmp_path / name, splits=["train", "val"])
+    folders = [str(tmp_path / "own"), str(tmp_path / "wide")]
+    assert group_by_grid(folders, "train") == [[folders[0]], [folders[1]]]
+    both = open_paired_scans(folders, "train")
+    assert isinstance(both, GridGroups) and both.group_of == [0] * 6 + [1] * 6
+    assert both.image.shape == (32, 32, 1)  # the model's grid: the first folder's
+    assert isinstance(open_paired_scans(folders[:1], "train"), PairedScanDataset)
+    blurred = _tiny(name="tiny_psf", simulation={**own["simulation"], "psf_fwhm_mm": 4.0})
+    generate_dataset(blurred, tmp_path / "psf", splits=["train"])
+    with pytest.raises(ValueError, match="psf_fwhm_mm"):
+        group_by_grid([folders[0], str(tmp_path / "psf")], "train")
+
+    dm = PETDataModule(data_dir=folders, batch_size=2, other_grid_batch_size=1)
+    dm.setup()
+    seen, sizes = [], set()
+    for batch in dm.train_dataloader():
+        grid = batch["geometry"].image.shape
+        assert batch["initial"].shape[1:] == grid and batch["target"].shape[1:] == grid
+        assert batch["prompts"].shape[-1] == batch["geometry"].sinogram.num_radial
+        sizes.add((grid[0], batch["prompts"].shape[0]))
+        seen += [int(s) for s in batch["seed"]]
+    assert sizes == {(32, 2), (40, 1)}
+    assert sorted(seen) == sorted([0] * 3 + [1] * 3 + [10] * 3 + [11] * 3)
+
+    class Recording(ReconModule):
+        grids: set = set()
+
+        def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+            Recording.grids.add(batch["geometry"].image.shape[0])
+            return super().training_step(batch, batch_idx)
+
+    network = {"name": "unrolled_em", "spatial_dims": 2, "num_iterations": 1, "channels": [4, 8],
+               "strides": [2], "init_iterations": 2, "init_subsets": 4}
+    pl.seed_everything(0, verbose=False)
+    module = Recording(network)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, enable_checkpointing=False, max_steps=9,
+                         limit_val_batches=2, default_root_dir=str(tmp_path))
+    trainer.fit(module, dm)
+    assert Recording.grids == {32, 40} and trainer.global_step == 9
+    assert module.geometry_metadata["image"]["shape"] == [32, 32, 1]
+
+
+def test_grid_batches_under_ddp_are_as_many_on_every_rank() -> None:
+    # each rank gets its share of the items (a DistributedSampler, as Lightning injects
+    # it); its share of each grid differs, yet every rank must step as often: the count
+    # is fixed, every batch holds one grid, and the ranks' items do not overlap
+    from torch.utils.data import DistributedSampler
+
+    from pet_dl.training.batching import GridBatchSampler
+
+    group_of = [0] * 37 + [1] * 11 + [2] * 5
+
+    class Items(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return len(group_of)
+
+    for epoch in range(3):
+        per_rank = []
+        for rank in range(2):
+            share = DistributedSampler(Items(), num_replicas=2, rank=rank, shuffle=True, seed=1)
+            share.set_epoch(epoch)
+            batches = list(GridBatchSampler(share, 4, True, group_of, [4, 2, 1]))
+            assert len(batches) == len(GridBatchSampler(share, 4, True, group_of, [4, 2, 1])) > 0
+            for batch in batches:
+                assert len({group_of[i] for i in batch}) == 1
+                assert len(batch) == [4, 2, 1][group_of[batch[0]]]
+            per_rank.append(batches)
+        assert len(per_rank[0]) == len(per_rank[1])
+        items = [{i for batch in batches for i in batch} for batches in per_rank]
+        assert not items[0] & items[1]
+    # one process: every item once, in full batches and the part-filled ones at the end
+    sequential = list(GridBatchSampler(range(len(group_of)), 4, False, group_of, [4, 2, 1]))
+    assert sorted(i for batch in sequential for i in batch) == list(range(len(group_of)))
+    assert len(sequential) == 10 + 6 + 5

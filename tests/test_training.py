@@ -830,3 +830,52 @@ def test_the_wandb_logger_runs_offline_without_a_login(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+
+
+class GridRecordingModule(ReconModule):
+    """Writes each training batch's grid and phantom seeds to ``<record>/rank<k>.json``."""
+
+    def __init__(self, *args: Any, record: str = "", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.record, self.seen = record, []
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        scans = [[int(s), round(float(d), 4)] for s, d in zip(batch["seed"], batch["dose_fraction"])]
+        self.seen.append([batch["geometry"].image.shape[0], scans])
+        return super().training_step(batch, batch_idx)
+
+    def on_train_end(self) -> None:
+        Path(self.record, f"rank{self.global_rank}.json").write_text(json.dumps(self.seen))
+
+
+def test_two_process_ddp_on_two_grids_steps_alike_on_disjoint_data(tmp_path: Path) -> None:
+    # folders on two grids under DDP: Lightning rebuilds the grid batch sampler around its
+    # DistributedSampler; both ranks step as often (or DDP would hang), each batch holds one
+    # grid, and the ranks' scans do not overlap
+    from pet_dl.datasets import generate_dataset
+    from pet_dl.recipes import load_recipe
+    from pet_dl.training.datamodule import PETDataModule
+
+    own = load_recipe(Path(__file__).resolve().parents[1] / "data" / "tiny.yaml")
+    own["splits"] = {"train": {"seeds": [0, 4]}, "val": {"seeds": [100000, 100001]}}
+    wide = dict(own, name="tiny_wide", image={"shape": [40, 40, 1], "voxel_size_mm": [7.0, 7.0, 7.0]},
+                sinogram={"num_radial": 128, "view_mashing": 6},
+                splits={"train": {"seeds": [10, 13]}, "val": {"seeds": [100010, 100011]}})
+    for name, recipe in (("own", own), ("wide", wide)):
+        generate_dataset(recipe, tmp_path / name, splits=["train", "val"])
+    dm = PETDataModule(data_dir=[str(tmp_path / "own"), str(tmp_path / "wide")], batch_size=2,
+                       other_grid_batch_size=1)
+    network = dict(NETWORK, num_iterations=1, init_iterations=2, init_subsets=4)
+    module = GridRecordingModule(network, record=str(tmp_path))
+    trainer = _trainer(tmp_path, devices=2, strategy="ddp_spawn", max_epochs=1, use_distributed_sampler=True)
+    trainer.fit(module, dm)
+    ranks = [json.loads((tmp_path / f"rank{k}.json").read_text()) for k in range(2)]
+    assert len(ranks[0]) == len(ranks[1]) > 0
+    for steps in ranks:
+        for grid, scans in steps:
+            assert grid in (32, 40) and len(scans) == (2 if grid == 32 else 1)
+            assert all((seed < 10) == (grid == 32) for seed, _ in scans)
+    assert {32, 40} == {grid for steps in ranks for grid, _ in steps}
+    # (seed, dose) is one scan; the DistributedSampler pads 21 scans to 22 with one repeat
+    seen = [{tuple(scan) for _, scans in steps for scan in scans} for steps in ranks]
+    assert len(seen[0] & seen[1]) <= 1

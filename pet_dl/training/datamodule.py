@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import lightning.pytorch as pl
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
 
-from pet_dl.training.batching import BatchGeometry, Collate
+from pet_dl.training.batching import BatchGeometry, Collate, GridBatchSampler
 
 
 class PETDataModule(pl.LightningDataModule):
@@ -18,9 +18,14 @@ class PETDataModule(pl.LightningDataModule):
 
     Args:
         data_dir: dataset folder with ``train/`` and ``val/`` shards, or a list of them
-            read as one (same acquisition geometry; e.g. two phantom families).
+            read as one (e.g. two phantom families). Folders on another grid (whole
+            bodies on the wide grid the product grows for them) are read in batches of
+            their own grid (:class:`pet_dl.datasets.GridGroups`); the first folder's grid
+            is the model's.
         recipe: recipe path, used when ``data_dir`` is not given.
         batch_size: scans per batch (per process under DDP).
+        other_grid_batch_size: scans per batch on the grids other than the first folder's
+            (a 224-voxel grid costs about 6 x the 96-voxel one per scan); default ``batch_size``.
         num_workers: DataLoader worker processes.
         reduction_factors: keep only these dose reduction factors (default: all).
         train_phantoms, val_phantoms: on the fly only: phantoms per split (default: all).
@@ -31,6 +36,7 @@ class PETDataModule(pl.LightningDataModule):
         data_dir: str | list[str] | None = None,
         recipe: str | None = None,
         batch_size: int = 4,
+        other_grid_batch_size: int | None = None,
         num_workers: int = 0,
         reduction_factors: list[float] | None = None,
         train_phantoms: int | None = None,
@@ -41,6 +47,8 @@ class PETDataModule(pl.LightningDataModule):
             raise ValueError("give exactly one of data.data_dir (shards) and data.recipe (on the fly)")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if other_grid_batch_size is not None and other_grid_batch_size < 1:
+            raise ValueError(f"other_grid_batch_size must be >= 1, got {other_grid_batch_size}")
         self.save_hyperparameters()
         self.datasets: dict[str, Dataset] = {}
 
@@ -48,9 +56,9 @@ class PETDataModule(pl.LightningDataModule):
         if split not in self.datasets:
             hp = self.hparams
             if hp.data_dir is not None:
-                from pet_dl.datasets import PairedScanDataset
+                from pet_dl.datasets import open_paired_scans
 
-                self.datasets[split] = PairedScanDataset(hp.data_dir, split, hp.reduction_factors)
+                self.datasets[split] = open_paired_scans(hp.data_dir, split, hp.reduction_factors)
             else:
                 from pet_dl.datasets import OnTheFlyDataset
 
@@ -59,9 +67,14 @@ class PETDataModule(pl.LightningDataModule):
         return self.datasets[split]
 
     def geometry(self) -> BatchGeometry:
-        """Sinogram layout, image grid and PSF of the training data."""
+        """Sinogram layout, image grid and PSF of the training data (the model's: the first folder's)."""
         ds = self._dataset("train")
         return BatchGeometry(ds.sinogram, ds.image, ds.psf_fwhm_mm)
+
+    def other_geometries(self, split: str = "train") -> list[BatchGeometry]:
+        """The geometries of the other grids' folders, in their group order (none: one grid)."""
+        parts = getattr(self._dataset(split), "parts", [])[1:]
+        return [BatchGeometry(part.sinogram, part.image, part.psf_fwhm_mm) for part in parts]
 
     def metadata(self) -> dict[str, Any]:
         """Checkpoint metadata: geometry, reduction factors, initial-image settings.
@@ -85,14 +98,21 @@ class PETDataModule(pl.LightningDataModule):
         self._dataset("val")
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            self._dataset(split),
-            batch_size=self.hparams.batch_size,
-            shuffle=shuffle,
+        dataset = self._dataset(split)
+        group_of = getattr(dataset, "group_of", None)
+        common = dict(
             num_workers=self.hparams.num_workers,
-            collate_fn=Collate(self.geometry()),
+            collate_fn=Collate(self.geometry(), self.other_geometries(split)),
             persistent_workers=self.hparams.num_workers > 0,
         )
+        if group_of is None:
+            return DataLoader(dataset, batch_size=self.hparams.batch_size, shuffle=shuffle, **common)
+        batch_size = self.hparams.batch_size
+        other = self.hparams.other_grid_batch_size or batch_size
+        sampler = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
+        batches = GridBatchSampler(sampler, batch_size, shuffle, group_of,
+                                   [batch_size] + [other] * (max(group_of) if group_of else 0))
+        return DataLoader(dataset, batch_sampler=batches, **common)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

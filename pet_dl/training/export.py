@@ -51,14 +51,14 @@ def _datamodule_train_seeds(datamodule: Any) -> dict[str, int] | list[int] | Non
 
 def _hparams_train_seeds(hparams: Mapping[str, Any]) -> dict[str, int] | list[int] | None:
     """From a data module's saved hyper-parameters: its ``recipe`` file or ``data_dir`` shards."""
-    from pet_dl.datasets import PairedScanDataset
+    from pet_dl.datasets import open_paired_scans
     from pet_dl.recipes import load_recipe
 
     try:
         if hparams.get("recipe"):
             return train_seeds_json([load_recipe(hparams["recipe"])])
         if hparams.get("data_dir"):
-            return train_seeds_json(PairedScanDataset(hparams["data_dir"], "train").recipes)
+            return train_seeds_json(open_paired_scans(hparams["data_dir"], "train").recipes)
     except (OSError, ValueError, KeyError) as err:
         warnings.warn(f"cannot read the training recipe for train_seeds: {err}", stacklevel=3)
     return None
