@@ -326,6 +326,10 @@ def test_folders_on_two_grids_train_in_batches_of_one_grid(tmp_path: Path) -> No
     assert isinstance(both, GridGroups) and both.group_of == [0] * 6 + [1] * 6
     assert both.image.shape == (32, 32, 1)  # the model's grid: the first folder's
     assert isinstance(open_paired_scans(folders[:1], "train"), PairedScanDataset)
+    from pet_dl.training.count_reference import dataset_densities
+
+    per_folder = [dataset_densities(PairedScanDataset(folder, "train"))[0] for folder in folders]
+    assert torch.equal(dataset_densities(both)[0], torch.cat(per_folder))  # each on its own grid
     blurred = _tiny(name="tiny_psf", simulation={**own["simulation"], "psf_fwhm_mm": 4.0})
     generate_dataset(blurred, tmp_path / "psf", splits=["train"])
     with pytest.raises(ValueError, match="psf_fwhm_mm"):

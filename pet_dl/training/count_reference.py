@@ -23,18 +23,20 @@ import torch
 from pet_dl.models.blocks import count_density
 
 if TYPE_CHECKING:
-    from pet_dl.datasets import PairedScanDataset
+    from pet_dl.datasets import GridGroups, PairedScanDataset
 
 
-def dataset_densities(dataset: PairedScanDataset) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(density, dose_fraction)`` of every item, each ``(N,)``: counts per mL, and (0, 1]."""
+def dataset_densities(dataset: PairedScanDataset | GridGroups) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(density, dose_fraction)`` of every item, each ``(N,)``: counts per mL, and (0, 1]
+    (folders on several grids: each on its own grid's voxels)."""
     densities, fractions = [], []
-    vs = tuple(float(v) for v in dataset.image.voxel_size_mm)
-    for i in range(len(dataset)):
-        item = dataset[i]
-        d = count_density(item["prompts"][None], item["additive"][None], item["initial"][None], vs)
-        densities.append(float(d[0]))
-        fractions.append(float(item["dose_fraction"]))
+    for part in getattr(dataset, "parts", [dataset]):
+        vs = tuple(float(v) for v in part.image.voxel_size_mm)
+        for i in range(len(part)):
+            item = part[i]
+            d = count_density(item["prompts"][None], item["additive"][None], item["initial"][None], vs)
+            densities.append(float(d[0]))
+            fractions.append(float(item["dose_fraction"]))
     return torch.tensor(densities, dtype=torch.float64), torch.tensor(fractions, dtype=torch.float64)
 
 
@@ -44,7 +46,7 @@ def count_reference(density: torch.Tensor, dose_fraction: torch.Tensor) -> float
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from pet_dl.datasets import PairedScanDataset
+    from pet_dl.datasets import open_paired_scans
 
     parser = argparse.ArgumentParser(
         prog="python -m pet_dl.training.count_reference",
@@ -54,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--split", default="train")
     args = parser.parse_args(argv)
     try:
-        dataset = PairedScanDataset(args.data_dir, args.split)
+        dataset = open_paired_scans(args.data_dir, args.split)
     except ValueError as e:
         parser.exit(2, f"error: {e}\n")
     density, fraction = dataset_densities(dataset)
