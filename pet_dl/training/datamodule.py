@@ -25,7 +25,7 @@ class PETDataModule(pl.LightningDataModule):
         recipe: recipe path, used when ``data_dir`` is not given.
         batch_size: scans per batch (per process under DDP).
         other_grid_batch_size: scans per batch on the grids other than the first folder's
-            (a 224-voxel grid costs about 6 x the 96-voxel one per scan); default ``batch_size``.
+            (a 224-voxel scan costs about 3.4 x a 96-voxel one: bench/train_grids.py); default ``batch_size``.
         num_workers: DataLoader worker processes.
         reduction_factors: keep only these dose reduction factors (default: all).
         train_phantoms, val_phantoms: on the fly only: phantoms per split (default: all).
