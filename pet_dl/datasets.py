@@ -351,9 +351,10 @@ def open_paired_scans(
     """Dataset folders as one dataset: a :class:`PairedScanDataset` when they share one grid,
     :class:`GridGroups` when they are on several."""
     roots = [root] if isinstance(root, (str, os.PathLike)) else list(root)
-    groups = group_by_grid(roots, split) if len(roots) > 1 else [[str(roots[0])]] if roots else []
-    if len(groups) > 1:
-        return GridGroups(groups, split, reduction_factors)
+    if len(roots) > 1:
+        groups = group_by_grid(roots, split)
+        if len(groups) > 1:
+            return GridGroups(groups, split, reduction_factors)
     return PairedScanDataset(roots, split, reduction_factors)
 
 

@@ -110,9 +110,10 @@ class GridBatchSampler(BatchSampler):
         if len(sizes) < groups or min(sizes) < 1:
             raise ValueError(f"need a batch size >= 1 for each of {groups} grid groups, got {sizes}")
         self.group_batch_sizes = sizes[:groups]
+        self.group_counts = [self.group_of.count(g) for g in range(groups)]
 
     def __len__(self) -> int:
-        counts = [self.group_of.count(g) for g in range(len(self.group_batch_sizes))]
+        counts = self.group_counts
         share = len(self.sampler) / max(len(self.group_of), 1)  # type: ignore[arg-type]
         if share >= 1.0:  # every item: full batches, and the part-filled ones unless drop_last
             return sum(n // b if self.drop_last else -(-n // b) for n, b in zip(counts, self.group_batch_sizes))
