@@ -32,10 +32,14 @@ def brain_scan():
 def test_settings_follow_the_measured_count_level_and_the_image_is_recons(brain_scan) -> None:
     from pet_dl.inference import load_model
     from pet_dl.models.anchor import nearest_row
+    from pet_dl.models.batch import initial_image
+    from pet_dl.models.blocks import count_level
     from pet_dl.reading_osem import osem_for_reading, reading_settings
     from pet_dl.recon import gaussian_postfilter, reconstruct_classical
 
-    blend, _ = reading_settings(load_model(None, torch.device("cpu")))
+    loaded = load_model(None, torch.device("cpu"))
+    model = loaded.model
+    blend, _ = reading_settings(loaded)
     g = torch.Generator().manual_seed(6)
     readings = {}
     for factor in (1, 20, 100):
@@ -44,6 +48,12 @@ def test_settings_follow_the_measured_count_level_and_the_image_is_recons(brain_
         scan = dataclasses.replace(scan, metadata=dataclasses.replace(scan.metadata, dose_fraction=1.0))
         reading = osem_for_reading(scan, device="cpu")
         readings[factor] = reading
+        # the level is the network's own: measured on its start (init_iterations x init_subsets)
+        prompts = scan.prompts.float()[None]
+        start = initial_image(scan.forward_model(), prompts, model.init_iterations, model.init_subsets)
+        network_level = count_level(prompts, scan.additive.float()[None], start, scan.image.voxel_size_mm,
+                                    model.count_reference)
+        assert reading.count_level == pytest.approx(float(network_level[0]), rel=1e-5)
         assert tuple(nearest_row(blend.rows, reading.count_level)[:3]) == (
             reading.dose_factor, reading.iterations, reading.postfilter_fwhm_mm)
         expected = gaussian_postfilter(
