@@ -94,7 +94,8 @@ def osem_for_reading(
     were chosen for 14 of 90 validation scans. The row of the model's OSEM mix nearest that
     level gives the iterations and the post-filter; the image is the one ``python -m pet_dl
     recon --algorithm osem`` gives with the same settings (the same subsets in the same
-    order): the iterates are shared, not run twice.
+    order); when the start uses the mix's subsets, as the shipped model's does, the iterates
+    on the way to the start are kept and shared, not run twice.
 
     Args:
         scan: the scan, on any geometry the scanner's forward model takes (2D, 3D, native
