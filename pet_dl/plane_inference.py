@@ -283,6 +283,59 @@ def _plane_batch(stack: Scan, device: torch.device, initial: torch.Tensor | None
 
 
 @torch.no_grad()
+def _chunk_batch(rebinned: Scan, chunk: list[int], image2d: ImageGeometry, device: torch.device) -> ReconBatch:
+    """Planes ``chunk`` of a rebinned scan as a batch of one-plane scans on ``image2d``."""
+    index = torch.tensor(chunk)
+    stack = plane_scan(
+        replace(
+            rebinned,
+            prompts=rebinned.prompts[index],
+            multiplicative=rebinned.multiplicative[index],
+            additive=rebinned.additive[index],
+        ),
+        slice(None),
+        image2d,
+    )
+    return _plane_batch(stack, device, None)
+
+
+def network_count_levels(scan: Scan, loaded: LoadedModel, device: torch.device) -> torch.Tensor:
+    """The count level a 2D model reads on each plane of a scan it reconstructs plane by plane.
+
+    As :func:`reconstruct_planes` feeds the network: the scan brought onto the model's layout
+    and grid (grown around a wider object), each plane's start (OSEM of the model's
+    ``init_iterations`` x ``init_subsets``, zero beyond the bins' reach on a grown grid) and
+    :meth:`conditioning` on it. For :func:`pet_dl.reading_osem.osem_for_reading`, so that an
+    OSEM for reading a scan on another layout or grid gets the settings of the level the
+    network read.
+
+    Returns:
+        ``(planes,)`` float32 on CPU, 0 for planes without counts.
+    """
+    from pet_dl.models.batch import initial_image
+
+    trained = SinogramGeometry.from_dict(loaded.metadata["sinogram"])
+    trained_image = ImageGeometry.from_dict(loaded.metadata["image"])
+    rebinned, image2d = model_planes(scan, loaded.metadata, device)
+    num_radial = rebinned.sinogram.num_radial
+    seen = None if image2d.shape == trained_image.shape else field_of_view(image2d, radial_reach_mm(trained, num_radial))
+    model = loaded.model
+    counts = rebinned.prompts.flatten(1).sum(1)
+    sens = rebinned.multiplicative.flatten(1).amax(1)
+    active = [int(j) for j in torch.nonzero((counts > 0) & (sens > 0)).flatten()]
+    levels = torch.zeros(rebinned.sinogram.num_planes)
+    for i in range(0, len(active), PLANE_BATCH):
+        chunk = active[i : i + PLANE_BATCH]
+        recon_batch = _chunk_batch(rebinned, chunk, image2d, device)
+        with torch.no_grad():
+            start = initial_image(recon_batch.forward_model(), recon_batch.prompts, model.init_iterations,
+                                  model.init_subsets)
+            if seen is not None:
+                start = start * seen.to(start.device)[:, :, None]
+            levels[torch.tensor(chunk)] = model.conditioning(recon_batch, start).float().cpu()
+    return levels
+
+
 def model_planes(
     scan: Scan, metadata: dict[str, Any], device: torch.device | str = "cpu"
 ) -> tuple[Scan, ImageGeometry]:
@@ -389,17 +442,7 @@ def reconstruct_planes(
     levels = torch.zeros(num)
     for chunk in tqdm(chunks, desc="planes", unit="batch", disable=None, leave=False):
         index = torch.tensor(chunk)
-        stack = plane_scan(
-            replace(
-                rebinned,
-                prompts=rebinned.prompts[index],
-                multiplicative=rebinned.multiplicative[index],
-                additive=rebinned.additive[index],
-            ),
-            slice(None),
-            image2d,
-        )
-        recon_batch = _plane_batch(stack, device, None)
+        recon_batch = _chunk_batch(rebinned, chunk, image2d, device)
         osem = None
         if check or seen is not None:
             forward = recon_batch.forward_model()

@@ -12,7 +12,7 @@ validation"), the count level measured from the scan itself as the network measu
 (:func:`pet_dl.models.blocks.count_level`: net trues per mL of the object, relative to the
 training's full dose), so a scan with no dose metadata gets the right settings.
 
-Layer: above ``inference`` (it loads the model for its settings) and ``recon``; below
+Layer: above ``inference`` (it loads the model for its settings), ``plane_inference`` and ``recon``; below
 ``infer.py``.
 """
 
@@ -94,7 +94,10 @@ def osem_for_reading(
     were chosen for 14 of 90 validation scans. The row of the model's OSEM mix nearest that
     level gives the iterations and the post-filter; the image is the one ``python -m pet_dl
     recon --algorithm osem`` gives with the same settings (the same subsets in the same
-    order); when the start uses the mix's subsets, as the shipped model's does, the iterates
+    order). A 2D scan on another layout or image grid (the mMR's native 252 x 344) gets the
+    level the network reads after bringing it onto its own
+    (:func:`pet_dl.plane_inference.network_count_levels`); a 3D scan, one level measured in
+    3D. When the start uses the mix's subsets, as the shipped model's does, the iterates
     on the way to the start are kept and shared, not run twice.
 
     Args:
@@ -114,6 +117,7 @@ def osem_for_reading(
     from pet_dl.inference import check_scan, load_model, resolve_device
     from pet_dl.models.anchor import nearest_row
     from pet_dl.models.blocks import count_level
+    from pet_dl.plane_inference import needs_rebinning, network_count_levels
     from pet_dl.recon import gaussian_postfilter
     from pet_dl.recon.em import osem
 
@@ -142,8 +146,12 @@ def osem_for_reading(
         for count in wanted + [start_iterations]:
             image = iterate(count - done, image, start_subsets)
             kept[count], done = image, count
-        level = float(count_level(prompts[None], scan.additive.to(dev, torch.float32)[None], image[None],
-                                  scan.image.voxel_size_mm, reference)[0])
+        if not three_d and needs_rebinning(scan, loaded.metadata):
+            # a 2D scan on another layout or grid: the level the network reads after the relayout
+            level = float(network_count_levels(scan, loaded, dev)[0])
+        else:
+            level = float(count_level(prompts[None], scan.additive.to(dev, torch.float32)[None], image[None],
+                                      scan.image.voxel_size_mm, reference)[0])
         factor, iterations, fwhm, _ = nearest_row(blend.rows, level)
         iterations = int(iterations)
         if not shared:

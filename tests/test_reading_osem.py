@@ -186,3 +186,35 @@ def test_torchserve_zip_carries_the_osem_when_asked(brain_scan, tmp_path: Path) 
     with pytest.raises(PredictionException) as info:
         worker.inference([low])
     assert info.value.error_code == 400 and "Accept: application/zip" in info.value.message
+
+
+def test_a_native_layout_scan_gets_the_level_the_network_reads() -> None:
+    """On the mMR's native layout and another grid the network reads the level after the
+    relayout; the reading OSEM's settings follow that level (one iteration's or the scan's own
+    grid's read it 1.3-1.5 x higher on this grid, docs/inference.md)."""
+    from pet_dl.geometry import get_scanner
+    from pet_dl.inference import load_model, reconstruct_with_network
+    from pet_dl.phantoms import make_phantom
+    from pet_dl.reading_osem import osem_for_reading
+
+    grid = ImageGeometry.centered((128, 128, 1), (2.0, 2.0, 2.0))
+    g = torch.Generator().manual_seed(1)
+    phantom = make_phantom("brain", grid, g)
+    full = simulate_scan(
+        phantom.activity, phantom.mu, SinogramGeometry.two_d(get_scanner("mmr")), grid, duration_s=600.0,
+        scatter_fraction=0.3, randoms_fraction=0.2, psf_fwhm_mm=4.5, crystal_efficiency_sigma=0.05, generator=g,
+    )
+    scan = thin_scan(full, 1.0 / 4, g)
+    loaded = load_model(None, torch.device("cpu"))
+    read: list[float] = []
+    conditioning = loaded.model.conditioning
+    loaded.model.conditioning = lambda batch, start: read.append(float(conditioning(batch, start)[0])) or conditioning(
+        batch, start)
+    try:
+        reconstruct_with_network(scan, loaded, "cpu")
+    finally:
+        del loaded.model.conditioning
+    reading = osem_for_reading(scan, loaded, "cpu")
+    assert len(read) == 1
+    assert reading.count_level == pytest.approx(read[0], rel=1e-4)
+    assert 0.15 < reading.count_level < 0.4  # a quarter dose of the training's count level, about
