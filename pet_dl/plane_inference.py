@@ -282,7 +282,6 @@ def _plane_batch(stack: Scan, device: torch.device, initial: torch.Tensor | None
     ).to(device)
 
 
-@torch.no_grad()
 def _chunk_batch(rebinned: Scan, chunk: list[int], image2d: ImageGeometry, device: torch.device) -> ReconBatch:
     """Planes ``chunk`` of a rebinned scan as a batch of one-plane scans on ``image2d``."""
     index = torch.tensor(chunk)
@@ -297,6 +296,29 @@ def _chunk_batch(rebinned: Scan, chunk: list[int], image2d: ImageGeometry, devic
         image2d,
     )
     return _plane_batch(stack, device, None)
+
+
+def _model_plane_set(
+    scan: Scan, metadata: dict[str, Any], device: torch.device
+) -> tuple[Scan, ImageGeometry, torch.Tensor | None, list[int]]:
+    """:func:`model_planes` of ``scan``, the grid's field of view and the planes with counts.
+
+    Returns:
+        ``(rebinned, image2d, seen, active)``: ``seen`` the ``(nx, ny)`` mask of the voxels
+        within the bins' reach on a grown grid (``None`` on the model's own grid: a grown
+        grid's corners can lie beyond the scanner's bins, the mMR's 344 reach 294 mm, and
+        nothing is measured there, so the planes are zero there, as in a scanner's own
+        images); ``active`` the planes with counts and sensitivity.
+    """
+    trained = SinogramGeometry.from_dict(metadata["sinogram"])
+    trained_image = ImageGeometry.from_dict(metadata["image"])
+    rebinned, image2d = model_planes(scan, metadata, device)
+    reach = radial_reach_mm(trained, rebinned.sinogram.num_radial)
+    seen = None if image2d.shape == trained_image.shape else field_of_view(image2d, reach)
+    counts = rebinned.prompts.flatten(1).sum(1)
+    sens = rebinned.multiplicative.flatten(1).amax(1)
+    active = [int(j) for j in torch.nonzero((counts > 0) & (sens > 0)).flatten()]
+    return rebinned, image2d, seen, active
 
 
 def network_count_levels(scan: Scan, loaded: LoadedModel, device: torch.device) -> torch.Tensor:
@@ -314,15 +336,8 @@ def network_count_levels(scan: Scan, loaded: LoadedModel, device: torch.device) 
     """
     from pet_dl.models.batch import initial_image
 
-    trained = SinogramGeometry.from_dict(loaded.metadata["sinogram"])
-    trained_image = ImageGeometry.from_dict(loaded.metadata["image"])
-    rebinned, image2d = model_planes(scan, loaded.metadata, device)
-    num_radial = rebinned.sinogram.num_radial
-    seen = None if image2d.shape == trained_image.shape else field_of_view(image2d, radial_reach_mm(trained, num_radial))
+    rebinned, image2d, seen, active = _model_plane_set(scan, loaded.metadata, device)
     model = loaded.model
-    counts = rebinned.prompts.flatten(1).sum(1)
-    sens = rebinned.multiplicative.flatten(1).amax(1)
-    active = [int(j) for j in torch.nonzero((counts > 0) & (sens > 0)).flatten()]
     levels = torch.zeros(rebinned.sinogram.num_planes)
     for i in range(0, len(active), PLANE_BATCH):
         chunk = active[i : i + PLANE_BATCH]
@@ -336,6 +351,7 @@ def network_count_levels(scan: Scan, loaded: LoadedModel, device: torch.device) 
     return levels
 
 
+@torch.no_grad()
 def model_planes(
     scan: Scan, metadata: dict[str, Any], device: torch.device | str = "cpu"
 ) -> tuple[Scan, ImageGeometry]:
@@ -419,22 +435,14 @@ def reconstruct_planes(
 
     if batch < 1:
         raise InvalidInputError(f"plane batch must be >= 1, got {batch}")
-    trained = SinogramGeometry.from_dict(loaded.metadata["sinogram"])
-    trained_image = ImageGeometry.from_dict(loaded.metadata["image"])
-    rebinned, image2d = model_planes(scan, loaded.metadata, device)
-    target, num_radial = rebinned.sinogram, rebinned.sinogram.num_radial
-    # a grown grid's corners can lie beyond the scanner's bins (the mMR's 344 reach 294 mm):
-    # nothing is measured there, so the planes are zero there, as in a scanner's own images
-    seen = None if image2d.shape == trained_image.shape else field_of_view(image2d, radial_reach_mm(trained, num_radial))
+    rebinned, image2d, seen, active = _model_plane_set(scan, loaded.metadata, device)
+    target = rebinned.sinogram
     model = loaded.model
     same_start = (getattr(model, "init_iterations", None), getattr(model, "init_subsets", None)) == (4, 7)
     use_amp = device.type == "cuda" and bool(amp)
     num = target.num_planes
     planes = torch.zeros(num, *image2d.shape[:2])
     fits: list[tuple[float, float] | None] = [None] * num
-    counts = rebinned.prompts.flatten(1).sum(1)
-    sens = rebinned.multiplicative.flatten(1).amax(1)
-    active = [int(j) for j in torch.nonzero((counts > 0) & (sens > 0)).flatten()]
     from tqdm import tqdm
 
     chunks = [active[i : i + batch] for i in range(0, len(active), batch)]

@@ -188,7 +188,7 @@ def test_torchserve_zip_carries_the_osem_when_asked(brain_scan, tmp_path: Path) 
     assert info.value.error_code == 400 and "Accept: application/zip" in info.value.message
 
 
-def test_a_native_layout_scan_gets_the_level_the_network_reads() -> None:
+def test_a_native_layout_scan_gets_the_level_the_network_reads(monkeypatch) -> None:
     """On the mMR's native layout and another grid the network reads the level after the
     relayout; the reading OSEM's settings follow that level (one iteration's or the scan's own
     grid's read it 1.3-1.5 x higher on this grid, docs/inference.md)."""
@@ -208,12 +208,15 @@ def test_a_native_layout_scan_gets_the_level_the_network_reads() -> None:
     loaded = load_model(None, torch.device("cpu"))
     read: list[float] = []
     conditioning = loaded.model.conditioning
-    loaded.model.conditioning = lambda batch, start: read.append(float(conditioning(batch, start)[0])) or conditioning(
-        batch, start)
-    try:
+
+    def spy(batch, start):  # noqa: ANN001, ANN202
+        level = conditioning(batch, start)
+        read.append(float(level[0]))
+        return level
+
+    with monkeypatch.context() as patch:
+        patch.setattr(loaded.model, "conditioning", spy)
         reconstruct_with_network(scan, loaded, "cpu")
-    finally:
-        del loaded.model.conditioning
     reading = osem_for_reading(scan, loaded, "cpu")
     assert len(read) == 1
     assert reading.count_level == pytest.approx(read[0], rel=1e-4)
