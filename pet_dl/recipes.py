@@ -35,7 +35,7 @@ SPLITS = ("train", "val", "test")
 _RECIPE_KEYS = {
     "name", "scanner", "num_rings", "sinogram", "image", "phantom", "lesions", "simulation",
     "reduction_factors", "init_iterations", "init_subsets", "splits", "shard_size", "texture",
-    "reconstructed", "body_mean_bqml", "uptake",
+    "reconstructed", "body_mean_bqml", "uptake", "cold_regions",
 }
 # The generator of a phantom's texture is seeded with ``seed + TEXTURE_SEED_OFFSET``: a stream
 # of its own, so a recipe with ``texture`` gives the same phantoms and lesions as without.
@@ -50,6 +50,7 @@ CLINICAL_OSEM = (3, 7, 5.0, 4.07)
 CLINICAL_DOSE = (0.1, 1.0)
 RECONSTRUCTED_NOISE_SEED = 7_000_001  # the truth's own scan: noise independent of the evaluated scans
 BODY_MEAN_SEED_OFFSET = 3_000_017  # the draw of ``body_mean_bqml``: a stream of its own
+COLD_REGION_SEED_OFFSET = 5_000_011  # the draw of ``cold_regions``: a stream of its own
 #: Body outline of a PET image used as the activity (a reconstructed truth here, an ACRIN
 #: slice in :mod:`pet_dl.evaluate.external`): above 3 % of its maximum (FLT: lungs included).
 PET_IMAGE_BODY_LEVEL = 0.03
@@ -128,6 +129,7 @@ def load_recipe(recipe: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str,
     r.setdefault("shard_size", 64)
     _check_texture(r.get("texture"))
     _check_reconstructed(r.get("reconstructed"))
+    _check_cold_regions(r.get("cold_regions"))
     uptake = r.get("uptake")
     if uptake is not None and not (
         isinstance(uptake, Mapping) and uptake
@@ -185,6 +187,22 @@ def _check_reconstructed(spec: Any) -> None:
     dose = spec.get("dose", CLINICAL_DOSE)
     if not (isinstance(dose, Sequence) and len(dose) == 2 and 0 < float(dose[0]) <= float(dose[1]) <= 1):
         raise ValueError(f"reconstructed dose must be [low, high] in (0, 1], got {dose!r}")
+
+
+def _check_cold_regions(spec: Any) -> None:
+    """``cold_regions: {count: [min, max], diameter_range_mm: [lo, hi], activity_fraction: [lo, hi],
+    lung_probability: p}`` (all but ``count`` optional; :func:`pet_dl.phantoms.add_cold_regions`)."""
+    if spec is None:
+        return
+    keys = {"count", "diameter_range_mm", "activity_fraction", "lung_probability"}
+    if not isinstance(spec, Mapping) or "count" not in spec or set(spec) - keys:
+        raise ValueError(f"cold_regions must be {{count: [min, max]}} with optional {sorted(keys - {'count'})}, got {spec!r}")
+    count = spec["count"]
+    if not (isinstance(count, Sequence) and len(count) == 2 and 0 <= int(count[0]) <= int(count[1])):
+        raise ValueError(f"cold_regions count must be [min, max] with 0 <= min <= max, got {count!r}")
+    for key in ("diameter_range_mm", "activity_fraction"):
+        if key in spec and not (isinstance(spec[key], Sequence) and len(spec[key]) == 2):
+            raise ValueError(f"cold_regions {key} must be [low, high], got {spec[key]!r}")
 
 
 def _check_texture(texture: Any) -> None:
@@ -284,6 +302,9 @@ def phantom_of_seed(recipe: Mapping[str, Any], seed: int, image: ImageGeometry |
     ``reconstructed: {postfilter_mm: mm, dose: [lo, hi]}`` then replaces the activity by a
     reconstructed PET image of it (:func:`reconstructed_activity`: a PET-like truth with a
     scanner's resolution and noise texture), and the lesions go into its body.
+    ``cold_regions: {count: [min, max], ...}`` inserts that many regions of (almost) no
+    activity (:func:`pet_dl.phantoms.add_cold_regions`, its own generator, seed ``seed +
+    COLD_REGION_SEED_OFFSET``) just before the lesions, which keep out of them.
     ``body_mean_bqml: [lo, hi]`` last scales the activity to a mean over the body drawn
     log-uniform from that range (its own generator, seed ``seed + BODY_MEAN_SEED_OFFSET``;
     :func:`scaled_to_body_mean`): the count density of a body at a clinical activity
@@ -320,8 +341,10 @@ def phantom_of_seed(recipe: Mapping[str, Any], seed: int, image: ImageGeometry |
     spec = recipe.get("reconstructed")
     if spec is not None:
         phantom = reconstructed_activity(recipe, phantom, seed, spec.get("postfilter_mm"), spec.get("dose"))
+        phantom = add_recipe_cold_regions(recipe, phantom, seed, tissues=("body",))
         phantom = add_recipe_lesions(recipe, phantom, g, tissues=("body",))
     else:
+        phantom = add_recipe_cold_regions(recipe, phantom, seed)
         phantom = add_recipe_lesions(recipe, phantom, g)
     body_mean = recipe.get("body_mean_bqml")
     if body_mean is not None:
@@ -515,6 +538,32 @@ def add_recipe_lesions(
     if n == 0:
         return phantom
     return add_lesions(phantom, n, generator=generator, tissues=tissues, **lesions)
+
+
+def add_recipe_cold_regions(
+    recipe: Mapping[str, Any], phantom: Phantom, seed: int, tissues: Sequence[str] | None = None,
+) -> Phantom:
+    """``phantom`` with the recipe's ``cold_regions`` (none without that key): their number
+    uniform in ``count = [min, max]``, then the regions (:func:`pet_dl.phantoms.add_cold_regions`
+    with the other entries), all drawn from a generator seeded with ``seed +``
+    :data:`COLD_REGION_SEED_OFFSET`.
+
+    Args:
+        tissues: where regions may go (default: any tissue with activity that is not bone).
+    """
+    spec = dict(recipe.get("cold_regions") or {})
+    if not spec:
+        return phantom
+    from pet_dl.phantoms import add_cold_regions
+
+    g = torch.Generator().manual_seed(int(seed) + COLD_REGION_SEED_OFFSET)
+    count = spec.pop("count")
+    n = int(torch.randint(int(count[0]), int(count[1]) + 1, (1,), generator=g))
+    if "diameter_range_mm" in spec:
+        spec["diameter_range_mm"] = tuple(float(v) for v in spec["diameter_range_mm"])
+    if "activity_fraction" in spec:
+        spec["activity_fraction"] = tuple(float(v) for v in spec["activity_fraction"])
+    return add_cold_regions(phantom, n, generator=g, tissues=tissues, **spec)
 
 
 def psf_of_recipe(recipe: Mapping[str, Any]) -> float:

@@ -10,10 +10,13 @@ import torch
 
 from pet_dl.geometry import ImageGeometry
 from pet_dl.phantoms import (
+    COLD_REGION_TISSUE,
     MU_BONE,
     MU_LUNG,
     MU_WATER,
     SPHERE_DIAMETERS_MM,
+    Phantom,
+    add_cold_regions,
     add_lesions,
     brain_phantom,
     image_phantom,
@@ -435,3 +438,67 @@ def test_torso_arms_are_separate_objects_beside_the_same_body() -> None:
         assert float(armed.mu[armed.tissue == armed.tissues["arm_cortex"]].max()) == pytest.approx(MU_BONE, rel=1e-5)
     with pytest.raises(ValueError, match="torso with arms"):
         make_phantom("torso_arms", ImageGeometry.centered((192, 192, 1), (2.6, 2.6, 2.6)), _seeded(0))
+
+
+def _warm_disc() -> tuple[Phantom, ImageGeometry]:
+    """A uniform warm disc (1000 Bq/mL, water's mu) 180 mm across on a 2 mm 2D grid."""
+    image = ImageGeometry.centered((100, 100, 1), 2.0)
+    inside = rasterize(sphere((0.0, 0.0, 0.0), 180.0), tuple(image.shape), (2.0, 2.0, 2.0),
+                       tuple(image.origin_mm), 4).to(torch.float32)
+    return image_phantom(1000.0 * inside, MU_WATER * inside, image, image, tissue_levels={"body": 0.5}), image
+
+
+@pytest.mark.parametrize("lung", [0.0, 1.0])
+def test_cold_regions_remove_exactly_their_activity_and_set_lung_mu(lung: float) -> None:
+    disc, image = _warm_disc()
+    out = add_cold_regions(disc, 2, (20.0, 40.0), (0.0, 0.0), lung, _seeded(3), tissues=("body",))
+    region = out.tissue == out.tissues[COLD_REGION_TISSUE]
+    assert int(region.sum()) > 2 * math.pi * 10**2 / 4 * 0.8  # two discs of >= 20 mm on 2 mm voxels
+    # each voxel keeps the part of it outside the regions: never more, all of it away from them
+    assert torch.all(out.activity <= disc.activity)
+    assert torch.all(out.activity[region] <= 500.0)  # a region's voxel is at least half inside
+    assert int((out.activity[region] == 0).sum()) > 0.5 * int(region.sum())
+    near = torch.nn.functional.max_pool2d(region[None, None, :, :, 0].float(), 3, 1, 1)[0, 0, :, :, None] > 0
+    assert torch.equal(out.activity[~near], disc.activity[~near])
+    mu_inside = out.mu[region & (out.activity == 0)]
+    assert torch.allclose(mu_inside, torch.full_like(mu_inside, MU_LUNG if lung else MU_WATER))
+    assert torch.equal(out.labels, disc.labels) and out.lesions == disc.lesions  # background, not lesions
+    assert torch.equal(disc.activity, _warm_disc()[0].activity)  # the input is not modified
+
+
+def test_cold_regions_stay_inside_the_body_and_lesions_keep_out_of_them() -> None:
+    from pet_dl.recipes import load_recipe, phantom_of_seed
+
+    recipe = load_recipe({
+        "scanner": "mmr", "image": {"shape": [100, 72, 1], "voxel_size_mm": [4.0, 4.0, 4.0]},
+        "phantom": "torso", "splits": {"train": {"seeds": [0, 10]}},
+        "lesions": {"count": [3, 3], "diameter_range_mm": [8.0, 16.0], "contrast": [2.0, 4.0], "allow_fewer": True},
+        "cold_regions": {"count": [2, 2], "diameter_range_mm": [15.0, 30.0], "activity_fraction": [0.0, 0.05]},
+    })
+    plain = dict(recipe)
+    del plain["cold_regions"]
+    seen = 0
+    for seed in range(4):
+        p = phantom_of_seed(recipe, seed)
+        region = p.tissue == p.tissues.get(COLD_REGION_TISSUE, -1)
+        seen += int(region.any())
+        background = phantom_of_seed(plain, seed)
+        assert not torch.any(region & (background.activity == 0))  # never outside the body
+        assert not torch.any(region & (p.labels > 0))  # no lesion inside a cold region
+        assert torch.equal(p.activity, phantom_of_seed(recipe, seed).activity)  # deterministic
+        assert float(p.activity[region & (background.activity > 0)].mean()) < 0.3 * float(background.activity[region].mean())
+    assert seen == 4
+
+
+@pytest.mark.parametrize("spec", [
+    {"diameter_range_mm": [10, 20]},  # no count
+    {"count": [2, 1]},
+    {"count": [0, 2], "shape": "cube"},
+    {"count": [0, 2], "activity_fraction": 0.1},
+])
+def test_bad_cold_regions_in_a_recipe_are_refused(spec: dict) -> None:
+    from pet_dl.recipes import load_recipe
+
+    with pytest.raises(ValueError, match="cold_regions"):
+        load_recipe({"scanner": "mmr", "image": {"shape": [8, 8, 1]}, "phantom": "torso",
+                     "splits": {"train": {"seeds": [0, 2]}}, "cold_regions": spec})

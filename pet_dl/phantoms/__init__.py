@@ -1,7 +1,7 @@
 """Seeded digital phantoms (activity in Bq/mL, mu in 1/mm at 511 keV, lesion labels).
 
 ``make_phantom("brain" | "brain_folded" | "brain_varied" | "brainweb" | "torso" | "torso_window" | "nema", image, generator)`` builds one
-on an :class:`~pet_dl.geometry.ImageGeometry`; :func:`add_lesions` inserts hot lesions;
+on an :class:`~pet_dl.geometry.ImageGeometry`; :func:`add_lesions` inserts hot lesions, :func:`add_cold_regions` cold regions;
 :func:`image_phantom` makes one from given activity and mu volumes (a real anatomy).
 See ``docs/phantoms.md``.
 """
@@ -26,7 +26,7 @@ from pet_dl.phantoms.base import (
 from pet_dl.phantoms.brain import brain_phantom, varied_brain_phantom
 from pet_dl.phantoms.brainweb import BRAINWEB_SUBJECTS, brainweb_phantom
 from pet_dl.phantoms.from_image import image_phantom
-from pet_dl.phantoms.lesions import add_lesions
+from pet_dl.phantoms.lesions import COLD_REGION_TISSUE, add_cold_regions, add_lesions
 from pet_dl.phantoms.nema import SPHERE_DIAMETERS_MM, nema_phantom
 from pet_dl.phantoms.torso import torso_phantom, torso_window_phantom
 
@@ -64,6 +64,7 @@ def make_phantom(
 
 __all__ = [
     "BRAINWEB_SUBJECTS",
+    "COLD_REGION_TISSUE",
     "MU_BONE",
     "MU_LUNG",
     "MU_SOFT_TISSUE",
@@ -73,6 +74,7 @@ __all__ = [
     "SUV1_BQML",
     "Lesion",
     "Phantom",
+    "add_cold_regions",
     "add_lesions",
     "brain_phantom",
     "brainweb_phantom",
