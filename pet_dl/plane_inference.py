@@ -321,7 +321,9 @@ def _model_plane_set(
     return rebinned, image2d, seen, active
 
 
-def network_count_levels(scan: Scan, loaded: LoadedModel, device: torch.device) -> torch.Tensor:
+def network_count_levels(
+    scan: Scan, loaded: LoadedModel, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The count level a 2D model reads on each plane of a scan it reconstructs plane by plane.
 
     As :func:`reconstruct_planes` feeds the network: the scan brought onto the model's layout
@@ -332,7 +334,8 @@ def network_count_levels(scan: Scan, loaded: LoadedModel, device: torch.device) 
     network read.
 
     Returns:
-        ``(planes,)`` float32 on CPU, 0 for planes without counts.
+        ``(levels, prompts)``: ``(planes,)`` float32 on CPU each, the level of each plane (0
+        for planes without counts) and its prompts (counts).
     """
     from pet_dl.models.batch import initial_image
 
@@ -348,7 +351,7 @@ def network_count_levels(scan: Scan, loaded: LoadedModel, device: torch.device) 
             if seen is not None:
                 start = start * seen.to(start.device)[:, :, None]
             levels[torch.tensor(chunk)] = model.conditioning(recon_batch, start).float().cpu()
-    return levels
+    return levels, rebinned.prompts.flatten(1).sum(1).float().cpu()
 
 
 @torch.no_grad()

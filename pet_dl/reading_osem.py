@@ -79,6 +79,15 @@ def reading_settings(loaded: LoadedModel) -> tuple[OSEMBlend, float]:
     return blend, float(reference)
 
 
+def weighted_median(values: torch.Tensor, weights: torch.Tensor) -> float:
+    """The median of ``values`` weighted by ``weights`` (``(n,)`` each, weights >= 0, not all 0):
+    the smallest value at which the cumulative weight of the sorted values reaches half the total."""
+    order = torch.argsort(values)
+    cumulative = torch.cumsum(weights[order].double(), 0)
+    i = int(torch.searchsorted(cumulative, 0.5 * cumulative[-1]))
+    return float(values[order][min(i, len(values) - 1)])
+
+
 def osem_for_reading(
     scan: Scan,
     checkpoint: str | os.PathLike[str] | LoadedModel | None = None,
@@ -96,9 +105,12 @@ def osem_for_reading(
     recon --algorithm osem`` gives with the same settings (the same subsets in the same
     order). A 2D scan on another layout or image grid (the mMR's native 252 x 344) gets the
     level the network reads after bringing it onto its own
-    (:func:`pet_dl.plane_inference.network_count_levels`); a 3D scan, one level measured in
-    3D. When the start uses the mix's subsets, as the shipped model's does, the iterates
-    on the way to the start are kept and shared, not run twice.
+    (:func:`pet_dl.plane_inference.network_count_levels`). A 3D scan that a 2D model reads
+    plane by plane (its rebinned direct planes, each at its own level) gets the median of the
+    planes' levels weighted by their counts: the settings of the level at which the network
+    read most of the counts (a 3D model's, the level measured in 3D). When the start uses
+    the mix's subsets, as the shipped model's does, the iterates on the way to the start are
+    kept and shared, not run twice.
 
     Args:
         scan: the scan, on any geometry the scanner's forward model takes (2D, 3D, native
@@ -146,9 +158,10 @@ def osem_for_reading(
         for count in wanted + [start_iterations]:
             image = iterate(count - done, image, start_subsets)
             kept[count], done = image, count
-        if not three_d and needs_rebinning(scan, loaded.metadata):
-            # a 2D scan on another layout or grid: the level the network reads after the relayout
-            level = float(network_count_levels(scan, loaded, dev)[0])
+        if needs_rebinning(scan, loaded.metadata):
+            # a 2D scan on another layout or grid, or a 3D scan read plane by plane: the level
+            # the network reads after the relayout (a 3D scan: the count-weighted median plane's)
+            level = weighted_median(*network_count_levels(scan, loaded, dev))
         else:
             level = float(count_level(prompts[None], scan.additive.to(dev, torch.float32)[None], image[None],
                                       scan.image.voxel_size_mm, reference)[0])

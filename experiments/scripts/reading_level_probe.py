@@ -77,7 +77,7 @@ def main() -> None:
                 with torch.no_grad():
                     own = level_on(scan, osem(scan.forward_model(), scan.prompts.float(), model.init_iterations,
                                               model.init_subsets), reference)
-                    read = float(network_count_levels(scan, loaded, torch.device("cpu"))[0])
+                    read = float(network_count_levels(scan, loaded, torch.device("cpu"))[0][0])
                 print(f"native {name} {seed} 1/{f}: scan's own grid {own:.4f}, network reads {read:.4f}, "
                       f"ratio {own / read:.3f}, rows {nearest_row(blend.rows, own)[0]:g} / "
                       f"{nearest_row(blend.rows, read)[0]:g}", flush=True)
