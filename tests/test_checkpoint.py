@@ -203,3 +203,32 @@ def test_the_given_builder_builds_the_network(tmp_path: Path, generator: torch.G
         load_checkpoint(path, builder=refuse)
     with pytest.raises(TypeError, match="builder"):
         load_checkpoint(path)  # type: ignore[call-arg]
+
+
+def test_interpolated_weights_lie_on_the_line_between_the_two(tmp_path: Path, generator: torch.Generator, capsys) -> None:
+    from pet_dl.training.export import main
+
+    base, tuned = _random_model(generator), _random_model(generator)
+    a = save_checkpoint(tmp_path / "base.safetensors", base, CONFIG, METADATA)
+    b = save_checkpoint(tmp_path / "tuned.safetensors", tuned, CONFIG, {**METADATA, "model_version": "tuned"})
+    for alpha in (0.0, 0.3, 1.0):
+        out = tmp_path / f"mix{alpha}.safetensors"
+        assert main([str(b), str(out), "--interpolate-from", str(a), str(alpha), "--model-version", "mix"]) == 0
+        mixed = load_checkpoint(out, builder=build_model)
+        assert mixed.metadata["model_version"] == "mix"
+        assert "--interpolate-from" in mixed.metadata["training_command"]
+        sa, sb, sm = base.state_dict(), tuned.state_dict(), mixed.model.state_dict()
+        for key in sa:
+            if sa[key].is_floating_point():
+                torch.testing.assert_close(sm[key], (1 - alpha) * sa[key] + alpha * sb[key], rtol=1e-6, atol=1e-6)
+    # another network, a step outside [0, 1] and other export options are one error line each
+    other = save_checkpoint(tmp_path / "other.safetensors", _random_model(generator, {**CONFIG, "channels": [4, 4]}),
+                            {**CONFIG, "channels": [4, 4]}, METADATA)
+    capsys.readouterr()
+    for argv in ([str(b), str(tmp_path / "x.safetensors"), "--interpolate-from", str(other), "0.5"],
+                 [str(b), str(tmp_path / "x.safetensors"), "--interpolate-from", str(a), "1.5"],
+                 [str(b), str(tmp_path / "x.safetensors"), "--interpolate-from", str(a), "0.5", "--float16"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error:") and err.count("\n") == 1, err
+    assert not (tmp_path / "x.safetensors").exists()

@@ -237,6 +237,58 @@ def with_network_options(
     return save_checkpoint(out, loaded.model, loaded.config, meta, weights_dtype, model_version)
 
 
+def interpolated_weights(
+    base: str | Path,
+    tuned: str | Path,
+    out: str | Path,
+    alpha: float,
+    training_command: str = "",
+    model_version: str | None = None,
+) -> Path:
+    """A checkpoint whose weights lie on the line from ``base``'s to ``tuned``'s:
+    ``base + alpha * (tuned - base)``, parameter by parameter (WiSE-FT's weight-space
+    ensemble, Wortsman et al., CVPR 2022: a fine-tuned model interpolated towards the model
+    it was fine-tuned from keeps much of the gain on the new data and loses less away
+    from it).
+
+    Both must be pet_dl ``.safetensors`` of one network (the same config, ``tuned``
+    trained from ``base``'s weights); the result has ``tuned``'s config and metadata.
+
+    Args:
+        base, tuned: input checkpoints; out: output file.
+        alpha: the step from ``base`` towards ``tuned``, in [0, 1] (0: ``base``, 1: ``tuned``).
+        training_command: appended to ``tuned``'s recorded training command.
+        model_version: the result's model version; ``None``: ``tuned``'s.
+
+    Returns:
+        ``out``.
+
+    Raises:
+        ValueError: ``alpha`` outside [0, 1], or networks of another config or parameters.
+        pet_dl.io.checkpoint.CheckpointError: an unreadable input.
+    """
+    from pet_dl.io.checkpoint import load_checkpoint, save_checkpoint
+    from pet_dl.models import build_model
+
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"the interpolation step must be in [0, 1], got {alpha}")
+    a = load_checkpoint(base, builder=build_model)
+    b = load_checkpoint(tuned, builder=build_model)
+    if a.config != b.config:
+        raise ValueError(f"{base} and {tuned} are networks of different configs: cannot interpolate them")
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    if sa.keys() != sb.keys() or any(sa[k].shape != sb[k].shape for k in sa):
+        raise ValueError(f"{base} and {tuned} have different parameters: cannot interpolate them")
+    mixed = {k: (sa[k] + alpha * (sb[k] - sa[k])).to(sb[k].dtype) if sb[k].is_floating_point() else sb[k]
+             for k in sb}
+    b.model.load_state_dict(mixed)
+    meta = b.metadata
+    if training_command:
+        meta["training_command"] = "; ".join(c for c in (meta.get("training_command"), training_command) if c)
+    meta.pop("weights_dtype", None)
+    return save_checkpoint(out, b.model, b.config, meta, None, model_version)
+
+
 class ExportCallback(pl.Callback):
     """Export the network to ``path`` (safetensors) when ``fit`` ends (rank 0 only).
 
@@ -287,7 +339,7 @@ def _blend_options(path: str) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m pet_dl.training.export CKPT OUT [--train-seeds START STOP] [--flip-ensemble AXIS ...] [--anchor YAML] [--final-em N] [--blend YAML] [--float16] [--model-version NAME]``.
+    """``python -m pet_dl.training.export CKPT OUT [--train-seeds START STOP] [--flip-ensemble AXIS ...] [--anchor YAML] [--final-em N] [--blend YAML] [--float16] [--model-version NAME] [--interpolate-from BASE ALPHA]``.
 
     Prints the path; a bad input is one ``error:`` line and exit code 2.
     """
@@ -322,7 +374,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="store the weights as float16 (half the file; loaded as float32)")
     parser.add_argument("--model-version", default=None, metavar="NAME",
                         help="the weights' name, recorded in the metadata (default: the input's, if any)")
+    parser.add_argument(
+        "--interpolate-from", nargs=2, default=None, metavar=("BASE", "ALPHA"),
+        help="a .safetensors input only: write BASE + ALPHA * (input - BASE), the input fine-tuned "
+             "from BASE's weights (a weight-space ensemble, WiSE-FT)",
+    )
     args = parser.parse_args(argv)
+    if args.interpolate_from is not None:
+        return _interpolate_main(args, argv)
     seeds = None if args.train_seeds is None else range(*args.train_seeds)
     if seeds is not None and (seeds.start < 0 or not seeds):
         parser.error(f"--train-seeds needs 0 <= START < STOP, got {args.train_seeds}")
@@ -359,6 +418,27 @@ def main(argv: list[str] | None = None) -> int:
         else:
             out = export_lightning_checkpoint(args.ckpt, args.out, command, seeds, options, dtype,
                                               args.model_version)
+    except (PetDLError, ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(out)
+    return 0
+
+
+def _interpolate_main(args: argparse.Namespace, argv: list[str] | None) -> int:
+    """``--interpolate-from BASE ALPHA``: :func:`interpolated_weights`, one error line and exit 2 on bad input."""
+    from pet_dl.errors import PetDLError
+
+    others = (args.train_seeds, args.flip_ensemble, args.anchor, args.final_em, args.blend)
+    if not args.ckpt.endswith(".safetensors") or any(o is not None for o in others) or args.float16:
+        print("error: --interpolate-from takes a .safetensors input and only --model-version besides",
+              file=sys.stderr)
+        return 2
+    base, alpha = args.interpolate_from
+    try:
+        step = float(alpha)
+        command = "python -m pet_dl.training.export " + shlex.join(argv if argv is not None else sys.argv[1:])
+        out = interpolated_weights(base, args.ckpt, args.out, step, command, args.model_version)
     except (PetDLError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
