@@ -57,6 +57,24 @@ def _room(phantom: Phantom, tissues: Sequence[str] | None) -> torch.Tensor:
     return allowed
 
 
+def _checked_balls(
+    function: str, what: str, generator: object, n: int, diameter_range_mm: tuple[float, float]
+) -> tuple[float, float]:
+    """The ``(min, max)`` diameter, mm, after checking the arguments every ball inserter takes.
+
+    Raises:
+        TypeError: no seeded generator. ValueError: ``n < 0`` or a bad diameter range.
+    """
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"{function} needs a seeded torch.Generator (generator=...)")
+    if n < 0:
+        raise ValueError(f"number of {what} must be >= 0, got {n}")
+    dmin, dmax = diameter_range_mm
+    if not 0 < dmin <= dmax:
+        raise ValueError(f"diameter range must satisfy 0 < min <= max, got {diameter_range_mm}")
+    return dmin, dmax
+
+
 class _BallPlacer:
     """Random balls wholly inside the ``allowed`` voxels of one phantom's grid.
 
@@ -150,13 +168,7 @@ def add_lesions(
     Raises:
         ValueError: bad arguments, or no room for the lesions.
     """
-    if not isinstance(generator, torch.Generator):
-        raise TypeError("add_lesions needs a seeded torch.Generator (generator=...)")
-    if n < 0:
-        raise ValueError(f"number of lesions must be >= 0, got {n}")
-    dmin, dmax = diameter_range_mm
-    if not 0 < dmin <= dmax:
-        raise ValueError(f"diameter range must satisfy 0 < min <= max, got {diameter_range_mm}")
+    dmin, dmax = _checked_balls("add_lesions", "lesions", generator, n, diameter_range_mm)
     cmin, cmax = (contrast, contrast) if isinstance(contrast, (int, float)) else contrast
     if not 0 < cmin <= cmax:
         raise ValueError(f"contrast must be positive (min <= max), got {contrast}")
@@ -243,13 +255,7 @@ def add_cold_regions(
     Raises:
         ValueError: bad arguments, or no tissue where a region can go.
     """
-    if not isinstance(generator, torch.Generator):
-        raise TypeError("add_cold_regions needs a seeded torch.Generator (generator=...)")
-    if n < 0:
-        raise ValueError(f"number of cold regions must be >= 0, got {n}")
-    dmin, dmax = diameter_range_mm
-    if not 0 < dmin <= dmax:
-        raise ValueError(f"diameter range must satisfy 0 < min <= max, got {diameter_range_mm}")
+    dmin, dmax = _checked_balls("add_cold_regions", "cold regions", generator, n, diameter_range_mm)
     fmin, fmax = activity_fraction
     if not 0 <= fmin <= fmax < 1:
         raise ValueError(f"activity fraction must satisfy 0 <= min <= max < 1, got {activity_fraction}")
