@@ -203,6 +203,9 @@ def _check_cold_regions(spec: Any) -> None:
     for key in ("diameter_range_mm", "activity_fraction"):
         if key in spec and not (isinstance(spec[key], Sequence) and len(spec[key]) == 2):
             raise ValueError(f"cold_regions {key} must be [low, high], got {spec[key]!r}")
+    p = spec.get("lung_probability", 0.5)
+    if not (isinstance(p, (int, float)) and 0 <= p <= 1):
+        raise ValueError(f"cold_regions lung_probability must be in [0, 1], got {p!r}")
 
 
 def _check_texture(texture: Any) -> None:

@@ -495,6 +495,7 @@ def test_cold_regions_stay_inside_the_body_and_lesions_keep_out_of_them() -> Non
     {"count": [2, 1]},
     {"count": [0, 2], "shape": "cube"},
     {"count": [0, 2], "activity_fraction": 0.1},
+    {"count": [0, 2], "lung_probability": 1.5},
 ])
 def test_bad_cold_regions_in_a_recipe_are_refused(spec: dict) -> None:
     from pet_dl.recipes import load_recipe
