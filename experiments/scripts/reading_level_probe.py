@@ -9,7 +9,10 @@ used before 2026-12-07) against the network's own 4 x 7 start, and the OSEM row 
 Part 2, on the mMR's native 252 x 344 layout (2 seeds each of the ``brain`` phantom on a
 128 x 2 mm grid and of BrainWeb subject 48 on the model's 96 x 2.6 mm grid, 4 doses): the
 level on the scan's own layout and grid (4 x 7) against the one the network reads after the
-relayout (:func:`pet_dl.plane_inference.network_count_levels`). docs/experiments.md, "After
+relayout (:func:`pet_dl.plane_inference.network_count_levels`). Part 3, a 17-ring span-11
+scan with a hot axial band (the 3D test scan of ``tests/test_reading_osem.py``): each rebinned
+plane's level, their count-weighted median (what ``osem_for_reading`` uses for a 3D scan since
+2026-12-07) and the one level measured in 3D that it used before. docs/experiments.md, "After
 v47"; docs/inference.md.
 """
 
@@ -81,6 +84,22 @@ def main() -> None:
                 print(f"native {name} {seed} 1/{f}: scan's own grid {own:.4f}, network reads {read:.4f}, "
                       f"ratio {own / read:.3f}, rows {nearest_row(blend.rows, own)[0]:g} / "
                       f"{nearest_row(blend.rows, read)[0]:g}", flush=True)
+    import sys
+
+    sys.path.insert(0, "tests")
+    from test_rebin import expected_scan, geometry, phantom
+
+    from pet_dl.reading_osem import weighted_median
+
+    sino3d, grid3d = geometry(num_radial=96, view_mashing=2)
+    scan3d = expected_scan(sino3d, grid3d, *phantom(grid3d, axial=True))
+    with torch.no_grad():
+        levels, counts = network_count_levels(scan3d, loaded, torch.device("cpu"))
+        in_3d = level_on(scan3d, osem(scan3d.forward_model(), scan3d.prompts.float(), model.init_iterations,
+                                      model.init_subsets), reference)
+    read = levels[counts > 0]
+    print(f"\npart 3: 3D scan, planes read {float(read.min()):.2f}-{float(read.max()):.2f}, count-weighted "
+          f"median {weighted_median(levels, counts):.2f}, one level measured in 3D {in_3d:.2f}")
 
 
 if __name__ == "__main__":
