@@ -80,7 +80,7 @@ def main(
     parser_kwargs: dict[str, Any] = {"parser_mode": "yaml"}
     parser_kwargs.update({sub: defaults for sub in LightningCLI.subcommands()} if run else defaults)
     try:
-        return PetLightningCLI(
+        cli = PetLightningCLI(
             ReconModule,
             PETDataModule,
             seed_everything_default=0,
@@ -92,3 +92,21 @@ def main(
     except PetDLError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    if run:
+        release_process_group()
+    return cli
+
+
+def release_process_group() -> None:
+    """Wait for every rank, then destroy the default process group, if one is up.
+
+    A DDP rank that exits with its process group still alive can abort in the
+    communication library's teardown after training has finished (seen with gloo as
+    "terminate called without an active exception"), turning a finished run into a
+    non-zero exit; PyTorch asks for ``destroy_process_group`` before exit.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
