@@ -189,11 +189,11 @@ def main() -> None:
                 table.setdefault((name, f), []).append(
                     scores(image.float(), phantom, grid, blurred, exclude)
                 )
+                if r == 0 and f == 20:
+                    shown[name] = image
             if args.per_case:
                 net, osem = table[("network", f)][-1], table[("OSEM", f)][-1]
                 per_case[-1].append(f"{net['nrmse'] - osem['nrmse']:+.1f} ({net['hot_spots']:.0f} / {osem['hot_spots']:.0f})")
-                if r == 0 and f == 20:
-                    shown[name] = image
             if r == 0:
                 shown_truth = phantom.activity
         print(f"realisation {r + 1}/{args.realisations} done", flush=True)
