@@ -79,17 +79,14 @@ class MatrixDataModule(pl.LightningDataModule):
         return self._loader(MatrixScans(2, self.projector, offset=1000), shuffle=False)
 
 
-class RecordingModule(ReconModule):
-    """Writes the phantom seeds each rank trains on to ``<record>/rank<k>.json``."""
+class _RankRecorder(ReconModule):
+    """Writes what each rank saw (``self.seen``, filled by a subclass's ``training_step``)
+    to ``<record>/rank<k>.json`` when training ends."""
 
     def __init__(self, *args: Any, record: str = "", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.record = record
-        self.seen: list[int] = []
-
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        self.seen.extend(int(s) for s in batch["seed"])
-        return super().training_step(batch, batch_idx)
+        self.seen: list[Any] = []
 
     def on_train_end(self) -> None:
         Path(self.record, f"rank{self.global_rank}.json").write_text(json.dumps(self.seen))
@@ -98,6 +95,14 @@ class RecordingModule(ReconModule):
         # the last hook a spawned rank runs: without this, a rank could exit with gloo's
         # threads alive and abort after a finished fit (a flake seen once in CI)
         release_process_group()
+
+
+class RecordingModule(_RankRecorder):
+    """Records the phantom seeds each rank trains on."""
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        self.seen.extend(int(s) for s in batch["seed"])
+        return super().training_step(batch, batch_idx)
 
 
 def _trainer(tmp_path: Path, **kw: Any) -> pl.Trainer:
@@ -848,25 +853,13 @@ def test_the_wandb_logger_runs_offline_without_a_login(tmp_path: Path) -> None:
     assert list((tmp_path / "run" / "wandb").glob("offline-run-*"))
 
 
-class GridRecordingModule(ReconModule):
-    """Writes each training batch's grid and phantom seeds to ``<record>/rank<k>.json``."""
-
-    def __init__(self, *args: Any, record: str = "", **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.record, self.seen = record, []
+class GridRecordingModule(_RankRecorder):
+    """Records each training batch's grid and phantom seeds."""
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         scans = [[int(s), round(float(d), 4)] for s, d in zip(batch["seed"], batch["dose_fraction"])]
         self.seen.append([batch["geometry"].image.shape[0], scans])
         return super().training_step(batch, batch_idx)
-
-    def on_train_end(self) -> None:
-        Path(self.record, f"rank{self.global_rank}.json").write_text(json.dumps(self.seen))
-
-    def teardown(self, stage: str) -> None:
-        # the last hook a spawned rank runs: without this, a rank could exit with gloo's
-        # threads alive and abort after a finished fit (a flake seen once in CI)
-        release_process_group()
 
 
 def test_two_process_ddp_on_two_grids_steps_alike_on_disjoint_data(tmp_path: Path) -> None:

@@ -22,18 +22,14 @@ import math
 import statistics
 
 import torch
+from nema_blob_sites import FACTORS as DOSES
+from nema_blob_sites import GRID, nema_scans
 
 from pet_dl.consistency import consistency_map
 from pet_dl.data_check import scan_forward_model
-from pet_dl.forward_model import GaussianResolution
-from pet_dl.geometry import ImageGeometry, SinogramGeometry, get_scanner
 from pet_dl.inference import load_model, reconstruct_and_check
-from pet_dl.metrics import dilate_mask, hot_spots
-from pet_dl.phantoms.nema import nema_phantom
-from pet_dl.simulate import simulate_scan, thin_scan
+from pet_dl.metrics import hot_spots
 
-GRID = ImageGeometry.centered((128, 128, 1), 2.6)  # wide_object_scores.py's NEMA grid
-DOSES = (1, 4, 10, 20, 50, 100)
 HIT_MM = 6.0  # a blob counts as flagged when a region's centre is this close (consistency_scores.py's)
 
 
@@ -57,28 +53,19 @@ def main() -> None:
     parser.add_argument("--scan-seed", type=int, default=300108)
     args = parser.parse_args()
     loaded = load_model(args.checkpoint, torch.device("cpu"))
-    sino = SinogramGeometry.two_d(get_scanner("mmr"))
     blobs = {f: 0 for f in DOSES}
     flagged = {f: 0 for f in DOSES}
     near_z: dict[int, list[float]] = {f: [] for f in DOSES}
     other_regions = {f: 0 for f in DOSES}
     truth_regions = {f: 0 for f in DOSES}
     unmapped = {f: 0 for f in DOSES}
-    for r in range(args.realisations):
-        g = torch.Generator().manual_seed(args.scan_seed + r)
-        phantom = nema_phantom(GRID, g)
+    for r, phantom, blurred, exclude, f, scan in nema_scans(args.realisations, args.scan_seed):
         truth = phantom.activity.float()
-        blurred = GaussianResolution(GRID, 4.5)(truth[None])[0]
-        exclude = dilate_mask((phantom.labels > 0)[None], 2, 2)[0]
-        full = simulate_scan(phantom.activity, phantom.mu, sino, GRID, duration_s=600.0, scatter_fraction=0.3,
-                             randoms_fraction=0.2, psf_fwhm_mm=4.5, crystal_efficiency_sigma=0.05, generator=g)
-        for f in DOSES:  # thinned in turn, as wide_object_scores.py does
-            scan = full if f == 1 else thin_scan(full, 1.0 / f, g)
-            image, fit = reconstruct_and_check(scan, loaded, "cpu")
-            maps = fit.consistency
-            if maps is None:  # a plane below the map's count level (pet_dl.plane_inference.MAP_MIN_COUNT_LEVEL)
-                unmapped[f] += 1
-                continue
+        image, fit = reconstruct_and_check(scan, loaded, "cpu")
+        maps = fit.consistency
+        if maps is None:  # a plane below the map's count level (pet_dl.plane_inference.MAP_MIN_COUNT_LEVEL)
+            unmapped[f] += 1
+        else:
             centres = [torch.tensor(reg.centre_mm) for reg in maps.regions]
             spots = torch.nonzero(hot_spots(image.float(), blurred, GRID.voxel_size_mm, exclude=exclude,
                                             threshold=1.0)).tolist()
@@ -94,7 +81,8 @@ def main() -> None:
             forward = scan_forward_model(scan, "cpu")
             control = consistency_map(forward, scan.prompts.float(), truth, GRID, scan.psf_fwhm_mm, reference=image)
             truth_regions[f] += control.count
-        print(f"scan {r + 1}/{args.realisations}", flush=True)
+        if f == DOSES[-1]:
+            print(f"scan {r + 1}/{args.realisations}", flush=True)
     n = args.realisations
     print(f"\n{n} NEMA scans (seeds {args.scan_seed}-{args.scan_seed + n - 1}), {loaded.metadata.get('model_version', '?')}")
     print("| dose | scans not mapped | false hot spots in mapped scans | flagged | median z near a blob | other regions | truth's regions |")

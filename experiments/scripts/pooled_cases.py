@@ -33,15 +33,18 @@ def cases(path: str) -> list[tuple[str, list[tuple[float, int, int]]]]:
     return out
 
 
+def mean_interval(values: list[float]) -> str:
+    """``mean ± half-width`` of the 95 % interval (1.96 standard errors) of ``values``."""
+    n = len(values)
+    mean = sum(values) / n
+    se = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n) if n > 1 else math.nan
+    return f"{mean:+.2f} ± {1.96 * se:.2f}"
+
+
 def summary(rows: list[list[tuple[float, int, int]]], label: str) -> str:
     """One table row: the mean difference ± 1.96 SE per dose, then the hot spots."""
     n = len(rows)
-    parts = []
-    for j in range(len(DOSES)):
-        d = [r[j][0] for r in rows]
-        mean = sum(d) / n
-        se = math.sqrt(sum((v - mean) ** 2 for v in d) / (n - 1) / n) if n > 1 else math.nan
-        parts.append(f"{mean:+.2f} ± {1.96 * se:.2f}")
+    parts = [mean_interval([r[j][0] for r in rows]) for j in range(len(DOSES))]
     spots = " / ".join(f"{sum(r[j][1] for r in rows) / n:.2f}:{sum(r[j][2] for r in rows) / n:.2f}"
                        for j in range(len(DOSES)))
     return f"| {label} ({n}) | " + " | ".join(parts) + f" | {spots} |"
