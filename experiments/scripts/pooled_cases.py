@@ -13,6 +13,7 @@ docs/results.md, "Objects wider than the model's grid".
 from __future__ import annotations
 
 import math
+import os
 import re
 import sys
 
@@ -51,8 +52,12 @@ def summary(rows: list[list[tuple[float, int, int]]], label: str) -> str:
 
 
 def main() -> None:
-    if len(sys.argv) < 2:
-        raise SystemExit("usage: pooled_cases.py RUN.log [RUN.log ...]")
+    if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
+        print(__doc__.strip().splitlines()[0] + "\n\nusage: pooled_cases.py RUN.log [RUN.log ...]")
+        raise SystemExit(0 if len(sys.argv) > 1 else 2)
+    missing = [path for path in sys.argv[1:] if not os.path.isfile(path)]
+    if missing:
+        raise SystemExit(f"error: no such log: {missing[0]}")
     rows = [c for path in sys.argv[1:] for c in cases(path)]
     if not rows:
         raise SystemExit("error: no per-case rows; give logs of wide_object_scores.py --per-case")
