@@ -440,6 +440,37 @@ def test_torso_arms_are_separate_objects_beside_the_same_body() -> None:
         make_phantom("torso_arms", ImageGeometry.centered((192, 192, 1), (2.6, 2.6, 2.6)), _seeded(0))
 
 
+def test_neck_arms_are_three_objects_far_apart_on_a_mostly_empty_grid() -> None:
+    # the neck with the arms raised: three objects with air between them along every row,
+    # spanning 320-550 mm within ARMS_REACH_MM, filling under a tenth of a 582 mm grid;
+    # the same seed gives the same scene; FLT's marrow and blood factors apply to it
+    from pet_dl.phantoms.torso import ARMS_REACH_MM
+    from pet_dl.recipes import with_uptake
+
+    grid = ImageGeometry.centered((224, 224, 1), (2.6, 2.6, 2.6))
+    x = float(grid.origin_mm[0]) + 2.6 * torch.arange(224)  # voxel centres, mm
+    widths = []
+    for seed in range(6):
+        neck = make_phantom("neck_arms", grid, _seeded(seed))
+        body = neck.mu[..., 0] > 0
+        cols = body.any(1).int()
+        starts = torch.nonzero(cols[1:] - cols[:-1] == 1).flatten()
+        assert len(starts) == 3 and int(cols[0]) == 0  # three objects, air between them
+        filled = torch.nonzero(cols).flatten()
+        widths.append(float(x[int(filled.max())] - x[int(filled.min())]) + 2.6)
+        assert float(x[int(filled.max())]) <= ARMS_REACH_MM + 2.6 and float(x[int(filled.min())]) >= -ARMS_REACH_MM - 2.6
+        assert float(body.float().mean()) < 0.1
+        for tissue in ("thyroid", "trachea", "marrow", "arm_cortex"):
+            assert bool((neck.tissue == neck.tissues[tissue]).any()), tissue
+        assert torch.equal(neck.activity, make_phantom("neck_arms", grid, _seeded(seed)).activity)
+        flt = with_uptake(neck, {"marrow": 6.0, "blood": 0.6})
+        marrow = neck.tissue == neck.tissues["marrow"]
+        assert torch.allclose(flt.activity[marrow], 6.0 * neck.activity[marrow])
+    assert min(widths) >= 300.0 and max(widths) <= 2 * ARMS_REACH_MM + 5.2 and max(widths) - min(widths) > 60.0
+    with pytest.raises(ValueError, match="neck with arms"):
+        make_phantom("neck_arms", ImageGeometry.centered((192, 192, 1), (2.6, 2.6, 2.6)), _seeded(0))
+
+
 def _warm_disc() -> tuple[Phantom, ImageGeometry]:
     """A uniform warm disc (1000 Bq/mL, water's mu) 180 mm across on a 2 mm 2D grid."""
     image = ImageGeometry.centered((100, 100, 1), 2.0)

@@ -10,7 +10,10 @@ windows are (``data/torso_window2d_flt.yaml``: FLT's uptake, a reconstructed PET
 the activity, a clinical body's mean), on a 192 x 192 grid of 2.6 mm, seeds ``--first`` on
 (default 110000, outside every recipe's splits); ``--width-scale`` draws them larger (1.25:
 383-476 mm wide). ``--object torso_arms``: the same torsos with the arms down at their sides
-(separate objects, 530-556 mm across in all), on a 216 x 216 grid. All on the mMR's native 2D layout (252
+(separate objects, 530-556 mm across in all), on a 216 x 216 grid. ``--object neck_arms``:
+necks with the arms raised beside them (``pet_dl.phantoms.neck_arms_phantom``: three small
+objects 320-550 mm across, mostly air between), made as those torsos (FLT's marrow and
+blood factors; the neck has no other of its organs), on the same grid. All on the mMR's native 2D layout (252
 views x 344 bins) with the data/brainweb2d.yaml scan (600 s, 30 % scatter, 20 % randoms,
 PSF 4.5 mm, 5 % crystal efficiencies), thinned to 1/4 ... 1/100. Each scan is
 reconstructed by OSEM at the BrainWeb-chosen settings (configs/blend2d_kco5.yaml's rows)
@@ -70,6 +73,7 @@ GRIDS = {
     "acrin": ImageGeometry.centered((192, 192, 1), 2.6),
     "torso": ImageGeometry.centered((192, 192, 1), 2.6),
     "torso_arms": ImageGeometry.centered((216, 216, 1), 2.6),
+    "neck_arms": ImageGeometry.centered((216, 216, 1), 2.6),
 }
 PSF_MM = 4.5
 
@@ -122,7 +126,7 @@ def main() -> None:
     parser.add_argument("--object", choices=sorted(GRIDS), default="nema")
     parser.add_argument("--realisations", type=int, default=4)
     parser.add_argument("--first", type=int, default=None,
-                        help="the first phantom seed: --object torso (default 110000) or acrin (default 0)")
+                        help="the first phantom seed: --object torso, torso_arms or neck_arms (default 110000) or acrin (default 0)")
     parser.add_argument("--scan-seed", type=int, default=300000,
                         help="the first realisation's noise (and NEMA's) seed: 300000-300007 are the test scans, "
                              "300100 on the v43 round's validation scans")
@@ -146,9 +150,11 @@ def main() -> None:
         recipe["image"] = {"shape": list(grid.shape), "voxel_size_mm": list(grid.voxel_size_mm)}
         folder = os.path.join(os.environ["PET_DL_TEST_DATA"], "acrin_pet_dicom")
         acrin = acrin_slice_phantoms(folder, recipe)
-    if args.object.startswith("torso"):  # the FLT-like training windows' recipe, whole torsos on the wide grid
+    if args.object in ("torso", "torso_arms", "neck_arms"):  # the FLT-like training windows' recipe, on the wide grid
         torso_recipe = load_recipe("data/torso_window2d_flt.yaml")
         torso_recipe["phantom"] = args.object
+        if args.object == "neck_arms":  # FLT's factors for the tissues a neck has
+            torso_recipe["uptake"] = {k: v for k, v in torso_recipe["uptake"].items() if k in ("marrow", "blood")}
         torso_recipe["image"] = {"shape": list(grid.shape),
                                  "voxel_size_mm": [v / args.width_scale for v in grid.voxel_size_mm]}
         torso_recipe["sinogram"] = {"num_radial": sino.num_radial, "view_mashing": sino.view_mashing}

@@ -28,7 +28,7 @@ from pet_dl.phantoms.brainweb import BRAINWEB_SUBJECTS, brainweb_phantom
 from pet_dl.phantoms.from_image import image_phantom
 from pet_dl.phantoms.lesions import COLD_REGION_TISSUE, add_cold_regions, add_lesions
 from pet_dl.phantoms.nema import SPHERE_DIAMETERS_MM, nema_phantom
-from pet_dl.phantoms.torso import torso_phantom, torso_window_phantom
+from pet_dl.phantoms.torso import neck_arms_phantom, torso_phantom, torso_window_phantom
 
 if TYPE_CHECKING:
     from pet_dl.geometry import ImageGeometry
@@ -40,6 +40,7 @@ PHANTOMS: dict[str, Callable[..., Phantom]] = {
     "brainweb": brainweb_phantom,
     "torso": torso_phantom,
     "torso_arms": functools.partial(torso_phantom, arms=True),
+    "neck_arms": neck_arms_phantom,
     "torso_window": torso_window_phantom,
     "nema": nema_phantom,
 }
@@ -48,7 +49,7 @@ PHANTOMS: dict[str, Callable[..., Phantom]] = {
 def make_phantom(
     name: str, image: ImageGeometry, generator: torch.Generator, **kwargs: Any
 ) -> Phantom:
-    """Build the phantom called ``name`` (``"brain"``, ``"brain_folded"``, ``"brain_varied"``, ``"brainweb"``, ``"torso"``, ``"torso_arms"`` (with the arms down at its sides), ``"torso_window"``, ``"nema"``) on ``image``.
+    """Build the phantom called ``name`` (``"brain"``, ``"brain_folded"``, ``"brain_varied"``, ``"brainweb"``, ``"torso"``, ``"torso_arms"`` (with the arms down at its sides), ``"neck_arms"`` (a neck with the arms raised beside it), ``"torso_window"``, ``"nema"``) on ``image``.
 
     Keyword arguments go to the phantom's function (e.g. ``grey_white_ratio``; ``"brainweb"``
     needs ``subject``, a real anatomy: :mod:`pet_dl.phantoms.brainweb`).

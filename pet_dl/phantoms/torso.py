@@ -183,18 +183,98 @@ def torso_phantom(
 ARMS_REACH_MM = 275.0
 
 
-def _paint_arms(cv: Canvas, w: float, d: float, z0: float, u, act) -> None:  # noqa: ANN001
-    """Paint two arms beside a body of semi-axes ``(w, d)`` mm (see :func:`torso_phantom`)."""
+def _paint_arms(
+    cv: Canvas, w: float, d: float, z0: float, u, act,  # noqa: ANN001
+    radius_mm: tuple[float, float] = (35.0, 50.0),
+    gap_mm: tuple[float, float] = (10.0, 40.0),
+    shift_mm: tuple[float, float] = (-15.0, 15.0),
+) -> None:
+    """Paint two arms beside a body of semi-axes ``(w, d)`` mm (see :func:`torso_phantom`).
+
+    Each arm: radius drawn from ``radius_mm``, an air gap from ``gap_mm`` to the body (both
+    shrunk to keep within :data:`ARMS_REACH_MM`), its centre ``-0.1 d`` plus a draw from
+    ``shift_mm`` front-back.
+    """
     for side in (-1.0, 1.0):
-        radius = min(u(35.0, 50.0), 0.5 * (ARMS_REACH_MM - w - 5.0))
-        gap = min(u(10.0, 40.0), ARMS_REACH_MM - w - 2.0 * radius)
-        centre = (side * (w + gap + radius), -0.1 * d + u(-15.0, 15.0), z0)
+        radius = min(u(*radius_mm), 0.5 * (ARMS_REACH_MM - w - 5.0))
+        gap = min(u(*gap_mm), ARMS_REACH_MM - w - 2.0 * radius)
+        centre = (side * (w + gap + radius), -0.1 * d + u(*shift_mm), z0)
         cv.paint(elliptic_cylinder(centre, (radius, radius * u(0.9, 1.1)), 390.0), act("fat"), MU_FAT, "fat")
         inner = radius - u(4.0, 10.0)
         cv.paint(elliptic_cylinder(centre, (inner, inner), 390.0), act("soft_tissue"), MU_SOFT_TISSUE, "soft_tissue")
         bone = (centre[0] + u(-5.0, 5.0), centre[1] + u(-5.0, 5.0), z0)
         cv.paint(elliptic_cylinder(bone, (11.0, 11.0), 390.0), act("bone"), MU_BONE, "arm_cortex")
         cv.paint(elliptic_cylinder(bone, (6.0, 6.0), 390.0), act("fat"), MU_SPONGY_BONE, "arm_marrow")
+
+
+#: FDG SUVs of the neck's own tissues (the rest as in :data:`SUV`)
+NECK_SUV = {"thyroid": 1.8, "trachea": 0.05}
+
+
+def neck_arms_phantom(
+    image: ImageGeometry,
+    generator: torch.Generator,
+    *,
+    suv1_bqml: float = SUV1_BQML,
+) -> Phantom:
+    """A randomised neck with the arms raised beside it: three small objects far apart.
+
+    A slice through the neck of a patient scanned with the arms up (as for prone breast or
+    head-and-neck PET): a neck of 90-150 mm across and 120-190 mm front to back (fat rim,
+    muscle, a cervical vertebra with marrow, the trachea, two thyroid lobes, the carotids and
+    jugulars), and an upper arm on each side, 56-90 mm across, 40-140 mm of air from the neck
+    and shifted up to 0.8 of the neck's depth front or back. The whole scene spans 320-550 mm
+    with most of it air: a wide grid that a body hardly fills, unlike :func:`torso_phantom`
+    with ``arms=True`` (a 310-380 mm torso with the arms close beside it). Random per seed as
+    there: sizes, positions, uptakes (+-20 %; thyroid x0.5-2).
+
+    Args:
+        image: the grid; it must cover +-:data:`ARMS_REACH_MM` across and +-135 mm front-back.
+        generator: seeded torch generator.
+        suv1_bqml: activity of SUV 1, Bq/mL.
+
+    Returns:
+        Phantom named ``"neck_arms"`` with tissues fat, soft_tissue, spine_cortex, marrow,
+        trachea, thyroid, blood, arm_cortex, arm_marrow; no lesions.
+    """
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    if suv1_bqml <= 0:
+        raise ValueError(f"suv1_bqml must be positive, got {suv1_bqml}")
+    g = generator
+
+    def u(lo: float, hi: float) -> float:
+        return uniform(g, lo, hi)
+
+    def act(name: str, lo: float = 0.8, hi: float = 1.2) -> float:
+        return {**SUV, **NECK_SUV}[name] * suv1_bqml * u(lo, hi)
+
+    w, d = u(45.0, 75.0), u(60.0, 95.0)
+    check_fov(image, ARMS_REACH_MM, 135.0, "neck with arms")
+    z0 = -200.0
+    cv = Canvas(image, supersampling=4)
+    cv.paint(elliptic_cylinder((0.0, 0.0, z0), (w, d), 400.0), act("fat"), MU_FAT, "fat")
+    inner = (w - u(5.0, 12.0), d - u(5.0, 12.0))
+    cv.paint(elliptic_cylinder((0.0, 0.0, z0), inner, 400.0), act("soft_tissue"), MU_SOFT_TISSUE, "soft_tissue")
+    spine = (u(-3.0, 3.0), -0.35 * d + u(-5.0, 5.0), z0)
+    cv.paint(elliptic_cylinder(spine, (u(14.0, 18.0), u(12.0, 16.0)), 400.0), act("bone"), MU_BONE, "spine_cortex")
+    cv.paint(elliptic_cylinder(spine, (10.0, 8.0), 400.0), act("marrow"), MU_SPONGY_BONE, "marrow")
+    trachea = (u(-3.0, 3.0), 0.45 * d, z0)
+    radius = u(8.0, 11.0)
+    for side in (-1.0, 1.0):
+        lobe = (trachea[0] + side * (radius + u(8.0, 12.0)), trachea[1] - u(0.0, 8.0), z0)
+        cv.paint(elliptic_cylinder(lobe, (u(6.0, 10.0), u(8.0, 14.0)), 400.0), act("thyroid", 0.5, 2.0),
+                 MU_SOFT_TISSUE, "thyroid")
+        for lateral in (0.35, 0.5):  # carotid, then jugular
+            vessel = (side * lateral * w, 0.1 * d + u(-5.0, 5.0), z0)
+            r = u(3.5, 5.5)
+            cv.paint(elliptic_cylinder(vessel, (r, r), 400.0), act("blood"), MU_SOFT_TISSUE, "blood")
+    cv.paint(elliptic_cylinder(trachea, (radius, radius), 400.0), act("trachea"), MU_LUNG, "trachea")
+    _paint_arms(cv, w, d, z0, u, act, radius_mm=(28.0, 45.0), gap_mm=(40.0, 140.0),
+                shift_mm=(-0.8 * d, 0.8 * d))
+    phantom = cv.to_phantom("neck_arms", seed=seed_of(g))
+    phantom.extra.update(suv1_bqml=suv1_bqml)
+    return phantom
 
 
 def torso_window_phantom(
