@@ -10,6 +10,7 @@ z = -150, bladder near z = -400 at offset 0).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -48,6 +49,15 @@ SUV = {
 }
 
 
+def _uniform_draws(generator: torch.Generator, suv1_bqml: float) -> Callable[[float, float], float]:
+    """Check a phantom's generator and SUV scale; ``u(lo, hi)``: one uniform draw from it."""
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    if suv1_bqml <= 0:
+        raise ValueError(f"suv1_bqml must be positive, got {suv1_bqml}")
+    return lambda lo, hi: uniform(generator, lo, hi)
+
+
 def torso_phantom(
     image: ImageGeometry,
     generator: torch.Generator,
@@ -83,14 +93,7 @@ def torso_phantom(
         aorta, myocardium, blood, spine_cortex, marrow (and arm_cortex, arm_marrow with
         ``arms``); no lesions.
     """
-    if not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    if suv1_bqml <= 0:
-        raise ValueError(f"suv1_bqml must be positive, got {suv1_bqml}")
-    g = generator
-
-    def u(lo: float, hi: float) -> float:
-        return uniform(g, lo, hi)
+    u = _uniform_draws(generator, suv1_bqml)
 
     def at(x: float, y: float, z: float, d: float = 5.0) -> tuple[float, float, float]:
         return (x + u(-d, d), y + u(-d, d), z - bed_offset_mm + u(-d, d))
@@ -174,7 +177,7 @@ def torso_phantom(
     )
     if arms:
         _paint_arms(cv, w, d, z0, u, act)
-    phantom = cv.to_phantom("torso", seed=seed_of(g))
+    phantom = cv.to_phantom("torso", seed=seed_of(generator))
     phantom.extra.update(suv1_bqml=suv1_bqml, bed_offset_mm=bed_offset_mm)
     return phantom
 
@@ -237,14 +240,7 @@ def neck_arms_phantom(
         Phantom named ``"neck_arms"`` with tissues fat, soft_tissue, spine_cortex, marrow,
         trachea, thyroid, blood, arm_cortex, arm_marrow; no lesions.
     """
-    if not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    if suv1_bqml <= 0:
-        raise ValueError(f"suv1_bqml must be positive, got {suv1_bqml}")
-    g = generator
-
-    def u(lo: float, hi: float) -> float:
-        return uniform(g, lo, hi)
+    u = _uniform_draws(generator, suv1_bqml)
 
     def act(name: str, lo: float = 0.8, hi: float = 1.2) -> float:
         return {**SUV, **NECK_SUV}[name] * suv1_bqml * u(lo, hi)
@@ -272,7 +268,7 @@ def neck_arms_phantom(
     cv.paint(elliptic_cylinder(trachea, (radius, radius), 400.0), act("trachea"), MU_LUNG, "trachea")
     _paint_arms(cv, w, d, z0, u, act, radius_mm=(28.0, 45.0), gap_mm=(40.0, 140.0),
                 shift_mm=(-0.8 * d, 0.8 * d))
-    phantom = cv.to_phantom("neck_arms", seed=seed_of(g))
+    phantom = cv.to_phantom("neck_arms", seed=seed_of(generator))
     phantom.extra.update(suv1_bqml=suv1_bqml)
     return phantom
 
