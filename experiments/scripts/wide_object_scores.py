@@ -135,11 +135,20 @@ def main() -> None:
                              "read on 2.6 mm): 1.25 gives bodies 383-476 mm wide, the widest ACRIN slice's width")
     parser.add_argument("--checkpoint", default=None, help="model (default: the shipped one)")
     parser.add_argument("--cut", action="store_true", help="also the network on the model's own grid")
+    parser.add_argument("--without", action="append", default=[], choices=("blend", "anchor", "final-em"),
+                        help="take that stage of the model's output off (repeatable): the mix with OSEM, "
+                             "the low-frequency anchor, the final EM update; a probe of where an error comes from")
     parser.add_argument("--picture", default=None, help="PNG of the images at 1/20 dose")
     parser.add_argument("--per-case", action="store_true",
                         help="also each case's network-minus-OSEM NRMSE per dose, its false hot spots and grid")
     args = parser.parse_args()
     loaded = load_model(args.checkpoint, torch.device("cpu"))
+    if args.without:  # the unrolled network's output stages (pet_dl.models.unrolled_em), as the export sets them
+        off = {"blend": ("osem_blend", None), "anchor": ("anchor", None), "final-em": ("final_em_steps", 0)}
+        options = dict(off[stage] for stage in args.without)
+        if "anchor" in args.without:
+            options["anchor_in_training"] = False
+        loaded = loaded.with_network_options(options)
     sino = SinogramGeometry.two_d(get_scanner("mmr"))
     methods = ["OSEM", "network"] + (["network, 250 mm grid"] if args.cut else [])
     table: dict[tuple[str, int], list[dict[str, float]]] = {}
