@@ -162,8 +162,8 @@ def main() -> None:
     if args.object in ("torso", "torso_arms", "neck_arms"):  # the FLT-like training windows' recipe, on the wide grid
         torso_recipe = load_recipe("data/torso_window2d_flt.yaml")
         torso_recipe["phantom"] = args.object
-        if args.object == "neck_arms":  # FLT's factors for the tissues a neck has
-            torso_recipe["uptake"] = {k: v for k, v in torso_recipe["uptake"].items() if k in ("marrow", "blood")}
+        if args.object == "neck_arms":  # FLT's factors for the tissues a neck has, as its training recipe
+            torso_recipe["uptake"] = load_recipe("data/neck_arms2d_flt.yaml")["uptake"]
         torso_recipe["image"] = {"shape": list(grid.shape),
                                  "voxel_size_mm": [v / args.width_scale for v in grid.voxel_size_mm]}
         torso_recipe["sinogram"] = {"num_radial": sino.num_radial, "view_mashing": sino.view_mashing}
